@@ -1,0 +1,17 @@
+"""kdlightning: knowledge distillation between pre-trained models, as PyTorch Lightning modules."""
+
+from kdlightning.methods import DataPartitioningKD, DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
+from kdlightning.models import load_network, load_student
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataPartitioningKD",
+    "DeepMutualLearning",
+    "DistillationModule",
+    "StudentOnly",
+    "VanillaKD",
+    "__version__",
+    "load_network",
+    "load_student",
+]

@@ -1,0 +1,45 @@
+"""The ``kdl`` command: LightningCLI over every kdlightning method and datamodule."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from kdlightning.methods.base import DistillationModule
+
+__all__ = ["KDLightningCLI", "main"]
+
+
+class KDLightningCLI(LightningCLI):
+    """LightningCLI for kdlightning: methods, networks, optimizers and data chosen by ``class_path``.
+
+    ``data.num_classes`` is linked into ``model.init_args.num_classes``. Optimizers are the methods'
+    own ``OptimizerCallable`` arguments (DML takes two), so the CLI does not add its own.
+    """
+
+    def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: object) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            DistillationModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the datamodule's class count into the method."""
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of ``kdl`` and ``python -m kdlightning``."""
+    # Frozen references are in eval mode by design; Lightning reports every such module.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    KDLightningCLI(args=args)

@@ -1,0 +1,275 @@
+"""`DistillationModule`: the base class every kdlightning method subclasses.
+
+It owns what all methods share: the trained ``student``, frozen references (teachers) and their
+guarantees, metrics, evaluation, optimizer wiring and the checkpoint policy. A method implements
+one thing, :meth:`DistillationModule.training_losses`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["Batch", "DistillationModule", "logits_of"]
+
+Batch = Any
+"""A batch: ``(inputs, labels)``, or a dict with ``"labels"`` and either the model's keyword inputs
+(``{"input_ids": ..., "attention_mask": ..., "labels": ...}``) or one input dict per network
+(``{"student": {...}, "teacher": {...}, "labels": ...}``)."""
+
+
+def logits_of(output: Any) -> Tensor:
+    """Return the logits of a network's output: a tensor, an object with ``.logits``, or a dict."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        f"A network returned {type(output).__name__}; kdlightning expects a logits tensor (N, C), "
+        "an object with a `.logits` tensor, or a dict with a 'logits' key."
+    )
+
+
+class DistillationModule(L.LightningModule):
+    """Base class of every kdlightning method.
+
+    The student is the network whose metrics are reported. Frozen references registered with
+    :meth:`add_frozen` (a teacher, DP-KD's initial student) never get gradients, stay in eval
+    mode through every ``train()`` call, run under ``torch.no_grad()`` and are left out of
+    checkpoints: on resume they are rebuilt from the configuration.
+
+    Subclasses implement :meth:`training_losses`, returning their loss components with the total
+    under ``"loss"``; everything else (logging ``train/<name>``, the non-finite check, evaluation
+    of ``val/acc`` and ``test/acc``, optimizers) is shared.
+
+    Args:
+        student: the network being trained; returns logits ``(N, C)`` or an object with ``.logits``.
+        num_classes: number of classes ``C`` (linked from the datamodule by the CLI).
+        optimizer: builds the student's optimizer from its parameters.
+        lr_scheduler: optional; builds a scheduler from the optimizer.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
+        self.student = student
+        self.num_classes = int(num_classes)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._frozen: list[str] = []
+        self._metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")})
+        self.val_metrics = self.stage_metrics("val")
+        self.test_metrics = self.stage_metrics("test")
+        # Networks are configuration, not hyperparameters: a checkpoint stays small and loading
+        # passes them back in (`Method.load_from_checkpoint(path, student=..., teacher=...)`).
+        self.save_hyperparameters(ignore=self._module_arguments())
+
+    # ------------------------------------------------------------------ frozen references
+    def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` as a frozen reference under ``name``.
+
+        It gets ``requires_grad=False`` and eval mode now and after every ``train()`` call, and its
+        parameters and buffers are not saved in checkpoints.
+        """
+        module.requires_grad_(False)
+        module.eval()
+        setattr(self, name, module)
+        if name not in self._frozen:
+            self._frozen.append(name)
+        return module
+
+    @property
+    def frozen_names(self) -> tuple[str, ...]:
+        """Names of the registered frozen references."""
+        return tuple(self._frozen)
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Set train/eval mode on the trained networks; frozen references always stay in eval.
+
+        Batch norm in train mode updates its running statistics even under ``no_grad``, which
+        would silently corrupt a pretrained teacher.
+        """
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The module's state without the frozen references (they come from the configuration)."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        dropped = tuple(f"{prefix}{name}." for name in self._frozen)
+        for key in [key for key in state if key.startswith(dropped)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load trained networks strictly; only the frozen references may be missing."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = tuple(f"{name}." for name in self._frozen)
+        missing = [key for key in result.missing_keys if not key.startswith(frozen)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error loading state into {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {list(result.unexpected_keys)}."
+            )
+        return result
+
+    # ------------------------------------------------------------------ forward passes
+    def network_inputs(self, batch: Batch, name: str) -> Any:
+        """The inputs of network ``name`` in ``batch`` (see :data:`Batch`)."""
+        if isinstance(batch, Mapping):
+            if name in batch:
+                return batch[name]
+            if "student" in batch:  # per-network inputs; DP-KD's initial student reads the student's
+                return batch["student"]
+            return {key: value for key, value in batch.items() if key != "labels"}
+        return batch[0]
+
+    @staticmethod
+    def labels(batch: Batch) -> Tensor:
+        """The ``(N,)`` labels of ``batch``."""
+        return batch["labels"] if isinstance(batch, Mapping) else batch[1]
+
+    def logits(self, name: str, batch: Batch) -> Tensor:
+        """Logits ``(N, C)`` of network ``name`` on ``batch``; frozen references run under ``no_grad``."""
+        network = getattr(self, name)
+        inputs = self.network_inputs(batch, name)
+        with torch.no_grad() if name in self._frozen else torch.enable_grad():
+            output = network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
+        logits = logits_of(output)
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"The {name} returns logits of shape {tuple(logits.shape)} but the method has "
+                f"num_classes={self.num_classes}; student and references must agree on the number of "
+                f"classes (check the {name}'s output layer / num_labels)."
+            )
+        return logits
+
+    def forward(self, inputs: Any) -> Tensor:
+        """Student logits ``(N, C)``."""
+        output = self.student(**inputs) if isinstance(inputs, Mapping) else self.student(inputs)
+        return logits_of(output)
+
+    # ------------------------------------------------------------------ training
+    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Return the loss components for one batch; must include the total under ``"loss"``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `training_losses(batch)`.")
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Compute :meth:`training_losses`, check they are finite, log them as ``train/<name>``."""
+        losses = self.training_losses(batch)
+        if "loss" not in losses:
+            raise KeyError(f"{type(self).__name__}.training_losses must return the total under 'loss'.")
+        self.check_finite(losses)
+        self.log_losses(losses, batch)
+        return losses["loss"]
+
+    def log_losses(self, losses: dict[str, Tensor], batch: Batch) -> None:
+        """Log every component as ``train/<name>``."""
+        self.log_dict(
+            {f"train/{name}": value.detach() for name, value in losses.items()},
+            on_step=True,
+            on_epoch=True,
+            batch_size=self.labels(batch).shape[0],
+        )
+
+    def check_finite(self, losses: dict[str, Tensor]) -> None:
+        """Raise ``FloatingPointError`` naming the step and the component if a loss is not finite."""
+        values = torch.stack([value.detach().float().reshape(()) for value in losses.values()])
+        if not bool(torch.isfinite(values).all()):  # one device sync for all components
+            bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+            raise FloatingPointError(
+                f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}): "
+                + ", ".join(f"{name}={losses[name].item()}" for name in bad)
+                + ". Lower the learning rate, check the inputs, or raise the temperature."
+            )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluated_networks(self) -> dict[str, str]:
+        """Map each evaluated network to its metric-key suffix (``""`` for the student).
+
+        A subclass that evaluates another network (DML's peer, suffix ``"_peer"``) adds it here and
+        creates ``val_metrics_peer`` / ``test_metrics_peer`` with :meth:`stage_metrics`.
+        """
+        return {"student": ""}
+
+    def stage_metrics(self, stage: str, suffix: str = "") -> MetricCollection:
+        """A fresh metric collection logging ``<stage>/<metric><suffix>``."""
+        return self._metrics.clone(prefix=f"{stage}/", postfix=suffix or None)
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        y = self.labels(batch)
+        for name, suffix in self.evaluated_networks().items():
+            logits = self.logits(name, batch)
+            metrics = getattr(self, f"{stage}_metrics{suffix}")
+            metrics.update(logits, y)
+            self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0])
+            self.log_dict(metrics, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Log ``val/loss`` and ``val/acc`` of the student (and of every evaluated network)."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Log ``test/loss`` and ``test/acc`` of the student (and of every evaluated network)."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Student class probabilities ``(N, C)``."""
+        return self.logits("student", batch).softmax(dim=-1)
+
+    # ------------------------------------------------------------------ optimizers
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The networks this method trains, by name (the student; DML adds the peer)."""
+        return {"student": self.student}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the student's optimizer updates (never a frozen reference's)."""
+        return (p for p in self.student.parameters() if p.requires_grad)
+
+    def build_optimizer(self, optimizer: OptimizerCallable, parameters: Iterable[nn.Parameter]) -> Any:
+        """Build one optimizer (and the scheduler, if configured) in Lightning's dict form."""
+        opt = optimizer(parameters)
+        if self.lr_scheduler is None:
+            return {"optimizer": opt}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler(opt), "monitor": "val/loss"}}
+
+    def configure_optimizers(self) -> Any:
+        """The student's optimizer (and scheduler)."""
+        return self.build_optimizer(self.optimizer, self.trainable_parameters())
+
+    # ------------------------------------------------------------------ helpers
+    def _module_arguments(self) -> list[str]:
+        """Names of constructor arguments (of this class and its subclasses) holding networks or callables."""
+        names: list[str] = []
+        frame = inspect.currentframe()
+        while frame is not None:
+            local = frame.f_locals
+            if frame.f_code.co_name == "__init__" and local.get("self") is self:
+                names += [
+                    key
+                    for key, value in local.items()
+                    if key != "self" and (isinstance(value, nn.Module) or (callable(value) and not isinstance(value, type)))
+                ]
+            frame = frame.f_back
+        return sorted(set(names))

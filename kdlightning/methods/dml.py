@@ -1,0 +1,153 @@
+"""`DeepMutualLearning`: Zhang et al. (CVPR 2018), two networks taught by each other."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from kdlightning.losses import check_alpha, check_temperature, distillation_terms
+from kdlightning.methods.base import Batch, DistillationModule
+
+__all__ = ["DeepMutualLearning"]
+
+
+class DeepMutualLearning(DistillationModule):
+    r"""Deep mutual learning (Zhang, Xiang, Hospedales and Lu, CVPR 2018, arXiv:1706.00384).
+
+    The student and the peer are both trained, each with its own optimizer, each minimising
+
+    .. math::
+        \mathcal{L}_k = (1 - \alpha)\,\mathrm{CE}(z_k, y) + \alpha\, T^2\,
+        \mathrm{KL}(p_{other}^T \,\|\, p_k^T)
+
+    with the other network's logits detached. With ``alternate=True`` (Alg. 1 of the paper) the
+    student steps first and the peer then learns from the student's refreshed predictions; with
+    ``alternate=False`` both learn from the same forward pass in one backward (identical gradients
+    to two separate backwards, and no unused-parameter search under DDP).
+
+    Manual optimization: ``trainer.global_step`` advances twice per batch, so express budgets in
+    epochs; trainer-level ``gradient_clip_val`` / ``accumulate_grad_batches`` are not allowed, use
+    this class's ``gradient_clip_val``. Epoch-interval schedulers are stepped at each epoch end.
+    Logs ``train/loss`` (student), ``train/loss_peer`` and ``val/acc_peer`` beside ``val/acc``.
+
+    Args:
+        student: the first trained network (its metrics are the method's).
+        peer: the second trained network (may start from a teacher's weights; it is trained).
+        num_classes: number of classes ``C``.
+        temperature: softening temperature ``T > 0``.
+        alpha: weight of the mutual (distillation) term, in ``[0, 1]``.
+        optimizer: builds the student's optimizer (default Adam, lr 1e-3).
+        peer_optimizer: builds the peer's optimizer (default Adam, lr 1e-3).
+        lr_scheduler: optional scheduler builder, applied to both optimizers.
+        alternate: refresh the student's predictions after its step before the peer's (Alg. 1).
+        gradient_clip_val: clip each network's gradient norm to this value; None for no clipping.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        peer: nn.Module,
+        num_classes: int,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        peer_optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        alternate: bool = True,
+        gradient_clip_val: float | None = None,
+    ) -> None:
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ValueError(f"`gradient_clip_val` must be > 0 or None, got {gradient_clip_val!r}.")
+        self.temperature = check_temperature(temperature)
+        self.alpha = check_alpha(alpha)
+        super().__init__(student=student, num_classes=num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.automatic_optimization = False
+        self.peer = peer
+        self.peer_optimizer = peer_optimizer
+        self.alternate = alternate
+        self.gradient_clip_val = gradient_clip_val
+        self.val_metrics_peer = self.stage_metrics("val", "_peer")
+        self.test_metrics_peer = self.stage_metrics("test", "_peer")
+
+    def evaluated_networks(self) -> dict[str, str]:
+        """The student (``val/acc``) and the peer (``val/acc_peer``)."""
+        return {"student": "", "peer": "_peer"}
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The student and the peer."""
+        return {"student": self.student, "peer": self.peer}
+
+    def configure_optimizers(self) -> list[dict]:
+        """One optimizer (and scheduler) per network: the student's first, the peer's second."""
+        return [
+            self.build_optimizer(self.optimizer, self.student.parameters()),
+            self.build_optimizer(self.peer_optimizer, self.peer.parameters()),
+        ]
+
+    @staticmethod
+    def _combine(student: dict[str, Tensor], peer: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            "loss": student["loss"] + peer["loss"],
+            "loss_student": student["loss"],
+            "loss_ce": student["loss_ce"],
+            "loss_kd": student["loss_kd"],
+            "loss_peer": peer["loss"],
+        }
+
+    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Both objectives from one forward pass; ``loss`` is their sum (``alternate=False``)."""
+        y = self.labels(batch)
+        logits, peer_logits = self.logits("student", batch), self.logits("peer", batch)
+        return self._combine(
+            distillation_terms(logits, peer_logits, y, self.temperature, self.alpha),
+            distillation_terms(peer_logits, logits, y, self.temperature, self.alpha),
+        )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        """One step of each optimizer; logs ``train/loss`` (the sum), ``train/loss_student``, ``train/loss_peer``."""
+        opt_student, opt_peer = self.optimizers()
+        if self.alternate:
+            y = self.labels(batch)
+            logits, peer_logits = self.logits("student", batch), self.logits("peer", batch)
+            student = distillation_terms(logits, peer_logits, y, self.temperature, self.alpha)
+            self.check_finite(student)
+            self._update(opt_student, student["loss"])
+            with torch.no_grad():  # Alg. 1: the peer learns from the student's updated predictions
+                logits = self.logits("student", batch)
+            peer = distillation_terms(peer_logits, logits, y, self.temperature, self.alpha)
+            self.check_finite({f"{name}_peer": value for name, value in peer.items()})
+            self._update(opt_peer, peer["loss"])
+            losses = self._combine(student, peer)
+        else:
+            losses = self.training_losses(batch)
+            self.check_finite(losses)
+            opt_student.zero_grad()
+            opt_peer.zero_grad()
+            self.manual_backward(losses["loss"])
+            self._clip_and_step(opt_student)
+            self._clip_and_step(opt_peer)
+        self.log_losses(losses, batch)
+
+    def _update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self._clip_and_step(optimizer)
+
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def on_train_epoch_end(self) -> None:
+        """Step epoch-interval schedulers (manual optimization leaves this to the method)."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get("val/loss")
+                if metric is not None:
+                    scheduler.step(metric)
+            else:
+                scheduler.step()
