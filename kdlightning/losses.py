@@ -70,7 +70,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
         >>> kd_loss(z, z, temperature=4.0)
         tensor(0.)
         >>> round(kd_loss(torch.zeros(1, 2), torch.tensor([[0.0, 4.0]]), temperature=2.0).item(), 4)
-        1.3101
+        1.3113
     """
     temperature = check_temperature(temperature)
     # Compute in at least float32: under bf16 autocast a KL of two log-softmaxes loses most digits.
@@ -170,10 +170,10 @@ def teacher_selection_mask(
         >>> import torch
         >>> teacher = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
         >>> reference = torch.tensor([[1.0, 0.0], [0.0, 4.0]])
-        >>> teacher_selection_mask(teacher, reference, torch.tensor([0, 1]))
+        >>> teacher_selection_mask(teacher, reference, torch.tensor([1, 0]))  # true-class probability
+        tensor([False,  True])
+        >>> teacher_selection_mask(teacher, reference)  # maximum probability, no labels
         tensor([ True, False])
-        >>> teacher_selection_mask(teacher, reference)
-        tensor([False, False])
     """
     temperature = check_temperature(temperature)
     p_t = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)

@@ -79,8 +79,6 @@ class DistillationModule(L.LightningModule):
         self._metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")})
         self.val_metrics = self.stage_metrics("val")
         self.test_metrics = self.stage_metrics("test")
-        # Networks are configuration, not hyperparameters: a checkpoint stays small and loading
-        # passes them back in (`Method.load_from_checkpoint(path, student=..., teacher=...)`).
         self.save_hyperparameters(ignore=self._module_arguments())
 
     # ------------------------------------------------------------------ frozen references
@@ -260,7 +258,12 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ helpers
     def _module_arguments(self) -> list[str]:
-        """Names of constructor arguments (of this class and its subclasses) holding networks or callables."""
+        """Constructor arguments (of this class and its subclasses) holding networks or callables.
+
+        They stay out of ``hparams``: networks are large and are configuration (rebuilt from the
+        run's config or passed to ``load_from_checkpoint``); callables would make the checkpoint
+        unreadable with ``torch.load(weights_only=True)``.
+        """
         names: list[str] = []
         frame = inspect.currentframe()
         while frame is not None:
@@ -269,7 +272,7 @@ class DistillationModule(L.LightningModule):
                 names += [
                     key
                     for key, value in local.items()
-                    if key != "self" and (isinstance(value, nn.Module) or (callable(value) and not isinstance(value, type)))
+                    if key != "self" and (isinstance(value, nn.Module) or callable(value))
                 ]
             frame = frame.f_back
         return sorted(set(names))
