@@ -113,8 +113,7 @@ class DeepMutualLearning(DistillationModule):
             student = distillation_terms(logits, peer_logits, y, self.temperature, self.alpha)
             self.check_finite(student)
             self._update(opt_student, student["loss"])
-            with torch.no_grad():  # Alg. 1: the peer learns from the student's updated predictions
-                logits = self.logits("student", batch)
+            logits = self._refreshed_student_logits(batch)
             peer = distillation_terms(peer_logits, logits, y, self.temperature, self.alpha)
             self.check_finite({f"{name}_peer": value for name, value in peer.items()})
             self._update(opt_peer, peer["loss"])
@@ -128,6 +127,19 @@ class DeepMutualLearning(DistillationModule):
             self._clip_and_step(opt_student)
             self._clip_and_step(opt_peer)
         self.log_losses(losses, batch)
+
+    @torch.no_grad()
+    def _refreshed_student_logits(self, batch: Batch) -> Tensor:
+        """Alg. 1: the student's predictions after its step, for the peer to learn from.
+
+        The forward runs in the student's current mode (batch statistics in training), but its
+        buffers are restored afterwards so batch-norm statistics count each batch once.
+        """
+        saved = [buffer.clone() for buffer in self.student.buffers()]
+        logits = self.logits("student", batch)
+        for buffer, value in zip(self.student.buffers(), saved, strict=True):
+            buffer.copy_(value)
+        return logits
 
     def _update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
         optimizer.zero_grad()
