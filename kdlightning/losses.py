@@ -255,6 +255,4 @@ def dp_kd_loss(
         >>> dp_kd_loss(z, z, z, torch.tensor([0]), alpha=1.0)
         tensor(0.)
     """
-    return dp_kd_terms(student_logits, teacher_logits, reference_logits, targets, temperature, alpha, selection)[
-        "loss"
-    ]
+    return dp_kd_terms(student_logits, teacher_logits, reference_logits, targets, temperature, alpha, selection)["loss"]

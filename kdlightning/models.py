@@ -112,7 +112,9 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
     prefix = f"{role}."
     weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not weights:
-        roles = sorted({key.split(".", 1)[0] for key in state if "." in key and not key.startswith(("val_", "test_", "_"))})
+        roles = sorted(
+            {key.split(".", 1)[0] for key in state if "." in key and not key.startswith(("val_", "test_", "_"))}
+        )
         raise KeyError(f"Checkpoint '{path}' holds no network '{role}'; it holds {roles}. Set `role` to one of them.")
     network.load_state_dict(weights)
     return network

@@ -123,7 +123,7 @@ class DigitsDataModule(ClassificationDataModule):
                 raise ValueError(f"`{name}` must lie in (0, 1), got {value!r}.")
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
-                f"`val_fraction + test_fraction` must be < 1 to leave training data, got {val_fraction + test_fraction}."
+                f"`val_fraction + test_fraction` must be < 1 to leave training data, got {val_fraction + test_fraction}"
             )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction

@@ -241,6 +241,15 @@ class DistillationModule(L.LightningModule):
         """The networks this method trains, by name (the student; DML adds the peer)."""
         return {"student": self.student}
 
+    def on_fit_start(self) -> None:
+        """Fail early if a trained network has nothing to train (e.g. a copy of a frozen teacher)."""
+        for name, module in self.trainable_modules().items():
+            if not any(p.requires_grad for p in module.parameters()):
+                raise ValueError(
+                    f"`{name}` has no parameter with requires_grad=True, so it cannot be trained. If it is a copy of "
+                    f"a frozen teacher, copy it before the teacher is frozen or call `{name}.requires_grad_(True)`."
+                )
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the student's optimizer updates (never a frozen reference's)."""
         return (p for p in self.student.parameters() if p.requires_grad)

@@ -91,3 +91,10 @@ def test_epoch_schedulers_step_under_manual_optimization(tmp_path) -> None:
     trainer.fit(model, datamodule=SyntheticDataModule())
     for optimizer in trainer.optimizers:
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+
+
+def test_a_peer_without_trainable_parameters_is_refused_before_training(tmp_path) -> None:
+    peer = TinyNet().requires_grad_(False)  # e.g. a copy taken after a teacher was frozen
+    model = DeepMutualLearning(TinyNet(), peer, NUM_CLASSES)
+    with pytest.raises(ValueError, match="`peer` has no parameter with requires_grad=True"):
+        tiny_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=SyntheticDataModule())

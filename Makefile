@@ -1,0 +1,37 @@
+# make demo: create .venv, install, train every method on the bundled digits and print the table.
+# make test: create .venv if needed, run the whole test suite (with doctests), lint, build the docs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE := offline
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: demo test lint docs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[hf,wandb,test,docs]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python examples/digits_demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check kdlightning tests examples
+	$(BIN)/mkdocs build --strict --quiet -d site
+
+lint: $(STAMP)
+	$(BIN)/ruff check kdlightning tests examples
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+clean:
+	rm -rf $(VENV) site runs
