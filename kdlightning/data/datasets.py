@@ -1,20 +1,335 @@
-"""Data set loaders returning arrays; nothing here downloads."""
+"""Data set sources: each loads a labelled train set and a global test set as arrays.
+
+Nothing here downloads at import or in a constructor: :meth:`DatasetSource.load` reads local files
+(or, for :class:`HFDataset` with a hub id, the hub through ``datasets.load_dataset``, which honours
+``HF_DATASETS_OFFLINE``).
+"""
 
 from __future__ import annotations
 
+import gzip
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
 import numpy as np
 
-__all__ = ["load_digits_arrays"]
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "DatasetSource",
+    "Digits",
+    "FashionMNIST",
+    "HFDataset",
+    "LabelledData",
+    "load_digits_arrays",
+    "read_idx",
+]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+"""Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """A data set as arrays: the labelled training pool and the global test set.
+
+    Attributes:
+        train_inputs: ``(N, ...)`` float32 features or images ``(N, C, H, W)``, or ``(N,)`` strings for text.
+        train_labels: ``(N,)`` int64 class indices.
+        test_inputs: as ``train_inputs``, for the global (unpartitioned) test set.
+        test_labels: ``(M,)`` int64 class indices.
+        num_classes: number of classes.
+        class_names: optional class names, indexed by label.
+    """
+
+    train_inputs: np.ndarray
+    train_labels: np.ndarray
+    test_inputs: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.train_inputs) != len(self.train_labels) or len(self.test_inputs) != len(self.test_labels):
+            raise ValueError("inputs and labels must have the same length in each split")
+
+    @property
+    def is_text(self) -> bool:
+        """True when the inputs are strings (to be tokenized per network)."""
+        return self.train_inputs.dtype.kind in "OUS"
+
+
+class DatasetSource(ABC):
+    """A labelled data set that :class:`~kdlightning.data.PartitionedDataModule` partitions."""
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Fetch what must be fetched (called once, in ``prepare_data``); local sources do nothing."""
+
+    @abstractmethod
+    def load(self) -> LabelledData:
+        """Return the training pool and the global test set (called in every process)."""
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes), the embedded default.
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes).
 
     Returns:
         ``(images, labels)``: float32 images ``(N, 1, 8, 8)`` scaled to ``[0, 1]`` and int64 labels ``(N,)``.
+
+    Examples:
+        >>> images, labels = load_digits_arrays()
+        >>> images.shape, labels.shape, int(labels.max()) + 1
+        ((1797, 1, 8, 8), (1797,), 10)
     """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 8, 8) -> (N, 1, 8, 8)
     return images, digits.target.astype(np.int64)
+
+
+class Digits(DatasetSource):
+    """scikit-learn's bundled 8×8 digits: the embedded default, needs no file and no network.
+
+    The 1,797 images have no official test split: a stratified ``test_fraction`` is held out as the
+    global test set (fixed by ``seed``).
+
+    Args:
+        test_fraction: share of the images held out as the global test set, in ``(0, 1)``.
+        seed: seed of the test split.
+    """
+
+    def __init__(self, test_fraction: float = 0.2, seed: int = 0) -> None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
+        self.test_fraction = test_fraction
+        self.seed = seed
+
+    def load(self) -> LabelledData:
+        """The digits, split into a training pool and a stratified test set."""
+        from sklearn.model_selection import train_test_split
+
+        images, labels = load_digits_arrays()
+        train, test = train_test_split(
+            np.arange(len(labels)), test_size=self.test_fraction, stratify=labels, random_state=self.seed
+        )
+        train, test = np.sort(train), np.sort(test)
+        return LabelledData(images[train], labels[train], images[test], labels[test], num_classes=10)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not, into a numpy array.
+
+    Args:
+        path: the ``*-idx?-ubyte`` or ``*-idx?-ubyte.gz`` file.
+
+    Returns:
+        The array with the file's shape and dtype (``uint8`` for (Fashion-)MNIST).
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"'{path}' is not an IDX file (bad magic number).")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise ValueError(f"'{path}' has an unknown IDX element type 0x{data[2]:02x}.")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"'{path}' is truncated: header says {shape}, found {array.size} elements.")
+    return array.reshape(shape).astype(array.dtype.newbyteorder("="))
+
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+class FashionMNIST(DatasetSource):
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test 28×28 grayscale images, 10 classes.
+
+    Read from the four IDX files in ``root`` (gzip-compressed or not). By default ``root`` is where
+    Debian's ``dataset-fashion-mnist`` package installs them; ``$KDL_FASHION_MNIST_DIR`` overrides it.
+
+    Args:
+        root: directory holding ``train-images-idx3-ubyte[.gz]`` and the three other files.
+    """
+
+    FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = Path(root or os.environ.get("KDL_FASHION_MNIST_DIR", FASHION_MNIST_DIR)).expanduser()
+
+    def _file(self, name: str) -> Path:
+        for candidate in (self.root / f"{name}.gz", self.root / name):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"Fashion-MNIST file '{name}[.gz]' not found in '{self.root}'. Install Debian's package "
+            "(`apt-get install dataset-fashion-mnist`, which puts the files in /usr/share/datasets/fashion-mnist), "
+            "or set `root` (or $KDL_FASHION_MNIST_DIR) to a directory with the four IDX files."
+        )
+
+    def load(self) -> LabelledData:
+        """Images as float32 ``(N, 1, 28, 28)`` in ``[0, 1]``, labels as int64."""
+        train_x, train_y, test_x, test_y = (read_idx(self._file(name)) for name in self.FILES)
+
+        def images(x: np.ndarray) -> np.ndarray:
+            return (x.astype(np.float32) / 255.0)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
+
+        return LabelledData(
+            images(train_x),
+            train_y.astype(np.int64),
+            images(test_x),
+            test_y.astype(np.int64),
+            num_classes=10,
+            class_names=FASHION_MNIST_CLASSES,
+        )
+
+
+class HFDataset(DatasetSource):
+    """Any Hugging Face ``datasets`` source: a hub id, a local directory, or a builder with local files.
+
+    Calls ``datasets.load_dataset(path, name, data_dir=..., data_files=...)``. Examples:
+    ``HFDataset("csv", data_files={"train": "train.csv", "test": "test.csv"}, input_column="text")``,
+    ``HFDataset("imagefolder", data_dir="images/")``, ``HFDataset("fashion_mnist")`` (hub, online).
+
+    Image columns become float32 ``(N, C, H, W)`` arrays in ``[0, 1]``; text columns stay strings
+    (tokenized per network by the datamodule); numeric columns become float32 features. Integer or
+    ``ClassLabel`` labels are used as they are; string labels are mapped to indices in sorted order.
+
+    Args:
+        path: hub id, local directory, or builder name (``csv``, ``json``, ``parquet``, ``imagefolder``).
+        name: the data set's configuration name, if it has several.
+        data_dir: local directory for builders such as ``imagefolder``.
+        data_files: local files, a path or ``{"train": ..., "test": ...}``.
+        input_column: the column(s) with the inputs: one image or text column, or several numeric ones.
+        label_column: the column with the class labels.
+        train_split: split used as the training pool.
+        test_split: split used as the global test set; None to hold out ``test_fraction`` of the train split.
+        test_fraction: share of the train split held out as the test set when ``test_split`` is None or missing.
+        seed: seed of that held-out split.
+        input_kind: ``"auto"`` (from the column's feature type), ``"image"``, ``"text"`` or ``"numeric"``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str | None = None,
+        data_dir: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        input_column: str | list[str] = "image",
+        label_column: str = "label",
+        train_split: str = "train",
+        test_split: str | None = "test",
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        input_kind: Literal["auto", "image", "text", "numeric"] = "auto",
+    ) -> None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
+        if input_kind not in ("auto", "image", "text", "numeric"):
+            raise ValueError(f"`input_kind` must be 'auto', 'image', 'text' or 'numeric', got {input_kind!r}.")
+        self.path, self.name, self.data_dir, self.data_files = path, name, data_dir, data_files
+        self.input_columns = [input_column] if isinstance(input_column, str) else list(input_column)
+        self.label_column = label_column
+        self.train_split, self.test_split = train_split, test_split
+        self.test_fraction, self.seed, self.input_kind = test_fraction, seed, input_kind
+
+    def _load(self) -> Any:
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.path, self.name, data_dir=self.data_dir, data_files=self.data_files)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"Could not load data set '{self.path}' (data_dir={self.data_dir!r}, data_files={self.data_files!r}): "
+                f"{error}. Check the local path, or, for a hub id, that the hub is reachable (HF_DATASETS_OFFLINE=1 "
+                "allows only data already in the local cache)."
+            ) from error
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"Could not reach the Hugging Face hub for data set '{self.path}': {error}. Download it where there "
+                "is a network and pass its local directory, or set HF_DATASETS_OFFLINE=1 to use the local cache."
+            ) from error
+
+    def prepare(self) -> None:
+        """Download (or find in the cache) the data set once."""
+        self._load()
+
+    def load(self) -> LabelledData:
+        """The train split (pool) and the test split (or a held-out share of the train split)."""
+        splits = self._load()
+        if self.train_split not in splits:
+            raise ValueError(f"`train_split` {self.train_split!r} not in the data set's splits {list(splits)}.")
+        train = splits[self.train_split]
+        missing = [c for c in [*self.input_columns, self.label_column] if c not in train.column_names]
+        if missing:
+            raise ValueError(f"Columns {missing} not in data set '{self.path}'; it has {train.column_names}.")
+        if self.test_split is not None and self.test_split in splits:
+            test = splits[self.test_split]
+        else:
+            parts = train.train_test_split(test_size=self.test_fraction, seed=self.seed)
+            train, test = parts["train"], parts["test"]
+        names = self._class_names(train, test)
+        train_y, test_y = self._labels(train, names), self._labels(test, names)
+        num_classes = len(names) if names is not None else int(max(train_y.max(), test_y.max())) + 1
+        return LabelledData(
+            self._inputs(train), train_y, self._inputs(test), test_y, num_classes=num_classes, class_names=names
+        )
+
+    def _class_names(self, train: Any, test: Any) -> tuple[str, ...] | None:
+        feature = train.features[self.label_column]
+        if hasattr(feature, "names"):  # ClassLabel
+            return tuple(feature.names)
+        values = train[self.label_column]
+        if values and isinstance(values[0], str):
+            return tuple(sorted(set(values) | set(test[self.label_column])))
+        return None
+
+    def _labels(self, split: Any, names: Sequence[str] | None) -> np.ndarray:
+        values = split[self.label_column]
+        if values and isinstance(values[0], str):
+            index = {name: i for i, name in enumerate(names or ())}
+            return np.array([index[v] for v in values], dtype=np.int64)
+        return np.asarray(values, dtype=np.int64)
+
+    def _kind(self, split: Any) -> str:
+        if self.input_kind != "auto":
+            return self.input_kind
+        if len(self.input_columns) > 1:
+            return "numeric"
+        feature = split.features[self.input_columns[0]]
+        if type(feature).__name__ == "Image":
+            return "image"
+        if getattr(feature, "dtype", None) in ("string", "large_string"):
+            return "text"
+        return "numeric"
+
+    def _inputs(self, split: Any) -> np.ndarray:
+        kind = self._kind(split)
+        if kind == "text":
+            return np.asarray(split[self.input_columns[0]], dtype=object)
+        if kind == "numeric":
+            columns = [np.asarray(split[c], dtype=np.float32).reshape(len(split), -1) for c in self.input_columns]
+            return np.concatenate(columns, axis=1)
+        images = [np.asarray(image, dtype=np.float32) / 255.0 for image in split[self.input_columns[0]]]
+        if len({image.shape for image in images}) > 1:
+            raise ValueError(f"Images in '{self.path}' have different sizes; resize them to one size first.")
+        array = np.stack(images)
+        return array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)
