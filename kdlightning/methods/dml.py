@@ -29,7 +29,8 @@ class DeepMutualLearning(DistillationModule):
     Manual optimization: ``trainer.global_step`` advances twice per batch, so express budgets in
     epochs; trainer-level ``gradient_clip_val`` / ``accumulate_grad_batches`` are not allowed, use
     this class's ``gradient_clip_val``. Epoch-interval schedulers are stepped at each epoch end.
-    Logs ``train/loss`` (student), ``train/loss_peer`` and ``val/acc_peer`` beside ``val/acc``.
+    Logs ``train/loss`` (the sum of both objectives), ``train/loss_student``, ``train/loss_peer`` and
+    ``val/acc_peer`` beside ``val/acc``.
 
     Args:
         student: the first trained network (its metrics are the method's).
