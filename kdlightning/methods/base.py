@@ -184,10 +184,12 @@ class DistillationModule(L.LightningModule):
 
     def log_losses(self, losses: dict[str, Tensor], batch: Batch) -> None:
         """Log every component as ``train/<name>``."""
+        # Per step, under the exact keys `train/<name>` (logging on_epoch too would rename them
+        # `train/<name>_step` / `_epoch` in every logger).
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
             on_step=True,
-            on_epoch=True,
+            on_epoch=False,
             batch_size=self.labels(batch).shape[0],
         )
 
@@ -221,7 +223,8 @@ class DistillationModule(L.LightningModule):
             logits = self.logits(name, batch)
             metrics = getattr(self, f"{stage}_metrics{suffix}")
             metrics.update(logits, y)
-            self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0])
+            # Averaged over ranks: val/loss may drive a scheduler, which must decide alike on every rank.
+            self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0], sync_dist=True)
             self.log_dict(metrics, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -24,7 +24,7 @@ class DeepMutualLearning(DistillationModule):
     with the other network's logits detached. With ``alternate=True`` (Alg. 1 of the paper) the
     student steps first and the peer then learns from the student's refreshed predictions; with
     ``alternate=False`` both learn from the same forward pass in one backward (identical gradients
-    to two separate backwards, and no unused-parameter search under DDP).
+    to two separate backwards). Both run under plain ``ddp``.
 
     Manual optimization: ``trainer.global_step`` advances twice per batch, so express budgets in
     epochs; trainer-level ``gradient_clip_val`` / ``accumulate_grad_batches`` are not allowed, use
@@ -113,11 +113,11 @@ class DeepMutualLearning(DistillationModule):
             logits, peer_logits = self.logits("student", batch), self.logits("peer", batch)
             student = distillation_terms(logits, peer_logits, y, self.temperature, self.alpha)
             self.check_finite(student)
-            self._update(opt_student, student["loss"])
+            self._update(opt_student, student["loss"], self.peer)
             logits = self._refreshed_student_logits(batch)
             peer = distillation_terms(peer_logits, logits, y, self.temperature, self.alpha)
             self.check_finite({f"{name}_peer": value for name, value in peer.items()})
-            self._update(opt_peer, peer["loss"])
+            self._update(opt_peer, peer["loss"], self.student)
             losses = self._combine(student, peer)
         else:
             losses = self.training_losses(batch)
@@ -142,8 +142,12 @@ class DeepMutualLearning(DistillationModule):
             buffer.copy_(value)
         return logits
 
-    def _update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    def _update(self, optimizer: torch.optim.Optimizer, loss: Tensor, other: nn.Module) -> None:
         optimizer.zero_grad()
+        if self.trainer.world_size > 1:
+            # DDP's reducer expects every parameter in each backward; an exact-zero term over the other
+            # network marks its parameters used, so plain `ddp` needs no unused-parameter search.
+            loss = loss + 0.0 * sum(p.sum() for p in other.parameters() if p.requires_grad)
         self.manual_backward(loss)
         self._clip_and_step(optimizer)
 
