@@ -1,0 +1,161 @@
+"""Time flwr-datasets' partitioners on labels from a .npy file; print one JSON object.
+
+Runs inside its own virtualenv (``.venv-flwr``, see ``benchmarks/requirements-flwr.txt``) because
+flwr-datasets 0.6.1 needs ``datasets<5`` and the project pins ``datasets==5.2.0``. It imports
+nothing from kdlightning. Called by ``python -m benchmarks.partitioning``; usable alone:
+
+    .venv-flwr/bin/python benchmarks/flwr_partition.py --labels labels.npy --parties 1000
+
+What is timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
+
+- ``index_s`` (best of ``--repeats``): computing every party's indices. flwr does this lazily, on
+  first use, in ``_determine_partition_id_to_indices_if_needed``; the public ``num_partitions``
+  property triggers it without selecting rows. The dataset is Arrow-formatted
+  (``with_format("arrow")``), so flwr's ``np.array(dataset["label"])`` is a zero-copy read: this
+  is flwr's best case.
+- ``index_default_format_s`` (once, ``--default-format``): the same on the default-format dataset
+  that ``Dataset.from_dict`` returns. With datasets 4 ``dataset["label"]`` is a lazy ``Column``
+  that numpy reads element by element; ``default_column_s`` is that read alone.
+- ``load_all_s`` (once, ``--load-all``): ``load_partition(i)`` for every party, the index
+  computation included, on the Arrow-formatted dataset: what it takes to get every party's data
+  through flwr's API.
+
+Building the ``Dataset`` from the labels (``Dataset.from_dict``) is never timed; it is reported as
+``build_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def best_time(make: Callable[[], Any], action: Callable[[Any], Any], repeats: int) -> tuple[float, Any]:
+    """Best wall time of ``action(make())`` over ``repeats`` runs; ``make`` is not timed."""
+    best, last = float("inf"), None
+    for _ in range(repeats):
+        obj = make()
+        start = time.perf_counter()
+        action(obj)
+        best = min(best, time.perf_counter() - start)
+        last = obj
+    return best, last
+
+
+def check(partitioner: Any, labels: np.ndarray, num_parties: int) -> dict[str, Any]:
+    """Untimed sanity check of flwr's split: disjoint, covering, party sizes and classes per party."""
+    parts = [np.asarray(partitioner._partition_id_to_indices[i], dtype=np.int64) for i in range(num_parties)]
+    everything = np.concatenate(parts)
+    sizes = np.array([len(part) for part in parts])
+    classes = np.array([len(np.unique(labels[part])) for part in parts])
+    return {
+        "disjoint": bool(np.unique(everything).size == everything.size),
+        "covers_all": bool(np.array_equal(np.sort(everything), np.arange(labels.size))),
+        "min_size": int(sizes.min()),
+        "max_size": int(sizes.max()),
+        "classes_per_party_min": int(classes.min()),
+        "classes_per_party_max": int(classes.max()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", required=True, help="path of a 1-D integer .npy array")
+    parser.add_argument("--parties", type=int, default=1000)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--classes-per-party", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (Arrow-format dataset)")
+    parser.add_argument("--default-format", action="store_true", help="also time the default-format dataset once")
+    parser.add_argument("--load-all", action="store_true", help="also time load_partition for every party, once")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    import datasets
+    import flwr_datasets
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+
+    labels = np.load(args.labels)
+    start = time.perf_counter()
+    plain = datasets.Dataset.from_dict({"label": labels})
+    arrow = plain.with_format("arrow")
+    build_s = time.perf_counter() - start
+
+    settings: dict[str, tuple[Any, dict[str, Any]]] = {
+        "dirichlet": (
+            DirichletPartitioner,
+            {
+                "num_partitions": args.parties,
+                "partition_by": "label",
+                "alpha": args.alpha,
+                "min_partition_size": 0,
+                "self_balancing": False,
+                "shuffle": False,
+                "seed": args.seed,
+            },
+        ),
+        "label_skew": (
+            PathologicalPartitioner,
+            {
+                "num_partitions": args.parties,
+                "partition_by": "label",
+                "num_classes_per_partition": args.classes_per_party,
+                "class_assignment_mode": "first-deterministic",
+                "shuffle": False,
+                "seed": args.seed,
+            },
+        ),
+    }
+    results: dict[str, Any] = {
+        "flwr_datasets": getattr(flwr_datasets, "__version__", "?"),
+        "datasets": datasets.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "build_s": build_s,
+        "repeats": args.repeats,
+    }
+    if args.default_format:
+        start = time.perf_counter()
+        np.array(plain["label"])
+        results["default_column_s"] = time.perf_counter() - start
+
+    def compute_indices(partitioner: Any) -> None:
+        # The num_partitions property runs _determine_partition_id_to_indices_if_needed (every
+        # party's indices) without selecting any rows: the cheapest public trigger.
+        assert partitioner.num_partitions == args.parties
+
+    def load_all(partitioner: Any) -> None:
+        for partition_id in range(args.parties):
+            partitioner.load_partition(partition_id)
+
+    for name, (cls, kwargs) in settings.items():
+
+        def make(dataset: Any, cls: Any = cls, kwargs: dict[str, Any] = kwargs) -> Any:
+            partitioner = cls(**kwargs)
+            partitioner.dataset = dataset
+            return partitioner
+
+        index_s, partitioner = best_time(lambda: make(arrow), compute_indices, args.repeats)
+        entry: dict[str, Any] = {
+            "class": cls.__name__,
+            "settings": kwargs,
+            "index_s": index_s,
+            "check": check(partitioner, labels, args.parties),
+        }
+        if args.default_format:
+            entry["index_default_format_s"], _ = best_time(lambda: make(plain), compute_indices, 1)
+        if args.load_all:
+            entry["load_all_s"], _ = best_time(lambda: make(arrow), load_all, 1)
+        results[name] = entry
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
