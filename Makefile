@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := offline
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,14 +24,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-	$(BIN)/ruff check kdlightning tests examples
+	$(BIN)/ruff check kdlightning tests examples benchmarks
 	$(BIN)/mkdocs build --strict --quiet -d site
 
 lint: $(STAMP)
-	$(BIN)/ruff check kdlightning tests examples
+	$(BIN)/ruff check kdlightning tests examples benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.partitioning
 
 docs: $(STAMP)
 	$(BIN)/mkdocs serve
 
 clean:
-	rm -rf $(VENV) site runs
+	rm -rf $(VENV) .venv-flwr site runs

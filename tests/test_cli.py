@@ -81,8 +81,15 @@ def test_digits_config_trains_and_tests_end_to_end(name: str, digits_runs: Path,
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert not any(key.startswith(("teacher.", "initial_student.")) for key in state)
     cli = KDLightningCLI(
-        args=["test", "-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / f"{name}.yaml"), *FAST,
-              f"--ckpt_path={checkpoint}"],
+        args=[
+            "test",
+            "-c",
+            str(TRAINER),
+            "-c",
+            str(ROOT / "configs" / "digits" / f"{name}.yaml"),
+            *FAST,
+            f"--ckpt_path={checkpoint}",
+        ],
     )
     assert 0.0 <= cli.trainer.callback_metrics["test/acc"].item() <= 1.0
     assert cli.model.num_classes == 10  # linked from the datamodule
@@ -90,7 +97,9 @@ def test_digits_config_trains_and_tests_end_to_end(name: str, digits_runs: Path,
 
 def test_teacher_is_loaded_from_the_earlier_run(digits_runs: Path, monkeypatch) -> None:
     monkeypatch.chdir(digits_runs)
-    cli = KDLightningCLI(args=["-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "vanilla_kd.yaml")], run=False)
+    cli = KDLightningCLI(
+        args=["-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "vanilla_kd.yaml")], run=False
+    )
     trained = torch.load("runs/digits/teacher/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     for key, value in cli.model.teacher.state_dict().items():
         assert torch.equal(value, trained[f"student.{key}"])
@@ -99,7 +108,9 @@ def test_teacher_is_loaded_from_the_earlier_run(digits_runs: Path, monkeypatch) 
 
 def test_missing_teacher_checkpoint_names_the_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises((FileNotFoundError, ValueError), match=r"No checkpoint at .runs/digits/teacher/checkpoints/last.ckpt.*kdl fit"):
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match=r"No checkpoint at .runs/digits/teacher/checkpoints/last.ckpt.*kdl fit"
+    ):
         KDLightningCLI(args=["-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "vanilla_kd.yaml")], run=False)
 
 
@@ -110,7 +121,9 @@ def test_missing_teacher_checkpoint_names_the_path(tmp_path: Path, monkeypatch) 
         ("--model.init_args.temperature=0", "temperature"),
     ],
 )
-def test_bad_values_from_the_command_line_name_the_argument(override: str, message: str, digits_runs, monkeypatch) -> None:
+def test_bad_values_from_the_command_line_name_the_argument(
+    override: str, message: str, digits_runs, monkeypatch
+) -> None:
     monkeypatch.chdir(digits_runs)
     with pytest.raises(ValueError, match=message):
         KDLightningCLI(
@@ -122,8 +135,13 @@ def test_unknown_selection_fails_at_parse_time_listing_the_choices(digits_runs, 
     monkeypatch.chdir(digits_runs)
     with pytest.raises(SystemExit):
         KDLightningCLI(
-            args=["-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "dpkd.yaml"),
-                  "--model.init_args.selection=oracle"],
+            args=[
+                "-c",
+                str(TRAINER),
+                "-c",
+                str(ROOT / "configs" / "digits" / "dpkd.yaml"),
+                "--model.init_args.selection=oracle",
+            ],
             run=False,
         )
     err = capsys.readouterr().err
@@ -133,7 +151,10 @@ def test_unknown_selection_fails_at_parse_time_listing_the_choices(digits_runs, 
 @pytest.mark.slow
 def test_console_script_and_module_entry_point() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    for command in ([str(Path(sys.executable).parent / "kdl"), "--help"], [sys.executable, "-m", "kdlightning", "--help"]):
+    for command in (
+        [str(Path(sys.executable).parent / "kdl"), "--help"],
+        [sys.executable, "-m", "kdlightning", "--help"],
+    ):
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         assert "fit" in result.stdout and "validate" in result.stdout and "predict" in result.stdout

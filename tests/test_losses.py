@@ -41,7 +41,11 @@ def ref_ce(z: np.ndarray, y: np.ndarray) -> float:
 
 def _random(seed: int, n: int = 16, c: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, generator=g) * 3, torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
+    return (
+        torch.randn(n, c, generator=g) * 3,
+        torch.randn(n, c, generator=g) * 3,
+        torch.randint(0, c, (n,), generator=g),
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))

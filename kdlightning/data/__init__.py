@@ -1,6 +1,53 @@
-"""Data sets and datamodules."""
+"""Data: partitioners (pure numpy), data set sources and LightningDataModules."""
 
-from kdlightning.data.datamodules import ClassificationDataModule, DigitsDataModule, EpochShuffleSampler
-from kdlightning.data.datasets import load_digits_arrays
+from kdlightning.data.datamodules import (
+    ClassificationDataModule,
+    DigitsDataModule,
+    EpochShuffleSampler,
+    PartitionedDataModule,
+)
+from kdlightning.data.datasets import (
+    DatasetSource,
+    Digits,
+    FashionMNIST,
+    HFDataset,
+    LabelledData,
+    load_digits_arrays,
+)
+from kdlightning.data.partitioners import (
+    DirichletPartitioner,
+    IIDPartitioner,
+    LabelSkewPartitioner,
+    Partitioner,
+    QuantitySkewPartitioner,
+    dirichlet,
+    iid,
+    label_skew,
+    partition_stats,
+    plot_partition,
+    quantity_skew,
+)
 
-__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "load_digits_arrays"]
+__all__ = [
+    "ClassificationDataModule",
+    "DatasetSource",
+    "Digits",
+    "DigitsDataModule",
+    "DirichletPartitioner",
+    "EpochShuffleSampler",
+    "FashionMNIST",
+    "HFDataset",
+    "IIDPartitioner",
+    "LabelSkewPartitioner",
+    "LabelledData",
+    "PartitionedDataModule",
+    "Partitioner",
+    "QuantitySkewPartitioner",
+    "dirichlet",
+    "iid",
+    "label_skew",
+    "load_digits_arrays",
+    "partition_stats",
+    "plot_partition",
+    "quantity_skew",
+]

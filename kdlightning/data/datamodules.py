@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from kdlightning.data.datasets import load_digits_arrays
+from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
+from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
 
-__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler"]
+__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "PartitionedDataModule"]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -96,17 +100,189 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
 
-class DigitsDataModule(ClassificationDataModule):
-    """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), split by stratified sampling.
+class PartitionedDataModule(ClassificationDataModule):
+    """One party's view of a data set partitioned across parties.
 
-    The embedded default data set: it needs no download and no file.
+    ``setup`` loads the data set, splits its training pool across ``num_parties`` with
+    ``partitioner`` (the same split in every process and on every DDP rank: it depends only on the
+    labels and ``seed``) and exposes, for party ``partition_id``:
+
+    - ``train_set``: the **transfer set** the method trains on: ``"own"`` (the party's training
+      data), ``"teacher"`` (party ``teacher_partition_id``'s), ``"union"`` (both) or ``"public"``
+      (a ``public_fraction`` of the pool held out before partitioning, owned by no party);
+    - ``val_set``: ``val_fraction`` of the party's own partition, held out from its training data;
+    - ``test_set``: the data set's global, unpartitioned test set.
+
+    Nothing is read or downloaded in ``__init__``.
+
+    Args:
+        dataset: the data set source (:class:`~kdlightning.data.Digits` by default).
+        partitioner: how the pool is split across parties (IID by default).
+        num_parties: number of parties, ``>= 1``.
+        partition_id: this party, in ``[0, num_parties)``.
+        transfer: which data the method trains on (see above).
+        teacher_partition_id: the teacher's party, for ``transfer="teacher"`` or ``"union"``.
+        public_fraction: share of the pool held out as public data before partitioning, in ``[0, 1)``.
+        val_fraction: share of the party's partition held out for validation, in ``(0, 1)``.
+        batch_size: samples per batch.
+        num_workers: data loader worker processes.
+        seed: seed of the partition, the held-out splits and the shuffling.
+        log_partition: log the partition's statistics (counts per party and class, a PNG) once per run.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetSource | None = None,
+        partitioner: Partitioner | None = None,
+        num_parties: int = 2,
+        partition_id: int = 0,
+        transfer: Literal["own", "teacher", "union", "public"] = "own",
+        teacher_partition_id: int = 1,
+        public_fraction: float = 0.0,
+        val_fraction: float = 0.1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        log_partition: bool = True,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if num_parties < 1:
+            raise ValueError(f"`num_parties` must be >= 1, got {num_parties!r}.")
+        if not 0 <= partition_id < num_parties:
+            raise ValueError(f"`partition_id` must lie in [0, num_parties={num_parties}), got {partition_id!r}.")
+        if transfer not in ("own", "teacher", "union", "public"):
+            raise ValueError(f"`transfer` must be 'own', 'teacher', 'union' or 'public', got {transfer!r}.")
+        if transfer in ("teacher", "union") and not (
+            0 <= teacher_partition_id < num_parties and teacher_partition_id != partition_id
+        ):
+            raise ValueError(
+                f"`teacher_partition_id` must be another party in [0, {num_parties}) for transfer={transfer!r}, "
+                f"got {teacher_partition_id!r} (partition_id={partition_id})."
+            )
+        if not 0.0 <= public_fraction < 1.0:
+            raise ValueError(f"`public_fraction` must lie in [0, 1), got {public_fraction!r}.")
+        if transfer == "public" and public_fraction == 0.0:
+            raise ValueError("`transfer='public'` needs `public_fraction` > 0 (the share of data no party owns).")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}.")
+        self.dataset = dataset if dataset is not None else Digits(seed=seed)
+        self.partitioner = partitioner if partitioner is not None else IIDPartitioner()
+        self.num_parties = num_parties
+        self.partition_id = partition_id
+        self.transfer = transfer
+        self.teacher_partition_id = teacher_partition_id
+        self.public_fraction = public_fraction
+        self.val_fraction = val_fraction
+        self.log_partition = log_partition
+        self.data: LabelledData | None = None
+        self.parts: list[np.ndarray] = []
+        self.public_index = np.empty(0, dtype=np.int64)
+        self._logged = False
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the data set (loads it if ``setup`` has not run yet)."""
+        return self._loaded().num_classes
+
+    def _loaded(self) -> LabelledData:
+        if self.data is None:
+            self.data = self.dataset.load()
+        return self.data
+
+    def prepare_data(self) -> None:
+        """Fetch the data set once (a no-op for local sources)."""
+        self.dataset.prepare()
+
+    def split_pool(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Partition the training pool: ``(one sorted index array per party, public indices)``."""
+        labels = self._loaded().train_labels
+        rng = np.random.default_rng(self.seed)
+        pool = np.arange(len(labels))
+        public = np.empty(0, dtype=np.int64)
+        if self.public_fraction > 0:
+            shuffled = rng.permutation(pool)
+            cut = round(self.public_fraction * len(pool))
+            public, pool = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+        parts = self.partitioner.partition(labels[pool], self.num_parties, self.seed)
+        return [pool[part] for part in parts], public
+
+    def _train_val(self, party: int) -> tuple[np.ndarray, np.ndarray]:
+        """A party's partition split into its training and validation indices (fixed by seed and party)."""
+        index = self.parts[party]
+        rng = np.random.default_rng([self.seed, party])
+        shuffled = rng.permutation(index)
+        n_val = max(1, round(self.val_fraction * len(index))) if len(index) > 1 else 0
+        return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
+
+    def transfer_index(self) -> np.ndarray:
+        """Indices (into the training pool) of the transfer set."""
+        own, _ = self._train_val(self.partition_id)
+        if self.transfer == "own":
+            return own
+        if self.transfer == "public":
+            return self.public_index
+        teacher, _ = self._train_val(self.teacher_partition_id)
+        return teacher if self.transfer == "teacher" else np.union1d(own, teacher)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, partition and build the party's data sets (the same in every process)."""
+        data = self._loaded()
+        if not self.parts:
+            self.parts, self.public_index = self.split_pool()
+        own_train, own_val = self._train_val(self.partition_id)
+        if len(own_train) == 0 or len(own_val) == 0:
+            raise ValueError(
+                f"Party {self.partition_id} has {len(self.parts[self.partition_id])} samples, too few for a training "
+                f"and a validation split; use fewer parties or a partitioner with a larger min_size."
+            )
+        train = self.transfer_index()
+        if len(train) == 0:
+            raise ValueError(f"The transfer set {self.transfer!r} of party {self.partition_id} is empty.")
+        self.train_set = _dataset(data.train_inputs, data.train_labels, train)
+        self.val_set = _dataset(data.train_inputs, data.train_labels, own_val)
+        self.test_set = _dataset(data.test_inputs, data.test_labels, None)
+        self._log_partition_stats()
+
+    def partition_stats(self) -> np.ndarray:
+        """``(num_parties, num_classes)`` sample counts of the partition."""
+        data = self._loaded()
+        return partition_stats(data.train_labels, self.parts, num_classes=data.num_classes)
+
+    def _log_partition_stats(self) -> None:
+        trainer = self.trainer
+        if not self.log_partition or self._logged or trainer is None or not trainer.loggers:
+            return
+        self._logged = True
+        if trainer.global_rank != 0:
+            return
+        stats = self.partition_stats()
+        columns = ["party", *(f"class_{c}" for c in range(stats.shape[1])), "total"]
+        rows = [[party, *counts.tolist(), int(counts.sum())] for party, counts in enumerate(stats)]
+        for logger in trainer.loggers:
+            directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or ".")
+            directory.mkdir(parents=True, exist_ok=True)
+            csv_path = directory / "partition_stats.csv"
+            csv_path.write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
+            png = directory / "partition_stats.png"
+            title = f"{self.partitioner}, {self.num_parties} parties"
+            plot_partition(self._loaded().train_labels, self.parts, png, title=title)
+            if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
+                logger.log_table(key="data/partition_stats", columns=columns, data=rows)
+                logger.log_image(key="data/partition", images=[str(png)])
+
+
+class DigitsDataModule(PartitionedDataModule):
+    """scikit-learn's bundled 8×8 digits as a single party: the embedded default, needs no file.
+
+    A stratified ``test_fraction`` of the 1,797 images is the test set; ``val_fraction`` of the rest
+    is held out for validation.
 
     Args:
         batch_size: samples per batch.
-        val_fraction: share of the data held out for validation.
-        test_fraction: share of the data held out for testing.
+        val_fraction: share of the training images held out for validation.
+        test_fraction: share of all images held out for testing.
         num_workers: data loader worker processes.
-        seed: seed of the split and of the shuffling.
+        seed: seed of the splits and of the shuffling.
     """
 
     def __init__(
@@ -117,36 +293,33 @@ class DigitsDataModule(ClassificationDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"`{name}` must lie in (0, 1), got {value!r}.")
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                f"`val_fraction + test_fraction` must be < 1 to leave training data, got {val_fraction + test_fraction}"
-            )
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-
-    @property
-    def num_classes(self) -> int:
-        """10 digit classes."""
-        return 10
-
-    def setup(self, stage: str | None = None) -> None:
-        """Split the digits into train / validation / test (same split in every process)."""
-        from sklearn.model_selection import train_test_split
-
-        images, labels = load_digits_arrays()
-        index = np.arange(len(labels))
-        rest, test = train_test_split(index, test_size=self.test_fraction, stratify=labels, random_state=self.seed)
-        train, val = train_test_split(
-            rest,
-            test_size=self.val_fraction / (1.0 - self.test_fraction),
-            stratify=labels[rest],
-            random_state=self.seed,
+        super().__init__(
+            dataset=Digits(test_fraction=test_fraction, seed=seed),
+            num_parties=1,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            log_partition=False,
         )
-        x, y = torch.from_numpy(images), torch.from_numpy(labels)
-        self.train_set = TensorDataset(x[np.sort(train)], y[np.sort(train)])
-        self.val_set = TensorDataset(x[np.sort(val)], y[np.sort(val)])
-        self.test_set = TensorDataset(x[np.sort(test)], y[np.sort(test)])
+
+
+class _ArrayDataset(Dataset):
+    """``(input, label)`` pairs from arrays; strings stay strings (tokenized in the collate)."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray) -> None:
+        self.inputs, self.labels = inputs, torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[object, Tensor]:
+        return self.inputs[i], self.labels[i]
+
+
+def _dataset(inputs: np.ndarray, labels: np.ndarray, index: np.ndarray | None) -> Dataset:
+    if index is not None:
+        inputs, labels = inputs[index], labels[index]
+    if inputs.dtype.kind in "OUS":
+        return _ArrayDataset(inputs, labels)
+    return TensorDataset(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(labels))

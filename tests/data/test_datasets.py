@@ -101,8 +101,12 @@ def test_csv_numeric_columns_with_string_labels(tmp_path: Path) -> None:
     rows = ["f1,f2,label"] + [f"{i},{i * 2},{'cat' if i % 2 else 'dog'}" for i in range(20)]
     (tmp_path / "train.csv").write_text("\n".join(rows))
     (tmp_path / "test.csv").write_text("\n".join(rows[:6]))
-    source = HFDataset("csv", data_files={"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")},
-                       input_column=["f1", "f2"], label_column="label")
+    source = HFDataset(
+        "csv",
+        data_files={"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")},
+        input_column=["f1", "f2"],
+        label_column="label",
+    )
     data = source.load()
     assert data.train_inputs.shape == (20, 2)
     assert data.class_names == ("cat", "dog")
@@ -115,8 +119,9 @@ def test_parquet_text_without_test_split_holds_out_a_share(tmp_path: Path) -> No
 
     frame = pd.DataFrame({"sentence": [f"text number {i}" for i in range(50)], "label": [i % 3 for i in range(50)]})
     frame.to_parquet(tmp_path / "train.parquet")
-    data = HFDataset("parquet", data_files={"train": str(tmp_path / "train.parquet")}, input_column="sentence",
-                     test_fraction=0.2).load()
+    data = HFDataset(
+        "parquet", data_files={"train": str(tmp_path / "train.parquet")}, input_column="sentence", test_fraction=0.2
+    ).load()
     assert data.is_text
     assert (len(data.train_labels), len(data.test_labels)) == (40, 10)
     assert data.num_classes == 3

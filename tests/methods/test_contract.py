@@ -26,9 +26,7 @@ METHODS = [
 def network_arguments(cls: type[DistillationModule]) -> list[str]:
     """Constructor arguments that take a network."""
     return [
-        name
-        for name, param in inspect.signature(cls.__init__).parameters.items()
-        if "Module" in str(param.annotation)
+        name for name, param in inspect.signature(cls.__init__).parameters.items() if "Module" in str(param.annotation)
     ]
 
 

@@ -79,7 +79,13 @@ def test_gradient_clipping_is_the_methods_own(tmp_path) -> None:
     model = _dml(gradient_clip_val=1e-6, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
     before = copy.deepcopy(model.student.state_dict())
     tiny_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=SyntheticDataModule())
-    step = torch.cat([(model.student.state_dict()[k] - v).flatten() for k, v in before.items() if "running" not in k and v.is_floating_point()])
+    step = torch.cat(
+        [
+            (model.student.state_dict()[k] - v).flatten()
+            for k, v in before.items()
+            if "running" not in k and v.is_floating_point()
+        ]
+    )
     assert 0 < step.norm() <= 1.01e-6
     with pytest.raises(ValueError, match="gradient_clip_val"):
         _dml(gradient_clip_val=0.0)

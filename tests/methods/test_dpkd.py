@@ -26,7 +26,9 @@ def test_training_losses_route_by_confidence_and_log_the_teacher_fraction(tmp_pa
     x, y = torch.randn(32, 8), torch.randint(0, NUM_CLASSES, (32,))
     terms = model.training_losses((x, y))
     with torch.no_grad():
-        expected = dp_kd_terms(model.student(x), model.teacher(x), model.initial_student(x), y, 2.0, 0.5, "unsupervised")
+        expected = dp_kd_terms(
+            model.student(x), model.teacher(x), model.initial_student(x), y, 2.0, 0.5, "unsupervised"
+        )
     for key in ("loss", "loss_ce", "loss_kd", "teacher_fraction"):
         torch.testing.assert_close(terms[key], expected[key])
 

@@ -1,0 +1,167 @@
+"""PartitionedDataModule: a party's train / validation / transfer / test sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_trainer
+
+from kdlightning import StudentOnly
+from kdlightning.data import (
+    DigitsDataModule,
+    DirichletPartitioner,
+    FashionMNIST,
+    IIDPartitioner,
+    LabelSkewPartitioner,
+    PartitionedDataModule,
+)
+from kdlightning.models import MLP
+
+
+def indices(dataset) -> set[bytes]:
+    """Fingerprints of a data set's samples (its rows), to compare sets across splits."""
+    return {x.numpy().tobytes() for x, _ in dataset}
+
+
+def make(**kwargs) -> PartitionedDataModule:
+    options = {"partitioner": DirichletPartitioner(alpha=0.5), "num_parties": 3, "partition_id": 0}
+    options.update(kwargs)
+    dm = PartitionedDataModule(**options)
+    dm.setup("fit")
+    return dm
+
+
+def test_party_splits_are_disjoint_and_inside_the_party() -> None:
+    dm = make()
+    train, val = dm._train_val(0)
+    assert not set(train) & set(val)
+    assert set(train) | set(val) == set(dm.parts[0])
+    assert len(val) == round(0.1 * len(dm.parts[0]))
+    assert len(dm.train_set) == len(train)
+    assert len(dm.val_set) == len(val)
+    assert len(dm.test_set) == 360  # the global test set: 20% of the 1,797 digits
+    assert dm.num_classes == 10
+
+
+def test_partition_covers_the_pool_once() -> None:
+    dm = make(public_fraction=0.2)
+    everything = np.concatenate([*dm.parts, dm.public_index])
+    assert len(everything) == len(np.unique(everything)) == len(dm.data.train_labels)
+    assert len(dm.public_index) == round(0.2 * len(dm.data.train_labels))
+
+
+@pytest.mark.parametrize("transfer", ["own", "teacher", "union", "public"])
+def test_transfer_sets(transfer: str) -> None:
+    dm = make(transfer=transfer, public_fraction=0.1, teacher_partition_id=2)
+    own, own_val = dm._train_val(0)
+    teacher, _ = dm._train_val(2)
+    expected = {"own": own, "teacher": teacher, "union": np.union1d(own, teacher), "public": dm.public_index}[transfer]
+    np.testing.assert_array_equal(dm.transfer_index(), expected)
+    assert len(dm.train_set) == len(expected)
+    assert not set(dm.transfer_index()) & set(own_val)  # validation stays unseen by training
+    assert len(dm.val_set) == len(own_val)  # validation is always the student party's own
+
+
+def test_same_split_in_every_process_whatever_the_global_rng() -> None:
+    """Two ranks build their datamodules independently; global RNG state must not matter."""
+    np.random.seed(1)
+    torch.manual_seed(1)
+    rank0 = make(partitioner=LabelSkewPartitioner(classes_per_party=4))
+    np.random.seed(2)
+    torch.manual_seed(2)
+    rank1 = make(partitioner=LabelSkewPartitioner(classes_per_party=4))
+    for a, b in zip(rank0.parts, rank1.parts, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert indices(rank0.val_set) == indices(rank1.val_set)
+    assert not np.array_equal(make(seed=1).parts[0], make(seed=0).parts[0])
+
+
+def test_nothing_is_read_in_init(tmp_path: Path) -> None:
+    dm = PartitionedDataModule(dataset=FashionMNIST(root=str(tmp_path / "missing")))
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_parties": 0}, "num_parties"),
+        ({"num_parties": 2, "partition_id": 2}, "partition_id"),
+        ({"transfer": "teacher", "teacher_partition_id": 0}, "teacher_partition_id"),
+        ({"transfer": "public"}, "public_fraction"),
+        ({"public_fraction": 1.0}, "public_fraction"),
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"transfer": "everything"}, "transfer"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        PartitionedDataModule(**kwargs)
+
+
+def test_a_party_too_small_for_a_validation_split_is_reported() -> None:
+    dm = PartitionedDataModule(partitioner=IIDPartitioner(), num_parties=1437, partition_id=3)  # one sample each
+    with pytest.raises(ValueError, match=r"Party 3 has 1 samples"):
+        dm.setup("fit")
+
+
+def test_partition_stats_are_logged_once_with_a_plot(tmp_path: Path) -> None:
+    dm = PartitionedDataModule(partitioner=DirichletPartitioner(alpha=0.3), num_parties=4, partition_id=1)
+    model = StudentOnly(MLP(num_classes=10, in_features=64, hidden_sizes=(8,)), num_classes=10)
+    logger = L.pytorch.loggers.CSVLogger(tmp_path)
+    trainer = tiny_trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)
+    trainer.validate(model, datamodule=dm)
+    log_dir = Path(logger.log_dir)
+    rows = (log_dir / "partition_stats.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("party,class_0")
+    assert len(rows) == 1 + 4
+    counts = np.array([[int(v) for v in row.split(",")[1:-1]] for row in rows[1:]])
+    np.testing.assert_array_equal(counts, dm.partition_stats())
+    assert counts.sum() == len(dm.data.train_labels)
+    assert (log_dir / "partition_stats.png").stat().st_size > 1000
+
+
+def test_digits_datamodule_is_one_party_of_the_bundled_digits() -> None:
+    dm = DigitsDataModule(val_fraction=0.15, test_fraction=0.2)
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 1797
+    assert dm.num_parties == 1
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_kdl_fit_on_a_dirichlet_0_1_fashion_mnist_party(tmp_path: Path, monkeypatch) -> None:
+    """The shipped configs: the teacher on party 1, the KD student on party 0, Dirichlet(0.1)."""
+    from kdlightning.cli import KDLightningCLI, main
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    monkeypatch.chdir(tmp_path)
+    fast = [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=5",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    base = ["-c", str(root / "_base/trainer.yaml")]
+    data = ["-c", str(root / "data/fashion_mnist_dirichlet_0.1.yaml")]
+    main(
+        ["fit", *base, "-c", str(root / "fashion_mnist/teacher.yaml"), *data, "--data.init_args.partition_id=1", *fast]
+    )
+    cli = KDLightningCLI(args=["fit", *base, "-c", str(root / "fashion_mnist/vanilla_kd.yaml"), *data, *fast])
+    dm = cli.datamodule
+    assert dm.partition_id == 0
+    assert str(dm.partitioner) == "dirichlet(alpha=0.1)"
+    stats = dm.partition_stats()
+    assert stats.sum() == 60000
+    assert (stats / stats.sum(axis=0)).max() > 0.9  # alpha=0.1: most classes sit almost wholly with one party
+    assert 0.0 <= cli.trainer.callback_metrics["val/acc"].item() <= 1.0
+    assert os.path.isfile("runs/fashion_mnist/vanilla_kd/checkpoints/last.ckpt")
