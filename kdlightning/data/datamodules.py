@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
 from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
@@ -107,7 +107,8 @@ class PartitionedDataModule(ClassificationDataModule):
     ``partitioner`` (the same split in every process and on every DDP rank: it depends only on the
     labels and ``seed``) and exposes, for party ``partition_id``:
 
-    - ``train_set``: the **transfer set** the method trains on: ``"own"`` (the party's training
+    - ``train_set``: the **transfer set** the method trains on, as ``(input, label, pool_index)``
+      batches (``pool_index`` keys the teacher-output cache): ``"own"`` (the party's training
       data), ``"teacher"`` (party ``teacher_partition_id``'s), ``"union"`` (both) or ``"public"``
       (a ``public_fraction`` of the pool held out before partitioning, owned by no party);
     - ``val_set``: ``val_fraction`` of the party's own partition, held out from its training data;
@@ -128,6 +129,8 @@ class PartitionedDataModule(ClassificationDataModule):
         num_workers: data loader worker processes.
         seed: seed of the partition, the held-out splits and the shuffling.
         log_partition: log the partition's statistics (counts per party and class, a PNG) once per run.
+        train_transform: applied to each training (transfer-set) input, e.g. augmentation; validation
+            and test inputs are not transformed. A random transform rules out the teacher-output cache.
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class PartitionedDataModule(ClassificationDataModule):
         num_workers: int = 0,
         seed: int = 0,
         log_partition: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if num_parties < 1:
@@ -174,6 +178,7 @@ class PartitionedDataModule(ClassificationDataModule):
         self.public_fraction = public_fraction
         self.val_fraction = val_fraction
         self.log_partition = log_partition
+        self.train_transform = train_transform
         self.data: LabelledData | None = None
         self.parts: list[np.ndarray] = []
         self.public_index = np.empty(0, dtype=np.int64)
@@ -238,10 +243,61 @@ class PartitionedDataModule(ClassificationDataModule):
         train = self.transfer_index()
         if len(train) == 0:
             raise ValueError(f"The transfer set {self.transfer!r} of party {self.partition_id} is empty.")
-        self.train_set = _dataset(data.train_inputs, data.train_labels, train)
-        self.val_set = _dataset(data.train_inputs, data.train_labels, own_val)
-        self.test_set = _dataset(data.test_inputs, data.test_labels, None)
+        self.train_set = _ArrayDataset(
+            data.train_inputs, data.train_labels, train, transform=self.train_transform, with_index=True
+        )
+        self.val_set = _ArrayDataset(data.train_inputs, data.train_labels, own_val)
+        self.test_set = _ArrayDataset(data.test_inputs, data.test_labels)
         self._log_partition_stats()
+
+    @property
+    def pool_size(self) -> int:
+        """Number of samples in the training pool (the index space of ``pool_index``)."""
+        return len(self._loaded().train_labels)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what determines a reference's outputs on the pool: its inputs and the transform."""
+        data = self._loaded()
+        digest = hashlib.sha256(repr(self.train_transform).encode())
+        inputs = data.train_inputs
+        if inputs.dtype.kind in "OUS":
+            for text in inputs:
+                digest.update(str(text).encode() + b"\0")
+        else:
+            digest.update(str(inputs.dtype).encode() + str(inputs.shape).encode())
+            digest.update(np.ascontiguousarray(inputs).view(np.uint8).data)
+        return digest.hexdigest()
+
+    def check_deterministic_transfer(self, probes: int = 4) -> None:
+        """Raise ``ValueError`` if ``train_transform`` is random (cached teacher outputs would be wrong).
+
+        A transform may declare ``deterministic = True`` or ``False``; otherwise it is applied twice to
+        a few samples under different random states and must give the same result.
+        """
+        transform = self.train_transform
+        declared = getattr(transform, "deterministic", None)
+        if transform is None or declared is True:
+            return
+        data = self._loaded()
+        random = declared is False
+        for i in range(min(probes, len(data.train_labels)) if not random else 0):
+            x = data.train_inputs[i] if data.is_text else torch.from_numpy(np.ascontiguousarray(data.train_inputs[i]))
+            outputs = []
+            for seed in (1, 2):
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    np.random.seed(seed)
+                    outputs.append(transform(x))
+            same = outputs[0] == outputs[1] if data.is_text else torch.equal(outputs[0], outputs[1])
+            if not same:
+                random = True
+                break
+        if random:
+            raise ValueError(
+                f"The transfer set's train_transform {transform!r} is random, so cached teacher outputs would not "
+                "match the inputs the student sees. Remove the random transform, or train without "
+                "CacheReferenceOutputs."
+            )
 
     def partition_stats(self) -> np.ndarray:
         """``(num_parties, num_classes)`` sample counts of the partition."""
@@ -283,6 +339,7 @@ class DigitsDataModule(PartitionedDataModule):
         test_fraction: share of all images held out for testing.
         num_workers: data loader worker processes.
         seed: seed of the splits and of the shuffling.
+        train_transform: applied to each training input (see :class:`PartitionedDataModule`).
     """
 
     def __init__(
@@ -292,6 +349,7 @@ class DigitsDataModule(PartitionedDataModule):
         test_fraction: float = 0.2,
         num_workers: int = 0,
         seed: int = 0,
+        train_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(
             dataset=Digits(test_fraction=test_fraction, seed=seed),
@@ -301,25 +359,39 @@ class DigitsDataModule(PartitionedDataModule):
             num_workers=num_workers,
             seed=seed,
             log_partition=False,
+            train_transform=train_transform,
         )
 
 
 class _ArrayDataset(Dataset):
-    """``(input, label)`` pairs from arrays; strings stay strings (tokenized in the collate)."""
+    """Samples ``index`` of in-memory arrays, as ``(input, label)`` or ``(input, label, pool_index)``.
 
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray) -> None:
-        self.inputs, self.labels = inputs, torch.from_numpy(labels)
+    Numeric inputs are shared with the data set's arrays (no copy per split); strings stay strings
+    (tokenized in the collate). ``pool_index`` is the sample's index in the training pool, the key of
+    the teacher-output cache.
+    """
+
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        index: np.ndarray | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        with_index: bool = False,
+    ) -> None:
+        self.text = inputs.dtype.kind in "OUS"
+        self.inputs = inputs if self.text else torch.from_numpy(np.ascontiguousarray(inputs))
+        self.labels = torch.from_numpy(labels)
+        self.index = np.arange(len(labels)) if index is None else np.asarray(index)
+        self.transform = transform
+        self.with_index = with_index
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[object, Tensor]:
-        return self.inputs[i], self.labels[i]
-
-
-def _dataset(inputs: np.ndarray, labels: np.ndarray, index: np.ndarray | None) -> Dataset:
-    if index is not None:
-        inputs, labels = inputs[index], labels[index]
-    if inputs.dtype.kind in "OUS":
-        return _ArrayDataset(inputs, labels)
-    return TensorDataset(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(labels))
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        j = int(self.index[i])
+        x = self.inputs[j]
+        if self.transform is not None:
+            x = self.transform(x)
+        return (x, self.labels[j], j) if self.with_index else (x, self.labels[j])

@@ -76,6 +76,7 @@ class DistillationModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self._frozen: list[str] = []
+        self._output_stores: dict[str, Any] = {}
         self._metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")})
         self.val_metrics = self.stage_metrics("val")
         self.test_metrics = self.stage_metrics("test")
@@ -148,13 +149,41 @@ class DistillationModule(L.LightningModule):
         """The ``(N,)`` labels of ``batch``."""
         return batch["labels"] if isinstance(batch, Mapping) else batch[1]
 
+    @staticmethod
+    def sample_index(batch: Batch) -> Tensor | None:
+        """The ``(N,)`` sample indices of ``batch`` (``(x, y, index)`` or ``{"index": ...}``), if it has them."""
+        if isinstance(batch, Mapping):
+            return batch.get("index")
+        return batch[2] if len(batch) > 2 else None
+
+    def attach_output_store(self, name: str, store: Any) -> None:
+        """Serve frozen reference ``name``'s logits from ``store`` (an ``OutputStore``); None detaches it."""
+        if name not in self._frozen:
+            raise ValueError(f"Only frozen references can be cached; {name!r} is not one of {self.frozen_names}.")
+        if store is None:
+            self._output_stores.pop(name, None)
+        else:
+            self._output_stores[name] = store
+
     def logits(self, name: str, batch: Batch) -> Tensor:
-        """Logits ``(N, C)`` of network ``name`` on ``batch``; frozen references run under ``no_grad``."""
+        """Logits ``(N, C)`` of network ``name`` on ``batch``; frozen references run under ``no_grad``.
+
+        A frozen reference with an attached output store (see :mod:`kdlightning.cache`) is read from
+        it when the batch carries sample indices and training is on; missing rows are computed and stored.
+        """
+        store = self._output_stores.get(name) if self.training else None
+        index = self.sample_index(batch) if store is not None else None
+        if index is not None:
+            cached = store.get(index)
+            if cached is not None:
+                return cached
         network = getattr(self, name)
         inputs = self.network_inputs(batch, name)
         with torch.no_grad() if name in self._frozen else torch.enable_grad():
             output = network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
         logits = logits_of(output)
+        if index is not None:
+            store.put(index, logits)
         if logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"The {name} returns logits of shape {tuple(logits.shape)} but the method has "

@@ -1,0 +1,174 @@
+"""Teacher-output cache: frozen references' logits on the transfer set, computed once.
+
+A frozen reference (a teacher, DP-KD's initial student) gives the same logits for a sample every
+time it sees it, so recomputing them every epoch, every trial of a search and every method of a
+study is waste. :class:`CacheReferenceOutputs` is a callback (one switch in YAML) that keeps them in
+an :class:`OutputStore` keyed by sample index, filled on first sight and, with ``cache_dir``, saved
+to disk under a key made of what determines them: the reference's weights and the data set's
+inputs and transform.
+
+The cache only serves a transfer set whose transform is deterministic; it refuses a random one
+(augmentation would make yesterday's teacher output wrong for today's input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CacheReferenceOutputs", "OutputStore", "module_fingerprint"]
+
+
+class OutputStore:
+    """Logits ``(N, C)`` of one reference for samples ``0 .. N-1``, filled as they are computed.
+
+    Args:
+        num_samples: size ``N`` of the index space (the data set's training pool).
+        num_classes: number of logits ``C`` per sample.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int) -> None:
+        self.values = torch.zeros(num_samples, num_classes, dtype=torch.float32)
+        self.filled = torch.zeros(num_samples, dtype=torch.bool)
+
+    def to(self, device: torch.device | str) -> OutputStore:
+        """Move the store to ``device`` (lookups then need no host-device copy)."""
+        self.values, self.filled = self.values.to(device), self.filled.to(device)
+        return self
+
+    def get(self, index: Tensor) -> Tensor | None:
+        """The stored logits ``(B, C)`` of samples ``index`` ``(B,)``, or None unless all are stored."""
+        index = index.to(self.filled.device)
+        if not bool(self.filled[index].all()):
+            return None
+        return self.values[index]
+
+    def put(self, index: Tensor, logits: Tensor) -> None:
+        """Store the logits ``(B, C)`` of samples ``index`` ``(B,)``."""
+        index = index.to(self.filled.device)
+        self.values[index] = logits.detach().to(self.values.device, torch.float32)
+        self.filled[index] = True
+
+    def merge(self, values: Tensor, filled: Tensor) -> None:
+        """Add the rows another store (a file, another rank) has filled."""
+        filled = filled.to(self.filled.device)
+        self.values[filled] = values.to(self.values.device, torch.float32)[filled]
+        self.filled |= filled
+
+    @property
+    def fraction_filled(self) -> float:
+        """Share of the index space stored."""
+        return float(self.filled.float().mean()) if len(self.filled) else 0.0
+
+    def save(self, path: str | Path) -> None:
+        """Write the store atomically: a reader sees the old file or the new one, never half of one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save({"values": self.values.cpu(), "filled": self.filled.cpu()}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load(self, path: str | Path) -> bool:
+        """Merge the rows stored in ``path`` if it exists and matches this store's shape."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if tuple(state["values"].shape) != tuple(self.values.shape):
+            return False
+        self.merge(state["values"], state["filled"])
+        return True
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's class and state (parameters and buffers): equal iff the outputs are."""
+    digest = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for key, value in module.state_dict().items():
+        digest.update(key.encode())
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(str(tensor.dtype).encode() + str(tuple(value.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+class CacheReferenceOutputs(L.Callback):
+    """Compute each frozen reference's logits on the transfer set once and reuse them.
+
+    Add it to ``trainer.callbacks`` (YAML: ``class_path: kdlightning.cache.CacheReferenceOutputs``).
+    It needs a datamodule whose training batches carry sample indices, ``(x, y, index)``, and that
+    describes its data with ``pool_size`` and ``fingerprint()``, as
+    :class:`~kdlightning.data.PartitionedDataModule` does. Epoch one computes and stores the
+    references' logits as samples come; later epochs read them. With ``cache_dir`` the stores are
+    saved at the end of ``fit`` (atomically, gathered over DDP ranks) and loaded by the next run with
+    the same reference weights and data: the trials of a search and the methods of a study.
+
+    Args:
+        cache_dir: directory for the stores; None keeps them in memory for this run only.
+        references: names of the frozen references to cache; None for all of them.
+    """
+
+    def __init__(self, cache_dir: str | None = None, references: list[str] | None = None) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.references = references
+        self.stores: dict[str, OutputStore] = {}
+        self.paths: dict[str, Path] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check the transfer set, build (or load) one store per reference, attach them to the method."""
+        from kdlightning.methods.base import DistillationModule
+
+        if not isinstance(pl_module, DistillationModule):
+            raise TypeError(
+                f"CacheReferenceOutputs works with DistillationModule methods, got {type(pl_module).__name__}."
+            )
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "fingerprint") or not hasattr(datamodule, "pool_size"):
+            raise ValueError(
+                "CacheReferenceOutputs needs a datamodule whose training batches carry sample indices (x, y, index) "
+                "and that has `pool_size` and `fingerprint()`, such as kdlightning.data.PartitionedDataModule."
+            )
+        datamodule.check_deterministic_transfer()
+        names = self.references if self.references is not None else list(pl_module.frozen_names)
+        unknown = sorted(set(names) - set(pl_module.frozen_names))
+        if unknown:
+            raise ValueError(
+                f"`references` {unknown} are not frozen references of the method {pl_module.frozen_names}."
+            )
+        data_key = datamodule.fingerprint()
+        for name in names:
+            store = OutputStore(datamodule.pool_size, pl_module.num_classes)
+            if self.cache_dir is not None:
+                key = hashlib.sha256((module_fingerprint(getattr(pl_module, name)) + data_key).encode()).hexdigest()
+                self.paths[name] = self.cache_dir / f"{key[:32]}.pt"
+                store.load(self.paths[name])
+            self.stores[name] = store.to(pl_module.device)
+            pl_module.attach_output_store(name, self.stores[name])
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Gather the stores over ranks and save them (rank zero)."""
+        for name, store in self.stores.items():
+            if trainer.world_size > 1:
+                values = trainer.strategy.all_gather(store.values)  # (world, N, C)
+                filled = trainer.strategy.all_gather(store.filled)  # (world, N)
+                for rank in range(values.shape[0]):
+                    store.merge(values[rank], filled[rank])
+            if name in self.paths and trainer.is_global_zero:
+                store.save(self.paths[name])
+        for name in self.stores:
+            pl_module.attach_output_store(name, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to checkpoint: the stores live on disk (or are rebuilt)."""
+        return {}
