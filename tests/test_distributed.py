@@ -124,6 +124,7 @@ def vanilla_cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     saver = {"class_path": "ddp_fit.RankStateSaver", "init_args": {"out": str(tmp_path / "ranks")}}
     cmd = [sys.executable, "-m", "kdlightning", "fit"]
     cmd += ["-c", str(ROOT / "configs/_base/trainer.yaml"), "-c", str(ROOT / "configs/digits/vanilla_kd.yaml")]
+    cmd += ["-c", str(ROOT / "configs/_base/cache.yaml")]  # the teacher-output cache, saved to runs/cache
     cmd += [
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
@@ -160,6 +161,21 @@ def test_vanilla_kd_ddp_via_cli(vanilla_cli_run: tuple[Path, list[dict], torch.n
     assert {key.removeprefix("student.") for key in state} == set(final)
     for key, value in final.items():
         assert torch.equal(state[f"student.{key}"], value)
+
+
+def test_teacher_output_cache_gathers_every_ranks_rows(vanilla_cli_run) -> None:
+    """Each rank caches the teacher's logits of its own samples; the saved store holds both ranks' rows."""
+    from kdlightning.data import Digits
+
+    tmp_path, ranks, teacher = vanilla_cli_run
+    (path,) = (tmp_path / "runs" / "cache").glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    filled = state["filled"]
+    assert int(filled.sum()) == 2 * BATCHES * 64  # both ranks' batches, no overlap
+    inputs = torch.from_numpy(Digits().load().train_inputs)[filled]
+    with torch.no_grad():
+        expected = teacher.eval()(inputs)
+    torch.testing.assert_close(state["values"][filled], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ddp_val_loss_is_reduced_across_ranks(vanilla_cli_run: tuple[Path, list[dict], torch.nn.Module]) -> None:

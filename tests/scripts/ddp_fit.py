@@ -56,7 +56,7 @@ class RankStateSaver(L.Callback):
             self.init = snapshot(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        x, y = batch
+        x, y = batch[0], batch[1]
         self.fingerprints.append(float(x.double().sum() + 1000.0 * y.double().sum()))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
