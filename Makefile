@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kdlightning tests examples benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.partitioning
+	$(BIN)/python -m benchmarks --json runs/bench.json
 
 docs: $(STAMP)
 	$(BIN)/mkdocs serve

@@ -55,7 +55,7 @@ class DeepMutualLearning(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         peer_optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        alternate: bool = True,
+        alternate: bool = False,
         gradient_clip_val: float | None = None,
     ) -> None:
         if gradient_clip_val is not None and not gradient_clip_val > 0:

@@ -1,0 +1,384 @@
+"""Training-speed figures of SPEC §8, measured as ratios in one run.
+
+On Fashion-MNIST (a CNN teacher, a smaller CNN student) and on a pair of small BERT-style
+transformers (token ids, the same data in every run), it times steady-state training epochs of
+``StudentOnly``, ``VanillaKD`` with and without the teacher-output cache, a plain hand-written
+PyTorch loop doing the same uncached KD, and ``DeepMutualLearning`` steps, and prints:
+
+- cached KD epoch ÷ StudentOnly epoch (target ≤ 1.10);
+- uncached KD epoch ÷ StudentOnly epoch, beside its bound 1 + teacher forward ÷ student epoch + 5%
+  (the teacher's forwards timed inside that KD epoch; also timed alone, for reference);
+- DML step ÷ (2 × StudentOnly step) (target ≤ 1.10), for ``alternate=False`` and ``alternate=True``;
+- kdlightning's uncached KD epoch ÷ the bare loop's (the library's overhead).
+
+Run ``python -m benchmarks.training [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlightning import DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import DatasetSource, FashionMNIST, LabelledData, PartitionedDataModule
+from kdlightning.losses import distillation_loss
+from kdlightning.models import SmallCNN
+
+
+class Timed(nn.Module):
+    """Wraps a network and accumulates the wall time of its forward passes."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.network(x)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+class EpochTimer(L.Callback):
+    """Wall time of every training batch (optimizer steps included) and of a timed teacher's forwards in it.
+
+    Figures are medians over the batches of the steady epochs, times the batches of an epoch: robust
+    to the noise of a shared machine, and free of validation and epoch-boundary costs.
+    """
+
+    def __init__(self, teacher: Timed | None = None) -> None:
+        self.teacher = teacher
+        self.batches: list[list[float]] = []
+        self.teacher_batches: list[list[float]] = []
+        self._start = self._teacher_start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches.append([])
+        self.teacher_batches.append([])
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._start = time.perf_counter()
+        self._teacher_start = self.teacher.seconds if self.teacher is not None else 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.batches[-1].append(time.perf_counter() - self._start)
+        if self.teacher is not None:
+            self.teacher_batches[-1].append(self.teacher.seconds - self._teacher_start)
+
+
+class SyntheticTokens(DatasetSource):
+    """Token-id sequences whose class is set by a few marker tokens: a text task for BERT-style models."""
+
+    def __init__(self, num_samples: int, length: int = 32, vocab: int = 500, num_classes: int = 4) -> None:
+        self.num_samples, self.length, self.vocab, self.num_classes = num_samples, length, vocab, num_classes
+
+    def load(self) -> LabelledData:
+        rng = np.random.default_rng(0)
+        n = self.num_samples + 512
+        labels = rng.integers(0, self.num_classes, n)
+        tokens = rng.integers(self.num_classes + 1, self.vocab, (n, self.length))
+        tokens[:, 1:4] = labels[:, None] + 1  # marker tokens
+        tokens[:, 0] = 0  # [CLS]
+        return LabelledData(tokens[512:], labels[512:], tokens[:512], labels[:512], num_classes=self.num_classes)
+
+
+class Subsample(DatasetSource):
+    """The first ``num_samples`` training samples of another source (a full epoch then sees each once)."""
+
+    def __init__(self, source: DatasetSource, num_samples: int) -> None:
+        self.source, self.num_samples = source, num_samples
+
+    def load(self) -> LabelledData:
+        data = self.source.load()
+        n = self.num_samples
+        return LabelledData(
+            data.train_inputs[:n], data.train_labels[:n], data.test_inputs, data.test_labels, data.num_classes
+        )
+
+
+class TokenClassifier(nn.Module):
+    """A Hugging Face sequence classifier called on token ids alone."""
+
+    def __init__(self, hidden: int, layers: int, vocab: int = 500, num_classes: int = 4, length: int = 32) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 32),
+            intermediate_size=4 * hidden,
+            max_position_embeddings=length,
+            num_labels=num_classes,
+        )
+        self.model = BertForSequenceClassification(config)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).logits
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|does not have many workers|LeafSpec).*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def fit_epochs(
+    model: DistillationModule, data: PartitionedDataModule, epochs: int, batches: int, callbacks: list | None = None
+) -> EpochTimer:
+    """Train ``model`` for ``epochs`` epochs (of ``batches`` batches: the whole data set); return the epoch timer."""
+    teacher = getattr(model, "teacher", None)
+    timer = EpochTimer(teacher if isinstance(teacher, Timed) else None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, *(callbacks or [])],
+    )
+    trainer.fit(model, datamodule=data)
+    return timer
+
+
+def steady(timer: EpochTimer, skip: int = 1) -> float:
+    """Epoch time: the median batch time after the first ``skip`` epochs (warm-up, cache filling) × batches."""
+    batches = [t for epoch in timer.batches[skip:] for t in epoch]
+    return statistics.median(batches) * len(timer.batches[-1])
+
+
+def steady_teacher(timer: EpochTimer, skip: int = 1) -> float:
+    """The teacher's forward time per epoch, from the median per batch after the first ``skip`` epochs."""
+    batches = [t for epoch in timer.teacher_batches[skip:] for t in epoch]
+    return statistics.median(batches) * len(timer.teacher_batches[-1])
+
+
+def teacher_forward_epoch(teacher: nn.Module, data: PartitionedDataModule, batches: int) -> float:
+    """Seconds for the teacher's forward passes over one epoch of training batches."""
+    teacher.eval()
+    loader = data.train_dataloader()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, (x, _, _) in enumerate(loader):
+            if i == batches:
+                break
+            teacher(x)
+    return time.perf_counter() - start
+
+
+def bare_loop_epoch(student: nn.Module, teacher: nn.Module, data: PartitionedDataModule, batches: int) -> float:
+    """The same uncached vanilla KD epoch as a hand-written PyTorch loop (what a user writes alone)."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    teacher.eval()
+    student.train()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for i, (x, y, _) in enumerate(data.train_dataloader()):
+            if i == batches:
+                break
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distillation_loss(student(x), target, y, 4.0, 0.5)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times[-1]
+
+
+def measure(
+    name: str,
+    make_student: Callable[[], nn.Module],
+    make_teacher: Callable[[], nn.Module],
+    data: PartitionedDataModule,
+    batches: int,
+    epochs: int,
+) -> dict[str, Any]:
+    """Every timing of one workload (student, teacher, data)."""
+    data.prepare_data()
+    data.setup("fit")
+    torch.manual_seed(0)
+    student, teacher = make_student(), make_teacher()
+    fresh = lambda: copy.deepcopy(student)  # noqa: E731
+    num_classes = data.num_classes
+    only = steady(fit_epochs(StudentOnly(fresh(), num_classes), data, epochs, batches))
+    cached = steady(
+        fit_epochs(
+            VanillaKD(fresh(), copy.deepcopy(teacher), num_classes), data, epochs, batches, [CacheReferenceOutputs()]
+        )
+    )
+    timer = fit_epochs(VanillaKD(fresh(), Timed(copy.deepcopy(teacher)), num_classes), data, epochs, batches)
+    uncached, in_loop = steady(timer), steady_teacher(timer)
+    forward = teacher_forward_epoch(copy.deepcopy(teacher), data, batches)
+    bare = bare_loop_epoch(fresh(), copy.deepcopy(teacher), data, batches)
+    dml = {}
+    for alternate in (False, True):
+        peer = copy.deepcopy(student)
+        timer = fit_epochs(DeepMutualLearning(fresh(), peer, num_classes, alternate=alternate), data, epochs, batches)
+        dml[alternate] = steady(timer)
+    return {
+        "workload": name,
+        "batches_per_epoch": batches,
+        "student_only_epoch_s": only,
+        "kd_cached_epoch_s": cached,
+        "kd_uncached_epoch_s": uncached,
+        "teacher_forward_epoch_s": forward,
+        "teacher_forward_in_kd_epoch_s": in_loop,
+        "bare_loop_kd_epoch_s": bare,
+        "dml_joint_epoch_s": dml[False],
+        "dml_alternate_epoch_s": dml[True],
+        "kd_cached_over_student": cached / only,
+        "kd_uncached_over_student": uncached / only,
+        "kd_uncached_bound": 1.0 + in_loop / only + 0.05,
+        "kd_uncached_bound_standalone_forward": 1.0 + forward / only + 0.05,
+        "dml_over_two_students": dml[False] / (2 * only),
+        "dml_alternate_over_two_students": dml[True] / (2 * only),
+        "kd_over_bare_loop": uncached / bare,
+    }
+
+
+def workloads(quick: bool) -> list[tuple[str, Callable, Callable, PartitionedDataModule, int]]:
+    """(name, student, teacher, data, batches per epoch) of each workload."""
+    result = []
+    fashion = FashionMNIST()
+    if (fashion.root / "train-labels-idx1-ubyte.gz").exists() or (fashion.root / "train-labels-idx1-ubyte").exists():
+        batches = 20 if quick else 80
+        data = _single_party(Subsample(fashion, _pool(batches, 128)), 128)
+        result.append(
+            (
+                "Fashion-MNIST, SmallCNN(64,128) -> SmallCNN(16,32)",
+                lambda: SmallCNN(num_classes=10, channels=(16, 32)),
+                lambda: SmallCNN(num_classes=10, channels=(64, 128)),
+                data,
+                batches,
+            )
+        )
+    batches = 10 if quick else 40
+    result.append(
+        (
+            "tokens, BERT 4x256 -> BERT 2x64",
+            lambda: TokenClassifier(hidden=64, layers=2),
+            lambda: TokenClassifier(hidden=256, layers=4),
+            _single_party(SyntheticTokens(num_samples=_pool(batches, 32)), 32),
+            batches,
+        )
+    )
+    return result
+
+
+VAL_FRACTION = 0.02
+
+
+def _pool(batches: int, batch_size: int) -> int:
+    """Pool size whose training split (after the validation hold-out) is ``batches`` full batches."""
+    return int(np.ceil(batches * batch_size / (1 - VAL_FRACTION)))
+
+
+def _single_party(source: DatasetSource, batch_size: int) -> PartitionedDataModule:
+    return PartitionedDataModule(
+        dataset=source, num_parties=1, batch_size=batch_size, val_fraction=VAL_FRACTION, log_partition=False
+    )
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure every workload; the headline keys are those of the first (Fashion-MNIST when installed)."""
+    quiet()
+    epochs = 3 if quick else 4
+    rows = [measure(name, s, t, d, b, epochs) for name, s, t, d, b in workloads(quick)]
+    headline = rows[0]
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU",
+        "epochs": epochs,
+        "rows": rows,
+        **{
+            key: headline[key]
+            for key in (
+                "kd_cached_over_student",
+                "kd_uncached_over_student",
+                "kd_uncached_bound",
+                "dml_over_two_students",
+                "dml_alternate_over_two_students",
+                "kd_over_bare_loop",
+            )
+        },
+    }
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    """The figures as a Markdown table, one column per workload."""
+    rows = figures["rows"]
+    lines = [
+        f"Training speed ({figures['machine']}; epoch = median batch time of epochs 2..{figures['epochs']} x batches)",
+        "",
+        "| figure | target | " + " | ".join(row["workload"] for row in rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+    ]
+    spec = [
+        ("StudentOnly epoch (s)", "", "student_only_epoch_s", "{:.2f}"),
+        ("VanillaKD cached epoch (s)", "", "kd_cached_epoch_s", "{:.2f}"),
+        ("VanillaKD uncached epoch (s)", "", "kd_uncached_epoch_s", "{:.2f}"),
+        ("teacher forward, one epoch alone (s)", "", "teacher_forward_epoch_s", "{:.2f}"),
+        ("teacher forward inside the uncached KD epoch (s)", "", "teacher_forward_in_kd_epoch_s", "{:.2f}"),
+        ("bare PyTorch KD loop epoch (s)", "", "bare_loop_kd_epoch_s", "{:.2f}"),
+        ("**cached KD ÷ StudentOnly**", "≤ 1.10", "kd_cached_over_student", "{:.3f}"),
+        ("**uncached KD ÷ StudentOnly**", "≤ bound", "kd_uncached_over_student", "{:.3f}"),
+        ("bound: 1 + teacher fwd (in KD) ÷ student epoch + 5%", "", "kd_uncached_bound", "{:.3f}"),
+        ("same bound with the teacher forward timed alone", "", "kd_uncached_bound_standalone_forward", "{:.3f}"),
+        ("**DML step ÷ 2 StudentOnly steps** (alternate=False)", "≤ 1.10", "dml_over_two_students", "{:.3f}"),
+        ("DML step ÷ 2 StudentOnly steps (alternate=True)", "", "dml_alternate_over_two_students", "{:.3f}"),
+        ("uncached KD ÷ bare PyTorch loop", "", "kd_over_bare_loop", "{:.3f}"),
+    ]
+    for label, target, key, fmt in spec:
+        lines.append(f"| {label} | {target} | " + " | ".join(fmt.format(row[key]) for row in rows) + " |")
+    return "\n".join(lines)
+
+
+def targets_met(figures: dict[str, Any]) -> dict[str, bool]:
+    """Which SPEC §8 training targets each workload meets."""
+    return {
+        row["workload"]: row["kd_cached_over_student"] <= 1.10
+        and row["kd_uncached_over_student"] <= row["kd_uncached_bound"]
+        and row["dml_over_two_students"] <= 1.10
+        for row in figures["rows"]
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer batches and epochs")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    figures = run(quick=args.quick)
+    print(format_table(figures))
+    met = targets_met(figures)
+    print("\ntargets met: " + ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in met.items()))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if all(met.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
