@@ -31,7 +31,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdlightning import DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
@@ -310,7 +309,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows = [measure(name, s, t, d, b, epochs) for name, s, t, d, b in workloads(quick)]
     headline = rows[0]
     return {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU",
         "epochs": epochs,
         "rows": rows,
         **{
