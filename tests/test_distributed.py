@@ -167,7 +167,7 @@ def test_teacher_output_cache_gathers_every_ranks_rows(vanilla_cli_run) -> None:
     """Each rank caches the teacher's logits of its own samples; the saved store holds both ranks' rows."""
     from kdlightning.data import Digits
 
-    tmp_path, ranks, teacher = vanilla_cli_run
+    tmp_path, _, teacher = vanilla_cli_run
     (path,) = (tmp_path / "runs" / "cache").glob("*.pt")
     state = torch.load(path, weights_only=True)
     filled = state["filled"]

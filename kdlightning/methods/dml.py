@@ -127,7 +127,7 @@ class DeepMutualLearning(DistillationModule):
             self.manual_backward(losses["loss"])
             self._clip_and_step(opt_student)
             self._clip_and_step(opt_peer)
-        self.log_losses(losses, batch)
+        self.log_losses(losses, batch, batch_idx)
 
     @torch.no_grad()
     def _refreshed_student_logits(self, batch: Batch) -> Tensor:
