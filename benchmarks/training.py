@@ -303,8 +303,15 @@ VAL_FRACTION = 0.02
 
 
 def _pool(batches: int, batch_size: int) -> int:
-    """Pool size whose training split (after the validation hold-out) is ``batches`` full batches."""
-    return int(np.ceil(batches * batch_size / (1 - VAL_FRACTION)))
+    """Pool size whose training split (after the validation hold-out) is exactly ``batches`` full batches.
+
+    A leftover partial batch would be left out of a different sample each epoch (the limit on
+    batches per epoch), and the batch holding a never-seen sample would miss the cache.
+    """
+    pool = batches * batch_size
+    while pool - round(VAL_FRACTION * pool) < batches * batch_size:
+        pool += 1
+    return pool
 
 
 def _single_party(source: DatasetSource, batch_size: int) -> PartitionedDataModule:
