@@ -165,3 +165,45 @@ def test_kdl_fit_on_a_dirichlet_0_1_fashion_mnist_party(tmp_path: Path, monkeypa
     assert (stats / stats.sum(axis=0)).max() > 0.9  # alpha=0.1: most classes sit almost wholly with one party
     assert 0.0 <= cli.trainer.callback_metrics["val/acc"].item() <= 1.0
     assert os.path.isfile("runs/fashion_mnist/vanilla_kd/checkpoints/last.ckpt")
+
+
+def test_partition_stats_go_to_wandb_as_a_table_and_an_image(tmp_path: Path) -> None:
+    """A logger with `log_table` / `log_image` (WandbLogger's interface) gets both, once."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class TableLogger(CSVLogger):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.tables: list[tuple] = []
+            self.images: list[tuple] = []
+
+        def log_table(self, key: str, columns: list, data: list) -> None:
+            self.tables.append((key, columns, data))
+
+        def log_image(self, key: str, images: list) -> None:
+            self.images.append((key, images))
+
+    dm = PartitionedDataModule(partitioner=LabelSkewPartitioner(classes_per_party=5), num_parties=2)
+    logger = TableLogger(tmp_path)
+    model = StudentOnly(MLP(num_classes=10, in_features=64, hidden_sizes=(8,)), num_classes=10)
+    tiny_trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1).fit(model, datamodule=dm)
+    ((key, columns, data),) = logger.tables
+    assert key == "data/partition_stats"
+    assert columns[:2] == ["party", "class_0"]
+    assert [row[1:-1] for row in data] == dm.partition_stats().tolist()
+    ((image_key, images),) = logger.images
+    assert image_key == "data/partition"
+    assert Path(images[0]).stat().st_size > 1000
+
+
+def test_an_unknown_partition_strategy_fails_at_parse_time(capsys) -> None:
+    from kdlightning.cli import KDLightningCLI
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    with pytest.raises(SystemExit):
+        KDLightningCLI(
+            args=["-c", str(root / "digits/student_only.yaml"), "-c", str(root / "data/digits_iid.yaml"),
+                  "--data.init_args.partitioner=kdlightning.data.ZipfPartitioner"],
+            run=False,
+        )
+    assert "ZipfPartitioner" in capsys.readouterr().err
