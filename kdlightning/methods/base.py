@@ -7,6 +7,7 @@ one thing, :meth:`DistillationModule.training_losses`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -179,7 +180,8 @@ class DistillationModule(L.LightningModule):
                 return cached
         network = getattr(self, name)
         inputs = self.network_inputs(batch, name)
-        with torch.no_grad() if name in self._frozen else torch.enable_grad():
+        # Trained networks keep the caller's grad mode (no graph during validation); references never build one.
+        with torch.no_grad() if name in self._frozen else contextlib.nullcontext():
             output = network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
         logits = logits_of(output)
         if index is not None:

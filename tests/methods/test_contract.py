@@ -248,3 +248,22 @@ def test_subclass_with_one_method(tmp_path) -> None:
     trainer.fit(model, datamodule=SyntheticDataModule())
     assert {"train/loss", "train/loss_kd", "val/acc"} <= set(trainer.callback_metrics)
     assert not model.teacher.training
+
+
+def test_evaluation_builds_no_graph(method_cls, tmp_path) -> None:
+    """Validation without inference mode: the student's logits must not carry a graph."""
+    seen = []
+
+    class Probe(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            seen.append((self.training, out.requires_grad))
+            return out
+
+    networks = {name: TinyNet() for name in network_arguments(method_cls)}
+    networks["student"] = Probe()
+    model = method_cls(num_classes=NUM_CLASSES, **networks)
+    trainer = tiny_trainer(tmp_path, inference_mode=False)
+    trainer.validate(model, datamodule=SyntheticDataModule())
+    assert seen
+    assert not any(requires_grad for _, requires_grad in seen)
