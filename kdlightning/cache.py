@@ -14,14 +14,14 @@ The cache only serves a transfer set whose transform is deterministic; it refuse
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+
+from kdlightning.atomic import atomic_path
 
 __all__ = ["CacheReferenceOutputs", "OutputStore", "module_fingerprint"]
 
@@ -69,16 +69,8 @@ class OutputStore:
 
     def save(self, path: str | Path) -> None:
         """Write the store atomically: a reader sees the old file or the new one, never half of one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_path(path) as tmp:
             torch.save({"values": self.values.cpu(), "filled": self.filled.cpu()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def load(self, path: str | Path) -> bool:
         """Merge the rows stored in ``path`` if it exists and matches this store's shape."""

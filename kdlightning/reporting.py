@@ -1,0 +1,174 @@
+"""Pure summaries of study results: accuracy gains per method and scenario, and the study's metric.
+
+Nothing here trains or imports Lightning: a study's ``results.csv`` rows go in, numbers and Markdown
+come out, so ``summary.md`` can always be recomputed from ``results.csv``.
+
+A row is a mapping with at least ``scenario``, ``seed``, ``method``, ``acc_before`` and
+``acc_after`` (accuracies in ``[0, 1]`` on the global test set). The **gain** of a run is
+``100 * (acc_after - acc_before)`` percentage points; its **gain over the control** subtracts the
+gain of the control method (the student trained alone for the same epochs) of the same scenario
+and seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdlightning.atomic import write_text_atomic
+
+__all__ = [
+    "Cell",
+    "add_gains",
+    "read_csv",
+    "render_summary",
+    "summarize",
+    "tuned_improvement",
+    "write_csv",
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and sample standard deviation of a gain over seeds (``std`` is 0 for one seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.2f} ± {self.std:.2f}"
+
+
+def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") -> list[dict[str, Any]]:
+    """Return the rows with ``gain_pp`` and ``gain_over_control_pp`` (None where the control is missing).
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.80, "acc_after": 0.82},
+        ...     {"scenario": "iid", "seed": 0, "method": "vanilla_kd", "acc_before": 0.80, "acc_after": 0.85},
+        ... ]
+        >>> [(r["method"], round(r["gain_pp"], 2), round(r["gain_over_control_pp"], 2)) for r in add_gains(rows)]
+        [('student_only', 2.0, 0.0), ('vanilla_kd', 5.0, 3.0)]
+    """
+    out = [dict(row) for row in rows]
+    for row in out:
+        row["gain_pp"] = 100.0 * (float(row["acc_after"]) - float(row["acc_before"]))
+    controls = {(row["scenario"], str(row["seed"])): row["gain_pp"] for row in out if row["method"] == control}
+    for row in out:
+        base = controls.get((row["scenario"], str(row["seed"])))
+        row["gain_over_control_pp"] = None if base is None else row["gain_pp"] - base
+    return out
+
+
+def _cell(values: Sequence[float]) -> Cell:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return Cell(mean, std, len(values))
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[tuple[str, str], Cell]:
+    """Mean ± std of ``key`` over seeds, per ``(scenario, method)``; rows where ``key`` is None are skipped.
+
+    Examples:
+        >>> rows = [{"scenario": "iid", "method": "kd", "gain_pp": g} for g in (1.0, 3.0)]
+        >>> str(summarize(rows)[("iid", "kd")])
+        '+2.00 ± 1.41'
+    """
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row.get(key) is None:
+            continue
+        groups.setdefault((str(row["scenario"]), str(row["method"])), []).append(float(row[key]))
+    return {group: _cell(values) for group, values in groups.items()}
+
+
+def tuned_improvement(
+    summary: Mapping[tuple[str, str], Cell],
+    tuned: str = "tuned_kd",
+    untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
+) -> dict[str, float | None]:
+    r"""The study's metric per scenario: tuned KD's mean gain relative to the best untuned method's.
+
+    .. math::
+        100 \cdot \frac{g_{tuned} - \max_m g_m}{|\max_m g_m|}
+
+    None where a method is missing or the best untuned gain is 0.
+
+    Examples:
+        >>> from kdlightning.reporting import Cell
+        >>> s = {("iid", "tuned_kd"): Cell(1.16, 0, 1), ("iid", "vanilla_kd"): Cell(1.0, 0, 1)}
+        >>> round(tuned_improvement(s, untuned=("vanilla_kd", "dml"))["iid"], 1)
+        16.0
+    """
+    scenarios = sorted({scenario for scenario, _ in summary})
+    out: dict[str, float | None] = {}
+    for scenario in scenarios:
+        best = [summary[(scenario, m)].mean for m in untuned if (scenario, m) in summary]
+        if (scenario, tuned) not in summary or not best or max(best) == 0:
+            out[scenario] = None
+            continue
+        out[scenario] = 100.0 * (summary[(scenario, tuned)].mean - max(best)) / abs(max(best))
+    return out
+
+
+def render_summary(
+    rows: Sequence[Mapping[str, Any]],
+    iid_scenarios: Sequence[str] = ("iid",),
+    tuned: str = "tuned_kd",
+    untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
+) -> str:
+    """``summary.md``: gain and gain over the control per method × scenario, and tuned KD's relative improvement."""
+    rows = add_gains(rows) if rows and "gain_pp" not in rows[0] else list(rows)
+    scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    lines = []
+    for title, key in (
+        ("Accuracy gain (pp)", "gain_pp"),
+        ("Accuracy gain over the control (pp)", "gain_over_control_pp"),
+    ):
+        table = summarize(rows, key)
+        lines += [f"## {title}, mean ± std over seeds", "", "| method | " + " | ".join(scenarios) + " |"]
+        lines.append("|---|" + "---|" * len(scenarios))
+        for method in methods:
+            cells = [str(table[(s, method)]) if (s, method) in table else "-" for s in scenarios]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    improvement = tuned_improvement(summarize(rows, "gain_pp"), tuned, untuned)
+    lines += [f"## Relative improvement of {tuned} over the best untuned method", ""]
+    lines += ["| scenario | improvement |", "|---|---|"]
+    for scenario in scenarios:
+        value = improvement.get(scenario)
+        lines.append(f"| {scenario} | " + ("-" if value is None else f"{value:+.1f}%") + " |")
+    non_iid = [v for s, v in improvement.items() if s not in iid_scenarios and v is not None]
+    iid = [v for s, v in improvement.items() if s in iid_scenarios and v is not None]
+    lines.append("")
+    if iid:
+        lines.append(f"IID: {sum(iid) / len(iid):+.1f}% (the study reports +16%).")
+    if non_iid:
+        lines.append(f"Non-IID average: {sum(non_iid) / len(non_iid):+.1f}% (the study reports +139%).")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as CSV atomically; columns are the union of keys, in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))

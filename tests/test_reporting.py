@@ -1,0 +1,80 @@
+"""Study summaries recomputed from the rows, and atomic writes."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.reporting import add_gains, read_csv, render_summary, summarize, tuned_improvement, write_csv
+
+AFTER = {  # (scenario, seed, method) -> accuracy after; every run starts from 0.80
+    ("iid", 0, "student_only"): 0.81,
+    ("iid", 0, "vanilla_kd"): 0.83,
+    ("iid", 0, "tuned_kd"): 0.84,
+    ("iid", 0, "dml"): 0.82,
+    ("iid", 1, "student_only"): 0.82,
+    ("iid", 1, "vanilla_kd"): 0.85,
+    ("iid", 1, "tuned_kd"): 0.86,
+    ("iid", 1, "dml"): 0.81,
+    ("dirichlet(alpha=0.1)", 0, "student_only"): 0.80,
+    ("dirichlet(alpha=0.1)", 0, "vanilla_kd"): 0.78,
+    ("dirichlet(alpha=0.1)", 0, "tuned_kd"): 0.83,
+    ("dirichlet(alpha=0.1)", 0, "dml"): 0.81,
+}
+
+
+def rows() -> list[dict]:
+    return [
+        {"scenario": s, "seed": seed, "method": m, "acc_before": 0.80, "acc_after": a} for (s, seed, m), a in AFTER.items()
+    ]
+
+
+def test_gains_and_gains_over_the_control() -> None:
+    table = {(r["scenario"], r["seed"], r["method"]): r for r in add_gains(rows())}
+    assert table[("iid", 1, "vanilla_kd")]["gain_pp"] == pytest.approx(5.0)
+    assert table[("iid", 1, "vanilla_kd")]["gain_over_control_pp"] == pytest.approx(3.0)
+    assert table[("dirichlet(alpha=0.1)", 0, "vanilla_kd")]["gain_over_control_pp"] == pytest.approx(-2.0)
+
+
+def test_summary_matches_statistics_module() -> None:
+    summary = summarize(add_gains(rows()))
+    cell = summary[("iid", "vanilla_kd")]
+    assert cell.mean == pytest.approx(statistics.mean([3.0, 5.0]))
+    assert cell.std == pytest.approx(statistics.stdev([3.0, 5.0]))
+    assert cell.n == 2
+    assert summary[("dirichlet(alpha=0.1)", "dml")].std == 0.0
+
+
+def test_tuned_improvement_over_the_best_untuned_method() -> None:
+    improvement = tuned_improvement(summarize(add_gains(rows())), untuned=("vanilla_kd", "dml"))
+    assert improvement["iid"] == pytest.approx(100 * (5.0 - 4.0) / 4.0)  # tuned 5.0 pp vs vanilla 4.0 pp
+    assert improvement["dirichlet(alpha=0.1)"] == pytest.approx(100 * (3.0 - 1.0) / 1.0)  # vs dml 1.0 pp
+
+
+def test_summary_markdown_is_recomputed_from_the_csv(tmp_path: Path) -> None:
+    write_csv(tmp_path / "results.csv", add_gains(rows()))
+    again = read_csv(tmp_path / "results.csv")
+    assert len(again) == len(AFTER)
+    text = render_summary(again, untuned=("vanilla_kd", "dml"))
+    assert text == render_summary(rows(), untuned=("vanilla_kd", "dml"))
+    assert "| vanilla_kd | +4.00 ± 1.41 | -2.00 ± 0.00 |" in text
+    assert "IID: +25.0%" in text
+    assert "Non-IID average: +200.0%" in text
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "summary.md"
+    write_text_atomic(target, "old")
+
+    def killed_mid_write() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        killed_mid_write()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
