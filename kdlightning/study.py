@@ -1,0 +1,267 @@
+"""The study pipeline behind ``kdl study``: every method, every scenario, every seed, from the same start.
+
+For each scenario (a partitioner) and seed it partitions the training pool, pre-trains the
+teacher's and the student's models on their own parties with :class:`~kdlightning.StudentOnly`
+(cached by configuration), measures the student's test accuracy before, runs every method from
+that same pre-trained student beside a control that continues the student alone for as many
+epochs, and records each run in ``results.csv``. ``summary.md`` is recomputed from ``results.csv``
+after every run (:mod:`kdlightning.reporting`), and both are written atomically: a killed study
+loses no finished run and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import (
+    DatasetSource,
+    Digits,
+    DirichletPartitioner,
+    IIDPartitioner,
+    LabelSkewPartitioner,
+    PartitionedDataModule,
+    Partitioner,
+)
+from kdlightning.methods import DistillationModule, StudentOnly
+from kdlightning.reporting import add_gains, read_csv, render_summary, write_csv
+
+__all__ = ["MethodFactory", "NetworkFactory", "Study", "default_scenarios"]
+
+NetworkFactory = Callable[[int], nn.Module]
+"""Builds a fresh network for ``num_classes`` classes (in YAML: a ``class_path`` with ``init_args``)."""
+
+MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
+"""Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
+method) or DML's peer (trained), always a fresh copy of the teacher party's pre-trained model."""
+
+
+def default_scenarios() -> list[Partitioner]:
+    """IID; Dirichlet alpha 1.0, 0.5, 0.1; label skew with 2 classes per party."""
+    return [
+        IIDPartitioner(),
+        DirichletPartitioner(alpha=1.0),
+        DirichletPartitioner(alpha=0.5),
+        DirichletPartitioner(alpha=0.1),
+        LabelSkewPartitioner(classes_per_party=2),
+    ]
+
+
+class Study:
+    """The study of SPEC §6 as one object: configure it, then :meth:`run` it.
+
+    Args:
+        student: builds the student party's network.
+        teacher: builds the teacher party's network.
+        methods: the methods to compare, by name; each is called with ``(student, teacher copy, num_classes)``.
+        dataset: the data set (the bundled digits by default).
+        scenarios: partitioners, one scenario each (default: :func:`default_scenarios`).
+        seeds: seeds of the partition, the pre-training and the methods.
+        num_parties: parties the pool is split across.
+        student_party: the student's party.
+        teacher_party: the teacher's party.
+        pretrain_epochs: epochs of each party's pre-training.
+        epochs: epochs of every method and of the control.
+        batch_size: samples per batch.
+        val_fraction: share of each party's data held out for validation.
+        control: name of the control run (the student alone, same epochs and data).
+        out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
+    """
+
+    def __init__(
+        self,
+        student: NetworkFactory,
+        teacher: NetworkFactory,
+        methods: dict[str, MethodFactory],
+        dataset: DatasetSource | None = None,
+        scenarios: list[Partitioner] | None = None,
+        seeds: Sequence[int] = (0, 1, 2),
+        num_parties: int = 5,
+        student_party: int = 0,
+        teacher_party: int = 1,
+        pretrain_epochs: int = 10,
+        epochs: int = 10,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        control: str = "student_only",
+        out: str = "runs/study",
+    ) -> None:
+        if not methods:
+            raise ValueError("`methods` is empty: name at least one method to compare with the control.")
+        if control in methods:
+            raise ValueError(f"`methods` must not use the control's name {control!r}.")
+        if not seeds:
+            raise ValueError("`seeds` is empty: give at least one seed.")
+        if student_party == teacher_party:
+            raise ValueError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
+        for name, value in (("pretrain_epochs", pretrain_epochs), ("epochs", epochs)):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
+        self.student, self.teacher, self.methods = student, teacher, dict(methods)
+        self.dataset = dataset if dataset is not None else Digits()
+        self.scenarios = scenarios if scenarios is not None else default_scenarios()
+        self.seeds = list(seeds)
+        self.num_parties, self.student_party, self.teacher_party = num_parties, student_party, teacher_party
+        self.pretrain_epochs, self.epochs = pretrain_epochs, epochs
+        self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
+        self.out = Path(out)
+        self._before: dict[tuple[str, int], float] = {}
+        for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
+            if not 0 <= party < num_parties:
+                raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
+        labels = self.dataset.load().train_labels
+        for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
+            scenario.partition(labels, num_parties, self.seeds[0])
+
+    # ------------------------------------------------------------------ pieces
+    def datamodule(self, scenario: Partitioner, seed: int, party: int) -> PartitionedDataModule:
+        """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
+        return PartitionedDataModule(
+            dataset=self.dataset,
+            partitioner=scenario,
+            num_parties=self.num_parties,
+            partition_id=party,
+            teacher_partition_id=self.teacher_party if party != self.teacher_party else self.student_party,
+            val_fraction=self.val_fraction,
+            batch_size=self.batch_size,
+            seed=seed,
+            log_partition=False,
+        )
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        """Every ``(scenario, seed, method)`` of the study, in the order they run."""
+        names = [self.control, *self.methods]
+        return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
+
+    @staticmethod
+    def _trainer(epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu" if not torch.cuda.is_available() else "auto",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=callbacks or [],
+        )
+
+    def pretrained(self, role: str, scenario: Partitioner, seed: int) -> nn.Module:
+        """The ``role`` ("student" or "teacher") party's pre-trained network, trained once per configuration."""
+        factory, party = (self.student, self.student_party) if role == "student" else (self.teacher, self.teacher_party)
+        data = self.datamodule(scenario, seed, party)
+        network = factory(data.num_classes)
+        key = json.dumps(
+            [
+                repr(type(self.dataset)),
+                vars(self.dataset),
+                str(scenario),
+                seed,
+                party,
+                self.num_parties,
+                self.val_fraction,
+                self.batch_size,
+                self.pretrain_epochs,
+                repr(network),
+            ],
+            default=str,
+        )
+        path = self.out / "pretrained" / f"{role}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+        if path.is_file():
+            network.load_state_dict(torch.load(path, weights_only=True))
+            return network
+        L.seed_everything(seed, verbose=False)
+        network = factory(data.num_classes)
+        self._trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
+        with atomic_path(path) as tmp:
+            torch.save(network.state_dict(), tmp)
+        return network
+
+    def test_accuracy(self, model: DistillationModule, data: PartitionedDataModule) -> float:
+        """The student's accuracy on the global test set."""
+        return float(self._trainer(1).test(model, datamodule=data, verbose=False)[0]["test/acc"])
+
+    def run_method(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
+        """Run one method from the pre-trained student; return its results row."""
+        data = self.datamodule(scenario, seed, self.student_party)
+        student = self.pretrained("student", scenario, seed)
+        teacher = self.pretrained("teacher", scenario, seed)
+        key = (str(scenario), seed)
+        if key not in self._before:
+            self._before[key] = self.test_accuracy(StudentOnly(copy.deepcopy(student), data.num_classes), data)
+        L.seed_everything(seed, verbose=False)
+        factories = {self.control: continue_alone, **self.methods}
+        model = factories[name](copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes)
+        cache = CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
+        start = time.perf_counter()
+        self._trainer(self.epochs, [cache]).fit(model, datamodule=data)
+        seconds = time.perf_counter() - start
+        return {
+            "scenario": str(scenario),
+            "seed": seed,
+            "method": name,
+            "class": type(model).__name__,
+            "acc_before": self._before[key],
+            "acc_after": self.test_accuracy(model, data),
+            "hyperparameters": json.dumps(dict(model.hparams), sort_keys=True, default=str),
+            "epochs": self.epochs,
+            "seconds": round(seconds, 2),
+        }
+
+    # ------------------------------------------------------------------ the pipeline
+    def run(self, progress: bool = True) -> list[dict[str, Any]]:
+        """Run every missing ``(scenario, seed, method)``; rewrite ``results.csv`` and ``summary.md`` after each."""
+        warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|does not have many workers|LeafSpec).*")
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        results = self.out / "results.csv"
+        rows = read_csv(results)
+        done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}
+        todo = [run for run in self.runs() if run not in done]
+        scenarios = {str(s): s for s in self.scenarios}
+        bar = _progress(total=len(self.runs()), initial=len(self.runs()) - len(todo), enabled=progress)
+        for scenario, seed, method in todo:
+            bar.set_description(f"{scenario} seed {seed} {method}")
+            rows.append(self.run_method(method, scenarios[scenario], seed))
+            write_csv(results, add_gains(rows, control=self.control))
+            write_text_atomic(self.out / "summary.md", self.summary(rows))
+            bar.update(1)
+        bar.close()
+        if not todo and rows:  # a finished study: refresh the summary from the results
+            write_text_atomic(self.out / "summary.md", self.summary(rows))
+        return add_gains(rows, control=self.control)
+
+    def summary(self, rows: Sequence[dict[str, Any]]) -> str:
+        """``summary.md`` of ``rows``."""
+        header = (
+            f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
+            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {self.seeds}, "
+            f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
+        )
+        untuned = [name for name in self.methods if name != "tuned_kd"]
+        return header + render_summary(add_gains(rows, control=self.control), untuned=untuned)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    """A progress bar with runs done, runs left and the estimated time left."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", disable=not enabled, dynamic_ncols=True)
+
+
+def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
+    """The control: the student continues alone (the teacher is not used)."""
+    return StudentOnly(student, num_classes)

@@ -1,0 +1,100 @@
+"""The study pipeline: every run recorded, resumable, reproducible, summarised from its results."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
+from kdlightning.data import DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
+from kdlightning.models import MLP
+from kdlightning.reporting import read_csv, render_summary
+from kdlightning.study import Study
+
+SCENARIOS = [IIDPartitioner(), DirichletPartitioner(alpha=0.5)]
+
+
+def study(out: Path, methods: dict | None = None, **kwargs) -> Study:
+    options = {
+        "student": partial(MLP, in_features=64, hidden_sizes=(8,)),
+        "teacher": partial(MLP, in_features=64, hidden_sizes=(32,)),
+        "methods": methods
+        if methods is not None
+        else {"vanilla_kd": VanillaKD, "dml": DeepMutualLearning, "dpkd": DataPartitioningKD},
+        "scenarios": SCENARIOS,
+        "seeds": [0, 1],
+        "num_parties": 3,
+        "pretrain_epochs": 2,
+        "epochs": 2,
+        "out": str(out),
+    }
+    options.update(kwargs)
+    return Study(**options)
+
+
+def test_every_run_is_recorded_from_the_same_pretrained_start(tmp_path: Path) -> None:
+    rows = study(tmp_path).run(progress=False)
+    assert len(rows) == 2 * 2 * 4  # scenarios x seeds x (control + 3 methods)
+    assert {r["method"] for r in rows} == {"student_only", "vanilla_kd", "dml", "dpkd"}
+    for scenario in ("iid", "dirichlet(alpha=0.5)"):
+        for seed in ("0", "1"):
+            group = [r for r in rows if r["scenario"] == scenario and str(r["seed"]) == seed]
+            assert len({float(r["acc_before"]) for r in group}) == 1  # one start for every method
+            (control,) = [r for r in group if r["method"] == "student_only"]
+            assert control["gain_over_control_pp"] == 0.0
+    assert len(list((tmp_path / "pretrained").glob("*.pt"))) == 2 * 2 * 2  # one teacher, one student each
+    written = read_csv(tmp_path / "results.csv")
+    assert [r["method"] for r in written] == [r["method"] for r in rows]
+    assert (
+        (tmp_path / "summary.md").read_text().endswith(render_summary(written, untuned=["vanilla_kd", "dml", "dpkd"]))
+    )
+
+
+def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky(student, teacher, num_classes):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed during the third KD run
+        return VanillaKD(student, teacher, num_classes)
+
+    with pytest.raises(KeyboardInterrupt):
+        study(tmp_path, methods={"vanilla_kd": flaky}).run(progress=False)
+    finished = read_csv(tmp_path / "results.csv")
+    assert len(finished) == 5  # iid: 2 seeds x (control, KD); dirichlet seed 0: control; its KD run was killed
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert len(list(csv.reader(handle))) == 6  # header + 5 complete rows, no partial line
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    rows = study(tmp_path, methods={"vanilla_kd": flaky}).run(progress=False)
+    assert len(rows) == 8
+    assert calls["n"] == 5  # only the killed KD run and the two runs after it ran (one of them the control)
+    assert [r["acc_after"] for r in rows[:5]] == [r["acc_after"] for r in finished]
+
+
+def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
+    a = study(tmp_path / "a", seeds=[3]).run(progress=False)
+    b = study(tmp_path / "b", seeds=[3]).run(progress=False)
+    assert [(r["method"], r["acc_before"], r["acc_after"]) for r in a] == [
+        (r["method"], r["acc_before"], r["acc_after"]) for r in b
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": {}}, "methods"),
+        ({"seeds": []}, "seeds"),
+        ({"teacher_party": 0}, "teacher_party"),
+        ({"epochs": 0}, "epochs"),
+        ({"scenarios": [LabelSkewPartitioner(classes_per_party=2)], "num_parties": 3}, "classes_per_party"),
+    ],
+)
+def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        study(tmp_path, **kwargs)
+    assert not (tmp_path / "pretrained").exists()
