@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -265,3 +266,29 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
     """The control: the student continues alone (the teacher is not used)."""
     return StudentOnly(student, num_classes)
+
+
+DEFAULT_CONFIG = Path(__file__).with_name("study_digits.yaml")
+"""The embedded default study (digits): what ``kdl study`` runs with no config."""
+
+
+def main(args: list[str] | None = None) -> list[dict[str, Any]]:
+    """``kdl study [-c CONFIG ...] [--out DIR] [overrides]``: run (or resume) a study and print its summary."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="kdl study", description=Study.__doc__.splitlines()[0] if Study.__doc__ else None)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="study YAML (default: the embedded digits)")
+    parser.add_class_arguments(Study, as_group=False)
+    parser.add_argument("--progress", type=bool, default=True, help="show the progress bar")
+    given = list(sys.argv[1:] if args is None else args)
+    if not any(a in ("-c", "--config") or a.startswith("--config=") for a in given):
+        given = ["-c", str(DEFAULT_CONFIG), *given]
+    config = parser.parse_args(given)
+    init = parser.instantiate(config)
+    progress = init.pop("progress")
+    init.pop("config", None)
+    study = Study(**init)
+    rows = study.run(progress=progress)
+    print((study.out / "summary.md").read_text())
+    print(f"results: {study.out / 'results.csv'}")
+    return rows

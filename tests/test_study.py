@@ -98,3 +98,14 @@ def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, mess
     with pytest.raises(ValueError, match=message):
         study(tmp_path, **kwargs)
     assert not (tmp_path / "pretrained").exists()
+
+
+def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, capsys) -> None:
+    from kdlightning.study import main
+
+    rows = main(["--out", str(tmp_path), "--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false"])
+    assert len(rows) == 5 * 4  # the default scenarios x (control + vanilla_kd, dml, dpkd)
+    out = capsys.readouterr().out
+    assert "## Accuracy gain (pp)" in out
+    assert "label_skew(classes_per_party=2)" in out
+    assert (tmp_path / "results.csv").is_file()
