@@ -109,3 +109,19 @@ def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, caps
     assert "## Accuracy gain (pp)" in out
     assert "label_skew(classes_per_party=2)" in out
     assert (tmp_path / "results.csv").is_file()
+
+
+def test_every_study_config_parses(tmp_path: Path) -> None:
+    """configs/study/*.yaml build a Study (checked without training)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    paths = sorted(root.glob("*.yaml"))
+    assert paths
+    for path in paths:
+        parser = ArgumentParser()
+        parser.add_argument("-c", "--config", action=ActionConfigFile)
+        parser.add_class_arguments(Study, as_group=False)
+        init = parser.instantiate(parser.parse_args(["-c", str(path), "--out", str(tmp_path)]))
+        init.pop("config")
+        assert Study(**init).runs()
