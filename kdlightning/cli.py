@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import lightning as L
@@ -38,8 +39,14 @@ class KDLightningCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``kdl`` and ``python -m kdlightning``."""
+    """Entry point of ``kdl`` and ``python -m kdlightning``; ``kdl tune`` runs :func:`kdlightning.tuning.tune`."""
     # Frozen references are in eval mode by design; Lightning reports every such module.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    KDLightningCLI(args=args)
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["tune"]:
+        from kdlightning.tuning import tune
+
+        tune(list(argv[1:]))
+        return
+    KDLightningCLI(args=args, parser_kwargs={"epilog": "Tuned KD: kdl tune -c ... (see kdl tune --help)."})

@@ -1,0 +1,320 @@
+"""`kdl tune`: chosen on validation, resumable, teacher once, files written, bad input refused early."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from kdlightning.cli import main
+from kdlightning.data import DatasetSource, LabelledData, PartitionedDataModule
+from kdlightning.tuning import DEFAULT_GRID, Search, TuneOptions, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "configs" / "_base" / "trainer.yaml"
+VANILLA_KD = ROOT / "configs" / "digits" / "vanilla_kd.yaml"
+TUNE_CONFIGS = sorted((ROOT / "configs" / "tune").glob("*.yaml"))
+
+
+class Planted(DatasetSource):
+    """Two Gaussian blobs in 2-D whose global test set has its labels flipped.
+
+    The validation split is held out from the training pool, so it agrees with the training labels; the
+    test set disagrees. The student that follows the (wrong) teacher is worst on validation and best on test.
+    """
+
+    def __init__(self, num_samples: int = 320, seed: int = 0) -> None:
+        self.num_samples, self.seed = num_samples, seed
+
+    def load(self) -> LabelledData:
+        rng = np.random.default_rng(self.seed)
+
+        def blobs(n: int) -> tuple[np.ndarray, np.ndarray]:
+            y = rng.integers(0, 2, n)
+            x = rng.normal(0.0, 1.0, (n, 2)) + np.where(y[:, None] == 1, 2.0, -2.0)
+            return x.astype(np.float32), y.astype(np.int64)
+
+        x, y = blobs(self.num_samples)
+        test_x, test_y = blobs(200)
+        return LabelledData(x, y, test_x, 1 - test_y, num_classes=2)
+
+
+class FlippedTeacher(nn.Module):
+    """A confidently wrong teacher: it predicts the other blob's class. Counts the samples it sees."""
+
+    seen: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("direction", torch.tensor([1.0, 1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        FlippedTeacher.seen += x.shape[0]
+        score = 3.0 * (x @ self.direction)  # > 0 on class 1's blob
+        return torch.stack([score, -score], dim=1)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: Lightning and Optuna let it through, so the trial stays RUNNING in the storage."""
+
+
+class KillAt(L.Callback):
+    """Kill the process (raise `Killed`) in the first epoch of the `n`-th fit."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fits = n, 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fits += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fits == self.n:
+            raise Killed
+
+
+DATA = {"dataset": {"class_path": "test_tuning.Planted"}, "num_parties": 1, "val_fraction": 0.3, "batch_size": 32}
+
+
+def planted_args(tmp_path: Path, tune_section: dict, max_epochs: int = 3, name: str = "search") -> list[str]:
+    """`kdl tune` arguments for VanillaKD from the flipped teacher into a tiny MLP on the planted data."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "log_every_n_steps": 1},
+        "model": {
+            "class_path": "kdlightning.VanillaKD",
+            "init_args": {
+                "student": {
+                    "class_path": "kdlightning.models.MLP",
+                    "init_args": {"num_classes": 2, "in_features": 2, "hidden_sizes": [8]},
+                },
+                "teacher": {"class_path": "test_tuning.FlippedTeacher"},
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.05}},
+            },
+        },
+        "data": {
+            "class_path": "kdlightning.data.PartitionedDataModule",
+            "init_args": {**DATA, "log_partition": False},
+        },
+        "tune": tune_section,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["-c", str(path), "--out", str(tmp_path / name)]
+
+
+def states(out: Path) -> list[str]:
+    with open(out / "trials.csv") as handle:
+        return [row["state"] for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2 x 2 grid on the planted data: alpha 0.1 wins on validation, alpha 0.9 would win on test."""
+    tmp_path = tmp_path_factory.mktemp("planted")
+    FlippedTeacher.seen = 0
+    grid = {"model.init_args.temperature": [1.0, 4.0], "model.init_args.alpha": [0.1, 0.9]}
+    result = tune(planted_args(tmp_path, {"grid": grid}), verbose=False)
+    datamodule = PartitionedDataModule(Planted(), num_parties=1, val_fraction=0.3, log_partition=False)
+    datamodule.setup()
+    return {
+        "result": result,
+        "out": tmp_path / "search",
+        "seen": FlippedTeacher.seen,
+        "train": len(datamodule.train_set),
+    }
+
+
+def test_search_chooses_by_validation_never_by_test(planted: dict) -> None:
+    result = planted["result"]
+    assert result.best_params["model.init_args.alpha"] == 0.1
+    by_alpha = {a: [r["val/acc"] for r in result.trials if r["alpha"] == a] for a in (0.1, 0.9)}
+    assert min(by_alpha[0.1]) > max(by_alpha[0.9]) + 0.3  # the planted gap, on validation
+    # the chosen point is the worse one on the (flipped) test set: the search never looked at it
+    assert result.test_metrics["test/acc"] < 0.5
+    assert result.test_model == "checkpoint"
+    best = json.loads((planted["out"] / "best.json").read_text())
+    assert best["params"] == result.best_params and best["test_acc"] == result.test_metrics["test/acc"]
+    assert best["value"] == pytest.approx(max(by_alpha[0.1]))
+
+
+def test_teacher_runs_in_the_first_trial_only(planted: dict) -> None:
+    # one pass over the transfer set in trial 0's first epoch; the other 3 trials x 3 epochs read the cache
+    assert planted["seen"] == planted["train"]
+    assert len(list((planted["out"] / "cache").glob("*.pt"))) == 1
+
+
+def test_outputs_are_written_and_parse(planted: dict) -> None:
+    out = planted["out"]
+    with open(out / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4  # the grid's size
+    assert {(float(r["temperature"]), float(r["alpha"])) for r in rows} == {(1, 0.1), (1, 0.9), (4, 0.1), (4, 0.9)}
+    assert all(r["state"] == "COMPLETE" and float(r["duration_s"]) > 0 for r in rows)
+    before = planted["result"].val_before
+    assert all(float(r["val_gain"]) == pytest.approx(float(r["val/acc"]) - before) for r in rows)
+    best = json.loads((out / "best.json").read_text())
+    assert {"params", "value", "val_before", "val_gain", "test_acc", "trial", "trials"} <= set(best)
+    png = (out / "heatmap.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert yaml.safe_load((out / "config.yaml").read_text())["tune"]["sampler"] == "grid"
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob(".*.tmp"))  # no checkpoints, no half-written files
+
+
+def test_an_output_directory_holds_one_search(planted: dict) -> None:
+    args = planted_args(planted["out"].parent, {"grid": {"alpha": [0.1, 0.9]}}, name="search")
+    with pytest.raises(ValueError, match="another configuration"):
+        tune(args, verbose=False)
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path: Path, capsys) -> None:
+    args = planted_args(tmp_path, {"grid": {"temperature": [1.0, 2.0], "alpha": [0.1, 0.9]}}, max_epochs=2)
+    with pytest.raises(Killed):
+        tune(args, callbacks=[KillAt(3)], verbose=False)
+    out = tmp_path / "search"
+    assert states(out) == ["COMPLETE", "COMPLETE"]  # written after each finished trial
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}")
+    before = {t.number: (t.params, t.value) for t in study.trials if t.state.name == "COMPLETE"}
+    killed = [t for t in study.trials if t.state.name == "RUNNING"]
+    assert len(before) == 2 and len(killed) == 1
+
+    counter = KillAt(0)  # counts fits, kills none
+    result = tune(args, callbacks=[counter], verbose=True)
+    assert "kdl tune: 2 trials to run (2 finished)" in capsys.readouterr().out  # in one round
+    assert counter.fits == 2  # the killed point again, and the one never started
+    rows = {row["number"]: row for row in result.trials}
+    assert rows[killed[0].number]["state"] == "FAIL"
+    assert sum(row["retry_of"] == killed[0].number for row in rows.values()) == 1
+    for number, (params, value) in before.items():
+        assert rows[number]["state"] == "COMPLETE" and rows[number]["val/acc"] == value
+        assert rows[number]["temperature"] == params["model.init_args.temperature"]
+        assert rows[number]["alpha"] == params["model.init_args.alpha"]
+    complete = [(r["temperature"], r["alpha"]) for r in rows.values() if r["state"] == "COMPLETE"]
+    assert sorted(complete) == [(1, 0.1), (1, 0.9), (2, 0.1), (2, 0.9)]  # the grid, each point once
+
+    again = KillAt(0)
+    assert tune(args, callbacks=[again], verbose=False).best_params == result.best_params
+    assert again.fits == 0  # a finished search trains nothing
+
+    # without the chosen trial's weights, the point is retrained with its seed: the same student on CPU
+    (out / "best_model.pt").unlink()
+    retrained = tune(args, verbose=False)
+    assert retrained.test_model == "retrained" and result.test_model == "checkpoint"
+    assert retrained.test_metrics == pytest.approx(result.test_metrics, abs=1e-6)
+
+
+def test_tpe_with_successive_halving_prunes_trailing_trials(tmp_path: Path) -> None:
+    section = {
+        "sampler": "tpe",
+        "n_trials": 6,
+        "n_startup_trials": 3,
+        "grid": {"temperature": [2.0]},
+        "ranges": {"alpha": [0.05, 0.95]},
+        "pruner": "successive_halving",
+        "min_resource": 1,
+        "reduction_factor": 2,
+    }
+    result = tune(planted_args(tmp_path, section, max_epochs=4), verbose=False)
+    assert len(result.trials) == 6
+    pruned = [row for row in result.trials if row["state"] == "PRUNED"]
+    assert pruned and all(row["epochs"] < 4 for row in pruned)
+    assert result.best_params["model.init_args.alpha"] < 0.5  # the teacher is wrong: little weight on it
+    assert (tmp_path / "search" / "heatmap.png").stat().st_size > 0  # a scatter, for continuous alpha
+
+
+def test_tpe_does_not_retrain_values_it_draws_again(tmp_path: Path) -> None:
+    section = {"sampler": "tpe", "n_trials": 5, "n_startup_trials": 5, "grid": {"alpha": [0.1, 0.9]}}
+    counter = KillAt(0)
+    result = tune(planted_args(tmp_path, section, max_epochs=1), callbacks=[counter], verbose=False)
+    twins = [row for row in result.trials if row["same_as"] is not None]
+    assert counter.fits + len(twins) == 5 and counter.fits <= 2
+    originals = {row["number"]: row for row in result.trials}
+    assert all(row["val/acc"] == originals[row["same_as"]]["val/acc"] for row in twins)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--tune.grid={}", "empty"),
+        ('--tune.grid={"alpha": []}', "no values"),
+        ('--tune.grid={"model.init_args.beta": [1.0]}', "no float argument 'beta'"),
+        ('--tune.grid={"num_classes": [2.0]}', "no float argument 'num_classes'"),
+        ('--tune.grid={"model.init_args.student.init_args.dropout": [0.1]}', "own float arguments"),
+        ('--tune.grid={"alpha": [0.5, 1.5]}', r"model\.init_args\.alpha.*\[0, 1\].*1\.5"),
+        ('--tune.grid={"temperature": [0.0, 2.0]}', r"model\.init_args\.temperature.*> 0"),
+        ('--tune.ranges={"alpha": [0.1, 0.9]}', "tpe"),
+        ("--tune.metric=test/acc", "validation"),
+    ],
+)
+def test_bad_search_input_fails_before_any_training(override: str, message: str, tmp_path: Path) -> None:
+    FlippedTeacher.seen = 0
+    with pytest.raises(ValueError, match=message):
+        tune([*planted_args(tmp_path, {}), override], verbose=False)
+    assert not (tmp_path / "search").exists() and FlippedTeacher.seen == 0
+
+
+def test_options_default_to_the_spec_grid() -> None:
+    options = TuneOptions()
+    assert options.grid == DEFAULT_GRID and options.sampler == "grid" and options.metric == "val/acc"
+    assert TuneOptions(grid={"alpha": [0.5]}).grid == {"model.init_args.alpha": [0.5]}
+    with pytest.raises(ValueError, match="n_trials"):
+        TuneOptions(sampler="tpe", n_trials=0)
+
+
+@pytest.mark.parametrize("path", TUNE_CONFIGS, ids=lambda p: p.name)
+def test_every_tune_config_parses(path: Path) -> None:
+    search = Search(["-c", str(TRAINER), "-c", str(VANILLA_KD), "-c", str(path)], verbose=False)
+    assert set(search.space) == set(DEFAULT_GRID)
+    assert search.options.sampler in ("grid", "tpe")
+    if search.options.sampler == "grid":
+        assert len(search._grid_points()) == 25
+    else:
+        assert search.options.pruner == "successive_halving" and search.options.n_trials < 25
+
+
+def test_tune_configs_are_found() -> None:
+    assert {p.name for p in TUNE_CONFIGS} >= {"grid.yaml", "tpe_pruned.yaml"}
+
+
+def test_kdl_tune_help_lists_the_tune_options() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--help"])
+    assert exit_info.value.code in (0, None)
+    assert "--tune.sampler" in out.getvalue() and "--out" in out.getvalue()
+
+
+def test_kdl_tune_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    fast = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
+    teacher = ROOT / "configs" / "digits" / "teacher.yaml"
+    main(["fit", "-c", str(TRAINER), "-c", str(teacher), *fast, "--trainer.log_every_n_steps=1"])
+    grid = '--tune.grid={"temperature": [1.0, 4.0], "alpha": [0.5]}'
+    main(
+        [
+            "tune",
+            "-c",
+            str(TRAINER),
+            "-c",
+            str(VANILLA_KD),
+            "-c",
+            str(ROOT / "configs" / "tune" / "grid.yaml"),
+            *fast,
+            grid,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "best: trial" in printed and "test (checkpoint)" in printed
+    best = json.loads((tmp_path / "runs" / "tune" / "best.json").read_text())
+    assert set(best["params"]) == set(DEFAULT_GRID) and 0.0 <= best["test_acc"] <= 1.0
+    assert not (tmp_path / "runs" / "digits" / "vanilla_kd").exists()  # the config's checkpoint callback is dropped
