@@ -49,4 +49,12 @@ def main(args: ArgsType = None) -> None:
 
         tune(list(argv[1:]))
         return
-    KDLightningCLI(args=args, parser_kwargs={"epilog": "Tuned KD: kdl tune -c ... (see kdl tune --help)."})
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["study"]:
+        from kdlightning.study import main as study
+
+        study(list(argv[1:]))
+        return
+    KDLightningCLI(
+        args=args,
+        parser_kwargs={"epilog": "Also: kdl tune -c ... (tuned KD) and kdl study [-c ...] (see their --help)."},
+    )

@@ -125,3 +125,11 @@ def test_every_study_config_parses(tmp_path: Path) -> None:
         init = parser.instantiate(parser.parse_args(["-c", str(path), "--out", str(tmp_path)]))
         init.pop("config")
         assert Study(**init).runs()
+
+
+def test_kdl_dispatches_study(tmp_path: Path) -> None:
+    from kdlightning.cli import main
+
+    main(["study", "--out", str(tmp_path), "--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false",
+          "--scenarios=[{class_path: kdlightning.data.IIDPartitioner}]"])
+    assert len(read_csv(tmp_path / "results.csv")) == 4
