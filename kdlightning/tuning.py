@@ -22,7 +22,6 @@ after the search. This module only orchestrates: the methods are the ones ``kdl 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import importlib
 import inspect
@@ -52,6 +51,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.cli import KDLightningCLI
 from kdlightning.losses import check_alpha, check_temperature
+from kdlightning.reporting import write_csv
 
 try:
     import optuna
@@ -532,7 +532,7 @@ class Search:
 
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         rows = self.rows(study.get_trials(deepcopy=False))
-        _write_csv(self.out / "trials.csv", rows)
+        write_csv(self.out / "trials.csv", rows)
         if self.verbose:
             row = next(r for r in rows if r["number"] == trial.number)
             print(f"trial {trial.number:>3}  {self._describe(row)}", flush=True)
@@ -605,7 +605,7 @@ class Search:
     def _finish(self, study: optuna.Study) -> TuneResult:
         trials = study.get_trials(deepcopy=False)
         rows = self.rows(trials)
-        _write_csv(self.out / "trials.csv", rows)
+        write_csv(self.out / "trials.csv", rows)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if completed:
             with atomic_path(self.out / "heatmap.png") as path:
@@ -1000,15 +1000,6 @@ def _is_replaced_callback(callback: Any) -> bool:
     except (ImportError, AttributeError):
         return False
     return isinstance(cls, type) and issubclass(cls, (Checkpoint, ProgressBar, CacheReferenceOutputs))
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` (dicts with the same keys) as CSV, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        if rows:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 def _gain(gain: float, metric: str) -> str:
