@@ -150,7 +150,7 @@ class Study:
     @staticmethod
     def _trainer(epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
         return L.Trainer(
-            accelerator="cpu" if not torch.cuda.is_available() else "auto",
+            accelerator="auto",
             devices=1,
             max_epochs=epochs,
             logger=False,
