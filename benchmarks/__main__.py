@@ -10,12 +10,7 @@ from pathlib import Path
 from benchmarks import partitioning, training, tuning
 
 KEYS = (
-    "kd_cached_over_student",
-    "kd_uncached_over_student",
-    "kd_uncached_bound",
-    "dml_over_two_students",
-    "dml_alternate_over_two_students",
-    "kd_over_bare_loop",
+    *training.HEADLINE_KEYS,
     "dirichlet_1m_1000_s",
     "dirichlet_speedup_vs_flwr",
     "label_skew_1m_1000_s",

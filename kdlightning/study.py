@@ -165,6 +165,7 @@ class Study:
         """The ``role`` ("student" or "teacher") party's pre-trained network, trained once per configuration."""
         factory, party = (self.student, self.student_party) if role == "student" else (self.teacher, self.teacher_party)
         data = self.datamodule(scenario, seed, party)
+        L.seed_everything(seed, verbose=False)
         network = factory(data.num_classes)
         key = json.dumps(
             [
@@ -185,8 +186,6 @@ class Study:
         if path.is_file():
             network.load_state_dict(torch.load(path, weights_only=True))
             return network
-        L.seed_everything(seed, verbose=False)
-        network = factory(data.num_classes)
         self._trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
         with atomic_path(path) as tmp:
             torch.save(network.state_dict(), tmp)
