@@ -1,4 +1,4 @@
-# make demo: create .venv, install, train every method on the bundled digits and print the table.
+# make demo: create .venv, install, run the study on the bundled digits (`kdl study`) and print its summary.
 # make test: create .venv if needed, run the whole test suite (with doctests), lint, build the docs.
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python examples/digits_demo.py
+	$(BIN)/kdl study --out runs/study/digits
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlightning.atomic import write_text_atomic
+from kdlightning.atomic import atomic_path, write_text_atomic
 
 __all__ = [
     "Cell",
     "add_gains",
+    "plot_gains",
     "read_csv",
     "render_summary",
     "summarize",
@@ -140,11 +141,24 @@ def render_summary(
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     improvement = tuned_improvement(summarize(rows, "gain_pp"), tuned, untuned)
+
+    gains = summarize(rows, "gain_pp")
     lines += [f"## Relative improvement of {tuned} over the best untuned method", ""]
-    lines += ["| scenario | improvement |", "|---|---|"]
+    lines += [f"| scenario | best untuned method | its gain (pp) | {tuned} gain (pp) | difference (pp) | improvement |"]
+    lines.append("|---|---|---|---|---|---|")
     for scenario in scenarios:
         value = improvement.get(scenario)
-        lines.append(f"| {scenario} | " + ("-" if value is None else f"{value:+.1f}%") + " |")
+        present = [m for m in untuned if (scenario, m) in gains]
+        best = max(present, key=lambda m: gains[(scenario, m)].mean) if present else None
+        mine = gains.get((scenario, tuned))
+        cells = [
+            best or "-",
+            "-" if best is None else f"{gains[(scenario, best)].mean:+.2f}",
+            "-" if mine is None else f"{mine.mean:+.2f}",
+            "-" if best is None or mine is None else f"{mine.mean - gains[(scenario, best)].mean:+.2f}",
+            "-" if value is None else f"{value:+.1f}%",
+        ]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     non_iid = [v for s, v in improvement.items() if s not in iid_scenarios and v is not None]
     iid = [v for s, v in improvement.items() if s in iid_scenarios and v is not None]
     lines.append("")
@@ -153,6 +167,40 @@ def render_summary(
     if non_iid:
         lines.append(f"Non-IID average: {sum(non_iid) / len(non_iid):+.1f}% (the study reports +139%).")
     return "\n".join(lines) + "\n"
+
+
+def plot_gains(rows: Sequence[Mapping[str, Any]], path: str | Path, control: str = "student_only") -> None:
+    """Bar charts of the accuracy gain and the gain over the control, mean ± std per method × scenario (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
+    scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    figure = Figure(figsize=(max(6.4, 1.6 * len(scenarios) + 2), 7.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    width = 0.8 / max(len(methods), 1)
+    panels = (("gain_pp", "accuracy gain (pp)"), ("gain_over_control_pp", f"gain over {control} (pp)"))
+    for index, (key, label) in enumerate(panels):
+        axes = figure.add_subplot(len(panels), 1, index + 1)
+        table = summarize(rows, key)
+        for m, method in enumerate(methods):
+            cells = [table.get((scenario, method)) for scenario in scenarios]
+            axes.bar(
+                [i + (m - (len(methods) - 1) / 2) * width for i in range(len(scenarios))],
+                [c.mean if c else 0.0 for c in cells],
+                width,
+                yerr=[c.std if c else 0.0 for c in cells],
+                capsize=2,
+                label=method,
+            )
+        axes.axhline(0.0, color="black", linewidth=0.8)
+        axes.set_xticks(range(len(scenarios)), scenarios, fontsize=8)
+        axes.set_ylabel(label)
+        if index == 0:
+            axes.legend(fontsize=8, ncols=min(len(methods), 5))
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -35,10 +35,10 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import lightning as L
 import torch
@@ -62,7 +62,7 @@ except ImportError as error:  # pragma: no cover - optuna is a dependency
 # Re-queues a failed trial with its values (and grid point); named RetryFailedTrialCallback before Optuna 4.9.
 _Retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 
-__all__ = ["DEFAULT_GRID", "Search", "TrialReporter", "TuneOptions", "TuneResult", "tune"]
+__all__ = ["DEFAULT_GRID", "Built", "Search", "TrialBuilder", "TrialReporter", "TuneOptions", "TuneResult", "tune"]
 
 DEFAULT_GRID: dict[str, list[float]] = {
     "model.init_args.temperature": [1.0, 2.0, 4.0, 8.0, 16.0],
@@ -325,12 +325,38 @@ class _SearchCLI(KDLightningCLI):
             super().instantiate_classes()
 
 
+class Built(Protocol):
+    """One trial's objects, as :data:`TrialBuilder` returns them (a ``LightningCLI`` has these three)."""
+
+    model: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+
+
+TrialBuilder = Callable[[Mapping[str, float], int, Sequence[L.Callback]], Built]
+"""Builds one trial from ``(values, seed, callbacks)``: ``values`` by argument name (``{"temperature": 4.0,
+"alpha": 0.5}``), seeded with ``seed``, its trainer given ``callbacks``; the model is the method as it
+starts (nothing trained)."""
+
+
 class Search:
-    """A tuned-KD search: parse and validate the configuration now, train in :meth:`run`.
+    """A tuned-KD search over any method, datamodule and trainer: validate the space now, train in :meth:`run`.
+
+    ``kdl tune`` builds its search from configs with :meth:`from_args`; a Python caller (the study) passes
+    a ``build`` function. Each trial calls ``build`` with its values, fits, and is ranked by the
+    validation metric; only the chosen point is tested.
 
     Args:
-        args: ``kdl tune``'s arguments: the ``-c`` configs of ``kdl fit`` (one may carry a ``tune:``
-            section), ``--out DIR``, ``--tune.<option>=...`` and any ``kdl fit`` override.
+        build: builds a trial (:data:`TrialBuilder`).
+        method: the method's class, whose float constructor arguments may be searched.
+        options: the search (:class:`TuneOptions`).
+        out: directory of the search's files (``study.db``, ``trials.csv``, ``best.json``, ``heatmap.png``).
+        description: what makes trials comparable besides the searched values (a JSON-able value): a
+            storage holding a search of another description is refused rather than mixed in.
+        config_text: written to ``<out>/config.yaml``.
+        seed: seed of every trial; None for a new random seed (kept in the storage for resumes).
+        cache_dir: directory of the teacher-output cache (default ``<out>/cache``); searches and runs that
+            share it share the teacher's outputs (they are keyed by teacher and data).
         callbacks: extra Lightning callbacks added to every trial (the same instances in each).
         verbose: print a line per trial and the final table.
 
@@ -340,26 +366,84 @@ class Search:
             any training.
     """
 
-    def __init__(self, args: Sequence[str], callbacks: Sequence[L.Callback] = (), verbose: bool = True) -> None:
-        self.args = [str(arg) for arg in args]
+    def __init__(
+        self,
+        build: TrialBuilder,
+        method: type,
+        options: TuneOptions,
+        out: str | os.PathLike[str],
+        *,
+        description: Any = None,
+        config_text: str = "",
+        seed: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        callbacks: Sequence[L.Callback] = (),
+        verbose: bool = True,
+    ) -> None:
+        self.build = build
+        self.method = method
+        self.options = options
+        self.out = Path(out).expanduser()
+        self.description = description
+        self.config_text = config_text
+        self.config_seed = seed
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.callbacks = list(callbacks)
         self.verbose = verbose
-        with _quiet():
-            cli = _SearchCLI(self.args)
-        self.parser = cli.parser
-        self.config = cli.config
-        self.options = TuneOptions(**self.config.tune.as_dict())
-        self.out = Path(self.config.out).expanduser()
-        self.method = _import(self.config.model.class_path)
         self.space = _check_space(self.options, self.method)
         self.keys = list(self.space)
-        seed = self.config.get("seed_everything")
-        self.config_seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
         self.storage_url = self.options.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
         self.seed = 0
         self.val_before = math.nan
         self._cache_on = True
         self._names = _short_names(self.keys)
+
+    @classmethod
+    def from_args(cls, args: Sequence[str], callbacks: Sequence[L.Callback] = (), verbose: bool = True) -> Search:
+        """The search ``kdl tune`` runs: parse its arguments (nothing is built until :meth:`run`).
+
+        Args:
+            args: ``kdl tune``'s arguments: the ``-c`` configs of ``kdl fit`` (one may carry a ``tune:``
+                section), ``--out DIR``, ``--tune.<option>=...`` and any ``kdl fit`` override.
+            callbacks: extra Lightning callbacks added to every trial.
+            verbose: print a line per trial and the final table.
+        """
+        with _quiet():
+            cli = _SearchCLI([str(arg) for arg in args])
+        parser, config = cli.parser, cli.config
+        options = TuneOptions(**config.tune.as_dict())
+        out = Path(config.out).expanduser()
+        seed = config.get("seed_everything")
+        text = parser.dump(config, skip_none=False, skip_check=True)
+        searched = set(_check_space(options, _import(config.model.class_path)))
+        description = yaml.safe_load(text)
+        for key in ("tune", "out", "seed_everything"):
+            description.pop(key, None)
+        init_args = (description.get("model") or {}).get("init_args") or {}
+        for key in searched:
+            init_args.pop(key[len(_PREFIX) :], None)
+
+        def build(values: Mapping[str, float], trial_seed: int, trial_callbacks: Sequence[L.Callback]) -> Built:
+            return _SearchCLI(
+                parsed=(parser, config),
+                values={_PREFIX + name: value for name, value in values.items()},
+                seed=trial_seed,
+                callbacks=trial_callbacks,
+                keep_logger=options.logger,
+                root=str(out / "trials"),
+            )
+
+        return cls(
+            build,
+            _import(config.model.class_path),
+            options,
+            out,
+            description=description,
+            config_text=text,
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
 
     # ------------------------------------------------------------------ the search
     def run(self) -> TuneResult:
@@ -419,7 +503,8 @@ class Search:
             study.set_user_attr("fingerprint", fingerprint)
             study.set_user_attr("seed", self.seed)
             study.set_user_attr("metric", self.options.metric)
-        write_text_atomic(self.out / "config.yaml", self._config_yaml())
+        if self.config_text:
+            write_text_atomic(self.out / "config.yaml", self.config_text)
         return study
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -522,7 +607,7 @@ class Search:
                 params[key] = trial.suggest_categorical(key, list(p.values))
         return {key: float(value) for key, value in params.items()}
 
-    def _final_metrics(self, cli: _SearchCLI, reporter: TrialReporter) -> tuple[float, float | None]:
+    def _final_metrics(self, cli: Built, reporter: TrialReporter) -> tuple[float, float | None]:
         """The metric of the trained model: its last validation, or a fresh one if the last epoch had none."""
         if reporter.history and (reporter.pruned or reporter.history[-1][0] == cli.trainer.current_epoch):
             return reporter.history[-1][1], reporter.val_loss
@@ -542,23 +627,16 @@ class Search:
             study.stop()  # the budget is the study's, shared by every worker
 
     # ------------------------------------------------------------------ building trials
-    def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> _SearchCLI:
-        """The method, datamodule and trainer of the configuration with ``params`` set, seeded."""
-        return _SearchCLI(
-            parsed=(self.parser, self.config),
-            values=params,
-            seed=self.seed,
-            callbacks=callbacks,
-            keep_logger=self.options.logger,
-            root=str(self.out / "trials"),
-        )
+    def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:
+        """The trial with ``params`` (full keys) set, seeded with the search's seed."""
+        return self.build({key[len(_PREFIX) :]: float(v) for key, v in params.items()}, self.seed, list(callbacks))
 
     def _cache(self) -> list[L.Callback]:
-        """The teacher-output cache on ``<out>/cache``, shared by every trial of the search."""
-        return [CacheReferenceOutputs(cache_dir=str(self.out / "cache"))] if self._cache_on else []
+        """The teacher-output cache on ``cache_dir``, shared by every trial of the search."""
+        return [CacheReferenceOutputs(cache_dir=str(self.cache_dir))] if self._cache_on else []
 
     @staticmethod
-    def _cache_supported(cli: _SearchCLI) -> bool:
+    def _cache_supported(cli: Built) -> bool:
         """Whether the method has frozen references to cache and the data allows it (else warn)."""
         if not getattr(cli.model, "frozen_names", ()):
             return False
@@ -577,7 +655,7 @@ class Search:
             )
         return reason is None
 
-    def _validate(self, cli: _SearchCLI) -> float:
+    def _validate(self, cli: Built) -> float:
         """The validation metric of ``cli``'s model as it is (before training: the start of every trial)."""
         metrics = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
         if self.options.metric not in metrics:
@@ -746,22 +824,28 @@ class Search:
         print(text + f"\n      files: {self.out}", flush=True)
 
     def plot_heatmap(self, rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
-        """Validation gain over the grid: a heatmap of the first two arguments (a scatter for TPE ranges).
-
-        Each cell shows the gain of the best finished trial at that point (percentage points for
-        accuracy); other arguments, if any, are maximised over. Pruned and failed points are marked.
-        """
+        """Validation gain over the grid as a PNG: :meth:`draw_heatmap` on a figure of its own."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        figure = Figure(figsize=(6.4, 4.8), layout="constrained")
+        FigureCanvasAgg(figure)
+        self.draw_heatmap(figure.add_subplot(), rows)
+        figure.savefig(path, format="png", dpi=100)
+
+    def draw_heatmap(self, axes: Any, rows: Sequence[Mapping[str, Any]], title: str | None = None) -> None:
+        """Draw validation gain over the grid on matplotlib ``axes``: a heatmap of the first two arguments.
+
+        Each cell shows the gain of the best finished trial at that point (percentage points for
+        accuracy); other arguments, if any, are maximised over. Pruned and failed points are marked.
+        With TPE ranges, a scatter of the trials.
+        """
         names = [self._names[key] for key in self.keys]
         y_name, x_name = names[0], names[1] if len(names) > 1 else None
         scale = 100.0 if self.options.metric.endswith("acc") else 1.0
         unit = " (pp)" if scale == 100.0 else ""
         sign = 1.0 if self.options.direction == "maximize" else -1.0
-        figure = Figure(figsize=(6.4, 4.8), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
+        figure = axes.figure
         finished = [r for r in rows if r[y_name] is not None and (x_name is None or r[x_name] is not None)]
         ys = sorted({r[y_name] for r in finished})
         xs = sorted({r[x_name] for r in finished}) if x_name else [0.0]
@@ -801,8 +885,9 @@ class Search:
                 axes.set_yscale("log")
         axes.set_ylabel(y_name)
         axes.set_xlabel(x_name or "")
-        axes.set_title(f"{self.method.__name__}: {self.options.metric} gain over the student before training")
-        figure.savefig(path, format="png", dpi=100)
+        if title is None:
+            title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
+        axes.set_title(title, fontsize=10)
 
     # ------------------------------------------------------------------ helpers
     def _grid_points(self) -> list[tuple[float, ...]]:
@@ -812,23 +897,14 @@ class Search:
         return tuple(float(params.get(key, math.nan)) for key in self.keys)
 
     def _fingerprint(self) -> str:
-        """SHA-256 of what makes trials comparable: the configuration less the searched values, and the search."""
-        config = yaml.safe_load(self._config_yaml())
-        for key in ("tune", "out", "seed_everything"):
-            config.pop(key, None)
-        init_args = (config.get("model") or {}).get("init_args") or {}
-        for key in self.keys:
-            init_args.pop(key[len(_PREFIX) :], None)
+        """SHA-256 of what makes trials comparable: the description and the search."""
         search = {
             "space": {k: [p.values, p.low, p.high, p.log] for k, p in self.space.items()},
             "sampler": self.options.sampler,
             "metric": self.options.metric,
             "direction": self.options.direction,
         }
-        return hashlib.sha256(json.dumps([config, search], sort_keys=True, default=str).encode()).hexdigest()
-
-    def _config_yaml(self) -> str:
-        return self.parser.dump(self.config, skip_none=False, skip_check=True)
+        return hashlib.sha256(json.dumps([self.description, search], sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------- the search space
@@ -1048,4 +1124,4 @@ def tune(
     """
     if args is None:
         args = sys.argv[2:] if sys.argv[1:2] == ["tune"] else sys.argv[1:]
-    return Search(args, callbacks=callbacks, verbose=verbose).run()
+    return Search.from_args(args, callbacks=callbacks, verbose=verbose).run()

@@ -28,7 +28,8 @@ AFTER = {  # (scenario, seed, method) -> accuracy after; every run starts from 0
 
 def rows() -> list[dict]:
     return [
-        {"scenario": s, "seed": seed, "method": m, "acc_before": 0.80, "acc_after": a} for (s, seed, m), a in AFTER.items()
+        {"scenario": s, "seed": seed, "method": m, "acc_before": 0.80, "acc_after": a}
+        for (s, seed, m), a in AFTER.items()
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from kdlightning.data import DirichletPartitioner, IIDPartitioner, LabelSkewPart
 from kdlightning.models import MLP
 from kdlightning.reporting import read_csv, render_summary
 from kdlightning.study import Study
+from kdlightning.tuning import TuneOptions
+
+QUICK = ["--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false"]
+"""`kdl study` arguments of a one-seed, one-epoch study."""
+SMALL_GRID = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]})
 
 SCENARIOS = [IIDPartitioner(), DirichletPartitioner(alpha=0.5)]
 
@@ -30,6 +36,7 @@ def study(out: Path, methods: dict | None = None, **kwargs) -> Study:
         "pretrain_epochs": 2,
         "epochs": 2,
         "out": str(out),
+        "tuned_kd": False,
     }
     options.update(kwargs)
     return Study(**options)
@@ -88,6 +95,11 @@ def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"methods": {}}, "methods"),
+        ({"methods": {"tuned_kd": VanillaKD}}, "tuned_kd"),
+        ({"methods": {"student_only": VanillaKD}}, "student_only"),
+        ({"tuned_kd": True, "tuning": TuneOptions(grid={})}, "grid"),
+        ({"tuned_kd": True, "tuning": TuneOptions(grid={"temperature": [0.0]})}, "temperature"),
+        ({"tuned_kd": True, "tuning": TuneOptions(grid={"lr": [0.1]})}, "lr"),
         ({"seeds": []}, "seeds"),
         ({"teacher_party": 0}, "teacher_party"),
         ({"epochs": 0}, "epochs"),
@@ -103,8 +115,8 @@ def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, mess
 def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, capsys) -> None:
     from kdlightning.study import main
 
-    rows = main(["--out", str(tmp_path), "--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false"])
-    assert len(rows) == 5 * 4  # the default scenarios x (control + vanilla_kd, dml, dpkd)
+    rows = main(["--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
+    assert len(rows) == 5 * 5  # the default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
     out = capsys.readouterr().out
     assert "## Accuracy gain (pp)" in out
     assert "label_skew(classes_per_party=2)" in out
@@ -130,6 +142,57 @@ def test_every_study_config_parses(tmp_path: Path) -> None:
 def test_kdl_dispatches_study(tmp_path: Path) -> None:
     from kdlightning.cli import main
 
-    main(["study", "--out", str(tmp_path), "--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false",
-          "--scenarios=[{class_path: kdlightning.data.IIDPartitioner}]"])
+    iid = "--scenarios=[{class_path: kdlightning.data.IIDPartitioner}]"
+    main(["study", "--out", str(tmp_path), *QUICK, "--tuned_kd=false", iid])
     assert len(read_csv(tmp_path / "results.csv")) == 4
+
+
+def test_tuned_kd_is_the_point_chosen_on_validation_tested_once(tmp_path: Path) -> None:
+    rows = study(tmp_path, methods={"vanilla_kd": VanillaKD}, tuned_kd=True, tuning=SMALL_GRID, seeds=[0]).run(
+        progress=False
+    )
+    assert [r["method"] for r in rows] == ["student_only", "vanilla_kd", "tuned_kd"] * 2
+    for scenario, slug in (("iid", "iid-seed0"), ("dirichlet(alpha=0.5)", "dirichlet-alpha-0.5-seed0")):
+        (row,) = [r for r in rows if r["scenario"] == scenario and r["method"] == "tuned_kd"]
+        trials = read_csv(tmp_path / "tuning" / slug / "trials.csv")
+        assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
+        best = max(trials, key=lambda t: (float(t["val/acc"]), -float(t["val_loss"])))
+        chosen = json.loads(row["hyperparameters"])
+        assert (chosen["temperature"], chosen["alpha"]) == (float(best["temperature"]), float(best["alpha"]))
+        assert chosen["val_acc"] == pytest.approx(float(best["val/acc"]))
+        report = json.loads((tmp_path / "tuning" / slug / "best.json").read_text())
+        assert report["test_acc"] == pytest.approx(float(row["acc_after"]))
+        assert report["test_model"] == "checkpoint"
+    for name in ("gains.png", "tuning.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.endswith(render_summary(read_csv(tmp_path / "results.csv"), untuned=["vanilla_kd"]))
+    assert "| iid | vanilla_kd |" in summary
+
+
+def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Killed(BaseException):
+        """A kill: no handler of Lightning or Optuna swallows it."""
+
+    fits = {"n": 0}
+    on_fit_start = VanillaKD.on_fit_start
+
+    def counted(self) -> None:
+        fits["n"] += 1
+        if fits["n"] == 3:
+            raise Killed  # killed in the search's third trial
+        on_fit_start(self)
+
+    monkeypatch.setattr(VanillaKD, "on_fit_start", counted)
+    options = {"methods": {}, "tuned_kd": True, "tuning": SMALL_GRID, "seeds": [0], "scenarios": [IIDPartitioner()]}
+    with pytest.raises(Killed):
+        study(tmp_path, **options).run(progress=False)
+    assert [r["method"] for r in read_csv(tmp_path / "results.csv")] == ["student_only"]
+    trials = read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+
+    rows = study(tmp_path, **options).run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "tuned_kd"]
+    assert fits["n"] == 3 + 2  # only the killed trial and the last grid point trained: finished trials were kept
+    trials = read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")
+    assert sum(t["state"] == "COMPLETE" for t in trials) == 4

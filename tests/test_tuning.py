@@ -273,7 +273,7 @@ def test_options_default_to_the_spec_grid() -> None:
 
 @pytest.mark.parametrize("path", TUNE_CONFIGS, ids=lambda p: p.name)
 def test_every_tune_config_parses(path: Path) -> None:
-    search = Search(["-c", str(TRAINER), "-c", str(VANILLA_KD), "-c", str(path)], verbose=False)
+    search = Search.from_args(["-c", str(TRAINER), "-c", str(VANILLA_KD), "-c", str(path)], verbose=False)
     assert set(search.space) == set(DEFAULT_GRID)
     assert search.options.sampler in ("grid", "tpe")
     if search.options.sampler == "grid":

@@ -202,8 +202,13 @@ def test_an_unknown_partition_strategy_fails_at_parse_time(capsys) -> None:
     root = Path(__file__).resolve().parents[2] / "configs"
     with pytest.raises(SystemExit):
         KDLightningCLI(
-            args=["-c", str(root / "digits/student_only.yaml"), "-c", str(root / "data/digits_iid.yaml"),
-                  "--data.init_args.partitioner=kdlightning.data.ZipfPartitioner"],
+            args=[
+                "-c",
+                str(root / "digits/student_only.yaml"),
+                "-c",
+                str(root / "data/digits_iid.yaml"),
+                "--data.init_args.partitioner=kdlightning.data.ZipfPartitioner",
+            ],
             run=False,
         )
     assert "ZipfPartitioner" in capsys.readouterr().err
