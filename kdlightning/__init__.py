@@ -1,6 +1,13 @@
 """kdlightning: knowledge distillation between pre-trained models, as PyTorch Lightning modules."""
 
-from kdlightning.methods import DataPartitioningKD, DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
+from kdlightning.methods import (
+    DataPartitioningKD,
+    DeepMutualLearning,
+    DistillationModule,
+    MultiTeacherKD,
+    StudentOnly,
+    VanillaKD,
+)
 from kdlightning.models import load_network, load_student
 
 __version__ = "0.1.0"
@@ -9,6 +16,7 @@ __all__ = [
     "DataPartitioningKD",
     "DeepMutualLearning",
     "DistillationModule",
+    "MultiTeacherKD",
     "StudentOnly",
     "VanillaKD",
     "__version__",

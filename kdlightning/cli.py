@@ -54,7 +54,14 @@ def main(args: ArgsType = None) -> None:
 
         study(list(argv[1:]))
         return
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["federate"]:
+        from kdlightning.federated import main as federate
+
+        federate(list(argv[1:]))
+        return
     KDLightningCLI(
         args=args,
-        parser_kwargs={"epilog": "Also: kdl tune -c ... (tuned KD) and kdl study [-c ...] (see their --help)."},
+        parser_kwargs={
+            "epilog": "Also: kdl tune -c ... (tuned KD), kdl study [-c ...] and kdl federate -c ... (see their --help)."
+        },
     )

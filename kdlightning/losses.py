@@ -10,6 +10,7 @@ logits are detached *inside* each function, so gradients only ever reach the log
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -23,7 +24,9 @@ __all__ = [
     "distillation_terms",
     "dp_kd_loss",
     "dp_kd_terms",
+    "ensemble_logits",
     "kd_loss",
+    "multi_teacher_terms",
     "teacher_selection_mask",
 ]
 
@@ -256,3 +259,100 @@ def dp_kd_loss(
         tensor(0.)
     """
     return dp_kd_terms(student_logits, teacher_logits, reference_logits, targets, temperature, alpha, selection)["loss"]
+
+
+def ensemble_logits(
+    teacher_logits: Sequence[Tensor], temperature: float = 4.0, weights: Sequence[float] | Tensor | None = None
+) -> Tensor:
+    r"""Logits whose softened prediction is the (weighted) mean of several teachers' softened predictions.
+
+    .. math::
+        \bar z = T \log \sum_k w_k\, p_k^T, \qquad \mathrm{softmax}(\bar z / T) = \sum_k w_k\, p_k^T
+
+    with :math:`w` the ``weights`` normalised to sum to 1 (equal by default). Computed in log space
+    (``logsumexp``), so it stays finite where a teacher's probability underflows. Passing
+    :math:`\bar z` as the teacher logits of :func:`distillation_terms` distils the average of the
+    teachers' softened predictions.
+
+    Args:
+        teacher_logits: ``K`` tensors of ``(N, C)`` logits (detached inside), one per teacher.
+        temperature: softening temperature, ``> 0``.
+        weights: ``K`` non-negative weights (e.g. each teacher's data size), not all zero; None for equal.
+
+    Returns:
+        ``(N, C)`` float32 logits.
+
+    Examples:
+        >>> import torch
+        >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+        >>> torch.softmax(ensemble_logits([a, b], temperature=2.0) / 2.0, dim=-1)
+        tensor([[0.5000, 0.5000]])
+    """
+    temperature = check_temperature(temperature)
+    if len(teacher_logits) == 0:
+        raise ValueError("`teacher_logits` is empty: give at least one teacher's logits.")
+    shapes = {tuple(z.shape) for z in teacher_logits}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(
+            f"`teacher_logits` must all be (N, C) of one shape, got shapes {[tuple(z.shape) for z in teacher_logits]}."
+        )
+    stacked = torch.stack([z.detach().float() for z in teacher_logits])  # (K, N, C)
+    if weights is None:
+        w = torch.full((len(teacher_logits),), 1.0 / len(teacher_logits), device=stacked.device)
+    else:
+        w = torch.as_tensor(weights, dtype=torch.float32, device=stacked.device).flatten()
+        if (
+            w.numel() != len(teacher_logits)
+            or bool((w < 0).any())
+            or float(w.sum()) <= 0
+            or not bool(torch.isfinite(w).all())
+        ):
+            raise ValueError(
+                f"`weights` must be {len(teacher_logits)} finite non-negative numbers, not all zero, got {w.tolist()}."
+            )
+        w = w / w.sum()
+    log_p = F.log_softmax(stacked / temperature, dim=-1) + torch.log(w).view(-1, 1, 1)  # log(0) = -inf drops a teacher
+    return temperature * torch.logsumexp(log_p, dim=0)
+
+
+def multi_teacher_terms(
+    student_logits: Tensor,
+    teacher_logits: Sequence[Tensor],
+    targets: Tensor,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    weights: Sequence[float] | Tensor | None = None,
+) -> dict[str, Tensor]:
+    r"""Multi-teacher KD: distil the (weighted) average of the teachers' softened predictions.
+
+    .. math::
+        \mathcal{L} = (1 - \alpha)\,\mathrm{CE}(z_s, y) + \alpha\, T^2\,
+        \mathrm{KL}\Big(\textstyle\sum_k w_k p_k^T \,\Big\|\, p_s^T\Big)
+
+    :func:`distillation_terms` with the teacher logits of :func:`ensemble_logits`.
+
+    Args:
+        student_logits: ``(N, C)`` logits of the network being trained.
+        teacher_logits: ``K`` tensors of ``(N, C)`` logits, one per teacher.
+        targets: ``(N,)`` labels (only the CE term uses them; with ``alpha=1`` they are not needed).
+        temperature: softening temperature, ``> 0``.
+        alpha: weight of the distillation term, in ``[0, 1]``.
+        weights: the teachers' weights (see :func:`ensemble_logits`).
+
+    Returns:
+        ``{"loss", "loss_ce", "loss_kd"}``.
+
+    Examples:
+        >>> import torch
+        >>> z = torch.zeros(1, 2)
+        >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+        >>> multi_teacher_terms(z, [a, b], torch.tensor([0]), temperature=2.0)["loss_kd"].abs().item() < 1e-6
+        True
+    """
+    target = ensemble_logits(teacher_logits, temperature, weights)
+    if student_logits.shape != target.shape:
+        raise ValueError(
+            f"The student's logits {tuple(student_logits.shape)} and the teachers' {tuple(target.shape)} differ in "
+            "shape: every network must output the same number of classes."
+        )
+    return distillation_terms(student_logits, target, targets, temperature, alpha)

@@ -16,10 +16,8 @@ import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +39,7 @@ from kdlightning.data import (
 )
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
 from kdlightning.reporting import add_gains, plot_gains, read_csv, render_summary, write_csv
+from kdlightning.trainers import quiet, quiet_trainer
 from kdlightning.tuning import Search, TrialBuilder, TuneOptions, _check_space
 
 __all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "default_scenarios"]
@@ -166,17 +165,7 @@ class Study:
 
     @staticmethod
     def _trainer(epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-        return L.Trainer(
-            accelerator="auto",
-            devices=1,
-            max_epochs=epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=callbacks or [],
-        )
+        return quiet_trainer(epochs, callbacks)
 
     def _key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
         """A digest of the study's configuration for ``scenario`` and ``seed``, and ``parts``."""
@@ -311,8 +300,7 @@ class Study:
     # ------------------------------------------------------------------ the pipeline
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
         """Run every missing ``(scenario, seed, method)``; rewrite ``results.csv`` and ``summary.md`` after each."""
-        warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|does not have many workers|LeafSpec).*")
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        quiet()
         results = self.out / "results.csv"
         rows = read_csv(results)
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}

@@ -17,7 +17,7 @@ from kdlightning.cli import KDLightningCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # `kdl fit` configs; configs/study (and configs/tune) hold configs of other commands, parsed in their own tests.
-OTHER_COMMANDS = ("study", "tune")
+OTHER_COMMANDS = ("federated", "study", "tune")
 CONFIGS = sorted(
     p for p in (ROOT / "configs").rglob("*.yaml") if p.relative_to(ROOT / "configs").parts[0] not in OTHER_COMMANDS
 )

@@ -23,9 +23,16 @@ from torchmetrics.classification import MulticlassAccuracy
 __all__ = ["Batch", "DistillationModule", "logits_of"]
 
 Batch = Any
-"""A batch: ``(inputs, labels)``, or a dict with ``"labels"`` and either the model's keyword inputs
+"""A batch: ``(inputs, labels)`` or ``(inputs, labels, index)``, or a dict with ``"labels"`` (and, for
+training batches, ``"index"``) and either the model's keyword inputs
 (``{"input_ids": ..., "attention_mask": ..., "labels": ...}``) or one input dict per network
-(``{"student": {...}, "teacher": {...}, "labels": ...}``)."""
+(``{"student": {...}, "teacher": {...}, "labels": ...}``), as :class:`~kdlightning.data.TokenizeCollate`
+makes them."""
+
+
+def _holds_modules(value: Any) -> bool:
+    """A non-empty list or tuple of networks (e.g. a multi-teacher method's teachers)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, nn.Module) for v in value)
 
 
 def logits_of(output: Any) -> Tensor:
@@ -142,7 +149,7 @@ class DistillationModule(L.LightningModule):
                 return batch[name]
             if "student" in batch:  # per-network inputs; DP-KD's initial student reads the student's
                 return batch["student"]
-            return {key: value for key, value in batch.items() if key != "labels"}
+            return {key: value for key, value in batch.items() if key not in ("labels", "index")}
         return batch[0]
 
     @staticmethod
@@ -322,7 +329,7 @@ class DistillationModule(L.LightningModule):
                 names += [
                     key
                     for key, value in local.items()
-                    if key != "self" and (isinstance(value, nn.Module) or callable(value))
+                    if key != "self" and (isinstance(value, nn.Module) or callable(value) or _holds_modules(value))
                 ]
             frame = frame.f_back
         return sorted(set(names))

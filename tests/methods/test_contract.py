@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -30,11 +31,20 @@ def network_arguments(cls: type[DistillationModule]) -> list[str]:
     ]
 
 
+def is_many(cls: type[DistillationModule], name: str) -> bool:
+    """Whether argument ``name`` takes several networks (``Sequence[nn.Module]``)."""
+    return "Sequence" in str(inspect.signature(cls.__init__).parameters[name].annotation)
+
+
+def networks_for(cls: type[DistillationModule], make: Callable[[], nn.Module] = TinyNet) -> dict:
+    """A network from ``make`` in every network role; two where a role takes several."""
+    return {name: [make(), make()] if is_many(cls, name) else make() for name in network_arguments(cls)}
+
+
 def build(cls: type[DistillationModule], seed: int = 0, **kwargs) -> DistillationModule:
     """The method with a TinyNet in every network role (same seed, same networks)."""
     torch.manual_seed(seed)
-    networks = {name: TinyNet() for name in network_arguments(cls)}
-    return cls(num_classes=NUM_CLASSES, **networks, **kwargs)
+    return cls(num_classes=NUM_CLASSES, **networks_for(cls), **kwargs)
 
 
 def test_every_method_is_covered() -> None:
@@ -43,6 +53,7 @@ def test_every_method_is_covered() -> None:
         "VanillaKD",
         "DeepMutualLearning",
         "DataPartitioningKD",
+        "MultiTeacherKD",
     }
 
 
@@ -102,7 +113,7 @@ def test_checkpoint_holds_trained_networks_only(method_cls, tmp_path) -> None:
     assert len(checkpoint["optimizer_states"]) == len(model.trainable_modules())
     assert "student" not in checkpoint["hyper_parameters"]
 
-    networks = {name: TinyNet() for name in network_arguments(method_cls)}
+    networks = networks_for(method_cls)
     restored = method_cls.load_from_checkpoint(path, **networks)
     for key, value in model.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
@@ -163,18 +174,23 @@ def test_hyperparameters_are_validated_in_every_method_that_has_them() -> None:
         "VanillaKD",
         "DeepMutualLearning",
         "DataPartitioningKD",
+        "MultiTeacherKD",
     }
 
 
 @pytest.mark.parametrize("method_cls", [cls for cls in METHODS if len(network_arguments(cls)) > 1], ids=str)
 def test_class_count_mismatch_is_reported_before_any_update(method_cls, tmp_path) -> None:
     references = [name for name in network_arguments(method_cls) if name != "student"]
-    networks = {name: TinyNet() for name in network_arguments(method_cls)}
-    networks[references[0]] = TinyNet(num_classes=NUM_CLASSES + 3)
+    networks = networks_for(method_cls)
+    wrong = TinyNet(num_classes=NUM_CLASSES + 3)
+    if is_many(method_cls, references[0]):  # the first of several: registered as `teacher_0`
+        networks[references[0]][0], name = wrong, references[0].rstrip("s") + "_0"
+    else:
+        networks[references[0]], name = wrong, references[0]
     model = method_cls(num_classes=NUM_CLASSES, **networks)
     student_before = copy.deepcopy(model.student.state_dict())
     trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
-    with pytest.raises(ValueError, match=rf"{references[0]}.*\(32, {NUM_CLASSES + 3}\).*num_classes={NUM_CLASSES}"):
+    with pytest.raises(ValueError, match=rf"{name}.*\(32, {NUM_CLASSES + 3}\).*num_classes={NUM_CLASSES}"):
         trainer.fit(model, datamodule=SyntheticDataModule())
     for key, value in model.student.state_dict().items():
         if value.is_floating_point() and "running" not in key:
@@ -187,7 +203,7 @@ class NaNNet(TinyNet):
 
 
 def test_non_finite_loss_stops_training_naming_step_and_component(method_cls, tmp_path) -> None:
-    networks = {name: TinyNet() for name in network_arguments(method_cls)}
+    networks = networks_for(method_cls)
     networks["student"] = NaNNet()
     model = method_cls(num_classes=NUM_CLASSES, **networks)
     trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
@@ -221,7 +237,7 @@ def test_dict_batches_and_output_objects(method_cls, tmp_path) -> None:
             return DictLoader(super()._loader(dataset, shuffle))
 
     torch.manual_seed(0)
-    networks = {name: KeywordNet() for name in network_arguments(method_cls)}
+    networks = networks_for(method_cls, KeywordNet)
     model = method_cls(num_classes=NUM_CLASSES, **networks)
     trainer = tiny_trainer(tmp_path, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(model, datamodule=DictData())
@@ -260,7 +276,7 @@ def test_evaluation_builds_no_graph(method_cls, tmp_path) -> None:
             seen.append((self.training, out.requires_grad))
             return out
 
-    networks = {name: TinyNet() for name in network_arguments(method_cls)}
+    networks = networks_for(method_cls)
     networks["student"] = Probe()
     model = method_cls(num_classes=NUM_CLASSES, **networks)
     trainer = tiny_trainer(tmp_path, inference_mode=False)

@@ -1,0 +1,194 @@
+"""`kdl federate`: multi-teacher consolidation, the parameter average, and FedAvg on Flower's simulation."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from kdlightning import MultiTeacherKD
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import Digits, IIDPartitioner, PartitionedDataModule, Partitioner
+from kdlightning.federated import Federation, load_federation, round_reduction, rounds_to_target, weighted_average
+from kdlightning.losses import ensemble_logits, multi_teacher_terms
+from kdlightning.models import MLP, SmallCNN
+from kdlightning.reporting import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
+
+
+def test_the_target_is_the_weighted_average_of_the_teachers_softened_predictions() -> None:
+    torch.manual_seed(0)
+    teachers = [torch.randn(5, 4) * 3 for _ in range(3)]
+    weights = [1.0, 2.0, 5.0]
+    temperature = 2.5
+    by_hand = sum(
+        w / sum(weights) * torch.softmax(z.double() / temperature, dim=-1)
+        for z, w in zip(teachers, weights, strict=True)
+    )
+    target = torch.softmax(ensemble_logits(teachers, temperature, weights).double() / temperature, dim=-1)
+    torch.testing.assert_close(target, by_hand, rtol=1e-6, atol=1e-7)
+
+    student = torch.randn(5, 4, requires_grad=True)
+    terms = multi_teacher_terms(student, teachers, torch.zeros(5, dtype=torch.long), temperature, 1.0, weights)
+    log_p_s = torch.log_softmax(student.double() / temperature, dim=-1)
+    kl = (by_hand * (by_hand.log() - log_p_s)).sum(-1).mean() * temperature**2
+    torch.testing.assert_close(terms["loss"].double(), kl, rtol=1e-5, atol=1e-6)
+    terms["loss"].backward()
+    assert student.grad is not None and all(z.grad is None for z in teachers)
+
+
+def test_equal_weights_by_default_and_bad_weights_are_refused() -> None:
+    a, b = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(ensemble_logits([a, b], 1.0), ensemble_logits([a, b], 1.0, [4.0, 4.0]))
+    with pytest.raises(ValueError, match="weights"):
+        ensemble_logits([a, b], 1.0, [1.0])
+    with pytest.raises(ValueError, match="weights"):
+        MultiTeacherKD(SMALL(num_classes=2), [SMALL(num_classes=2)], 2, weights=[-1.0])
+    with pytest.raises(ValueError, match="teachers"):
+        MultiTeacherKD(SMALL(num_classes=2), [], 2)
+
+
+def test_heterogeneous_teachers_are_distilled_with_each_teachers_outputs_cached(tmp_path: Path) -> None:
+    data = PartitionedDataModule(
+        Digits(), IIDPartitioner(), num_parties=3, transfer="public", public_fraction=0.2, batch_size=64
+    )
+    teachers = [SmallCNN(num_classes=10, channels=(4, 8)), MLP(num_classes=10, in_features=64, hidden_sizes=(16,))]
+    calls = {"n": 0}
+    for teacher in teachers:
+        teacher.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    student = SMALL(num_classes=10)
+    before = copy.deepcopy(student.state_dict())
+    model = MultiTeacherKD(student, teachers, 10, temperature=2.0, weights=[1.0, 3.0])
+    assert "teachers" not in model.hparams and model.hparams["weights"] == [1.0, 3.0]
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[CacheReferenceOutputs(cache_dir=str(tmp_path))],
+    )
+    trainer.fit(model, datamodule=data)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    batches = -(-len(data.public_index) // 64)
+    assert calls["n"] == 2 * batches  # each teacher ran over the transfer set once, in the first epoch
+    assert set(model.state_dict()) == {f"student.{k}" for k in student.state_dict()}  # teachers not checkpointed
+
+
+def test_weighted_average_and_round_arithmetic() -> None:
+    states = [
+        {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(4)},
+        {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(8)},
+    ]
+    average = weighted_average(states, [300, 100])
+    torch.testing.assert_close(average["w"], torch.tensor([1.75, 3.5]))
+    assert average["n"].dtype == torch.int64 and int(average["n"]) == 5
+    with pytest.raises(ValueError, match="architecture"):
+        weighted_average([states[0], {"w": torch.zeros(3), "n": torch.tensor(1)}], [1, 1])
+    assert rounds_to_target([0.2, 0.6, 0.9], 0.6) == 2
+    assert round_reduction(10, 3, extra_rounds=1) == pytest.approx(60.0)
+    assert round_reduction(10, None) is None
+
+
+class Starved(Partitioner):
+    """Client 1 gets no sample."""
+
+    @property
+    def name(self) -> str:
+        return "starved"
+
+    def partition(self, labels, num_parties: int, seed: int) -> list[np.ndarray]:
+        index = np.arange(len(labels))
+        return [index, np.empty(0, dtype=np.int64), *[np.empty(0, dtype=np.int64)] * (num_parties - 2)]
+
+
+def test_a_client_with_an_empty_partition_gets_a_clear_error(tmp_path: Path) -> None:
+    federation = Federation(SMALL, partitioner=Starved(), num_clients=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="Party 1 has 0 samples"):
+        federation.train_client(1, federation.global_network().state_dict(), server_round=1)
+
+
+def test_a_client_model_with_another_class_count_gets_a_clear_error(tmp_path: Path) -> None:
+    wrong = partial(MLP, in_features=64, hidden_sizes=(8,), num_classes=7)
+    federation = Federation(
+        SMALL, client_networks=[lambda n: wrong()], num_clients=2, pretrain_epochs=1, out=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match=r"\(\d+, 7\).*num_classes=10"):
+        federation.pretrained_client(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_clients": 1}, "num_clients"),
+        ({"rounds": 0}, "rounds"),
+        ({"public_fraction": 0.0}, "public_fraction"),
+        ({"starts": ["warm"]}, "starts"),
+        ({"target_accuracy": 1.5}, "target_accuracy"),
+    ],
+)
+def test_bad_experiments_fail_at_construction(kwargs: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        Federation(SMALL, out=str(tmp_path), **kwargs)
+
+
+def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path) -> None:
+    """One simulated round with 2 clients: the global model is the example-weighted mean of the clients' models."""
+    with pytest.warns(UserWarning, match="average"):
+        federation = Federation(
+            SMALL,
+            client_networks=[SMALL, partial(MLP, in_features=64, hidden_sizes=(12,))],  # teachers of two architectures
+            num_clients=2,
+            pretrain_epochs=2,
+            consolidation_epochs=2,
+            rounds=1,
+            starts=["fresh", "average", "consolidated"],
+            out=str(tmp_path),
+        )
+    assert federation.starts == ["fresh", "consolidated"]
+    rows = federation.run()
+    assert {(r["start"], r["round"]) for r in rows} == {(s, str(n)) for s in ("fresh", "consolidated") for n in (0, 1)}
+    start = federation.global_network().state_dict()
+    final = torch.load(tmp_path / "models" / "fresh.pt", weights_only=True)
+    assert any(not torch.equal(start[k], final[k]) for k in start)
+    clients = [federation.train_client(k, start, server_round=1) for k in range(2)]
+    expected = weighted_average([state for state, _, _ in clients], [n for _, n, _ in clients])
+    for key in expected:
+        torch.testing.assert_close(final[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| consolidated |" in summary and "60.6%" in summary
+    assert len(list((tmp_path / "clients").glob("*.pt"))) == 2
+
+    calls = {"n": 0}
+    federation.serve = lambda *a, **k: calls.__setitem__("n", 1)  # a finished experiment is not run again
+    assert [r["test_acc"] for r in federation.run()] == [r["test_acc"] for r in read_csv(tmp_path / "rounds.csv")]
+    assert calls["n"] == 0
+
+
+def test_every_federated_config_parses(tmp_path: Path) -> None:
+    paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        federation = load_federation(["-c", str(path), "--out", str(tmp_path)])
+        assert federation.num_clients >= 2 and federation.starts
+
+
+def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    from kdlightning.cli import main
+
+    ran = {}
+    monkeypatch.setattr(Federation, "run", lambda self, verbose=False: ran.setdefault("out", self.out) and [])
+    (tmp_path / "summary.md").write_text("# summary\n")
+    main(["federate", "-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), "--rounds=3"])
+    assert ran["out"] == tmp_path
+    assert "# summary" in capsys.readouterr().out
