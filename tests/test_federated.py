@@ -177,7 +177,8 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path)
 
 def test_every_federated_config_parses(tmp_path: Path) -> None:
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
-    assert paths
+    assert len(paths) == 2
+    paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
     for path in paths:
         federation = load_federation(["-c", str(path), "--out", str(tmp_path)])
         assert federation.num_clients >= 2 and federation.starts
@@ -192,3 +193,26 @@ def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     main(["federate", "-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), "--rounds=3"])
     assert ran["out"] == tmp_path
     assert "# summary" in capsys.readouterr().out
+
+
+def test_the_deployed_apps_build_the_experiment_from_the_run_config(tmp_path: Path) -> None:
+    from flwr.app import Context, RecordDict
+
+    from kdlightning.federated.apps import _partition, _resolve
+
+    config = ROOT / "examples" / "flower_app" / "federation.yaml"
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 3, "num-partitions": 10},
+        state=RecordDict(),
+        run_config={"kdl-config": str(config), "kdl-out": str(tmp_path)},
+    )
+    federation = _resolve(None, context)
+    assert federation.out == tmp_path and federation.num_clients == 10
+    assert _partition(federation, context) == 3
+    context.node_config["num-partitions"] = 4
+    with pytest.raises(ValueError, match="num-partitions=4.*num_clients=10"):
+        _partition(federation, context)
+    with pytest.raises(ValueError, match="kdl-config"):
+        _resolve(None, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={}))
