@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "add_gains",
     "plot_gains",
     "read_csv",
+    "render_guidance",
     "render_summary",
     "summarize",
     "tuned_improvement",
@@ -123,9 +125,10 @@ def render_summary(
     iid_scenarios: Sequence[str] = ("iid",),
     tuned: str = "tuned_kd",
     untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
+    control: str = "student_only",
 ) -> str:
     """``summary.md``: gain and gain over the control per method × scenario, and tuned KD's relative improvement."""
-    rows = add_gains(rows) if rows and "gain_pp" not in rows[0] else list(rows)
+    rows = add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     lines = []
@@ -166,7 +169,46 @@ def render_summary(
         lines.append(f"IID: {sum(iid) / len(iid):+.1f}% (the study reports +16%).")
     if non_iid:
         lines.append(f"Non-IID average: {sum(non_iid) / len(non_iid):+.1f}% (the study reports +139%).")
+    lines += ["", *render_guidance(rows, tuned, control)]
     return "\n".join(lines) + "\n"
+
+
+def render_guidance(
+    rows: Sequence[Mapping[str, Any]], tuned: str = "tuned_kd", control: str = "student_only"
+) -> list[str]:
+    """Markdown lines: per scenario, the methods ranked by mean gain over the control, and tuned KD's choices.
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.5, "acc_after": 0.6},
+        ...     {"scenario": "iid", "seed": 0, "method": "dpkd", "acc_before": 0.5, "acc_after": 0.65},
+        ... ]
+        >>> render_guidance(rows)[4]
+        '| iid | dpkd (+5.00) | - | - |'
+    """
+    rows = add_gains(rows, control=control)
+    table = summarize(rows, "gain_over_control_pp")
+    lines = [
+        "## Which method here: ranked by mean gain over the control (pp)",
+        "",
+        f"| scenario | best | runner-up | {tuned}: chosen (temperature, alpha) per seed |",
+        "|---|---|---|---|",
+    ]
+    for scenario in dict.fromkeys(str(r["scenario"]) for r in rows):
+        ranked = sorted(
+            ((cell.mean, method) for (s, method), cell in table.items() if s == scenario and method != control),
+            reverse=True,
+        )
+        cells = [f"{method} ({mean:+.2f})" for mean, method in ranked[:2]]
+        cells += ["-"] * (2 - len(cells))
+        chosen = []
+        for row in rows:
+            if str(row["scenario"]) == scenario and row["method"] == tuned:
+                values = json.loads(row["hyperparameters"]) if isinstance(row.get("hyperparameters"), str) else {}
+                if "temperature" in values and "alpha" in values:
+                    chosen.append(f"({values['temperature']:g}, {values['alpha']:g})")
+        lines.append(f"| {scenario} | " + " | ".join([*cells, ", ".join(chosen) or "-"]) + " |")
+    return lines
 
 
 def plot_gains(rows: Sequence[Mapping[str, Any]], path: str | Path, control: str = "student_only") -> None:

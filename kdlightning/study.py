@@ -366,9 +366,8 @@ class Study:
             f"(student {self.student_party}, teacher {self.teacher_party}), seeds {self.seeds}, "
             f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
         )
-        return header + render_summary(
-            add_gains(rows, control=self.control), tuned=TUNED_KD, untuned=list(self.methods)
-        )
+        rows = add_gains(rows, control=self.control)
+        return header + render_summary(rows, tuned=TUNED_KD, untuned=list(self.methods), control=self.control)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
