@@ -139,14 +139,15 @@ class Study:
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
                 raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
-        labels = self.dataset.load().train_labels
+        self._data = self.dataset.load()  # loaded once: every run's datamodule shares it
+        labels = self._data.train_labels
         for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
             scenario.partition(labels, num_parties, self.seeds[0])
 
     # ------------------------------------------------------------------ pieces
     def datamodule(self, scenario: Partitioner, seed: int, party: int) -> PartitionedDataModule:
         """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
-        return PartitionedDataModule(
+        data = PartitionedDataModule(
             dataset=self.dataset,
             partitioner=scenario,
             num_parties=self.num_parties,
@@ -157,6 +158,8 @@ class Study:
             seed=seed,
             log_partition=False,
         )
+        data.data = self._data
+        return data
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
