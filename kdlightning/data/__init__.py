@@ -27,6 +27,7 @@ from kdlightning.data.partitioners import (
     plot_partition,
     quantity_skew,
 )
+from kdlightning.data.text import TokenizeCollate
 
 __all__ = [
     "ClassificationDataModule",
@@ -43,6 +44,7 @@ __all__ = [
     "PartitionedDataModule",
     "Partitioner",
     "QuantitySkewPartitioner",
+    "TokenizeCollate",
     "dirichlet",
     "iid",
     "label_skew",

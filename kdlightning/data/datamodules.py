@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
 from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
+from kdlightning.data.text import TokenizeCollate
 
 __all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "PartitionedDataModule"]
 
@@ -46,7 +47,8 @@ class ClassificationDataModule(L.LightningDataModule):
     """Train / validation / test loaders over in-memory ``(inputs, labels)`` data sets.
 
     Subclasses build ``self.train_set``, ``self.val_set``, ``self.test_set`` in ``setup`` and set
-    ``num_classes``, which the CLI links into the method.
+    ``num_classes``, which the CLI links into the method. A subclass may set ``collate_fn`` (e.g. a
+    :class:`~kdlightning.data.TokenizeCollate` for text); None uses PyTorch's default collate.
 
     Args:
         batch_size: samples per batch.
@@ -67,6 +69,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.collate_fn: Callable[[list[Any]], Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +84,7 @@ class ClassificationDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -114,6 +118,10 @@ class PartitionedDataModule(ClassificationDataModule):
     - ``val_set``: ``val_fraction`` of the party's own partition, held out from its training data;
     - ``test_set``: the data set's global, unpartitioned test set.
 
+    Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
+    batches are then dicts of token tensors with ``"labels"`` (and ``"index"``, the pool index, in
+    training batches), with one input dict per network when teacher and student tokenize differently.
+
     Nothing is read or downloaded in ``__init__``.
 
     Args:
@@ -131,6 +139,11 @@ class PartitionedDataModule(ClassificationDataModule):
         log_partition: log the partition's statistics (counts per party and class, a PNG) once per run.
         train_transform: applied to each training (transfer-set) input, e.g. augmentation; validation
             and test inputs are not transformed. A random transform rules out the teacher-output cache.
+        tokenizers: for text data: the path or hub id of one tokenizer serving every network, or a dict
+            from network role (``"student"``, ``"teacher"``, ``"peer"``) to a tokenizer path or hub id
+            (from Python also tokenizer objects). Loaded in ``setup`` with :func:`kdlightning.hf.load_tokenizer`.
+        max_length: with ``tokenizers``, truncate each text to this many tokens (None: the tokenizer's maximum);
+            batches are padded to their longest text.
     """
 
     def __init__(
@@ -148,6 +161,8 @@ class PartitionedDataModule(ClassificationDataModule):
         seed: int = 0,
         log_partition: bool = True,
         train_transform: Callable[[Any], Any] | None = None,
+        tokenizers: str | dict[str, Any] | None = None,
+        max_length: int | None = 128,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if num_parties < 1:
@@ -179,6 +194,7 @@ class PartitionedDataModule(ClassificationDataModule):
         self.val_fraction = val_fraction
         self.log_partition = log_partition
         self.train_transform = train_transform
+        self.collate_fn = TokenizeCollate(tokenizers, max_length=max_length) if tokenizers is not None else None
         self.data: LabelledData | None = None
         self.parts: list[np.ndarray] = []
         self.public_index = np.empty(0, dtype=np.int64)
@@ -232,6 +248,13 @@ class PartitionedDataModule(ClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load, partition and build the party's data sets (the same in every process)."""
         data = self._loaded()
+        if isinstance(self.collate_fn, TokenizeCollate):
+            if not data.is_text:
+                raise ValueError(
+                    f"`tokenizers` is set but the data set's inputs are not text (dtype {data.train_inputs.dtype}); "
+                    "drop `tokenizers`, or choose a text column with `input_column`."
+                )
+            self.collate_fn.load()
         if not self.parts:
             self.parts, self.public_index = self.split_pool()
         own_train, own_val = self._train_val(self.partition_id)
@@ -256,9 +279,11 @@ class PartitionedDataModule(ClassificationDataModule):
         return len(self._loaded().train_labels)
 
     def fingerprint(self) -> str:
-        """SHA-256 of what determines a reference's outputs on the pool: its inputs and the transform."""
+        """SHA-256 of what determines a reference's outputs on the pool: its inputs, the transform, the tokenizers."""
         data = self._loaded()
         digest = hashlib.sha256(repr(self.train_transform).encode())
+        if isinstance(self.collate_fn, TokenizeCollate):
+            digest.update(self.collate_fn.fingerprint().encode())
         inputs = data.train_inputs
         if inputs.dtype.kind in "OUS":
             for text in inputs:

@@ -1,0 +1,156 @@
+"""Hugging Face ``transformers`` networks and tokenizers, loadable from YAML.
+
+:func:`sequence_classifier` (``SequenceClassifier`` in YAML) loads a sequence-classification model
+with ``AutoModelForSequenceClassification.from_pretrained``, from a local directory written by
+``save_pretrained`` or from a hub id. A directory holding only an encoder (``AutoModel`` weights, e.g.
+a sentence-transformers model such as all-MiniLM-L6-v2) loads too: the classification head is newly
+initialised. :func:`load_tokenizer` loads the matching tokenizer with ``AutoTokenizer.from_pretrained``.
+
+Nothing is imported from ``transformers`` or read from disk until one of them is called. Hub look-ups
+honour ``HF_HUB_OFFLINE``: with ``HF_HUB_OFFLINE=1`` only local directories and the local cache are
+read, and a missing model fails at once with an error naming it instead of waiting for a network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import class_from_function
+from torch import nn
+
+__all__ = ["SequenceClassifier", "load_tokenizer", "resolve_pretrained", "sequence_classifier"]
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+def resolve_pretrained(path: str | os.PathLike) -> str:
+    """Return ``path`` as ``from_pretrained`` should get it: an existing local directory, or a hub id.
+
+    Raises:
+        FileNotFoundError: ``path`` is clearly a local path (absolute, relative with ``./``, ``~`` or with
+            more than one ``/``; a hub id is ``name`` or ``owner/name``) and does not exist.
+    """
+    text = os.fspath(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        return str(local)
+    if text.startswith(_LOCAL_PREFIXES) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(
+            f"No model directory at '{local}'. Write one with `model.save_pretrained('{text}')` and "
+            f"`tokenizer.save_pretrained('{text}')`, download one with `hf download <hub id> --local-dir {text}`, "
+            "or pass a Hugging Face hub id such as 'sentence-transformers/all-MiniLM-L6-v2'."
+        )
+    return text
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _from_pretrained(load: Callable[..., Any], path: str | os.PathLike, what: str, **kwargs: Any) -> Any:
+    """Call ``load(path, **kwargs)``; a missing file or an unreachable hub becomes an error naming ``path``."""
+    resolved = resolve_pretrained(path)
+    try:
+        return load(resolved, **kwargs)
+    except OSError as error:  # transformers raises OSError (or a subclass) for missing files and hub failures
+        where = (
+            "HF_HUB_OFFLINE=1, so only local directories and the local cache are read"
+            if _offline() or kwargs.get("local_files_only")
+            else "the hub could not be reached or has no such model"
+        )
+        raise OSError(
+            f"Could not load the {what} '{path}' ({where}): {error}\nGet it where there is a network with "
+            f"`hf download {path} --local-dir <dir>` and pass that directory, or pass a directory written by "
+            "`save_pretrained`."
+        ) from error
+
+
+def sequence_classifier(
+    path: str,
+    num_labels: int,
+    dtype: str = "float32",
+    ignore_mismatched_sizes: bool = False,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> nn.Module:
+    """Load a Hugging Face sequence classifier (``AutoModelForSequenceClassification``) with ``num_labels`` outputs.
+
+    Its forward takes the tokenizer's outputs (``input_ids``, ``attention_mask``, ...) as keyword
+    arguments and returns an object with ``.logits`` ``(N, num_labels)``, which every kdlightning
+    method reads. In YAML it is ``kdlightning.hf.SequenceClassifier``::
+
+        student:
+          class_path: kdlightning.hf.SequenceClassifier
+          init_args:
+            path: models/minilm          # a save_pretrained directory, or a hub id
+            num_labels: 4
+
+    A directory with encoder weights only (a plain ``BertModel``, a sentence-transformers model)
+    gets a newly initialised classification head; transformers reports those weights as newly
+    initialised.
+
+    Args:
+        path: a local directory written by ``save_pretrained``, or a hub id (``owner/name``).
+        num_labels: number of classes ``C`` of the classification head.
+        dtype: dtype of the loaded weights. ``"float32"`` by default because trained weights stay in
+            float32 under mixed precision (``precision: bf16-mixed``); transformers' own default,
+            ``"auto"``, keeps the dtype the checkpoint was saved in.
+        ignore_mismatched_sizes: allow a checkpoint whose head has another number of labels (the head is
+            then newly initialised).
+        revision: hub revision (branch, tag or commit) for a hub id.
+        local_files_only: never contact the hub (as ``HF_HUB_OFFLINE=1`` does).
+
+    Returns:
+        The model, in train mode (``from_pretrained`` returns eval mode; Lightning sets the mode per stage).
+
+    Raises:
+        FileNotFoundError: a local ``path`` does not exist.
+        OSError: the model cannot be loaded from disk, the cache or the hub; the message names ``path``.
+        ValueError: ``num_labels < 2``.
+    """
+    if int(num_labels) < 2:
+        raise ValueError(f"`num_labels` must be >= 2, got {num_labels!r}.")
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"revision": revision} if revision is not None else {}
+    model = _from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        path,
+        "model",
+        num_labels=int(num_labels),
+        dtype=dtype,
+        ignore_mismatched_sizes=ignore_mismatched_sizes,
+        local_files_only=local_files_only,
+        **kwargs,
+    )
+    return model.train()
+
+
+def load_tokenizer(path: str, revision: str | None = None, local_files_only: bool = False) -> Any:
+    """Load the tokenizer saved with a model (``AutoTokenizer.from_pretrained``).
+
+    Args:
+        path: a local directory written by ``save_pretrained``, or a hub id (``owner/name``).
+        revision: hub revision for a hub id.
+        local_files_only: never contact the hub (as ``HF_HUB_OFFLINE=1`` does).
+
+    Returns:
+        A ``transformers`` tokenizer.
+
+    Raises:
+        FileNotFoundError: a local ``path`` does not exist.
+        OSError: the tokenizer cannot be loaded from disk, the cache or the hub; the message names ``path``.
+    """
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": revision} if revision is not None else {}
+    return _from_pretrained(
+        AutoTokenizer.from_pretrained, path, "tokenizer", local_files_only=local_files_only, **kwargs
+    )
+
+
+SequenceClassifier = class_from_function(sequence_classifier, nn.Module, name="SequenceClassifier")
+"""YAML-friendly form of :func:`sequence_classifier`: ``class_path: kdlightning.hf.SequenceClassifier``."""
