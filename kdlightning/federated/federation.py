@@ -187,8 +187,8 @@ class Federation:
             log_partition=False,
         )
         if self._data is None:
-            self._data = data._loaded()
-        data.data = self._data  # one load per process
+            self._data = _loaded(self.dataset)
+        data.data = self._data
         return data
 
     def client_network(self, client: int) -> nn.Module:
@@ -425,6 +425,19 @@ class Federation:
                 torch.save(final, tmp)
         self.plot(rows)
         return rows
+
+
+_LOADED: dict[str, Any] = {}
+"""Data sets loaded in this process, by description: a client process (a Flower SuperNode's, or a simulation
+worker) loads its data once, not once per message."""
+
+
+def _loaded(dataset: DatasetSource) -> Any:
+    key = json.dumps([repr(type(dataset)), vars(dataset)], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()  # one data set at a time
+        _LOADED[key] = dataset.load()
+    return _LOADED[key]
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("digits.yaml")
