@@ -196,3 +196,12 @@ def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monke
     assert fits["n"] == 3 + 2  # only the killed trial and the last grid point trained: finished trials were kept
     trials = read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")
     assert sum(t["state"] == "COMPLETE" for t in trials) == 4
+
+
+def test_an_unknown_method_in_a_study_config_is_named(tmp_path: Path, capsys) -> None:
+    from kdlightning.study import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), *QUICK, "--methods={kd: {class_path: kdlightning.NoSuchMethod}}"])
+    assert "NoSuchMethod" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
