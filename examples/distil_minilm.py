@@ -17,8 +17,8 @@ about 78% of the pool, party 1 the rest, labels IID): a teacher fine-tuned from 
 data, a student fine-tuned from MiniLM on party 1's (its accuracy "before"); then ``VanillaKD`` on
 the student's own data with the teacher-output cache, beside a control that continues the student
 alone for the same epochs. Both fine-tuned models are saved with ``save_pretrained`` under
-``--workdir``, where ``configs/transformers/vanilla_kd_minilm.yaml`` finds them. About 5 minutes on
-2 busy CPU cores::
+``--workdir``, where ``configs/transformers/vanilla_kd_minilm.yaml`` finds them. Under a minute on
+2 idle CPU cores (about 5 minutes when they are shared)::
 
     HF_HUB_OFFLINE=1 python examples/distil_minilm.py [--epochs 2] [--per-class 250]
 """
