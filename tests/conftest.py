@@ -1,8 +1,6 @@
-"""Shared fixtures: tiny networks, a synthetic datamodule, offline environment."""
+"""Shared fixtures: tiny networks and a synthetic datamodule (the offline environment is set in ../conftest.py)."""
 
 from __future__ import annotations
-
-import os
 
 import lightning as L
 import pytest
@@ -11,10 +9,6 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdlightning.data import ClassificationDataModule
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
 
 NUM_CLASSES = 4
 NUM_FEATURES = 8
