@@ -1,6 +1,14 @@
-"""Shared fixtures: tiny networks and a synthetic datamodule (the offline environment is set in ../conftest.py)."""
+"""Shared fixtures: tiny networks, a synthetic datamodule; and the offline environment, set first."""
 
 from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub (lightning does), datasets or wandb: tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import lightning as L
 import pytest
