@@ -38,6 +38,7 @@ from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource, FashionMNIST, LabelledData, PartitionedDataModule
 from kdlightning.losses import distillation_loss
 from kdlightning.models import SmallCNN
+from kdlightning.trainers import quiet_trainer
 
 
 class Timed(nn.Module):
@@ -146,17 +147,8 @@ def fit_epochs(
     """Train ``model`` for ``epochs`` epochs (of ``batches`` batches: the whole data set); return the epoch timer."""
     teacher = getattr(model, "teacher", None)
     timer = EpochTimer(teacher if isinstance(teacher, Timed) else None)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, *(callbacks or [])],
+    trainer = quiet_trainer(
+        epochs, [timer, *(callbacks or [])], accelerator="cpu", limit_train_batches=batches, limit_val_batches=0
     )
     trainer.fit(model, datamodule=data)
     return timer

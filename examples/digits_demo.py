@@ -22,18 +22,12 @@ from torch import nn
 from kdlightning import DataPartitioningKD, DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
 from kdlightning.data import DigitsDataModule
 from kdlightning.models import MLP, SmallCNN
+from kdlightning.trainers import quiet_trainer
 
 
 def fit(model: DistillationModule, data: DigitsDataModule, epochs: int) -> float:
     """Train ``model`` and return the student's test accuracy."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(epochs, accelerator="cpu")
     if epochs:
         trainer.fit(model, datamodule=data)
     return trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]

@@ -36,6 +36,7 @@ from kdlightning.data import (
     LabelSkewPartitioner,
     PartitionedDataModule,
     Partitioner,
+    load_once,
 )
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
 from kdlightning.reporting import add_gains, plot_gains, read_csv, render_summary, write_csv
@@ -139,15 +140,14 @@ class Study:
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
                 raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
-        self._data = self.dataset.load()  # loaded once: every run's datamodule shares it
-        labels = self._data.train_labels
+        labels = load_once(self.dataset).train_labels
         for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
             scenario.partition(labels, num_parties, self.seeds[0])
 
     # ------------------------------------------------------------------ pieces
     def datamodule(self, scenario: Partitioner, seed: int, party: int) -> PartitionedDataModule:
         """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
-        data = PartitionedDataModule(
+        return PartitionedDataModule(
             dataset=self.dataset,
             partitioner=scenario,
             num_parties=self.num_parties,
@@ -158,17 +158,11 @@ class Study:
             seed=seed,
             log_partition=False,
         )
-        data.data = self._data
-        return data
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
         names = [self.control, *self.methods, *([TUNED_KD] if self.tuned_kd else [])]
         return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
-
-    @staticmethod
-    def _trainer(epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-        return quiet_trainer(epochs, callbacks)
 
     def _key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
         """A digest of the study's configuration for ``scenario`` and ``seed``, and ``parts``."""
@@ -195,14 +189,14 @@ class Study:
         if path.is_file():
             network.load_state_dict(torch.load(path, weights_only=True))
             return network
-        self._trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
+        quiet_trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
         with atomic_path(path) as tmp:
             torch.save(network.state_dict(), tmp)
         return network
 
     def test_accuracy(self, model: DistillationModule, data: PartitionedDataModule) -> float:
         """The student's accuracy on the global test set."""
-        return float(self._trainer(1).test(model, datamodule=data, verbose=False)[0]["test/acc"])
+        return float(quiet_trainer(1).test(model, datamodule=data, verbose=False)[0]["test/acc"])
 
     def _start(self, scenario: Partitioner, seed: int) -> tuple[PartitionedDataModule, nn.Module, nn.Module, float]:
         """The student's data, both pre-trained networks and the student's test accuracy before any method."""
@@ -232,7 +226,7 @@ class Study:
         model = factory(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes)
         cache = CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
         start = time.perf_counter()
-        self._trainer(self.epochs, [cache]).fit(model, datamodule=data)
+        quiet_trainer(self.epochs, [cache]).fit(model, datamodule=data)
         seconds = time.perf_counter() - start
         return self._row(
             scenario,
@@ -280,7 +274,7 @@ class Study:
             trial_data = self.datamodule(scenario, trial_seed, self.student_party)
             L.seed_everything(trial_seed, verbose=False)
             model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
-            return _Trial(model, trial_data, self._trainer(self.epochs, list(callbacks)))
+            return _Trial(model, trial_data, quiet_trainer(self.epochs, list(callbacks)))
 
         search = self._search(
             scenario, seed, build, [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]

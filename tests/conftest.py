@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdlightning.data import ClassificationDataModule
+from kdlightning.trainers import quiet_trainer
 
 NUM_CLASSES = 4
 NUM_FEATURES = 8
@@ -69,16 +70,4 @@ def _seed() -> None:
 
 def tiny_trainer(tmp_path, **kwargs) -> L.Trainer:
     """A quiet CPU trainer writing under ``tmp_path``."""
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": tmp_path,
-        "num_sanity_val_steps": 0,
-    }
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return quiet_trainer(kwargs.pop("max_epochs", 1), accelerator="cpu", default_root_dir=tmp_path, **kwargs)

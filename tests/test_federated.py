@@ -6,7 +6,6 @@ import copy
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ from kdlightning.federated import Federation, load_federation, round_reduction, 
 from kdlightning.losses import ensemble_logits, multi_teacher_terms
 from kdlightning.models import MLP, SmallCNN
 from kdlightning.reporting import read_csv
+from kdlightning.trainers import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
@@ -67,15 +67,7 @@ def test_heterogeneous_teachers_are_distilled_with_each_teachers_outputs_cached(
     before = copy.deepcopy(student.state_dict())
     model = MultiTeacherKD(student, teachers, 10, temperature=2.0, weights=[1.0, 3.0])
     assert "teachers" not in model.hparams and model.hparams["weights"] == [1.0, 3.0]
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[CacheReferenceOutputs(cache_dir=str(tmp_path))],
-    )
+    trainer = quiet_trainer(3, [CacheReferenceOutputs(cache_dir=str(tmp_path))], limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in before.items())

@@ -13,6 +13,7 @@ from torch import nn
 from kdlightning import DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
 from kdlightning.data import DigitsDataModule
 from kdlightning.models import MLP, SmallCNN
+from kdlightning.trainers import quiet_trainer
 
 METHODS = ["StudentOnly", "VanillaKD", "DeepMutualLearning", "DataPartitioningKD"]
 
@@ -73,19 +74,8 @@ def test_bf16_mixed_cpu_fit(name: str) -> None:
     frozen = list(model.frozen_names)
     before = {net: _params(getattr(model, net)) for net in trained + frozen}
     recorder = _Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_epochs=1,
-        limit_train_batches=5,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
+    trainer = quiet_trainer(
+        1, [recorder], accelerator="cpu", precision="bf16-mixed", limit_train_batches=5, limit_val_batches=2
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

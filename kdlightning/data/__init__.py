@@ -5,6 +5,7 @@ from kdlightning.data.datamodules import (
     DigitsDataModule,
     EpochShuffleSampler,
     PartitionedDataModule,
+    load_once,
 )
 from kdlightning.data.datasets import (
     DatasetSource,
@@ -49,6 +50,7 @@ __all__ = [
     "iid",
     "label_skew",
     "load_digits_arrays",
+    "load_once",
     "partition_stats",
     "plot_partition",
     "quantity_skew",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,24 @@ from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
 from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
 from kdlightning.data.text import TokenizeCollate
 
-__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "PartitionedDataModule"]
+__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "PartitionedDataModule", "load_once"]
+
+
+_LOADED: dict[str, LabelledData] = {}
+
+
+def load_once(dataset: DatasetSource) -> LabelledData:
+    """``dataset.load()``, once per process for a data set of the same type and arguments.
+
+    Every datamodule of a study, a search or a federated client process reads the same data set;
+    this keeps one copy (the last data set loaded) instead of reading and converting it per datamodule.
+    The arrays are shared: treat them as read-only.
+    """
+    key = json.dumps([repr(type(dataset)), vars(dataset)], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = dataset.load()
+    return _LOADED[key]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -207,7 +225,7 @@ class PartitionedDataModule(ClassificationDataModule):
 
     def _loaded(self) -> LabelledData:
         if self.data is None:
-            self.data = self.dataset.load()
+            self.data = load_once(self.dataset)
         return self.data
 
     def prepare_data(self) -> None:

@@ -150,7 +150,6 @@ class Federation:
         self.starts = list(dict.fromkeys(starts))
         self.cpus_per_client = cpus_per_client
         self.out = Path(out)
-        self._data: Any = None
         # An impossible partition fails now, not after the pre-training of other clients.
         server = self.datamodule(None)
         server.setup()
@@ -174,14 +173,10 @@ class Federation:
             for client in range(min(self.num_clients, len(self.client_networks or [None])))
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the loaded data (each client process loads its own)."""
-        return {**self.__dict__, "_data": None}
-
     # ------------------------------------------------------------------ data and networks
     def datamodule(self, client: int | None) -> PartitionedDataModule:
         """Client ``client``'s data, or (``None``) the server's: the public transfer set and the global test set."""
-        data = PartitionedDataModule(
+        return PartitionedDataModule(
             dataset=self.dataset,
             partitioner=self.partitioner,
             num_parties=self.num_clients,
@@ -193,10 +188,6 @@ class Federation:
             seed=self.seed,
             log_partition=False,
         )
-        if self._data is None:
-            self._data = _loaded(self.dataset)
-        data.data = self._data
-        return data
 
     def client_network(self, client: int) -> nn.Module:
         """A fresh network of client ``client``'s architecture."""
@@ -443,19 +434,6 @@ class Federation:
                 torch.save(final, tmp)
         self.plot(rows)
         return rows
-
-
-_LOADED: dict[str, Any] = {}
-"""Data sets loaded in this process, by description: a client process (a Flower SuperNode's, or a simulation
-worker) loads its data once, not once per message."""
-
-
-def _loaded(dataset: DatasetSource) -> Any:
-    key = json.dumps([repr(type(dataset)), vars(dataset)], sort_keys=True, default=str)
-    if key not in _LOADED:
-        _LOADED.clear()  # one data set at a time
-        _LOADED[key] = dataset.load()
-    return _LOADED[key]
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("digits.yaml")

@@ -105,22 +105,18 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     from kdlightning.data import DigitsDataModule
+    from kdlightning.trainers import quiet_trainer
 
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        1,
+        [RankStateSaver(args.out)],
         accelerator="cpu",
         devices=2,
         strategy=args.strategy,
-        max_epochs=1,
         limit_train_batches=args.batches,
         limit_val_batches=2,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[RankStateSaver(args.out)],
     )
     trainer.fit(build(args.method, bool(args.alternate)), datamodule=DigitsDataModule(batch_size=32))
     print(f"rank {trainer.global_rank} (pid {os.getpid()}) done", flush=True)
