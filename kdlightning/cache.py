@@ -4,8 +4,10 @@ A frozen reference (a teacher, DP-KD's initial student) gives the same logits fo
 time it sees it, so recomputing them every epoch, every trial of a search and every method of a
 study is waste. :class:`CacheReferenceOutputs` is a callback (one switch in YAML) that keeps them in
 an :class:`OutputStore` keyed by sample index, filled on first sight and, with ``cache_dir``, saved
-to disk under a key made of what determines them: the reference's weights and the data set's
-inputs and transform.
+to disk under a key made of what determines them: the reference (its classes, weights, forward
+settings and dtype, see :func:`~kdlightning.fingerprint.module_fingerprint`), the trainer's precision
+and the data set's inputs and transform. An unreadable store file counts as a miss: it is recomputed
+and overwritten.
 
 The cache only serves a transfer set whose transform is deterministic; it refuses a random one
 (augmentation would make yesterday's teacher output wrong for today's input).
@@ -14,6 +16,8 @@ The cache only serves a transfer set whose transform is deterministic; it refuse
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from kdlightning.atomic import atomic_path
+from kdlightning.fingerprint import module_fingerprint
 
-__all__ = ["CacheReferenceOutputs", "OutputStore", "module_fingerprint"]
+__all__ = ["CacheReferenceOutputs", "OutputStore", "cache_key", "module_fingerprint"]
+
+_UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
+"""What ``torch.load`` raises on a truncated, garbage or foreign file."""
 
 
 class OutputStore:
@@ -73,26 +81,65 @@ class OutputStore:
             torch.save({"values": self.values.cpu(), "filled": self.filled.cpu()}, tmp)
 
     def load(self, path: str | Path) -> bool:
-        """Merge the rows stored in ``path`` if it exists and matches this store's shape."""
+        """Merge the rows stored in ``path`` if it exists, is readable and matches this store's shape.
+
+        An unreadable file (truncated, garbage, another format) is a miss with a warning naming it: the
+        store is derived data, recomputed and written over the file at the end of ``fit``.
+        """
         path = Path(path)
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if tuple(state["values"].shape) != tuple(self.values.shape):
+        state = _read_store(path)
+        if state is None or tuple(state["values"].shape) != tuple(self.values.shape):
             return False
         self.merge(state["values"], state["filled"])
         return True
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's class and state (parameters and buffers): equal iff the outputs are."""
-    digest = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
-    for key, value in module.state_dict().items():
-        digest.update(key.encode())
-        tensor = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(str(tensor.dtype).encode() + str(tuple(value.shape)).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+def _is_store(state: Any) -> bool:
+    """Whether ``state`` is ``{"values": (N, C) tensor, "filled": (N,) bool tensor, ...}``."""
+    if not isinstance(state, dict):
+        return False
+    values, filled = state.get("values"), state.get("filled")
+    return (
+        isinstance(values, Tensor)
+        and isinstance(filled, Tensor)
+        and values.ndim == 2
+        and filled.dtype == torch.bool
+        and tuple(filled.shape) == tuple(values.shape[:1])
+    )
+
+
+def _read_store(path: Path) -> dict[str, Tensor] | None:
+    """The store saved in ``path``, or None with a warning naming ``path`` if it cannot be used."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as error:
+        problem = f"it cannot be read ({type(error).__name__}: {error})"
+    else:
+        if _is_store(state):
+            return state
+        problem = "it does not hold a 'values' (N, C) tensor and a 'filled' (N,) bool tensor"
+    warnings.warn(
+        f"Ignoring the teacher-output cache file '{path}': {problem}. Its outputs are recomputed and the file is "
+        "overwritten at the end of fit.",
+        stacklevel=3,
+    )
+    return None
+
+
+def cache_key(reference: nn.Module, data_key: str, precision: str) -> str:
+    """SHA-256 naming a reference's stored outputs: the reference, its dtype, the precision and the data.
+
+    Args:
+        reference: the frozen network (hashed with :func:`module_fingerprint`).
+        data_key: the datamodule's ``fingerprint()`` (inputs, transform, tokenizers).
+        precision: the trainer's precision (``trainer.precision``, e.g. ``"32-true"``, ``"bf16-mixed"``):
+            the same weights give other logits under another precision.
+    """
+    dtypes = sorted({str(p.dtype) for p in reference.parameters()})
+    parts = (module_fingerprint(reference), ",".join(dtypes), str(precision), data_key)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 class CacheReferenceOutputs(L.Callback):
@@ -142,7 +189,7 @@ class CacheReferenceOutputs(L.Callback):
         for name in names:
             store = OutputStore(datamodule.pool_size, pl_module.num_classes)
             if self.cache_dir is not None:
-                key = hashlib.sha256((module_fingerprint(getattr(pl_module, name)) + data_key).encode()).hexdigest()
+                key = cache_key(getattr(pl_module, name), data_key, trainer.precision)
                 self.paths[name] = self.cache_dir / f"{key[:32]}.pt"
                 store.load(self.paths[name])
             self.stores[name] = store.to(pl_module.device)

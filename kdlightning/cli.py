@@ -45,7 +45,7 @@ def main(args: ArgsType = None) -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["tune"]:
-        from kdlightning.tuning import tune
+        from kdlightning.tuning import main as tune
 
         tune(list(argv[1:]))
         return

@@ -33,9 +33,19 @@ __all__ = [
 Selection = Literal["supervised", "unsupervised"]
 
 
+def _as_float(value: object, name: str) -> float:
+    """``value`` as a float, or ``ValueError`` naming the argument (a string like ``"abc"``, a list, None)."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+
+
 def check_temperature(temperature: float, name: str = "temperature") -> float:
     """Return ``temperature`` as a float, or raise ``ValueError`` unless it is finite and ``> 0``."""
-    value = float(temperature)
+    value = _as_float(temperature, name)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"`{name}` must be a finite number > 0, got {temperature!r}.")
     return value
@@ -43,7 +53,7 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
     """Return ``alpha`` as a float, or raise ``ValueError`` unless ``0 <= alpha <= 1``."""
-    value = float(alpha)
+    value = _as_float(alpha, name)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must lie in [0, 1] (the weight on the distillation term), got {alpha!r}.")
     return value
@@ -199,8 +209,9 @@ def dp_kd_terms(
     r"""Data-partitioning KD ("KL-Dist + DP", Roth et al., ICLR 2024) and its components.
 
     Per sample the distillation target is the teacher's :math:`p_t^T` where the teacher is more
-    confident (see :func:`teacher_selection_mask`), else the reference's (the frozen initial
-    student) :math:`p_{ref}^T`:
+    confident, else the reference's (the frozen initial student) :math:`p_{ref}^T`. Confidence is
+    compared on the unsoftened probabilities (:func:`teacher_selection_mask` at :math:`T = 1`), so the
+    routing does not depend on the temperature; only the targets are softened:
 
     .. math::
         \mathcal{L} = (1 - \alpha)\,\mathrm{CE}(z_s, y) + \alpha\, T^2\, \mathrm{KL}(q^T \,\|\, p_s^T),
@@ -211,7 +222,7 @@ def dp_kd_terms(
         teacher_logits: ``(N, C)`` logits of the frozen teacher.
         reference_logits: ``(N, C)`` logits of the frozen initial student.
         targets: ``(N,)`` labels (used by the CE term, and by ``selection="supervised"``).
-        temperature: softening temperature, ``> 0``.
+        temperature: softening temperature of the targets and the student, ``> 0`` (not of the routing).
         alpha: weight of the distillation term, in ``[0, 1]``.
         selection: ``"supervised"`` compares the true-class probability, ``"unsupervised"`` the
             maximum probability (no labels needed for routing).
@@ -231,9 +242,9 @@ def dp_kd_terms(
     """
     if selection not in ("supervised", "unsupervised"):
         raise ValueError(f"`selection` must be 'supervised' or 'unsupervised', got {selection!r}.")
-    mask = teacher_selection_mask(
-        teacher_logits, reference_logits, targets if selection == "supervised" else None, temperature
-    )
+    # Routing compares the unsoftened (T = 1) probabilities, as Roth et al. do; only the targets are softened,
+    # so which source a sample learns from never depends on the temperature.
+    mask = teacher_selection_mask(teacher_logits, reference_logits, targets if selection == "supervised" else None)
     # Routing logits (not probabilities) is exact: softmax(z / T) is taken per row afterwards.
     routed = torch.where(mask.unsqueeze(-1), teacher_logits.detach(), reference_logits.detach())  # (N, C)
     terms = distillation_terms(student_logits, routed, targets, temperature, alpha)

@@ -7,8 +7,10 @@ Fashion-MNIST), so the same classes give a teacher and a smaller student. :func:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from jsonargparse import class_from_function
@@ -98,6 +100,7 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: ``checkpoint`` is not a readable checkpoint holding a state dict.
         KeyError: the checkpoint holds no network called ``role``.
     """
     path = Path(checkpoint).expanduser()
@@ -107,8 +110,7 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
             "-c configs/digits/teacher.yaml`, which writes runs/digits/teacher/checkpoints/last.ckpt; or pass the "
             "path of a checkpoint a kdlightning run wrote."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = _read_checkpoint(path)
     prefix = f"{role}."
     weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not weights:
@@ -118,6 +120,25 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
         raise KeyError(f"Checkpoint '{path}' holds no network '{role}'; it holds {roles}. Set `role` to one of them.")
     network.load_state_dict(weights)
     return network
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+    """The state dict of the Lightning checkpoint (or bare state dict) at ``path``; ValueError naming it if unusable."""
+    expected = (
+        "a Lightning checkpoint (.ckpt) written by a kdlightning run, or a state dict saved with "
+        "`torch.save(network.state_dict(), path)`"
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"Could not read '{path}' as a checkpoint. Expected {expected}; the file may be truncated or of "
+            f"another kind ({type(error).__name__}: {error})"
+        ) from error
+    state = state.get("state_dict", state) if isinstance(state, Mapping) else state
+    if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
+        raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict. Expected {expected}.")
+    return state
 
 
 def load_student(checkpoint: str | Path, student: nn.Module) -> nn.Module:

@@ -7,7 +7,8 @@ A row is a mapping with at least ``scenario``, ``seed``, ``method``, ``acc_befor
 ``acc_after`` (accuracies in ``[0, 1]`` on the global test set). The **gain** of a run is
 ``100 * (acc_after - acc_before)`` percentage points; its **gain over the control** subtracts the
 gain of the control method (the student trained alone for the same epochs) of the same scenario
-and seed.
+and seed. A **failed** run (a diverging method) has a non-empty ``error`` and no ``acc_after``: it is
+counted and listed, and left out of every statistic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 __all__ = [
     "Cell",
     "add_gains",
+    "is_failed",
     "plot_gains",
     "read_csv",
     "render_guidance",
@@ -48,8 +51,21 @@ class Cell:
         return f"{self.mean:+.2f} ± {self.std:.2f}"
 
 
+def is_failed(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` records a failed run: it has an ``error`` (a row read back from CSV has ``""`` if not).
+
+    Examples:
+        >>> is_failed({"error": "FloatingPointError: Non-finite training loss"}), is_failed({"error": ""})
+        (True, False)
+    """
+    return bool(row.get("error"))
+
+
 def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") -> list[dict[str, Any]]:
-    """Return the rows with ``gain_pp`` and ``gain_over_control_pp`` (None where the control is missing).
+    """Return the rows with ``gain_pp`` and ``gain_over_control_pp``.
+
+    Both are None for a failed run (:func:`is_failed`); the gain over the control is None too where the
+    control of the same scenario and seed is missing or failed.
 
     Examples:
         >>> rows = [
@@ -61,11 +77,12 @@ def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") 
     """
     out = [dict(row) for row in rows]
     for row in out:
-        row["gain_pp"] = 100.0 * (float(row["acc_after"]) - float(row["acc_before"]))
+        failed = is_failed(row) or row.get("acc_after") in (None, "")
+        row["gain_pp"] = None if failed else 100.0 * (float(row["acc_after"]) - float(row["acc_before"]))
     controls = {(row["scenario"], str(row["seed"])): row["gain_pp"] for row in out if row["method"] == control}
     for row in out:
         base = controls.get((row["scenario"], str(row["seed"])))
-        row["gain_over_control_pp"] = None if base is None else row["gain_pp"] - base
+        row["gain_over_control_pp"] = None if base is None or row["gain_pp"] is None else row["gain_pp"] - base
     return out
 
 
@@ -76,7 +93,7 @@ def _cell(values: Sequence[float]) -> Cell:
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[tuple[str, str], Cell]:
-    """Mean ± std of ``key`` over seeds, per ``(scenario, method)``; rows where ``key`` is None are skipped.
+    """Mean ± std of ``key`` over seeds, per ``(scenario, method)``; rows where ``key`` is None or empty are skipped.
 
     Examples:
         >>> rows = [{"scenario": "iid", "method": "kd", "gain_pp": g} for g in (1.0, 3.0)]
@@ -85,7 +102,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[t
     """
     groups: dict[tuple[str, str], list[float]] = {}
     for row in rows:
-        if row.get(key) is None:
+        if row.get(key) in (None, ""):  # a failed run, or a missing control
             continue
         groups.setdefault((str(row["scenario"]), str(row["method"])), []).append(float(row[key]))
     return {group: _cell(values) for group, values in groups.items()}
@@ -127,10 +144,15 @@ def render_summary(
     untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
     control: str = "student_only",
 ) -> str:
-    """``summary.md``: gain and gain over the control per method × scenario, and tuned KD's relative improvement."""
+    """``summary.md``: gain and gain over the control per method × scenario, and tuned KD's relative improvement.
+
+    A cell with failed runs says how many (its statistics leave them out); the failed runs and their errors
+    are listed at the end.
+    """
     rows = add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    failures = Counter((str(r["scenario"]), str(r["method"])) for r in rows if is_failed(r))
     lines = []
     for title, key in (
         ("Accuracy gain (pp)", "gain_pp"),
@@ -140,7 +162,7 @@ def render_summary(
         lines += [f"## {title}, mean ± std over seeds", "", "| method | " + " | ".join(scenarios) + " |"]
         lines.append("|---|" + "---|" * len(scenarios))
         for method in methods:
-            cells = [str(table[(s, method)]) if (s, method) in table else "-" for s in scenarios]
+            cells = [_with_failures(table.get((s, method)), failures[(s, method)]) for s in scenarios]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     improvement = tuned_improvement(summarize(rows, "gain_pp"), tuned, untuned)
@@ -175,8 +197,36 @@ def render_summary(
             f"Non-IID average: {sum(non_iid) / len(non_iid):+.1f}% (the study reports +139%); median {median:+.1f}% "
             f"over {len(non_iid)} scenarios (a relative figure is large where the best untuned gain is near 0)."
         )
-    lines += ["", *render_guidance(rows, tuned, control)]
+    lines += ["", *render_guidance(rows, tuned, control), *_render_failures(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _with_failures(cell: Cell | None, failed: int) -> str:
+    """A summary cell: mean ± std of the runs that finished, and how many failed."""
+    text = "-" if cell is None else str(cell)
+    if not failed:
+        return text
+    return f"{failed} failed" if cell is None else f"{text} ({failed} failed)"
+
+
+def _render_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines listing the failed runs with their errors (none if every run finished)."""
+    failed = [row for row in rows if is_failed(row)]
+    if not failed:
+        return []
+    lines = [
+        "",
+        "## Failed runs",
+        "",
+        f"{len(failed)} of {len(rows)} runs failed; the statistics above leave them out.",
+        "",
+        "| scenario | seed | method | error |",
+        "|---|---|---|---|",
+    ]
+    for row in failed:
+        error = str(row["error"]).replace("|", "\\|")
+        lines.append(f"| {row['scenario']} | {row['seed']} | {row['method']} | {error} |")
+    return lines
 
 
 def render_guidance(
@@ -209,8 +259,9 @@ def render_guidance(
         cells += ["-"] * (2 - len(cells))
         chosen = []
         for row in rows:
-            if str(row["scenario"]) == scenario and row["method"] == tuned:
-                values = json.loads(row["hyperparameters"]) if isinstance(row.get("hyperparameters"), str) else {}
+            if str(row["scenario"]) == scenario and row["method"] == tuned and not is_failed(row):
+                text = row.get("hyperparameters")
+                values = json.loads(text) if isinstance(text, str) and text else {}
                 if "temperature" in values and "alpha" in values:
                     chosen.append(f"({values['temperature']:g}, {values['alpha']:g})")
         lines.append(f"| {scenario} | " + " | ".join([*cells, ", ".join(chosen) or "-"]) + " |")

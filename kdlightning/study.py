@@ -7,6 +7,11 @@ that same pre-trained student beside a control that continues the student alone 
 epochs, and records each run in ``results.csv``. ``summary.md`` is recomputed from ``results.csv``
 after every run (:mod:`kdlightning.reporting`), and both are written atomically: a killed study
 loses no finished run and resumes where it stopped.
+
+``study.json`` beside ``results.csv`` records the configuration the results were made with (the
+settings every run shares, and each method's own); a resume of another configuration is refused
+before any training, while new seeds, scenarios and methods only add their runs. A run that diverges
+(``FloatingPointError``) is recorded as a failed row with its error, and the study goes on.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,8 +46,9 @@ from kdlightning.data import (
     Partitioner,
     load_once,
 )
+from kdlightning.interrupt import exit_on_signals
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
-from kdlightning.reporting import add_gains, plot_gains, read_csv, render_summary, write_csv
+from kdlightning.reporting import add_gains, is_failed, plot_gains, read_csv, render_summary, write_csv
 from kdlightning.trainers import quiet, quiet_trainer
 from kdlightning.tuning import Search, TrialBuilder, TuneOptions, _check_space
 
@@ -54,6 +63,12 @@ NetworkFactory = Callable[[int], nn.Module]
 MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
 """Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
 method) or DML's peer (trained), always a fresh copy of the teacher party's pre-trained model."""
+
+RECORD = "study.json"
+"""The file beside ``results.csv`` that records the configuration its results were made with."""
+
+_UNCHECKED_TUNING = ("storage", "study_name", "heartbeat_interval", "logger", "test")
+"""Tuning options that do not change a search's result (where it is stored, how it logs): not recorded."""
 
 
 def default_scenarios() -> list[Partitioner]:
@@ -91,6 +106,14 @@ class Study:
         val_fraction: share of each party's data held out for validation.
         control: name of the control run (the student alone, same epochs and data).
         out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
+
+    Attributes:
+        configuration: what ``<out>/study.json`` records and a resume must match: ``settings`` shared by
+            every run, and each method's own configuration under ``methods``.
+
+    Raises:
+        ValueError: a bad argument, including any hyperparameter of a method (each method is built once
+            from fresh networks), duplicate seeds or scenarios; before any training.
     """
 
     def __init__(
@@ -120,6 +143,7 @@ class Study:
                 raise ValueError(f"`methods` must not use the name {reserved!r}: it is {role}'s.")
         if not seeds:
             raise ValueError("`seeds` is empty: give at least one seed.")
+        _check_unique("seeds", list(seeds), "each seed is one sample of every run")
         if student_party == teacher_party:
             raise ValueError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
         for name, value in (("pretrain_epochs", pretrain_epochs), ("epochs", epochs)):
@@ -131,18 +155,55 @@ class Study:
             _check_space(self.tuning, VanillaKD)  # a bad search space fails now
         self.dataset = dataset if dataset is not None else Digits()
         self.scenarios = scenarios if scenarios is not None else default_scenarios()
+        _check_unique("scenarios", [str(s) for s in self.scenarios], "results name a scenario by this text")
         self.seeds = list(seeds)
         self.num_parties, self.student_party, self.teacher_party = num_parties, student_party, teacher_party
         self.pretrain_epochs, self.epochs = pretrain_epochs, epochs
         self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
         self.out = Path(out)
         self._before: dict[tuple[str, int], float] = {}
+        self._diverged: dict[tuple[str, int], str] = {}
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
                 raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
-        labels = load_once(self.dataset).train_labels
+        data = load_once(self.dataset)
         for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
-            scenario.partition(labels, num_parties, self.seeds[0])
+            scenario.partition(data.train_labels, num_parties, self.seeds[0])
+        self.configuration = self._configuration(data.num_classes)
+
+    def _configuration(self, num_classes: int) -> dict[str, Any]:
+        """What ``study.json`` records: the settings every run shares and each method's own configuration.
+
+        Every method is built once from fresh networks, so a bad hyperparameter (``temperature: -1``) fails
+        here, before any pre-training (SPEC §9).
+        """
+        with torch.random.fork_rng():  # building networks must not move the caller's random state
+            student, teacher = self.student(num_classes), self.teacher(num_classes)
+            methods: dict[str, Any] = {self.control: {"factory": _describe(continue_alone)}}
+            for name, factory in self.methods.items():
+                try:
+                    model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+                except ValueError as error:
+                    raise ValueError(f"`methods.{name}`: {error}") from error
+                methods[name] = {
+                    "factory": _describe(factory),
+                    "class": type(model).__name__,
+                    "hyperparameters": _describe(dict(model.hparams)),
+                }
+        if self.tuned_kd:
+            options = {k: v for k, v in dataclasses.asdict(self.tuning).items() if k not in _UNCHECKED_TUNING}
+            methods[TUNED_KD] = {"class": VanillaKD.__name__, "tuning": _describe(options)}
+        settings = {
+            "dataset": {"class_path": _describe(type(self.dataset)), "init_args": _describe(vars(self.dataset))},
+            "student": {"factory": _describe(self.student), "network": _digest(repr(student))},
+            "teacher": {"factory": _describe(self.teacher), "network": _digest(repr(teacher))},
+            **{
+                name: getattr(self, name)
+                for name in ("num_parties", "student_party", "teacher_party", "pretrain_epochs", "epochs")
+            },
+            **{name: getattr(self, name) for name in ("batch_size", "val_fraction", "control")},
+        }
+        return json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read back from the file
 
     # ------------------------------------------------------------------ pieces
     def datamodule(self, scenario: Partitioner, seed: int, party: int) -> PartitionedDataModule:
@@ -189,7 +250,10 @@ class Study:
         if path.is_file():
             network.load_state_dict(torch.load(path, weights_only=True))
             return network
-        quiet_trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
+        try:
+            quiet_trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
         with atomic_path(path) as tmp:
             torch.save(network.state_dict(), tmp)
         return network
@@ -201,15 +265,46 @@ class Study:
     def _start(self, scenario: Partitioner, seed: int) -> tuple[PartitionedDataModule, nn.Module, nn.Module, float]:
         """The student's data, both pre-trained networks and the student's test accuracy before any method."""
         data = self.datamodule(scenario, seed, self.student_party)
-        student = self.pretrained("student", scenario, seed)
-        teacher = self.pretrained("teacher", scenario, seed)
         key = (str(scenario), seed)
+        if key in self._diverged:  # every method of this cell starts from the pre-training that diverged
+            raise FloatingPointError(self._diverged[key])
+        try:
+            student = self.pretrained("student", scenario, seed)
+            teacher = self.pretrained("teacher", scenario, seed)
+        except FloatingPointError as error:
+            self._diverged[key] = str(error)
+            raise
         if key not in self._before:
             self._before[key] = self.test_accuracy(StudentOnly(copy.deepcopy(student), data.num_classes), data)
         return data, student, teacher, self._before[key]
 
     def _row(self, scenario: Partitioner, seed: int, name: str, **values: Any) -> dict[str, Any]:
         return {"scenario": str(scenario), "seed": seed, "method": name, **values, "epochs": self.epochs}
+
+    def run_recorded(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
+        """:meth:`run_method`, with a diverging run recorded as a failed row (as tuned KD's search records a trial).
+
+        A failed row has the error's first line under ``error`` and no ``acc_after``; any other error propagates,
+        with a note naming the run.
+        """
+        try:
+            return self.run_method(name, scenario, seed)
+        except FloatingPointError as error:
+            lines = str(error).strip().splitlines()
+            method = self.configuration["methods"].get(name, {})
+            return self._row(
+                scenario,
+                seed,
+                name,
+                **{"class": method.get("class", "")},
+                acc_before=self._before.get((str(scenario), seed), ""),
+                acc_after="",
+                hyperparameters=json.dumps(method.get("hyperparameters", {}), sort_keys=True),
+                error=f"{type(error).__name__}: {lines[0] if lines else ''}",
+            )
+        except BaseException as error:
+            _add_note(error, f"in the run of `kdl study` for scenario {scenario}, seed {seed}, method {name!r}")
+            raise
 
     def run_method(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
         """Run one method, the control or tuned KD from the pre-trained student; return its results row."""
@@ -249,8 +344,13 @@ class Study:
         """Tuned KD's search for ``scenario`` and ``seed`` (``build`` None: one that only reads and draws)."""
         out = self.tuning_dir(scenario, seed)
         options = dataclasses.replace(self.tuning, test=True)  # the study reports the chosen point's test accuracy
+        hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed
             options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
+            hint = (
+                "Pass another `--out` or `--tuning.study_name` to `kdl study` "
+                f"(this cell's search is {options.study_name!r})."
+            )
         return Search(
             build or _unbuilt,
             VanillaKD,
@@ -260,6 +360,7 @@ class Study:
             seed=seed,
             cache_dir=self.out / "cache",
             verbose=False,
+            conflict_hint=hint,
         )
 
     def run_tuned_kd(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
@@ -294,19 +395,93 @@ class Study:
             seconds=round(seconds, 2),
         )
 
+    # ------------------------------------------------------------------ resuming
+    def check_resume(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse to add runs to ``rows`` (``results.csv``) of another configuration; record this one in ``study.json``.
+
+        With results, every shared setting must equal the recorded one and a method both configure must
+        have its recorded configuration; new seeds, scenarios and methods are allowed (they only add runs),
+        and a method no longer configured keeps its entry beside its rows. Without results, the record is
+        simply (re)written: nothing recorded could be mixed.
+
+        Raises:
+            ValueError: naming each difference and what to do, before any training.
+        """
+        path = self.out / RECORD
+        recorded: dict[str, Any] = {}
+        if rows and path.is_file():
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            self._refuse_differences(recorded, str(path), only_recorded_keys=False)
+        elif rows:
+            legacy = self._legacy_record(rows)
+            self._refuse_differences(legacy, str(self.out / "results.csv"), only_recorded_keys=True)
+            warnings.warn(
+                f"{self.out / 'results.csv'} has no {RECORD} (results written before it was kept): its epochs and "
+                "methods' hyperparameters match this study's, which is recorded as theirs.",
+                stacklevel=3,
+            )
+        record = {
+            "settings": self.configuration["settings"],
+            "methods": {**recorded.get("methods", {}), **self.configuration["methods"]},
+        }
+        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+    def _legacy_record(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """What results written before ``study.json`` was kept tell of their configuration.
+
+        Their rows carry the epochs and each method's class and hyperparameters (numbers only are compared:
+        other values were written as text, callables with memory addresses). The rest cannot be checked and
+        is taken to be this study's: refusing such results outright would strand every finished study.
+        """
+        epochs = sorted({int(row["epochs"]) for row in rows if row.get("epochs")})
+        methods: dict[str, Any] = {}
+        for row in rows:
+            if row["method"] in self.methods and row.get("hyperparameters") and not is_failed(row):
+                values = json.loads(str(row["hyperparameters"]))
+                numbers = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+                methods.setdefault(row["method"], {"class": row.get("class"), "hyperparameters": numbers})
+        settings = {"epochs": epochs[0] if len(epochs) == 1 else epochs} if epochs else {}
+        return {"settings": settings, "methods": methods}
+
+    def _refuse_differences(self, recorded: Mapping[str, Any], where: str, only_recorded_keys: bool) -> None:
+        """Raise ``ValueError`` listing where this study's configuration differs from ``recorded`` (from ``where``)."""
+        mine = self.configuration
+        common = [name for name in recorded.get("methods", {}) if name in mine["methods"]]
+        found = [
+            (path.split(".", 1)[0], path, old, new)
+            for path, old, new in _differences(recorded.get("settings", {}), mine["settings"], only_recorded_keys)
+        ]
+        for name in common:
+            argument = {TUNED_KD: "tuning", self.control: "control"}.get(name, f"methods.{name}")
+            for path, old, new in _differences(recorded["methods"][name], mine["methods"][name], only_recorded_keys):
+                found.append((argument, path, old, new))
+        if not found:
+            return
+        lines = []
+        for argument, path, old, new in found:
+            detail = path.split(".", 1)[1] if "." in path else ""
+            detail = detail.removeprefix("tuning.") if argument == "tuning" else detail
+            lines.append(f"  `{argument}`: {detail + ' ' if detail else ''}{_show(old)} in {where}, {_show(new)} now")
+        raise ValueError(
+            f"{self.out} holds results of another configuration: adding runs would mix both in results.csv and "
+            "summary.md.\n" + "\n".join(lines) + "\nPass another `--out` for a new study, or the recorded values to "
+            "resume this one (a method of another configuration can also run beside the old under a new name)."
+        )
+
     # ------------------------------------------------------------------ the pipeline
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
         """Run every missing ``(scenario, seed, method)``; rewrite ``results.csv`` and ``summary.md`` after each."""
         quiet()
         results = self.out / "results.csv"
         rows = read_csv(results)
+        self.check_resume(rows)
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}
         todo = [run for run in self.runs() if run not in done]
         scenarios = {str(s): s for s in self.scenarios}
         bar = _progress(total=len(self.runs()), initial=len(self.runs()) - len(todo), enabled=progress)
         for scenario, seed, method in todo:
             bar.set_description(f"{scenario} seed {seed} {method}")
-            rows.append(self.run_method(method, scenarios[scenario], seed))
+            rows.append(self.run_recorded(method, scenarios[scenario], seed))
             write_csv(results, add_gains(rows, control=self.control))
             write_text_atomic(self.out / "summary.md", self.summary(rows))
             bar.update(1)
@@ -357,14 +532,17 @@ class Study:
             figure.savefig(tmp, format="png", dpi=100)
 
     def summary(self, rows: Sequence[dict[str, Any]]) -> str:
-        """``summary.md`` of ``rows``."""
+        """``summary.md`` of ``rows`` (with the seeds and methods of earlier runs of the study)."""
+        seeds = list(dict.fromkeys([*self.seeds, *(int(row["seed"]) for row in rows)]))
+        methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
+        untuned = [name for name in methods if name not in (self.control, TUNED_KD)]
         header = (
             f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
-            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {self.seeds}, "
+            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {seeds}, "
             f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
         )
         rows = add_gains(rows, control=self.control)
-        return header + render_summary(rows, tuned=TUNED_KD, untuned=list(self.methods), control=self.control)
+        return header + render_summary(rows, tuned=TUNED_KD, untuned=untuned, control=self.control)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -384,6 +562,88 @@ class _Trial(NamedTuple):
 
 def _unbuilt(values: Any, seed: int, callbacks: Any) -> _Trial:
     raise RuntimeError("this search only reads its results")
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_ABSENT = object()
+"""A key one of two compared configurations does not have."""
+
+
+def _describe(value: Any) -> Any:
+    """``value`` as JSON that names it the same way in every process (for ``study.json``).
+
+    Classes and functions become their import path; a ``functools.partial`` (a factory from Python, or from a
+    YAML ``class_path`` with ``init_args``) its target's path and arguments; anything else its ``repr``
+    without memory addresses.
+
+    Examples:
+        >>> _describe(functools.partial(VanillaKD, temperature=2.0))
+        {'class_path': 'kdlightning.methods.kd.VanillaKD', 'init_args': {'temperature': 2.0}}
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _describe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_describe(item) for item in value]
+    if isinstance(value, functools.partial):
+        parts = [value.func, *value.args]
+        if not value.args and not value.keywords:  # partial(VanillaKD) is VanillaKD
+            return _describe(value.func)
+        # jsonargparse builds partial(<wrapper>, <instantiator>, cls, **init_args): the class is the target
+        target = next((i for i, part in enumerate(parts) if isinstance(part, type)), 0)
+        described: dict[str, Any] = {"class_path": _describe(parts[target])}
+        if parts[target + 1 :]:
+            described["args"] = _describe(parts[target + 1 :])
+        if value.keywords:
+            described["init_args"] = _describe(value.keywords)
+        return described
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{value.__module__}.{value.__qualname__}"
+    return _ADDRESS.sub("", repr(value))
+
+
+def _digest(text: str) -> str:
+    """A short digest of ``text`` (a network's ``repr``: its architecture, too long to record whole)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _differences(old: Any, new: Any, only_old_keys: bool, path: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaves where ``old`` and ``new`` differ, as ``(dotted path, old value, new value)``.
+
+    Mappings are compared key by key (only ``old``'s keys with ``only_old_keys``); a missing key is ``_ABSENT``.
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        keys = list(old) if only_old_keys else list(dict.fromkeys([*old, *new]))
+        return [
+            difference
+            for key in keys
+            for difference in _differences(
+                old.get(key, _ABSENT), new.get(key, _ABSENT), only_old_keys, f"{path}.{key}" if path else str(key)
+            )
+        ]
+    return [] if old == new else [(path, old, new)]
+
+
+def _show(value: Any, width: int = 80) -> str:
+    """``value`` in an error message: JSON, shortened to ``width`` characters."""
+    text = "absent" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_unique(name: str, values: Sequence[Any], why: str) -> None:
+    """Raise ``ValueError`` naming the argument ``name`` and its repeated values, if any."""
+    repeated = [value for value, count in Counter(values).items() if count > 1]
+    if repeated:
+        raise ValueError(f"`{name}` repeats {repeated}: give each once ({why}).")
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """Add ``note`` to ``error``'s traceback (Python >= 3.11), or print it before the error propagates."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        print(note, file=sys.stderr)
 
 
 def _slug(text: str) -> str:
@@ -416,7 +676,13 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     progress = init.pop("progress")
     init.pop("config", None)
     study = Study(**init)
-    rows = study.run(progress=progress)
+    results = study.out / "results.csv"
+
+    def report() -> str:
+        return f"{len(read_csv(results))} of {len(study.runs())} runs are finished, in {results}."
+
+    with exit_on_signals("kdl study", list(sys.argv[1:] if args is None else args), report):
+        rows = study.run(progress=progress)
     print((study.out / "summary.md").read_text())
     print(f"results: {study.out / 'results.csv'}")
     return rows

@@ -51,7 +51,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.cli import KDLightningCLI
 from kdlightning.losses import check_alpha, check_temperature
-from kdlightning.reporting import write_csv
+from kdlightning.reporting import read_csv, write_csv
 
 try:
     import optuna
@@ -359,6 +359,8 @@ class Search:
             share it share the teacher's outputs (they are keyed by teacher and data).
         callbacks: extra Lightning callbacks added to every trial (the same instances in each).
         verbose: print a line per trial and the final table.
+        conflict_hint: what the error for a storage of another description advises (default: ``kdl tune``'s
+            options, another ``--out`` or ``--tune.study_name``); a caller with other options gives its own.
 
     Raises:
         ValueError: an empty grid, an argument the method does not have or that is not a float, a value
@@ -379,6 +381,7 @@ class Search:
         cache_dir: str | os.PathLike[str] | None = None,
         callbacks: Sequence[L.Callback] = (),
         verbose: bool = True,
+        conflict_hint: str = "Pass another `--out` or `--tune.study_name`.",
     ) -> None:
         self.build = build
         self.method = method
@@ -390,6 +393,7 @@ class Search:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.callbacks = list(callbacks)
         self.verbose = verbose
+        self.conflict_hint = conflict_hint
         self.space = _check_space(self.options, self.method)
         self.keys = list(self.space)
         self.storage_url = self.options.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
@@ -485,7 +489,7 @@ class Search:
         if existing is not None and existing.get("fingerprint") not in (None, fingerprint):
             raise ValueError(
                 f"Study {self.options.study_name!r} in {self.storage_url} is a search of another configuration "
-                "(method, data, trainer or search space). Pass another `--out` or `--tune.study_name`."
+                f"(method, data, trainer or search space). {self.conflict_hint}"
             )
         seed = self.config_seed
         if existing is not None and "seed" in existing:
@@ -1125,3 +1129,25 @@ def tune(
     if args is None:
         args = sys.argv[2:] if sys.argv[1:2] == ["tune"] else sys.argv[1:]
     return Search.from_args(args, callbacks=callbacks, verbose=verbose).run()
+
+
+def main(args: Sequence[str] | None = None) -> TuneResult:
+    """``kdl tune``: :func:`tune`, stopped cleanly by SIGTERM or Ctrl-C (exit 143 / 130, saying what finished).
+
+    Args:
+        args: the arguments after ``kdl tune``; None reads ``sys.argv``.
+    """
+    from kdlightning.interrupt import exit_on_signals
+
+    if args is None:
+        args = sys.argv[2:] if sys.argv[1:2] == ["tune"] else sys.argv[1:]
+    search = Search.from_args(args)
+    trials = search.out / "trials.csv"
+
+    def report() -> str:
+        rows = read_csv(trials)
+        done = sum(row["state"] in ("COMPLETE", "PRUNED") or bool(row.get("error")) for row in rows)
+        return f"{done} trials are finished, in {search.storage_url} and {trials}."
+
+    with exit_on_signals("kdl tune", args, report):
+        return search.run()

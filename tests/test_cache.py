@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import random
+import re
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_trainer
@@ -151,3 +154,77 @@ def test_module_fingerprint_follows_weights_and_buffers() -> None:
     assert module_fingerprint(teacher) == module_fingerprint(same)
     same.features[1].running_mean += 1  # a BN statistic changes the outputs, so the key
     assert module_fingerprint(teacher) != module_fingerprint(same)
+
+
+class TorchFlip:
+    """torchvision's RandomHorizontalFlip(p=0.5): one `torch.rand(1) < p` draw per call."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if torch.rand(1) < 0.5 else x
+
+
+class PythonFlip:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if random.random() < 0.5 else x
+
+
+class NumpyFlip:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if np.random.rand() < 0.5 else x
+
+
+@pytest.mark.parametrize("transform", [TorchFlip(), PythonFlip(), NumpyFlip()], ids=lambda t: type(t).__name__)
+def test_a_coin_flip_transform_of_any_random_source_is_refused(transform, tmp_path: Path) -> None:
+    student, teacher = networks()
+    model = VanillaKD(student, teacher, 10)
+    with pytest.raises(ValueError, match=rf"train_transform .*{type(transform).__name__}.* is random"):
+        fit(model, tmp_path, epochs=1, callbacks=[CacheReferenceOutputs()], train_transform=transform)
+
+
+def test_class_count_mismatch_with_the_cache_names_both_shapes(tmp_path: Path) -> None:
+    student, _ = networks()
+    model = VanillaKD(student, MLP(num_classes=13, in_features=64, hidden_sizes=(16,)), 10)
+    with pytest.raises(ValueError, match=r"teacher.*\(64, 13\).*\(64, 10\)"):
+        fit(model, tmp_path, epochs=1, callbacks=[CacheReferenceOutputs()])
+
+
+def test_the_key_covers_the_precision(tmp_path: Path) -> None:
+    student, teacher = networks()
+    cache = tmp_path / "cache"
+    computed = []
+    for precision in ("32-true", "bf16-mixed", "32-true"):
+        model = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
+        L.seed_everything(0, verbose=False)
+        callbacks = [CacheReferenceOutputs(cache_dir=str(cache))]
+        trainer = tiny_trainer(
+            tmp_path / precision, precision=precision, limit_train_batches=2, limit_val_batches=0, callbacks=callbacks
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+        computed.append(model.teacher.samples)
+    assert len(list(cache.glob("*.pt"))) == 2  # one per precision
+    assert computed == [128, 128, 0]  # the second 32-true run reads the first's outputs
+
+
+def test_an_unreadable_cache_file_is_a_miss_that_gets_rewritten(tmp_path: Path) -> None:
+    student, teacher = networks()
+    cache = tmp_path / "cache"
+    first = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
+    fit(first, tmp_path / "a", epochs=1, callbacks=[CacheReferenceOutputs(cache_dir=str(cache))])
+    (path,) = cache.glob("*.pt")
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+
+    again = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
+    with pytest.warns(UserWarning, match=rf"cache file '{re.escape(str(path))}'.*recomputed"):
+        fit(again, tmp_path / "b", epochs=1, callbacks=[CacheReferenceOutputs(cache_dir=str(cache))])
+    assert again.teacher.samples > 0
+    values = torch.load(path, weights_only=True)["values"]  # rewritten whole at the end of fit
+    store = OutputStore(*values.shape)
+    assert store.load(path)
+    assert store.fraction_filled > 0
+
+
+def test_a_store_file_of_another_kind_is_a_miss(tmp_path: Path) -> None:
+    path = tmp_path / "store.pt"
+    torch.save({"values": torch.zeros(4, 3)}, path)  # no 'filled' mask
+    with pytest.warns(UserWarning, match=rf"'{re.escape(str(path))}'.*'filled'"):
+        assert not OutputStore(4, 3).load(path)

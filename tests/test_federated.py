@@ -6,6 +6,7 @@ import copy
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -132,6 +133,21 @@ def test_a_client_model_with_another_class_count_gets_a_clear_error(tmp_path: Pa
 def test_bad_experiments_fail_at_construction(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         Federation(SMALL, out=str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize(("option", "message"), [("--temperature=-1", "`temperature`"), ("--alpha=1.5", "`alpha`")])
+def test_bad_distillation_values_fail_before_any_client_trains(
+    option: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §9: `kdl federate --temperature=-1` fails at construction, not after pre-training ten clients."""
+
+    def no_fit(*args, **kwargs) -> None:
+        raise AssertionError("a network was trained before the arguments were checked")
+
+    monkeypatch.setattr(L.Trainer, "fit", no_fit)
+    with pytest.raises(ValueError, match=message):
+        load_federation(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), option])
+    assert not (tmp_path / "clients").exists()
 
 
 def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path) -> None:

@@ -127,16 +127,30 @@ def test_dp_kd_matches_reference(selection: str) -> None:
     zs, zt, zr, yy = (a.double().numpy() for a in (z_s, z_t, z_ref, y))
     yy = yy.astype(int)
     p_t, p_r, p_s = _softmax(zt, temperature), _softmax(zr, temperature), _softmax(zs, temperature)
+    r_t, r_r = _softmax(zt, 1.0), _softmax(zr, 1.0)  # routing compares the unsoftened probabilities
     if selection == "supervised":
-        mask = p_t[np.arange(32), yy] > p_r[np.arange(32), yy]
+        mask = r_t[np.arange(32), yy] > r_r[np.arange(32), yy]
     else:
-        mask = p_t.max(1) > p_r.max(1)
+        mask = r_t.max(1) > r_r.max(1)
     q = np.where(mask[:, None], p_t, p_r)
     kd = temperature**2 * np.mean(np.sum(q * (np.log(q) - np.log(p_s)), axis=1))
     expected = (1 - alpha) * ref_ce(zs, yy) + alpha * kd
     terms = dp_kd_terms(z_s, z_t, z_ref, y, temperature, alpha, selection)
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
     assert terms["teacher_fraction"].item() == pytest.approx(mask.mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 16.0])
+def test_dp_kd_routing_does_not_depend_on_the_temperature(temperature: float) -> None:
+    """Teacher [2, 1.9, -10] vs initial student [1.5, 0, 0], label 0: at T = 1 p_t(0) = 0.52 < p_init(0) = 0.68.
+
+    Softened at T = 4 the comparison would flip (0.50 > 0.41); the routing stays on the T = 1 probabilities.
+    """
+    teacher, initial, y = torch.tensor([[2.0, 1.9, -10.0]]), torch.tensor([[1.5, 0.0, 0.0]]), torch.tensor([0])
+    terms = dp_kd_terms(torch.zeros(1, 3), teacher, initial, y, temperature=temperature, alpha=1.0)
+    assert terms["teacher_fraction"].item() == 0.0
+    expected = kd_loss(torch.zeros(1, 3), initial, temperature)  # the target is the initial student's, softened
+    assert terms["loss_kd"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_dp_kd_with_teacher_always_chosen_equals_vanilla_kd() -> None:
@@ -156,6 +170,9 @@ def test_dp_kd_with_teacher_always_chosen_equals_vanilla_kd() -> None:
         ("alpha", lambda z, y: distillation_loss(z, z, y, alpha=1.5)),
         ("alpha", lambda z, y: distillation_loss(z, z, y, alpha=-0.1)),
         ("selection", lambda z, y: dp_kd_loss(z, z, z, y, selection="oracle")),
+        ("temperature", lambda z, y: kd_loss(z, z, temperature="abc")),
+        ("alpha", lambda z, y: distillation_loss(z, z, y, alpha="abc")),
+        ("alpha", lambda z, y: distillation_loss(z, z, y, alpha=None)),
     ],
 )
 def test_bad_hyperparameters_name_the_argument(name: str, call) -> None:

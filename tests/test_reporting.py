@@ -79,3 +79,21 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> Non
         killed_mid_write()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path: Path) -> None:
+    failed = {"scenario": "iid", "seed": 2, "method": "vanilla_kd", "acc_before": 0.80, "acc_after": None}
+    failed["error"] = "FloatingPointError: Non-finite training loss at global step 3"
+    failed_control = {**failed, "method": "student_only", "seed": 3}
+    kept = {"scenario": "iid", "seed": 3, "method": "dml", "acc_before": 0.80, "acc_after": 0.90}
+    write_csv(tmp_path / "results.csv", add_gains([*rows(), failed, failed_control, kept]))
+    again = read_csv(tmp_path / "results.csv")  # failed rows read back with "" where a value is missing
+    gains = add_gains(again)
+    assert [r["gain_pp"] for r in gains[-3:-1]] == [None, None]
+    assert gains[-1]["gain_over_control_pp"] is None  # its control failed
+    assert summarize(gains)[("iid", "vanilla_kd")].n == 2  # the failed seed is left out
+    text = render_summary(again, untuned=("vanilla_kd", "dml"))
+    assert "| vanilla_kd | +4.00 ± 1.41 (1 failed) | -2.00 ± 0.00 |" in text
+    assert "| student_only | +1.50 ± 0.71 (1 failed) |" in text
+    assert "2 of 15 runs failed" in text
+    assert "| iid | 2 | vanilla_kd | FloatingPointError: Non-finite training loss at global step 3 |" in text

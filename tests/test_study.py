@@ -7,10 +7,11 @@ import json
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
-from kdlightning.data import DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
+from kdlightning.data import Digits, DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
 from kdlightning.models import MLP
 from kdlightning.reporting import read_csv, render_summary
 from kdlightning.study import Study
@@ -65,7 +66,7 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path) ->
 
     def flaky(student, teacher, num_classes):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 1 + 3:  # the study's construction builds each method once to check it
             raise KeyboardInterrupt  # killed during the third KD run
         return VanillaKD(student, teacher, num_classes)
 
@@ -79,7 +80,7 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path) ->
 
     rows = study(tmp_path, methods={"vanilla_kd": flaky}).run(progress=False)
     assert len(rows) == 8
-    assert calls["n"] == 5  # only the killed KD run and the two runs after it ran (one of them the control)
+    assert calls["n"] == 4 + 1 + 2  # the check, then only the killed KD run and the KD run after it ran
     assert [r["acc_after"] for r in rows[:5]] == [r["acc_after"] for r in finished]
 
 
@@ -104,6 +105,10 @@ def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
         ({"teacher_party": 0}, "teacher_party"),
         ({"epochs": 0}, "epochs"),
         ({"scenarios": [LabelSkewPartitioner(classes_per_party=2)], "num_parties": 3}, "classes_per_party"),
+        ({"seeds": [0, 0, 1]}, r"`seeds`.*\[0\]"),
+        ({"scenarios": [IIDPartitioner(), IIDPartitioner()]}, "`scenarios`.*iid"),
+        ({"methods": {"kd": partial(VanillaKD, temperature=-1.0)}}, "`temperature`"),
+        ({"methods": {"dml": partial(DeepMutualLearning, alpha=2.0)}}, "`alpha`"),
     ],
 )
 def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, message: str) -> None:
@@ -205,3 +210,116 @@ def test_an_unknown_method_in_a_study_config_is_named(tmp_path: Path, capsys) ->
         main(["--out", str(tmp_path), *QUICK, "--methods={kd: {class_path: kdlightning.NoSuchMethod}}"])
     assert "NoSuchMethod" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+ONE_POINT = TuneOptions(grid={"temperature": [4.0], "alpha": [0.5]})
+"""Tuned KD's search over a single point: the cheapest search that still writes its storage."""
+
+
+def tiny(out: Path, **kwargs) -> Study:
+    """A one-scenario, one-seed, one-epoch study: control and vanilla KD."""
+    options = {"methods": {"vanilla_kd": VanillaKD}, "scenarios": [IIDPartitioner()], "seeds": [0]}
+    return study(out, **{**options, "pretrain_epochs": 1, "epochs": 1, **kwargs})
+
+
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any further training fail the test."""
+
+    def fit(*args, **kwargs) -> None:
+        raise AssertionError("a run trained although the study was already done or refused")
+
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+
+
+def test_a_resumed_study_refuses_another_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny(tmp_path, tuned_kd=True, tuning=ONE_POINT).run(progress=False)
+    before = (tmp_path / "results.csv").read_bytes()
+    no_training(monkeypatch)
+    changes = [
+        ({"epochs": 2}, "`epochs`: 1 in .*, 2 now"),
+        ({"pretrain_epochs": 3}, "`pretrain_epochs`"),
+        ({"batch_size": 16}, "`batch_size`"),
+        ({"student": partial(MLP, in_features=64, hidden_sizes=(16,))}, "`student`"),
+        ({"dataset": Digits(test_fraction=0.3)}, "`dataset`"),
+        ({"methods": {"vanilla_kd": partial(VanillaKD, temperature=2.0)}}, "`methods.vanilla_kd`.*temperature"),
+        ({"tuning": TuneOptions(grid={"temperature": [4.0], "alpha": [0.9]})}, "`tuning`.*grid"),
+    ]
+    for change, message in changes:
+        with pytest.raises(ValueError, match=message) as refused:
+            tiny(tmp_path, **{"tuned_kd": True, "tuning": ONE_POINT, **change}).run(progress=False)
+        assert "--out" in str(refused.value)
+    assert (tmp_path / "results.csv").read_bytes() == before  # nothing the refused runs could have mixed in
+
+    # Results of a study that kept no record: what their rows carry (the epochs) is still checked.
+    (tmp_path / "study.json").unlink()
+    with pytest.raises(ValueError, match="`epochs`"):
+        tiny(tmp_path, tuned_kd=True, tuning=ONE_POINT, epochs=2).run(progress=False)
+    with pytest.warns(UserWarning, match="no study.json"):
+        assert len(tiny(tmp_path, tuned_kd=True, tuning=ONE_POINT).run(progress=False)) == 3  # nothing rerun
+    recorded = json.loads((tmp_path / "study.json").read_text())["methods"]
+    assert set(recorded) == {"student_only", "vanilla_kd", "tuned_kd"}
+
+
+def test_new_seeds_and_methods_extend_a_finished_study(tmp_path: Path) -> None:
+    first = tiny(tmp_path).run(progress=False)
+    rows = tiny(tmp_path, methods={"vanilla_kd": VanillaKD, "dpkd": DataPartitioningKD}, seeds=[0, 1]).run(
+        progress=False
+    )
+    assert [(r["seed"], r["method"]) for r in rows][:2] == [("0", "student_only"), ("0", "vanilla_kd")]
+    assert [r["acc_after"] for r in rows[:2]] == [str(r["acc_after"]) for r in first]  # finished runs were kept
+    assert sorted((int(r["seed"]), r["method"]) for r in rows[2:]) == [
+        (0, "dpkd"),
+        (1, "dpkd"),
+        (1, "student_only"),
+        (1, "vanilla_kd"),
+    ]
+    assert "seeds [0, 1]" in (tmp_path / "summary.md").read_text()
+
+
+class Diverging(VanillaKD):
+    """Vanilla KD whose loss is NaN from the first step."""
+
+    def training_losses(self, batch):
+        losses = super().training_losses(batch)
+        return {**losses, "loss": losses["loss"] * float("nan")}
+
+
+def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = {"n": 0}
+
+    def broken(student, teacher, num_classes):
+        built["n"] += 1
+        if built["n"] > 1:  # the study's check at construction builds it once
+            raise RuntimeError("broken factory")
+        return VanillaKD(student, teacher, num_classes)
+
+    methods = {"diverging": Diverging, "vanilla_kd": VanillaKD, "broken": broken}
+    with pytest.raises(RuntimeError, match="broken factory") as raised:
+        tiny(tmp_path, methods=methods).run(progress=False)
+    assert any("iid" in note and "seed 0" in note and "broken" in note for note in raised.value.__notes__)
+    rows = read_csv(tmp_path / "results.csv")
+    assert [r["method"] for r in rows] == ["student_only", "diverging", "vanilla_kd"]
+    assert rows[1]["error"].startswith("FloatingPointError: Non-finite training loss")
+    assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] == ""
+    assert rows[2]["error"] == "" and float(rows[2]["acc_after"]) > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "1 of 3 runs failed" in summary
+    assert "| iid | 0 | diverging | FloatingPointError: Non-finite training loss" in summary
+
+    no_training(monkeypatch)  # a failed run counts as done: the resume trains nothing
+    again = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
+    assert [r["method"] for r in again] == ["student_only", "diverging", "vanilla_kd"]
+    assert again[1]["gain_pp"] is None
+
+
+def test_a_tuning_storage_of_another_configuration_gets_the_study_s_advice(tmp_path: Path) -> None:
+    tiny(tmp_path, methods={}, tuned_kd=True, tuning=ONE_POINT).run(progress=False)
+    (tmp_path / "results.csv").unlink()  # the results went, the search's storage stayed
+    (tmp_path / "study.json").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="--out") as refused:
+        tiny(tmp_path, methods={}, tuned_kd=True, tuning=ONE_POINT, epochs=2).run(progress=False)
+    message = str(refused.value)
+    assert "study_name" not in message
+    assert str(tmp_path / "tuning" / "iid-seed0") in message

@@ -5,6 +5,7 @@ from kdlightning.data.datamodules import (
     DigitsDataModule,
     EpochShuffleSampler,
     PartitionedDataModule,
+    ResumableDataLoader,
     load_once,
 )
 from kdlightning.data.datasets import (
@@ -45,6 +46,7 @@ __all__ = [
     "PartitionedDataModule",
     "Partitioner",
     "QuantitySkewPartitioner",
+    "ResumableDataLoader",
     "TokenizeCollate",
     "dirichlet",
     "iid",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,14 @@ from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
 from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
 from kdlightning.data.text import TokenizeCollate
 
-__all__ = ["ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "PartitionedDataModule", "load_once"]
+__all__ = [
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "PartitionedDataModule",
+    "ResumableDataLoader",
+    "load_once",
+]
 
 
 _LOADED: dict[str, LabelledData] = {}
@@ -61,6 +69,48 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that a checkpoint taken mid-epoch resumes exactly (Lightning's ``state_dict`` protocol).
+
+    Lightning saves ``state_dict()`` in every checkpoint and gives it back to ``load_state_dict`` on resume.
+    The state is the epoch and how many of its batches were trained (``position()``, read when the checkpoint
+    is written). The resumed epoch then skips
+    those batches instead of training on the epoch's first batches twice. Skipping works on batches, not
+    sample indices, so it holds for any sampler, a distributed one included.
+
+    Args:
+        *args: ``DataLoader``'s arguments.
+        position: returns ``(epoch, trained batches of that epoch)``; None keeps no state (resumes replay).
+        **kwargs: ``DataLoader``'s keyword arguments.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the epoch and how many of its batches were trained."""
+        epoch, batches = self.position() if self.position is not None else (0, 0)
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Skip the trained batches when that epoch's iteration starts."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+    def __iter__(self) -> Iterator[Any]:
+        resume, self._resume = self._resume, None
+        iterator = super().__iter__()
+        return iterator if resume is None else self._skipping(iterator, *resume)
+
+    def _skipping(self, iterator: Iterator[Any], epoch: int, batches: int) -> Iterator[Any]:
+        # A generator: the epoch is compared at the first batch, after Lightning's `set_epoch`.
+        if epoch == getattr(self.sampler, "epoch", epoch):
+            for _ in range(min(batches, len(self))):
+                next(iterator)
+        yield from iterator
+
+
 class ClassificationDataModule(L.LightningDataModule):
     """Train / validation / test loaders over in-memory ``(inputs, labels)`` data sets.
 
@@ -95,15 +145,30 @@ class ClassificationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
-        return DataLoader(
+        if not shuffle:
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                collate_fn=self.collate_fn,
+            )
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=EpochShuffleSampler(len(dataset), self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
+            position=self._training_position,
         )
+
+    def _training_position(self) -> tuple[int, int]:
+        """``(epoch, batches of it trained)`` of the fit in progress, for :class:`ResumableDataLoader`."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (order fixed by ``seed`` and the epoch)."""
@@ -311,34 +376,34 @@ class PartitionedDataModule(ClassificationDataModule):
             digest.update(np.ascontiguousarray(inputs).view(np.uint8).data)
         return digest.hexdigest()
 
-    def check_deterministic_transfer(self, probes: int = 4) -> None:
+    def check_deterministic_transfer(self, probes: int = 4, draws: int = 32) -> None:
         """Raise ``ValueError`` if ``train_transform`` is random (cached teacher outputs would be wrong).
 
-        A transform may declare ``deterministic = True`` or ``False``; otherwise it is applied twice to
-        a few samples under different random states and must give the same result.
+        A transform may declare ``deterministic = True`` or ``False``. Otherwise it is applied ``draws``
+        times to each of the first ``probes`` samples, each time with other seeds of every global random
+        source (torch, numpy's global RNG, Python's ``random``), and must give the same result every
+        time: a transform that changes its output with probability ``p`` (a flip with ``p=0.5``) passes
+        with probability about ``(1 - p) ** (draws - 1)`` per sample. The random states are restored
+        afterwards, so probing does not change the training's randomness.
         """
         transform = self.train_transform
         declared = getattr(transform, "deterministic", None)
         if transform is None or declared is True:
             return
         data = self._loaded()
-        random = declared is False
-        for i in range(min(probes, len(data.train_labels)) if not random else 0):
-            x = data.train_inputs[i] if data.is_text else torch.from_numpy(np.ascontiguousarray(data.train_inputs[i]))
-            outputs = []
-            for seed in (1, 2):
-                with torch.random.fork_rng():
-                    torch.manual_seed(seed)
-                    np.random.seed(seed)
-                    outputs.append(transform(x))
-            same = outputs[0] == outputs[1] if data.is_text else torch.equal(outputs[0], outputs[1])
-            if not same:
-                random = True
-                break
-        if random:
+        samples = (
+            data.train_inputs[i] if data.is_text else torch.from_numpy(np.ascontiguousarray(data.train_inputs[i]))
+            for i in range(min(probes, len(data.train_labels)))
+        )
+        if declared is False or any(_varies(transform, x, draws) for x in samples):
+            how = (
+                "declares deterministic = False"
+                if declared is False
+                else "gives a sample different outputs under different seeds of torch, numpy and Python's random"
+            )
             raise ValueError(
-                f"The transfer set's train_transform {transform!r} is random, so cached teacher outputs would not "
-                "match the inputs the student sees. Remove the random transform, or train without "
+                f"The transfer set's train_transform {transform!r} is random (it {how}), so cached teacher outputs "
+                "would not match the inputs the student sees. Remove the random transform, or train without "
                 "CacheReferenceOutputs."
             )
 
@@ -368,6 +433,37 @@ class PartitionedDataModule(ClassificationDataModule):
             if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
                 logger.log_table(key="data/partition_stats", columns=columns, data=rows)
                 logger.log_image(key="data/partition", images=[str(png)])
+
+
+def _varies(transform: Callable[[Any], Any], x: Any, draws: int) -> bool:
+    """Whether ``transform(x)`` changes over ``draws`` calls, each with other seeds of every global RNG.
+
+    The global random states of torch, numpy and Python's ``random`` are restored afterwards.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            outputs = []
+            for seed in range(draws):
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                random.seed(seed)
+                outputs.append(transform(x))
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return not all(_same_output(outputs[0], output) for output in outputs[1:])
+
+
+def _same_output(a: Any, b: Any) -> bool:
+    """Whether two transform outputs are equal: tensors, arrays, sequences of them, or ``==``-comparable."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_output(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 class DigitsDataModule(PartitionedDataModule):

@@ -37,6 +37,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource, Digits, DirichletPartitioner, PartitionedDataModule, Partitioner
 from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
+from kdlightning.losses import check_alpha, check_temperature
 from kdlightning.methods import MultiTeacherKD, StudentOnly
 from kdlightning.reporting import read_csv, write_csv
 from kdlightning.trainers import quiet, quiet_trainer
@@ -137,6 +138,8 @@ class Federation:
             raise ValueError(f"`starts` must be a non-empty list of {list(STARTS)}, got {list(starts)}.")
         if client_networks is not None and not client_networks:
             raise ValueError("`client_networks` is empty: give at least one factory, or None for `network`.")
+        # The consolidation's values fail now, not after the pre-training of every client (SPEC §9).
+        temperature, alpha = check_temperature(temperature), check_alpha(alpha)
         self.network, self.client_networks = network, client_networks
         self.dataset = dataset if dataset is not None else Digits()
         self.partitioner = partitioner if partitioner is not None else DirichletPartitioner(alpha=0.5)
@@ -462,11 +465,21 @@ def main(args: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``kdl federate [-c CONFIG] [--out DIR] [overrides]``: run (or resume) the experiment and print its summary."""
     import sys
 
+    from kdlightning.interrupt import exit_on_signals
+
     given = list(sys.argv[1:] if args is None else args)
+    resume = list(given)
     if not any(a in ("-c", "--config") or a.startswith("--config=") for a in given):
         given = ["-c", str(DEFAULT_CONFIG), *given]
     federation = load_federation(given)
-    rows = federation.run()
+    rounds = federation.out / "rounds.csv"
+
+    def report() -> str:
+        finished = sorted({row["start"] for row in read_csv(rounds)})
+        return f"Finished starts ({', '.join(finished) or 'none'}) are in {rounds}."
+
+    with exit_on_signals("kdl federate", resume, report):
+        rows = federation.run()
     print((federation.out / "summary.md").read_text())
     print(f"rounds: {federation.out / 'rounds.csv'}")
     return rows

@@ -20,7 +20,12 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from kdlightning.fingerprint import module_fingerprint
+
 __all__ = ["Batch", "DistillationModule", "logits_of"]
+
+_REFERENCES_KEY = "kdlightning_frozen_references"
+"""Checkpoint key of the frozen references' fingerprints (their weights are not saved)."""
 
 Batch = Any
 """A batch: ``(inputs, labels)`` or ``(inputs, labels, index)``, or a dict with ``"labels"`` (and, for
@@ -84,6 +89,8 @@ class DistillationModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self._frozen: list[str] = []
+        self._fingerprints: dict[str, str] = {}
+        self._reference_mismatch: list[str] = []
         self._output_stores: dict[str, Any] = {}
         self._metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")})
         self.val_metrics = self.stage_metrics("val")
@@ -100,6 +107,7 @@ class DistillationModule(L.LightningModule):
         module.requires_grad_(False)
         module.eval()
         setattr(self, name, module)
+        self._fingerprints.pop(name, None)
         if name not in self._frozen:
             self._frozen.append(name)
         return module
@@ -141,6 +149,42 @@ class DistillationModule(L.LightningModule):
             )
         return result
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record a fingerprint of each frozen reference, so a resume can tell it was given the same ones."""
+        checkpoint[_REFERENCES_KEY] = {name: self._reference_fingerprint(name) for name in self._frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Note the frozen references that differ from the ones the checkpoint was trained against.
+
+        Frozen references are not in checkpoints: they are rebuilt from the configuration (or the
+        arguments of ``load_from_checkpoint``). Evaluating with other references is fine; continuing to
+        train with them would silently distil from the wrong network, so :meth:`on_train_start` refuses.
+        """
+        saved = checkpoint.get(_REFERENCES_KEY) or {}
+        self._reference_mismatch = sorted(
+            name
+            for name, digest in saved.items()
+            if name in self._frozen and digest != self._reference_fingerprint(name)
+        )
+
+    def on_train_start(self) -> None:
+        """Refuse to continue training from a checkpoint against other frozen references than it was trained with."""
+        if self._reference_mismatch:
+            names = ", ".join(f"`{name}`" for name in self._reference_mismatch)
+            raise ValueError(
+                f"{type(self).__name__} was loaded from a checkpoint trained against another {names} than the one it "
+                "holds now. Frozen references are not saved in checkpoints; they are rebuilt from the configuration, "
+                "so give the same networks the run started with (DataPartitioningKD's `initial_student` is a copy of "
+                "the `student` argument: pass the pre-trained student, and the checkpoint then loads the trained "
+                "weights over it)."
+            )
+
+    def _reference_fingerprint(self, name: str) -> str:
+        """SHA-256 of frozen reference ``name`` (computed once: a frozen reference does not change)."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = module_fingerprint(getattr(self, name))
+        return self._fingerprints[name]
+
     # ------------------------------------------------------------------ forward passes
     def network_inputs(self, batch: Batch, name: str) -> Any:
         """The inputs of network ``name`` in ``batch`` (see :data:`Batch`)."""
@@ -177,7 +221,8 @@ class DistillationModule(L.LightningModule):
         """Logits ``(N, C)`` of network ``name`` on ``batch``; frozen references run under ``no_grad``.
 
         A frozen reference with an attached output store (see :mod:`kdlightning.cache`) is read from
-        it when the batch carries sample indices and training is on; missing rows are computed and stored.
+        it when the batch carries sample indices and training is on; missing rows are computed, checked
+        (:meth:`check_logits`) and stored.
         """
         store = self._output_stores.get(name) if self.training else None
         index = self.sample_index(batch) if store is not None else None
@@ -191,15 +236,32 @@ class DistillationModule(L.LightningModule):
         with torch.no_grad() if name in self._frozen else contextlib.nullcontext():
             output = network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
         logits = logits_of(output)
+        self.check_logits(name, logits)
         if index is not None:
             store.put(index, logits)
-        if logits.shape[-1] != self.num_classes:
-            raise ValueError(
-                f"The {name} returns logits of shape {tuple(logits.shape)} but the method has "
-                f"num_classes={self.num_classes}; student and references must agree on the number of "
-                f"classes (check the {name}'s output layer / num_labels)."
-            )
         return logits
+
+    def check_logits(self, name: str, logits: Tensor) -> None:
+        """Check freshly computed logits of network ``name`` before they are stored or used.
+
+        Raises:
+            ValueError: the logits are not ``(N, num_classes)``, the shape the student gives.
+            FloatingPointError: a frozen reference's logits hold NaN or inf (checked with one device
+                sync per computation; a trained network's non-finite output shows in the loss check).
+        """
+        if logits.shape[-1] != self.num_classes:
+            expected = (*logits.shape[:-1], self.num_classes)
+            raise ValueError(
+                f"The {name} returns logits of shape {tuple(logits.shape)} but the method expects {expected}: "
+                f"(N, num_classes) with num_classes={self.num_classes}, the shape the student gives. Student and "
+                f"references must agree on the number of classes (check the {name}'s output layer / num_labels)."
+            )
+        if name in self._frozen and not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError(
+                f"The frozen {name} returned non-finite logits (NaN or inf) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}). Check the {name}'s weights (the checkpoint it was loaded from) "
+                "and the inputs; the training precision may overflow it."
+            )
 
     def forward(self, inputs: Any) -> Tensor:
         """Student logits ``(N, C)``."""
@@ -302,12 +364,18 @@ class DistillationModule(L.LightningModule):
         """Parameters the student's optimizer updates (never a frozen reference's)."""
         return (p for p in self.student.parameters() if p.requires_grad)
 
-    def build_optimizer(self, optimizer: OptimizerCallable, parameters: Iterable[nn.Parameter]) -> Any:
-        """Build one optimizer (and the scheduler, if configured) in Lightning's dict form."""
+    def build_optimizer(
+        self, optimizer: OptimizerCallable, parameters: Iterable[nn.Parameter], monitor: str = "val/loss"
+    ) -> Any:
+        """Build one optimizer (and the scheduler, if configured) in Lightning's dict form.
+
+        ``monitor`` is the metric a plateau scheduler steps on: the validation loss of the network the
+        optimizer trains (``val/loss`` for the student, ``val/loss_peer`` for DML's peer).
+        """
         opt = optimizer(parameters)
         if self.lr_scheduler is None:
             return {"optimizer": opt}
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler(opt), "monitor": "val/loss"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler(opt), "monitor": monitor}}
 
     def configure_optimizers(self) -> Any:
         """The student's optimizer (and scheduler)."""

@@ -68,6 +68,7 @@ class DeepMutualLearning(DistillationModule):
         self.peer_optimizer = peer_optimizer
         self.alternate = alternate
         self.gradient_clip_val = gradient_clip_val
+        self._monitors: list[str] = []
         self.val_metrics_peer = self.stage_metrics("val", "_peer")
         self.test_metrics_peer = self.stage_metrics("test", "_peer")
 
@@ -81,10 +82,14 @@ class DeepMutualLearning(DistillationModule):
 
     def configure_optimizers(self) -> list[dict]:
         """One optimizer (and scheduler) per network: the student's first, the peer's second."""
-        return [
+        configs = [
             self.build_optimizer(self.optimizer, self.student.parameters()),
-            self.build_optimizer(self.peer_optimizer, self.peer.parameters()),
+            self.build_optimizer(self.peer_optimizer, self.peer.parameters(), monitor="val/loss_peer"),
         ]
+        # Under manual optimization Lightning ignores a scheduler's `monitor` (and warns); this method steps
+        # the schedulers itself, each plateau scheduler on its own network's validation loss.
+        self._monitors = [config["lr_scheduler"].pop("monitor") for config in configs if "lr_scheduler" in config]
+        return configs
 
     @staticmethod
     def _combine(student: dict[str, Tensor], peer: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -157,13 +162,18 @@ class DeepMutualLearning(DistillationModule):
         optimizer.step()
 
     def on_train_epoch_end(self) -> None:
-        """Step epoch-interval schedulers (manual optimization leaves this to the method)."""
+        """Step epoch-interval schedulers (manual optimization leaves this to the method).
+
+        A plateau scheduler steps on its own network's validation loss: the student's on ``val/loss``,
+        the peer's on ``val/loss_peer``.
+        """
         schedulers = self.lr_schedulers()
         if schedulers is None:
             return
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        for scheduler, monitor in zip(schedulers, self._monitors, strict=True):
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get("val/loss")
+                metric = self.trainer.callback_metrics.get(monitor)
                 if metric is not None:
                     scheduler.step(metric)
             else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from pathlib import Path
 
 import lightning as L
@@ -212,3 +214,55 @@ def test_an_unknown_partition_strategy_fails_at_parse_time(capsys) -> None:
             run=False,
         )
     assert "ZipfPartitioner" in capsys.readouterr().err
+
+
+class Scale:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x
+
+
+class PythonCoin:
+    """Flips with probability 0.5, drawing from Python's `random` module."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if random.random() < 0.5 else x
+
+
+class TorchCoin:
+    """Flips with probability 0.5, as torchvision's RandomHorizontalFlip does."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if torch.rand(1) < 0.5 else x
+
+
+def global_random_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+@pytest.mark.parametrize("transform", [Scale(), TorchCoin()], ids=lambda t: type(t).__name__)
+def test_probing_a_transform_leaves_every_rng_as_it_was(transform) -> None:
+    """The deterministic one passes and the random one is refused; neither moves torch, numpy or random."""
+    dm = DigitsDataModule(train_transform=transform)
+    before = global_random_states()
+    with contextlib.nullcontext() if isinstance(transform, Scale) else pytest.raises(ValueError, match="is random"):
+        dm.check_deterministic_transfer()
+    after = global_random_states()
+    assert torch.equal(before[0], after[0])
+    assert np.array_equal(before[1], after[1])
+    assert before[2] == after[2]
+
+
+def test_a_python_random_transform_is_refused_whatever_the_global_state() -> None:
+    dm = DigitsDataModule(train_transform=PythonCoin())
+    for seed in range(64):
+        random.seed(seed)
+        with pytest.raises(ValueError, match=r"PythonCoin.* is random"):
+            dm.check_deterministic_transfer()
+
+
+def test_a_declaration_is_trusted_without_probing() -> None:
+    coin, scale = TorchCoin(), Scale()
+    coin.deterministic, scale.deterministic = True, False
+    DigitsDataModule(train_transform=coin).check_deterministic_transfer()  # declared: not probed
+    with pytest.raises(ValueError, match=r"Scale.* is random .*declares deterministic = False"):
+        DigitsDataModule(train_transform=scale).check_deterministic_transfer()

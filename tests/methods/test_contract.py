@@ -192,9 +192,14 @@ def test_class_count_mismatch_is_reported_before_any_update(method_cls, tmp_path
     trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
     with pytest.raises(ValueError, match=rf"{name}.*\(32, {NUM_CLASSES + 3}\).*num_classes={NUM_CLASSES}"):
         trainer.fit(model, datamodule=SyntheticDataModule())
-    for key, value in model.student.state_dict().items():
+    assert_weights_unchanged(model.student, student_before)
+
+
+def assert_weights_unchanged(network: nn.Module, before: dict) -> None:
+    """No trained weight moved (batch-norm running statistics may: the forward ran)."""
+    for key, value in network.state_dict().items():
         if value.is_floating_point() and "running" not in key:
-            assert torch.equal(value, student_before[key]), "the student was updated before the error"
+            assert torch.equal(value, before[key]), "the student was updated before the error"
 
 
 class NaNNet(TinyNet):
@@ -203,12 +208,31 @@ class NaNNet(TinyNet):
 
 
 def test_non_finite_loss_stops_training_naming_step_and_component(method_cls, tmp_path) -> None:
-    networks = networks_for(method_cls)
-    networks["student"] = NaNNet()
-    model = method_cls(num_classes=NUM_CLASSES, **networks)
+    model = build(method_cls)
+    # Swapped in after construction: DP-KD's frozen copy of a NaN student would be reported as a reference.
+    model.student = NaNNet()
     trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
     with pytest.raises(FloatingPointError, match=r"global step 0.*loss\w*=nan"):
         trainer.fit(model, datamodule=SyntheticDataModule())
+
+
+@pytest.mark.parametrize(
+    ("method_cls", "reference"),
+    [
+        (methods.VanillaKD, "teacher"),
+        (methods.DataPartitioningKD, "teacher"),
+        (methods.DataPartitioningKD, "initial_student"),
+    ],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_a_non_finite_frozen_reference_stops_training_naming_it_and_the_step(method_cls, reference, tmp_path) -> None:
+    model = build(method_cls)
+    model.add_frozen(reference, NaNNet())
+    student_before = copy.deepcopy(model.student.state_dict())
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=rf"\b{reference}\b.*global step 0"):
+        trainer.fit(model, datamodule=SyntheticDataModule())
+    assert_weights_unchanged(model.student, student_before)
 
 
 def test_dict_batches_and_output_objects(method_cls, tmp_path) -> None:

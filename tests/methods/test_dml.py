@@ -99,6 +99,33 @@ def test_epoch_schedulers_step_under_manual_optimization(tmp_path) -> None:
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
 
 
+class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """A plateau scheduler that keeps the metric values it was stepped with."""
+
+    def __init__(self, optimizer) -> None:
+        super().__init__(optimizer)
+        self.seen: list[float] = []
+
+    def step(self, metrics, *args, **kwargs) -> None:
+        self.seen.append(float(metrics))
+        super().step(metrics, *args, **kwargs)
+
+
+def test_each_plateau_scheduler_steps_on_its_own_networks_validation_loss(tmp_path) -> None:
+    """The student's scheduler reads `val/loss`, the peer's `val/loss_peer` (not the student's loss)."""
+    model = _dml(lr_scheduler=RecordingPlateau)
+    torch.manual_seed(5)
+    model.peer = TinyNet()  # a different peer, so the two validation losses differ
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=SyntheticDataModule())
+    student, peer = (config.scheduler for config in trainer.lr_scheduler_configs)
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/loss"]) != pytest.approx(float(metrics["val/loss_peer"]))
+    assert len(student.seen) == len(peer.seen) == 2
+    assert student.seen[-1] == pytest.approx(float(metrics["val/loss"]))
+    assert peer.seen[-1] == pytest.approx(float(metrics["val/loss_peer"]))
+
+
 def test_a_peer_without_trainable_parameters_is_refused_before_training(tmp_path) -> None:
     peer = TinyNet().requires_grad_(False)  # e.g. a copy taken after a teacher was frozen
     model = DeepMutualLearning(TinyNet(), peer, NUM_CLASSES)

@@ -1,0 +1,74 @@
+"""Stopping a long command cleanly: SIGTERM and Ctrl-C end it non-zero, saying what finished.
+
+``timeout``, ``docker stop`` and batch schedulers stop a job with SIGTERM. Lightning turns a SIGTERM
+during ``fit`` into a ``SystemExit`` with status 0, so a study or search stopped mid-run would look
+finished to the script that started it. :func:`exit_on_signals` wraps a command (``kdl study``, ``kdl
+tune``, ``kdl federate``): a SIGTERM or SIGINT raises :class:`Interrupted` in the main thread and,
+whatever Lightning or Optuna make of it on the way out, the command exits with ``128 + signal`` (143
+for SIGTERM, 130 for Ctrl-C), printing what finished and the command that resumes it. Results already
+written stay: the pipelines write their files atomically after every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+
+__all__ = ["Interrupted", "exit_on_signals"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived (a ``KeyboardInterrupt``, so code that cleans up after Ctrl-C does so here too).
+
+    Args:
+        signum: the signal's number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT stop ``command`` with status ``128 + signal`` and a note on stderr.
+
+    Args:
+        command: the command's name, e.g. ``"kdl study"``.
+        args: its arguments: rerunning ``command args`` resumes it.
+        report: says what finished (e.g. ``"12 of 75 runs are in runs/study/results.csv."``); called after the stop.
+
+    Raises:
+        SystemExit: ``128 + signal`` when a signal stopped the block.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if received:  # already stopping: let the clean-up finish
+            return
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _SIGNALS}
+    try:
+        yield
+    except BaseException:
+        if not received:
+            raise
+        name = signal.Signals(received[0]).name
+        resume = shlex.join([*command.split(), *map(str, args)])
+        print(f"\n{command}: stopped by {name}. {report()}\nResume with the same command: {resume}", file=sys.stderr)
+        raise SystemExit(128 + received[0]) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
