@@ -123,6 +123,7 @@ def main() -> None:
 
     train_csv, test_csv = build_dataset(args.workdir / "data", args.per_class, args.seed)
     minilm = str(minilm_directory())
+    tokenizer = load_tokenizer(minilm)
     source = HFDataset(
         "csv", data_files={"train": str(train_csv), "test": str(test_csv)}, input_column="text", label_column="label"
     )
@@ -135,10 +136,9 @@ def main() -> None:
             partition_id=partition_id,
             teacher_partition_id=1 - partition_id,
             batch_size=32,
-            tokenizers=minilm,
+            tokenizers=tokenizer,
             max_length=args.max_length,
             seed=args.seed,
-            log_partition=False,
         )
 
     student_data, teacher_data = party(1), party(0)
@@ -149,7 +149,6 @@ def main() -> None:
         print(f"  party {i} ({'student' if i == 1 else 'teacher'}): {dict(zip(SECTIONS, row.tolist(), strict=True))}")
     adamw = lambda lr: lambda params: torch.optim.AdamW(params, lr=lr)  # noqa: E731
     num_classes = len(SECTIONS)
-    tokenizer = load_tokenizer(minilm)
     timings: dict[str, float] = {}
 
     def timed(

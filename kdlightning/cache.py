@@ -6,11 +6,12 @@ study is waste. :class:`CacheReferenceOutputs` is a callback (one switch in YAML
 an :class:`OutputStore` keyed by sample index, filled on first sight and, with ``cache_dir``, saved
 to disk under a key made of what determines them: the reference (its classes, weights, forward
 settings and dtype, see :func:`~kdlightning.fingerprint.module_fingerprint`), the trainer's precision
-and the data set's inputs and transform. An unreadable store file counts as a miss: it is recomputed
-and overwritten.
+and the data set's inputs, transform and tokenizers (:func:`transfer_fingerprint`). An unreadable
+store file counts as a miss: it is recomputed and overwritten.
 
 The cache only serves a transfer set whose transform is deterministic; it refuses a random one
-(augmentation would make yesterday's teacher output wrong for today's input).
+(augmentation would make yesterday's teacher output wrong for today's input), found by
+:func:`check_deterministic_transform`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,22 @@ import torch
 from torch import Tensor, nn
 
 from kdlightning.atomic import atomic_path
-from kdlightning.fingerprint import module_fingerprint
+from kdlightning.fingerprint import (
+    check_deterministic_transfer,
+    check_deterministic_transform,
+    module_fingerprint,
+    transfer_fingerprint,
+)
 
-__all__ = ["CacheReferenceOutputs", "OutputStore", "cache_key", "module_fingerprint"]
+__all__ = [
+    "CacheReferenceOutputs",
+    "OutputStore",
+    "cache_key",
+    "check_deterministic_transfer",
+    "check_deterministic_transform",
+    "module_fingerprint",
+    "transfer_fingerprint",
+]
 
 _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
 """What ``torch.load`` raises on a truncated, garbage or foreign file."""
@@ -133,7 +147,7 @@ def cache_key(reference: nn.Module, data_key: str, precision: str) -> str:
 
     Args:
         reference: the frozen network (hashed with :func:`module_fingerprint`).
-        data_key: the datamodule's ``fingerprint()`` (inputs, transform, tokenizers).
+        data_key: the transfer set's :func:`transfer_fingerprint` (inputs, transform, tokenizers).
         precision: the trainer's precision (``trainer.precision``, e.g. ``"32-true"``, ``"bf16-mixed"``):
             the same weights give other logits under another precision.
     """
@@ -142,13 +156,20 @@ def cache_key(reference: nn.Module, data_key: str, precision: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def _cacheable(datamodule: Any) -> bool:
+    """Whether ``datamodule`` describes its transfer set as the cache needs: ``pool_size`` and ``data``."""
+    return datamodule is not None and hasattr(datamodule, "pool_size") and hasattr(datamodule, "data")
+
+
 class CacheReferenceOutputs(L.Callback):
     """Compute each frozen reference's logits on the transfer set once and reuse them.
 
     Add it to ``trainer.callbacks`` (YAML: ``class_path: kdlightning.cache.CacheReferenceOutputs``).
     It needs a datamodule whose training batches carry sample indices, ``(x, y, index)``, and that
-    describes its data with ``pool_size`` and ``fingerprint()``, as
-    :class:`~kdlightning.data.PartitionedDataModule` does. Epoch one computes and stores the
+    exposes its training pool as ``pool_size`` and ``data`` (with ``train_transform`` and
+    ``collate_fn``), as :class:`~kdlightning.data.PartitionedDataModule` does. At the start of ``fit``
+    it refuses a random ``train_transform`` (:func:`check_deterministic_transfer`) and keys the data
+    with :func:`transfer_fingerprint`. Epoch one computes and stores the
     references' logits as samples come; later epochs read them. With ``cache_dir`` the stores are
     saved at the end of ``fit`` (atomically, gathered over DDP ranks) and loaded by the next run with
     the same reference weights and data: the trials of a search and the methods of a study.
@@ -173,19 +194,19 @@ class CacheReferenceOutputs(L.Callback):
                 f"CacheReferenceOutputs works with DistillationModule methods, got {type(pl_module).__name__}."
             )
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "fingerprint") or not hasattr(datamodule, "pool_size"):
+        if not _cacheable(datamodule):
             raise ValueError(
                 "CacheReferenceOutputs needs a datamodule whose training batches carry sample indices (x, y, index) "
-                "and that has `pool_size` and `fingerprint()`, such as kdlightning.data.PartitionedDataModule."
+                "and that has `pool_size` and `data`, such as kdlightning.data.PartitionedDataModule."
             )
-        datamodule.check_deterministic_transfer()
+        check_deterministic_transfer(datamodule)
         names = self.references if self.references is not None else list(pl_module.frozen_names)
         unknown = sorted(set(names) - set(pl_module.frozen_names))
         if unknown:
             raise ValueError(
                 f"`references` {unknown} are not frozen references of the method {pl_module.frozen_names}."
             )
-        data_key = datamodule.fingerprint()
+        data_key = transfer_fingerprint(datamodule)
         for name in names:
             store = OutputStore(datamodule.pool_size, pl_module.num_classes)
             if self.cache_dir is not None:

@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 
-__all__ = ["quiet", "quiet_trainer"]
+__all__ = ["NOTICES", "quiet", "quiet_trainer"]
 
-_NOTICES = (r".*module\(s\) in eval mode.*", r".*does not have many workers.*", r".*LeafSpec.*")
+NOTICES = (
+    r".*LightningCLI's args parameter is intended.*",
+    r".*module\(s\) in eval mode.*",
+    r".*does not have many workers.*",
+    r".*GPU available but not used.*",
+    r".*smaller than the logging interval.*",
+    r".*LeafSpec.*",
+)
+"""Lightning's per-fit notices that say nothing about a pipeline's many short fits (frozen references are in
+eval mode by design; in-memory data needs no loader workers)."""
+
+_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
-def quiet() -> None:
-    """Keep Lightning's per-fit notices (and its notes on frozen modules in eval mode) out of a pipeline's output."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in _NOTICES:
-        warnings.filterwarnings("ignore", message=message)
+@contextlib.contextmanager
+def quiet(logs: bool = True) -> Iterator[None]:
+    """Within: Lightning's :data:`NOTICES` are not shown and (``logs``) it logs warnings only; restored on exit.
+
+    The one place the package silences Lightning: the pipelines (study, search, federation) wrap their
+    many short fits in it, ``kdl fit`` its one fit with ``logs=False``; a search adds Optuna's own logs
+    (:func:`kdlightning.tuning.quiet.quiet`).
+    """
+    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    try:
+        for name in _LOGGERS if logs else ():
+            logging.getLogger(name).setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            for message in NOTICES:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def quiet_trainer(max_epochs: int, callbacks: list[L.Callback] | None = None, **kwargs: Any) -> L.Trainer:

@@ -15,8 +15,14 @@ from conftest import tiny_trainer
 from torch import nn
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
-from kdlightning.cache import CacheReferenceOutputs, OutputStore, module_fingerprint
-from kdlightning.data import DigitsDataModule
+from kdlightning.cache import (
+    CacheReferenceOutputs,
+    OutputStore,
+    check_deterministic_transfer,
+    module_fingerprint,
+    transfer_fingerprint,
+)
+from kdlightning.data import DigitsDataModule, PartitionedDataModule
 from kdlightning.models import MLP, SmallCNN
 
 
@@ -124,6 +130,22 @@ def test_a_datamodule_without_indices_is_refused(tmp_path: Path, datamodule) -> 
     trainer = tiny_trainer(tmp_path, callbacks=[CacheReferenceOutputs()], limit_train_batches=1)
     with pytest.raises(ValueError, match=r"sample indices \(x, y, index\)"):
         trainer.fit(model, datamodule=datamodule)
+
+
+def test_the_cache_keys_and_probes_what_the_datamodule_exposes(tmp_path: Path) -> None:
+    """The datamodule only serves data: the cache keys and probes it from what it exposes."""
+    assert not hasattr(PartitionedDataModule, "fingerprint")
+    assert not hasattr(PartitionedDataModule, "check_deterministic_transfer")
+    student, teacher = networks()
+    data = DigitsDataModule(batch_size=64)
+    model = VanillaKD(student, Counting(teacher), 10)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[CacheReferenceOutputs()])
+    trainer.fit(model, datamodule=data)
+    assert model.teacher.samples == len(data.train_set)  # served from the store in epoch two
+    assert transfer_fingerprint(data) == transfer_fingerprint(DigitsDataModule())
+    assert transfer_fingerprint(data) != transfer_fingerprint(DigitsDataModule(train_transform=Flip()))
+    with pytest.raises(ValueError, match="is random"):
+        check_deterministic_transfer(DigitsDataModule(train_transform=Noise()))
 
 
 def test_dml_has_no_frozen_reference_to_cache(tmp_path: Path) -> None:

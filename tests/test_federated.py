@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,14 @@ import torch
 from kdlightning import MultiTeacherKD
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import Digits, IIDPartitioner, PartitionedDataModule, Partitioner
-from kdlightning.federated import Federation, load_federation, round_reduction, rounds_to_target, weighted_average
+from kdlightning.federated import (
+    Federation,
+    load_federation,
+    round_reduction,
+    rounds_to_target,
+    run,
+    weighted_average,
+)
 from kdlightning.losses import ensemble_logits, multi_teacher_terms
 from kdlightning.models import MLP, SmallCNN
 from kdlightning.reporting import read_csv
@@ -135,11 +143,14 @@ def test_bad_experiments_fail_at_construction(kwargs: dict, message: str, tmp_pa
         Federation(SMALL, out=str(tmp_path), **kwargs)
 
 
-@pytest.mark.parametrize(("option", "message"), [("--temperature=-1", "`temperature`"), ("--alpha=1.5", "`alpha`")])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--consolidation.init_args.temperature=-1", "`temperature`"), ("--consolidation.alpha=1.5", "`alpha`")],
+)
 def test_bad_distillation_values_fail_before_any_client_trains(
     option: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SPEC §9: `kdl federate --temperature=-1` fails at construction, not after pre-training ten clients."""
+    """SPEC §9: `kdl federate --consolidation.temperature=-1` fails at construction, not after pre-training ten clients."""
 
     def no_fit(*args, **kwargs) -> None:
         raise AssertionError("a network was trained before the arguments were checked")
@@ -150,7 +161,54 @@ def test_bad_distillation_values_fail_before_any_client_trains(
     assert not (tmp_path / "clients").exists()
 
 
-def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path) -> None:
+def test_the_consolidation_is_the_configured_factory_called_with_the_clients_weights(tmp_path: Path) -> None:
+    built = []
+
+    def consolidation(student, teachers, num_classes, weights=None) -> MultiTeacherKD:
+        built.append(weights)
+        return MultiTeacherKD(student, teachers, num_classes, temperature=2.0, weights=weights)
+
+    federation = Federation(SMALL, num_clients=2, consolidation=consolidation, out=str(tmp_path))
+    assert built == [[1.0]]  # checked once at construction, from fresh networks
+    with pytest.raises(TypeError, match="MultiTeacherKD"):
+        Federation(SMALL, num_clients=2, consolidation=lambda s, t, n, weights: s, out=str(tmp_path))
+    with pytest.raises(ValueError, match="max_epochs"):
+        Federation(SMALL, num_clients=2, trainer={"max_epochs": 3}, out=str(tmp_path))
+    assert (
+        federation.trainer == {}
+        and Federation(SMALL, num_clients=2, trainer={"precision": "64-true"}, out=str(tmp_path)).trainer
+    )
+
+
+def _imports(module: str) -> set[str]:
+    """Every module ``kdlightning/federated/<module>.py`` imports (``from a import b`` counts ``a`` and ``a.b``)."""
+    tree = ast.parse((ROOT / "kdlightning" / "federated" / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return names
+
+
+def test_the_experiment_layer_imports_no_flower_and_the_apps_layer_points_one_way() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kdlightning.federated;"
+        "assert not any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules), 'flwr imported';"
+        "assert 'kdlightning.federated.apps' not in sys.modules, 'apps imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert not [name for name in _imports("federation") if name.startswith(("flwr", "kdlightning.federated.apps"))]
+    assert "kdlightning.federated.federation" in _imports("apps")
+
+
+def test_fedavg_on_flower_averages_the_clients_by_their_examples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One simulated round with 2 clients: the global model is the example-weighted mean of the clients' models."""
     with pytest.warns(UserWarning, match="average"):
         federation = Federation(
@@ -164,7 +222,7 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path)
             out=str(tmp_path),
         )
     assert federation.starts == ["fresh", "consolidated"]
-    rows = federation.run()
+    rows = run(federation)
     assert {(r["start"], r["round"]) for r in rows} == {(s, str(n)) for s in ("fresh", "consolidated") for n in (0, 1)}
     start = federation.global_network().state_dict()
     final = torch.load(tmp_path / "models" / "fresh.pt", weights_only=True)
@@ -178,9 +236,11 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(tmp_path: Path)
     assert "| consolidated |" in summary and "60.6%" in summary
     assert len(list((tmp_path / "clients").glob("*.pt"))) == 2
 
+    from kdlightning.federated import apps
+
     calls = {"n": 0}
-    federation.serve = lambda *a, **k: calls.__setitem__("n", 1)  # a finished experiment is not run again
-    assert [r["test_acc"] for r in federation.run()] == [r["test_acc"] for r in read_csv(tmp_path / "rounds.csv")]
+    monkeypatch.setattr(apps, "run_simulation", lambda *a, **k: calls.__setitem__("n", 1))  # finished: not run again
+    assert [r["test_acc"] for r in run(federation)] == [r["test_acc"] for r in read_csv(tmp_path / "rounds.csv")]
     assert calls["n"] == 0
 
 
@@ -195,9 +255,10 @@ def test_every_federated_config_parses(tmp_path: Path) -> None:
 
 def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     from kdlightning.cli import main
+    from kdlightning.federated import apps
 
     ran = {}
-    monkeypatch.setattr(Federation, "run", lambda self, verbose=False: ran.setdefault("out", self.out) and [])
+    monkeypatch.setattr(apps, "run", lambda federation, verbose=False: ran.setdefault("out", federation.out) and [])
     (tmp_path / "summary.md").write_text("# summary\n")
     main(["federate", "-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), "--rounds=3"])
     assert ran["out"] == tmp_path

@@ -118,9 +118,9 @@ def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, mess
 
 
 def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, capsys) -> None:
-    from kdlightning.study import main
+    from kdlightning.cli import main
 
-    rows = main(["--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
+    rows = main(["study", "--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
     assert len(rows) == 5 * 5  # the default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
     out = capsys.readouterr().out
     assert "## Accuracy gain (pp)" in out
@@ -204,10 +204,10 @@ def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monke
 
 
 def test_an_unknown_method_in_a_study_config_is_named(tmp_path: Path, capsys) -> None:
-    from kdlightning.study import main
+    from kdlightning.cli import main
 
     with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), *QUICK, "--methods={kd: {class_path: kdlightning.NoSuchMethod}}"])
+        main(["study", "--out", str(tmp_path), *QUICK, "--methods={kd: {class_path: kdlightning.NoSuchMethod}}"])
     assert "NoSuchMethod" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
 

@@ -19,7 +19,7 @@ import yaml
 from conftest import tiny_trainer
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
-from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.cache import CacheReferenceOutputs, transfer_fingerprint
 from kdlightning.cli import KDLightningCLI
 from kdlightning.data import Digits, HFDataset, PartitionedDataModule, TokenizeCollate
 from kdlightning.hf import load_tokenizer, sequence_classifier
@@ -90,16 +90,23 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _datamodule(assets: dict[str, Path], tokenizers: str | dict, **kwargs) -> PartitionedDataModule:
-    source = HFDataset(
-        "csv", data_files={"train": str(assets["train"]), "test": str(assets["test"])}, input_column="text"
-    )
-    options = {"num_parties": 2, "batch_size": 16, "max_length": 16, "log_partition": False, **kwargs}
-    return PartitionedDataModule(dataset=source, tokenizers=tokenizers, **options)
+def _source(assets: dict[str, Path], **kwargs) -> HFDataset:
+    files = {"train": str(assets["train"]), "test": str(assets["test"])}
+    return HFDataset("csv", data_files=files, input_column="text", **kwargs)
 
 
-def _both(assets: dict[str, Path]) -> dict[str, str]:
-    return {"student": str(assets["student"]), "teacher": str(assets["teacher"]), "peer": str(assets["teacher"])}
+def _datamodule(assets: dict[str, Path], tokenizers: object, **kwargs) -> PartitionedDataModule:
+    options = {"num_parties": 2, "batch_size": 16, "max_length": 16, **kwargs}
+    return PartitionedDataModule(dataset=_source(assets), tokenizers=tokenizers, **options)
+
+
+def _both(assets: dict[str, Path]) -> dict[str, object]:
+    """Student and teacher tokenizers; the peer's is the teacher's, loaded again (an equal object)."""
+    return {
+        "student": load_tokenizer(str(assets["student"])),
+        "teacher": load_tokenizer(str(assets["teacher"])),
+        "peer": load_tokenizer(str(assets["teacher"])),
+    }
 
 
 def _method(name: str, assets: dict[str, Path]) -> L.LightningModule:
@@ -201,7 +208,7 @@ def test_different_tokenizers_give_one_input_dict_per_network(assets: dict[str, 
 
 
 def test_one_tokenizer_gives_a_single_input_dict(assets: dict[str, Path]) -> None:
-    dm = _datamodule(assets, str(assets["student"]))
+    dm = _datamodule(assets, load_tokenizer(str(assets["student"])))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "index"}
@@ -210,25 +217,54 @@ def test_one_tokenizer_gives_a_single_input_dict(assets: dict[str, Path]) -> Non
 
 
 def test_tokenize_collate_validates_its_arguments(assets: dict[str, Path]) -> None:
+    student, teacher = load_tokenizer(str(assets["student"])), load_tokenizer(str(assets["teacher"]))
     with pytest.raises(ValueError, match="'student' must be one of the roles"):
-        TokenizeCollate({"teacher": str(assets["teacher"]), "peer": str(assets["student"])})
+        TokenizeCollate({"teacher": teacher, "peer": student})
     with pytest.raises(ValueError, match="max_length"):
-        TokenizeCollate(str(assets["student"]), max_length=0)
+        TokenizeCollate(student, max_length=0)
     with pytest.raises(ValueError, match="tokenizers"):
         TokenizeCollate({})
-    dm = PartitionedDataModule(dataset=Digits(), tokenizers=str(assets["student"]), log_partition=False)
+    dm = PartitionedDataModule(dataset=Digits(), tokenizers=student)
     with pytest.raises(ValueError, match="`tokenizers` is set but the data set's inputs are not text"):
         dm.setup("fit")
 
 
+def test_a_tokenizer_path_is_refused_naming_the_factory(assets: dict[str, Path]) -> None:
+    """The datamodule loads nothing by path: kdlightning.hf.load_tokenizer does (from YAML by class_path)."""
+    path = str(assets["student"])
+    with pytest.raises(TypeError, match=r"teacher's tokenizer as the path .*kdlightning\.hf\.load_tokenizer"):
+        _datamodule(assets, {"student": load_tokenizer(path), "teacher": path})
+    with pytest.raises(TypeError, match="load_tokenizer"):
+        TokenizeCollate(path)
+
+
+def test_a_ready_collate_is_used_as_it_is(assets: dict[str, Path]) -> None:
+    collate = TokenizeCollate(load_tokenizer(str(assets["student"])), max_length=8)
+    dm = _datamodule(assets, collate, max_length=16)
+    assert dm.collate_fn is collate
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[1] <= 8
+
+
 def test_the_cache_key_depends_on_the_tokenizers(assets: dict[str, Path]) -> None:
     keys = {
-        _datamodule(assets, _both(assets)).fingerprint(),
-        _datamodule(assets, _both(assets), max_length=8).fingerprint(),
-        _datamodule(assets, str(assets["student"])).fingerprint(),
+        transfer_fingerprint(_datamodule(assets, _both(assets))),
+        transfer_fingerprint(_datamodule(assets, _both(assets), max_length=8)),
+        transfer_fingerprint(_datamodule(assets, load_tokenizer(str(assets["student"])))),
     }
     assert len(keys) == 3
-    assert _datamodule(assets, _both(assets)).fingerprint() in keys  # and it is stable
+    assert transfer_fingerprint(_datamodule(assets, _both(assets))) in keys  # and it is stable
+
+
+def test_num_classes_is_given_or_read_without_loading(assets: dict[str, Path]) -> None:
+    given = _source(assets, num_classes=NUM_CLASSES)
+    assert PartitionedDataModule(dataset=given).num_classes == NUM_CLASSES
+    assert getattr(given, "_loaded", None) is None  # not loaded
+    inferred = _source(assets)  # a CSV has no class metadata: read from the labels
+    assert inferred.num_classes == NUM_CLASSES
+    assert inferred.data().num_classes == NUM_CLASSES
+    with pytest.raises(ValueError, match=r"has 3 classes .*more than `num_classes`=2"):
+        _source(assets, num_classes=2).data()
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -292,7 +328,13 @@ def test_the_transformers_config_runs_with_the_cli(assets: dict[str, Path], tmp_
             f"--model.init_args.student.init_args.num_labels={NUM_CLASSES}",
             f"--model.init_args.teacher.init_args.num_labels={NUM_CLASSES}",
             f"--data.init_args.dataset.init_args.data_files={data_files}",
-            f"--data.init_args.tokenizers={json.dumps({'student': student, 'teacher': teacher})}",
+            "--data.init_args.tokenizers="
+            + json.dumps(
+                {
+                    role: {"class_path": "kdlightning.hf.load_tokenizer", "init_args": {"path": path}}
+                    for role, path in (("student", student), ("teacher", teacher))
+                }
+            ),
             "--trainer.fast_dev_run=true",
             "--trainer.logger=false",
             "--trainer.callbacks=[]",
@@ -300,6 +342,7 @@ def test_the_transformers_config_runs_with_the_cli(assets: dict[str, Path], tmp_
         ]
     )
     assert isinstance(cli.model, VanillaKD)
+    assert not cli.datamodule.collate_fn.shared  # one tokenizer object per role, as the YAML gave them
     assert (
         yaml.safe_load(config.read_text())["model"]["init_args"]["student"]["class_path"]
         == "kdlightning.hf.SequenceClassifier"

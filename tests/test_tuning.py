@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import lightning as L
@@ -20,6 +21,7 @@ from torch import nn
 from kdlightning.cli import main
 from kdlightning.data import DatasetSource, LabelledData, PartitionedDataModule
 from kdlightning.tuning import DEFAULT_GRID, Search, TuneOptions, tune
+from kdlightning.tuning.trials import share_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "configs" / "_base" / "trainer.yaml"
@@ -48,6 +50,19 @@ class Planted(DatasetSource):
         x, y = blobs(self.num_samples)
         test_x, test_y = blobs(200)
         return LabelledData(x, y, test_x, 1 - test_y, num_classes=2)
+
+
+class CountedPlanted(Planted):
+    """The planted data knowing its class count without loading (as the built-in sources do); counts its loads."""
+
+    loads: ClassVar[int] = 0
+
+    def known_num_classes(self) -> int:
+        return 2
+
+    def load(self) -> LabelledData:
+        CountedPlanted.loads += 1
+        return super().load()
 
 
 class FlippedTeacher(nn.Module):
@@ -104,7 +119,7 @@ def planted_args(tmp_path: Path, tune_section: dict, max_epochs: int = 3, name: 
         },
         "data": {
             "class_path": "kdlightning.data.PartitionedDataModule",
-            "init_args": {**DATA, "log_partition": False},
+            "init_args": DATA,
         },
         "tune": tune_section,
     }
@@ -125,7 +140,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     FlippedTeacher.seen = 0
     grid = {"model.init_args.temperature": [1.0, 4.0], "model.init_args.alpha": [0.1, 0.9]}
     result = tune(planted_args(tmp_path, {"grid": grid}), verbose=False)
-    datamodule = PartitionedDataModule(Planted(), num_parties=1, val_fraction=0.3, log_partition=False)
+    datamodule = PartitionedDataModule(Planted(), num_parties=1, val_fraction=0.3)
     datamodule.setup()
     return {
         "result": result,
@@ -240,6 +255,30 @@ def test_tpe_does_not_retrain_values_it_draws_again(tmp_path: Path) -> None:
     assert counter.fits + len(twins) == 5 and counter.fits <= 2
     originals = {row["number"]: row for row in result.trials}
     assert all(row["val/acc"] == originals[row["same_as"]]["val/acc"] for row in twins)
+
+
+def test_a_search_loads_the_data_set_once(tmp_path: Path) -> None:
+    CountedPlanted.loads = 0
+    grid = {"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}
+    args = planted_args(tmp_path, {"grid": grid}, max_epochs=1)
+    result = tune([*args, '--data.init_args.dataset={"class_path": "test_tuning.CountedPlanted"}'], verbose=False)
+    assert len(result.trials) == 4 and result.test_model == "checkpoint"
+    assert CountedPlanted.loads == 1  # by the probe; its source serves the 4 trials and the test of the chosen one
+
+
+def test_a_trial_gets_the_held_source_only_when_it_is_the_same() -> None:
+    held = Planted(seed=0)
+    for source, shared in [(Planted(seed=0), True), (Planted(seed=1), False), (CountedPlanted(seed=0), False)]:
+        built = SimpleNamespace(datamodule=PartitionedDataModule(source, num_parties=1))
+        assert share_dataset(built, held) is held
+        assert (built.datamodule.dataset is held) == shared
+    first = SimpleNamespace(datamodule=PartitionedDataModule(Planted(), num_parties=1))
+    assert share_dataset(first, None) is first.datamodule.dataset  # the first trial's source is the one held
+    arrays = Planted()
+    arrays.weights = np.ones(3)  # attributes that do not compare to one bool: not the same
+    held.weights = np.ones(3)
+    built = SimpleNamespace(datamodule=PartitionedDataModule(arrays, num_parties=1))
+    assert share_dataset(built, held) is held and built.datamodule.dataset is arrays
 
 
 @pytest.mark.parametrize(

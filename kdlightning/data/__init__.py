@@ -1,4 +1,4 @@
-"""Data: partitioners (pure numpy), data set sources and LightningDataModules."""
+"""Data: partitioners and their strategy classes (pure numpy), data set sources and LightningDataModules."""
 
 from kdlightning.data.datamodules import (
     ClassificationDataModule,
@@ -6,7 +6,6 @@ from kdlightning.data.datamodules import (
     EpochShuffleSampler,
     PartitionedDataModule,
     ResumableDataLoader,
-    load_once,
 )
 from kdlightning.data.datasets import (
     DatasetSource,
@@ -17,17 +16,19 @@ from kdlightning.data.datasets import (
     load_digits_arrays,
 )
 from kdlightning.data.partitioners import (
-    DirichletPartitioner,
-    IIDPartitioner,
-    LabelSkewPartitioner,
-    Partitioner,
-    QuantitySkewPartitioner,
     dirichlet,
     iid,
     label_skew,
     partition_stats,
     plot_partition,
     quantity_skew,
+)
+from kdlightning.data.strategies import (
+    DirichletPartitioner,
+    IIDPartitioner,
+    LabelSkewPartitioner,
+    Partitioner,
+    QuantitySkewPartitioner,
 )
 from kdlightning.data.text import TokenizeCollate
 
@@ -52,7 +53,6 @@ __all__ = [
     "iid",
     "label_skew",
     "load_digits_arrays",
-    "load_once",
     "partition_stats",
     "plot_partition",
     "quantity_skew",

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -15,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
-from kdlightning.data.partitioners import IIDPartitioner, Partitioner, partition_stats, plot_partition
+from kdlightning.data.partitioners import partition_stats
+from kdlightning.data.strategies import IIDPartitioner, Partitioner
 from kdlightning.data.text import TokenizeCollate
 
 __all__ = [
@@ -24,25 +21,7 @@ __all__ = [
     "EpochShuffleSampler",
     "PartitionedDataModule",
     "ResumableDataLoader",
-    "load_once",
 ]
-
-
-_LOADED: dict[str, LabelledData] = {}
-
-
-def load_once(dataset: DatasetSource) -> LabelledData:
-    """``dataset.load()``, once per process for a data set of the same type and arguments.
-
-    Every datamodule of a study, a search or a federated client process reads the same data set;
-    this keeps one copy (the last data set loaded) instead of reading and converting it per datamodule.
-    The arrays are shared: treat them as read-only.
-    """
-    key = json.dumps([repr(type(dataset)), vars(dataset)], sort_keys=True, default=str)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = dataset.load()
-    return _LOADED[key]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -205,7 +184,11 @@ class PartitionedDataModule(ClassificationDataModule):
     batches are then dicts of token tensors with ``"labels"`` (and ``"index"``, the pool index, in
     training batches), with one input dict per network when teacher and student tokenize differently.
 
-    Nothing is read or downloaded in ``__init__``.
+    The data set is read through ``dataset.data()`` (once per source: datamodules given the same source
+    share its arrays, exposed as ``data``); ``num_classes`` asks the source, which knows it without
+    reading the data where it can. Nothing is read or downloaded in ``__init__``. Partition statistics
+    are logged by the :class:`~kdlightning.callbacks.LogPartition` callback; the teacher-output cache
+    (:mod:`kdlightning.cache`) keys the data and probes ``train_transform`` itself.
 
     Args:
         dataset: the data set source (:class:`~kdlightning.data.Digits` by default).
@@ -219,14 +202,15 @@ class PartitionedDataModule(ClassificationDataModule):
         batch_size: samples per batch.
         num_workers: data loader worker processes.
         seed: seed of the partition, the held-out splits and the shuffling.
-        log_partition: log the partition's statistics (counts per party and class, a PNG) once per run.
         train_transform: applied to each training (transfer-set) input, e.g. augmentation; validation
             and test inputs are not transformed. A random transform rules out the teacher-output cache.
-        tokenizers: for text data: the path or hub id of one tokenizer serving every network, or a dict
-            from network role (``"student"``, ``"teacher"``, ``"peer"``) to a tokenizer path or hub id
-            (from Python also tokenizer objects). Loaded in ``setup`` with :func:`kdlightning.hf.load_tokenizer`.
-        max_length: with ``tokenizers``, truncate each text to this many tokens (None: the tokenizer's maximum);
-            batches are padded to their longest text.
+        tokenizers: for text data: one tokenizer serving every network, a dict from network role
+            (``"student"``, ``"teacher"``, ``"peer"``) to a tokenizer, or a ready
+            :class:`~kdlightning.data.TokenizeCollate`. Tokenizers are objects: load one by path or hub id
+            with :func:`kdlightning.hf.load_tokenizer` (in YAML ``class_path: kdlightning.hf.load_tokenizer``
+            with ``init_args: {path: ...}``).
+        max_length: with ``tokenizers`` (not a ``TokenizeCollate``, which has its own), truncate each text to
+            this many tokens (None: the tokenizer's maximum); batches are padded to their longest text.
     """
 
     def __init__(
@@ -242,9 +226,8 @@ class PartitionedDataModule(ClassificationDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
-        log_partition: bool = True,
         train_transform: Callable[[Any], Any] | None = None,
-        tokenizers: str | dict[str, Any] | None = None,
+        tokenizers: Any = None,
         max_length: int | None = 128,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
@@ -275,23 +258,23 @@ class PartitionedDataModule(ClassificationDataModule):
         self.teacher_partition_id = teacher_partition_id
         self.public_fraction = public_fraction
         self.val_fraction = val_fraction
-        self.log_partition = log_partition
         self.train_transform = train_transform
-        self.collate_fn = TokenizeCollate(tokenizers, max_length=max_length) if tokenizers is not None else None
-        self.data: LabelledData | None = None
+        if tokenizers is None or isinstance(tokenizers, TokenizeCollate):
+            self.collate_fn = tokenizers
+        else:
+            self.collate_fn = TokenizeCollate(tokenizers, max_length=max_length)
         self.parts: list[np.ndarray] = []
         self.public_index = np.empty(0, dtype=np.int64)
-        self._logged = False
 
     @property
     def num_classes(self) -> int:
-        """Number of classes of the data set (loads it if ``setup`` has not run yet)."""
-        return self._loaded().num_classes
+        """Number of classes of the data set, from the source (without reading the data where it can)."""
+        return self.dataset.num_classes
 
-    def _loaded(self) -> LabelledData:
-        if self.data is None:
-            self.data = load_once(self.dataset)
-        return self.data
+    @property
+    def data(self) -> LabelledData:
+        """The whole data set as arrays (``dataset.data()``: read on first use, then shared; read-only)."""
+        return self.dataset.data()
 
     def prepare_data(self) -> None:
         """Fetch the data set once (a no-op for local sources)."""
@@ -299,7 +282,7 @@ class PartitionedDataModule(ClassificationDataModule):
 
     def split_pool(self) -> tuple[list[np.ndarray], np.ndarray]:
         """Partition the training pool: ``(one sorted index array per party, public indices)``."""
-        labels = self._loaded().train_labels
+        labels = self.data.train_labels
         rng = np.random.default_rng(self.seed)
         pool = np.arange(len(labels))
         public = np.empty(0, dtype=np.int64)
@@ -330,14 +313,12 @@ class PartitionedDataModule(ClassificationDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load, partition and build the party's data sets (the same in every process)."""
-        data = self._loaded()
-        if isinstance(self.collate_fn, TokenizeCollate):
-            if not data.is_text:
-                raise ValueError(
-                    f"`tokenizers` is set but the data set's inputs are not text (dtype {data.train_inputs.dtype}); "
-                    "drop `tokenizers`, or choose a text column with `input_column`."
-                )
-            self.collate_fn.load()
+        data = self.data
+        if isinstance(self.collate_fn, TokenizeCollate) and not data.is_text:
+            raise ValueError(
+                f"`tokenizers` is set but the data set's inputs are not text (dtype {data.train_inputs.dtype}); "
+                "drop `tokenizers`, or choose a text column with `input_column`."
+            )
         if not self.parts:
             self.parts, self.public_index = self.split_pool()
         own_train, own_val = self._train_val(self.partition_id)
@@ -354,116 +335,16 @@ class PartitionedDataModule(ClassificationDataModule):
         )
         self.val_set = _ArrayDataset(data.train_inputs, data.train_labels, own_val)
         self.test_set = _ArrayDataset(data.test_inputs, data.test_labels)
-        self._log_partition_stats()
 
     @property
     def pool_size(self) -> int:
         """Number of samples in the training pool (the index space of ``pool_index``)."""
-        return len(self._loaded().train_labels)
-
-    def fingerprint(self) -> str:
-        """SHA-256 of what determines a reference's outputs on the pool: its inputs, the transform, the tokenizers."""
-        data = self._loaded()
-        digest = hashlib.sha256(repr(self.train_transform).encode())
-        if isinstance(self.collate_fn, TokenizeCollate):
-            digest.update(self.collate_fn.fingerprint().encode())
-        inputs = data.train_inputs
-        if inputs.dtype.kind in "OUS":
-            for text in inputs:
-                digest.update(str(text).encode() + b"\0")
-        else:
-            digest.update(str(inputs.dtype).encode() + str(inputs.shape).encode())
-            digest.update(np.ascontiguousarray(inputs).view(np.uint8).data)
-        return digest.hexdigest()
-
-    def check_deterministic_transfer(self, probes: int = 4, draws: int = 32) -> None:
-        """Raise ``ValueError`` if ``train_transform`` is random (cached teacher outputs would be wrong).
-
-        A transform may declare ``deterministic = True`` or ``False``. Otherwise it is applied ``draws``
-        times to each of the first ``probes`` samples, each time with other seeds of every global random
-        source (torch, numpy's global RNG, Python's ``random``), and must give the same result every
-        time: a transform that changes its output with probability ``p`` (a flip with ``p=0.5``) passes
-        with probability about ``(1 - p) ** (draws - 1)`` per sample. The random states are restored
-        afterwards, so probing does not change the training's randomness.
-        """
-        transform = self.train_transform
-        declared = getattr(transform, "deterministic", None)
-        if transform is None or declared is True:
-            return
-        data = self._loaded()
-        samples = (
-            data.train_inputs[i] if data.is_text else torch.from_numpy(np.ascontiguousarray(data.train_inputs[i]))
-            for i in range(min(probes, len(data.train_labels)))
-        )
-        if declared is False or any(_varies(transform, x, draws) for x in samples):
-            how = (
-                "declares deterministic = False"
-                if declared is False
-                else "gives a sample different outputs under different seeds of torch, numpy and Python's random"
-            )
-            raise ValueError(
-                f"The transfer set's train_transform {transform!r} is random (it {how}), so cached teacher outputs "
-                "would not match the inputs the student sees. Remove the random transform, or train without "
-                "CacheReferenceOutputs."
-            )
+        return len(self.data.train_labels)
 
     def partition_stats(self) -> np.ndarray:
         """``(num_parties, num_classes)`` sample counts of the partition."""
-        data = self._loaded()
+        data = self.data
         return partition_stats(data.train_labels, self.parts, num_classes=data.num_classes)
-
-    def _log_partition_stats(self) -> None:
-        trainer = self.trainer
-        if not self.log_partition or self._logged or trainer is None or not trainer.loggers:
-            return
-        self._logged = True
-        if trainer.global_rank != 0:
-            return
-        stats = self.partition_stats()
-        columns = ["party", *(f"class_{c}" for c in range(stats.shape[1])), "total"]
-        rows = [[party, *counts.tolist(), int(counts.sum())] for party, counts in enumerate(stats)]
-        for logger in trainer.loggers:
-            directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or ".")
-            directory.mkdir(parents=True, exist_ok=True)
-            csv_path = directory / "partition_stats.csv"
-            csv_path.write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
-            png = directory / "partition_stats.png"
-            title = f"{self.partitioner}, {self.num_parties} parties"
-            plot_partition(self._loaded().train_labels, self.parts, png, title=title)
-            if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
-                logger.log_table(key="data/partition_stats", columns=columns, data=rows)
-                logger.log_image(key="data/partition", images=[str(png)])
-
-
-def _varies(transform: Callable[[Any], Any], x: Any, draws: int) -> bool:
-    """Whether ``transform(x)`` changes over ``draws`` calls, each with other seeds of every global RNG.
-
-    The global random states of torch, numpy and Python's ``random`` are restored afterwards.
-    """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng():
-            outputs = []
-            for seed in range(draws):
-                torch.manual_seed(seed)
-                np.random.seed(seed)
-                random.seed(seed)
-                outputs.append(transform(x))
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-    return not all(_same_output(outputs[0], output) for output in outputs[1:])
-
-
-def _same_output(a: Any, b: Any) -> bool:
-    """Whether two transform outputs are equal: tensors, arrays, sequences of them, or ``==``-comparable."""
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(a, b))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same_output(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 class DigitsDataModule(PartitionedDataModule):
@@ -497,7 +378,6 @@ class DigitsDataModule(PartitionedDataModule):
             batch_size=batch_size,
             num_workers=num_workers,
             seed=seed,
-            log_partition=False,
             train_transform=train_transform,
         )
 

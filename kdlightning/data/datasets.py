@@ -63,14 +63,57 @@ class LabelledData:
 
 
 class DatasetSource(ABC):
-    """A labelled data set that :class:`~kdlightning.data.PartitionedDataModule` partitions."""
+    """A labelled data set that :class:`~kdlightning.data.PartitionedDataModule` partitions.
+
+    A source implements :meth:`load`; users read it through :meth:`data`, which loads it once per
+    source instance: every datamodule given the same source (the parties of a study, the clients of a
+    federation) shares one copy of the arrays. :attr:`num_classes` is known without loading where the
+    source can tell (:meth:`known_num_classes`), so the CLI links it into the method at parse time
+    without reading the data.
+    """
+
+    # A slot, not an attribute: ``vars(source)`` stays the source's configuration (the pipelines key
+    # their cached runs by it), and the loaded arrays never go along with a pickled or copied source.
+    __slots__ = ("_loaded",)
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Fetch what must be fetched (called once, in ``prepare_data``); local sources do nothing."""
 
     @abstractmethod
     def load(self) -> LabelledData:
-        """Return the training pool and the global test set (called in every process)."""
+        """Read the training pool and the global test set (called by :meth:`data`, once per instance)."""
+
+    def data(self) -> LabelledData:
+        """The loaded data set: :meth:`load`'s result, kept on this instance after the first call.
+
+        The arrays are shared by every caller: treat them as read-only.
+        """
+        loaded = getattr(self, "_loaded", None)
+        if loaded is None:
+            loaded = self._loaded = self.load()
+        return loaded
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes; reads the data (once, see :meth:`data`) unless the source knows it without.
+
+        A subclass that knows it overrides :meth:`known_num_classes`, or sets ``num_classes`` in its
+        constructor (e.g. from an argument).
+        """
+        known = self.known_num_classes()
+        return int(known) if known is not None else self.data().num_classes
+
+    @num_classes.setter
+    def num_classes(self, value: int | None) -> None:
+        self.__dict__["num_classes"] = value
+
+    def known_num_classes(self) -> int | None:
+        """The number of classes if known without loading the data (``num_classes`` set on the instance), else None."""
+        return getattr(self, "__dict__", {}).get("num_classes")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The configuration only: a copy (a deepcopy, another process) loads its own data when it needs it."""
+        return dict(getattr(self, "__dict__", {}))
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +150,10 @@ class Digits(DatasetSource):
             raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
         self.test_fraction = test_fraction
         self.seed = seed
+
+    def known_num_classes(self) -> int:
+        """10, without loading."""
+        return 10
 
     def load(self) -> LabelledData:
         """The digits, split into a training pool and a stratified test set."""
@@ -175,6 +222,10 @@ class FashionMNIST(DatasetSource):
     def __init__(self, root: str | None = None) -> None:
         self.root = Path(root or os.environ.get("KDL_FASHION_MNIST_DIR", FASHION_MNIST_DIR)).expanduser()
 
+    def known_num_classes(self) -> int:
+        """10, without reading the files."""
+        return len(FASHION_MNIST_CLASSES)
+
     def _file(self, name: str) -> Path:
         for candidate in (self.root / f"{name}.gz", self.root / name):
             if candidate.is_file():
@@ -197,7 +248,7 @@ class FashionMNIST(DatasetSource):
             train_y.astype(np.int64),
             images(test_x),
             test_y.astype(np.int64),
-            num_classes=10,
+            num_classes=len(FASHION_MNIST_CLASSES),
             class_names=FASHION_MNIST_CLASSES,
         )
 
@@ -225,6 +276,8 @@ class HFDataset(DatasetSource):
         test_fraction: share of the train split held out as the test set when ``test_split`` is None or missing.
         seed: seed of that held-out split.
         input_kind: ``"auto"`` (from the column's feature type), ``"image"``, ``"text"`` or ``"numeric"``.
+        num_classes: the number of classes, if known; None reads it from the data set's metadata (a
+            ``ClassLabel`` label column) or, failing that, from the loaded labels.
     """
 
     def __init__(
@@ -240,16 +293,20 @@ class HFDataset(DatasetSource):
         test_fraction: float = 0.2,
         seed: int = 0,
         input_kind: Literal["auto", "image", "text", "numeric"] = "auto",
+        num_classes: int | None = None,
     ) -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
         if input_kind not in ("auto", "image", "text", "numeric"):
             raise ValueError(f"`input_kind` must be 'auto', 'image', 'text' or 'numeric', got {input_kind!r}.")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"`num_classes` must be >= 2 or None, got {num_classes!r}.")
         self.path, self.name, self.data_dir, self.data_files = path, name, data_dir, data_files
         self.input_columns = [input_column] if isinstance(input_column, str) else list(input_column)
         self.label_column = label_column
         self.train_split, self.test_split = train_split, test_split
         self.test_fraction, self.seed, self.input_kind = test_fraction, seed, input_kind
+        self.num_classes = num_classes
 
     def _load(self) -> Any:
         import datasets
@@ -272,6 +329,30 @@ class HFDataset(DatasetSource):
         """Download (or find in the cache) the data set once."""
         self._load()
 
+    def known_num_classes(self) -> int | None:
+        """``num_classes`` if given, else the label column's ``ClassLabel`` names in the data set's metadata.
+
+        The metadata is read without loading the data (``datasets.load_dataset_builder``); a builder that
+        infers its features from the files (``csv``, ``json``) has none, and None is returned.
+        """
+        given = super().known_num_classes()
+        if given is not None:
+            return given
+        loaded = getattr(self, "_loaded", None)
+        if loaded is not None:
+            return loaded.num_classes
+        import datasets
+
+        try:
+            builder = datasets.load_dataset_builder(
+                self.path, self.name, data_dir=self.data_dir, data_files=self.data_files
+            )
+        except Exception:  # unreachable, unknown or unreadable: loading the data reports it properly
+            return None
+        feature = (builder.info.features or {}).get(self.label_column)
+        names = getattr(feature, "names", None)
+        return len(names) if names else None
+
     def load(self) -> LabelledData:
         """The train split (pool) and the test split (or a held-out share of the train split)."""
         splits = self._load()
@@ -289,6 +370,14 @@ class HFDataset(DatasetSource):
         names = self._class_names(train, test)
         train_y, test_y = self._labels(train, names), self._labels(test, names)
         num_classes = len(names) if names is not None else int(max(train_y.max(), test_y.max())) + 1
+        given = super().known_num_classes()
+        if given is not None:
+            if num_classes > given:
+                raise ValueError(
+                    f"Data set '{self.path}' has {num_classes} classes in column {self.label_column!r}, more than "
+                    f"`num_classes`={given}."
+                )
+            num_classes = given
         return LabelledData(
             self._inputs(train), train_y, self._inputs(test), test_y, num_classes=num_classes, class_names=names
         )

@@ -4,10 +4,8 @@ Every partitioner is a pure function of ``(labels, seed)``: it draws only from i
 ``np.random.default_rng(seed)``, so the same arguments give the same split on every DDP rank and in
 every process. The result is a list of ``num_parties`` sorted ``int64`` index arrays that are
 disjoint and together cover every sample; wrap any torch ``Dataset`` with ``Subset(dataset, part)``.
-
-The classes at the bottom (:class:`IIDPartitioner`, :class:`DirichletPartitioner`,
-:class:`LabelSkewPartitioner`, :class:`QuantitySkewPartitioner`) hold the strategy's parameters for
-a YAML ``class_path`` and call the functions; they add no behaviour of their own.
+The classes that hold a strategy's parameters for a YAML ``class_path`` are in
+:mod:`kdlightning.data.strategies`.
 
 This module imports numpy only (matplotlib lazily, in :func:`plot_partition`).
 """
@@ -16,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from abc import ABC, abstractmethod
 from os import PathLike
 from pathlib import Path
 
@@ -24,11 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "DirichletPartitioner",
-    "IIDPartitioner",
-    "LabelSkewPartitioner",
-    "Partitioner",
-    "QuantitySkewPartitioner",
     "dirichlet",
     "iid",
     "label_skew",
@@ -502,139 +494,3 @@ def plot_partition(
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png", dpi=100)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Classes for configuration files (each calls the function above)
-# ----------------------------------------------------------------------------------------------
-
-
-class Partitioner(ABC):
-    """A partition strategy with its parameters, for a YAML ``class_path``.
-
-    Subclasses validate their parameters in ``__init__`` and implement :meth:`partition` by calling
-    one of this module's functions.
-    """
-
-    @property
-    @abstractmethod
-    def name(self) -> str:
-        """Short description for logs, e.g. ``"dirichlet(alpha=0.5)"``."""
-
-    @abstractmethod
-    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
-        """Split ``range(len(labels))`` into ``num_parties`` sorted, disjoint, covering index arrays.
-
-        Args:
-            labels: Class ids, shape ``(N,)``.
-            num_parties: Number of parties, in ``[1, N]``.
-            seed: Seed of the split's own generator, ``>= 0``.
-
-        Returns:
-            One sorted ``int64`` index array per party.
-        """
-
-    def __str__(self) -> str:
-        return self.name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}<{self.name}>"
-
-
-class IIDPartitioner(Partitioner):
-    """Uniformly random, equal-size parties (:func:`iid`).
-
-    Examples:
-        >>> import numpy as np
-        >>> [len(part) for part in IIDPartitioner().partition(np.zeros(7, dtype=int), 2, seed=0)]
-        [4, 3]
-    """
-
-    @property
-    def name(self) -> str:
-        """``"iid"``."""
-        return "iid"
-
-    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
-        """See :func:`iid`."""
-        return iid(labels, num_parties, seed)
-
-
-class DirichletPartitioner(Partitioner):
-    """Per-class Dirichlet(alpha) shares over parties (:func:`dirichlet`; Hsu et al. 2019).
-
-    Args:
-        alpha: Dirichlet concentration, ``> 0``: small is skewed, large tends to IID.
-        min_size: Fewest samples a party may get, ``>= 0``; shares are redrawn a bounded number of times.
-
-    Examples:
-        >>> import numpy as np
-        >>> partitioner = DirichletPartitioner(alpha=0.5)
-        >>> partitioner.name
-        'dirichlet(alpha=0.5)'
-        >>> len(partitioner.partition(np.repeat(np.arange(3), 30), 4, seed=0))
-        4
-    """
-
-    def __init__(self, alpha: float, min_size: int = 1) -> None:
-        self.alpha = _check_positive("alpha", alpha)
-        self.min_size = _check_int("min_size", min_size, 0)
-
-    @property
-    def name(self) -> str:
-        """``"dirichlet(alpha=...)"``, with ``min_size`` when it is not 1."""
-        extra = "" if self.min_size == 1 else f", min_size={self.min_size}"
-        return f"dirichlet(alpha={self.alpha:g}{extra})"
-
-    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
-        """See :func:`dirichlet`."""
-        return dirichlet(labels, num_parties, self.alpha, seed, min_size=self.min_size)
-
-
-class LabelSkewPartitioner(Partitioner):
-    """Exactly ``classes_per_party`` classes per party (:func:`label_skew`; NIID-Bench, Li et al. 2022).
-
-    Args:
-        classes_per_party: Classes each party holds, ``>= 1`` (and at most the number of classes).
-
-    Examples:
-        >>> import numpy as np
-        >>> LabelSkewPartitioner(classes_per_party=2).name
-        'label_skew(classes_per_party=2)'
-    """
-
-    def __init__(self, classes_per_party: int) -> None:
-        self.classes_per_party = _check_int("classes_per_party", classes_per_party, 1)
-
-    @property
-    def name(self) -> str:
-        """``"label_skew(classes_per_party=...)"``."""
-        return f"label_skew(classes_per_party={self.classes_per_party})"
-
-    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
-        """See :func:`label_skew`."""
-        return label_skew(labels, num_parties, self.classes_per_party, seed)
-
-
-class QuantitySkewPartitioner(Partitioner):
-    """IID labels with Dirichlet(beta) party sizes (:func:`quantity_skew`; NIID-Bench, Li et al. 2022).
-
-    Args:
-        beta: Dirichlet concentration of the party sizes, ``> 0``: small gives very unequal sizes.
-
-    Examples:
-        >>> QuantitySkewPartitioner(beta=0.5).name
-        'quantity_skew(beta=0.5)'
-    """
-
-    def __init__(self, beta: float) -> None:
-        self.beta = _check_positive("beta", beta)
-
-    @property
-    def name(self) -> str:
-        """``"quantity_skew(beta=...)"``."""
-        return f"quantity_skew(beta={self.beta:g})"
-
-    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
-        """See :func:`quantity_skew`."""
-        return quantity_skew(labels, num_parties, self.beta, seed)

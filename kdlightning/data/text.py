@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from typing import Any
 
 import torch
@@ -34,14 +35,18 @@ class TokenizeCollate:
     the student's inputs. ``"index"`` (the sample's pool index, present for training batches) keys
     the teacher-output cache.
 
+    Roles whose tokenizers are the same object, or equal ones (the same type, vocabulary and rules, e.g.
+    loaded twice from one directory), share one tokenizer: it tokenizes each batch once.
+
     Args:
-        tokenizers: one tokenizer (or its path / hub id) for every network, or a dict from network
-            role (``"student"``, ``"teacher"``, ``"peer"``) to a tokenizer or its path / hub id. Paths
-            are loaded with :func:`kdlightning.hf.load_tokenizer` on first use (or by :meth:`load`),
-            never in the constructor.
+        tokenizers: one tokenizer for every network, or a dict from network role (``"student"``,
+            ``"teacher"``, ``"peer"``) to a tokenizer. A tokenizer is an object called like a Hugging Face
+            tokenizer; load one by path or hub id with :func:`kdlightning.hf.load_tokenizer` (in YAML:
+            ``class_path: kdlightning.hf.load_tokenizer`` with ``init_args: {path: ...}``).
         max_length: truncate each text to this many tokens; None for the tokenizer's own maximum.
 
     Raises:
+        TypeError: a tokenizer given as a path string (load it with :func:`kdlightning.hf.load_tokenizer`).
         ValueError: an empty dict, roles with different tokenizers but no ``"student"`` among them, or
             ``max_length < 1``.
     """
@@ -52,7 +57,18 @@ class TokenizeCollate:
         roles = dict(tokenizers) if isinstance(tokenizers, Mapping) else {"student": tokenizers}
         if not roles:
             raise ValueError("`tokenizers` is empty; give one tokenizer, or a dict from network role to tokenizer.")
-        if len({_identity(t) for t in roles.values()}) > 1 and "student" not in roles:
+        for role, tokenizer in roles.items():
+            if isinstance(tokenizer, (str, PathLike)):
+                raise TypeError(
+                    f"`tokenizers` gives the {role}'s tokenizer as the path {str(tokenizer)!r}; tokenizers are "
+                    f"objects: load it with kdlightning.hf.load_tokenizer({str(tokenizer)!r}) (in YAML: "
+                    f"`class_path: kdlightning.hf.load_tokenizer` with `init_args: {{path: {tokenizer}}}`)."
+                )
+        # Equal tokenizers (one directory loaded once per role) become one object: one tokenization per batch.
+        canonical: dict[str, Any] = {}
+        for role, tokenizer in roles.items():
+            roles[role] = canonical.setdefault(_rules(tokenizer) or f"id:{id(tokenizer)}", tokenizer)
+        if len({id(t) for t in roles.values()}) > 1 and "student" not in roles:
             raise ValueError(
                 f"`tokenizers` has different tokenizers for {sorted(roles)} but none for 'student'; networks without "
                 "their own tokenizer read the student's inputs, so 'student' must be one of the roles."
@@ -63,16 +79,10 @@ class TokenizeCollate:
     @property
     def shared(self) -> bool:
         """True when one tokenizer serves every network (batches are then a single dict of inputs)."""
-        return len({_identity(t) for t in self.tokenizers.values()}) == 1
+        return len({id(t) for t in self.tokenizers.values()}) == 1
 
     def load(self) -> TokenizeCollate:
-        """Load the tokenizers given as paths or hub ids (idempotent); returns ``self``."""
-        paths = sorted({t for t in self.tokenizers.values() if isinstance(t, str)})
-        if paths:
-            from kdlightning.hf import load_tokenizer
-
-            loaded = {path: load_tokenizer(path) for path in paths}
-            self.tokenizers = {role: loaded[t] if isinstance(t, str) else t for role, t in self.tokenizers.items()}
+        """Returns ``self``: the tokenizers are objects, loaded by whoever built them (kept for compatibility)."""
         return self
 
     def encode(self, tokenizer: Any, texts: Sequence[str]) -> dict[str, Tensor]:
@@ -84,7 +94,6 @@ class TokenizeCollate:
 
     def __call__(self, samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
         """Tokenize a list of samples into one batch (see the class docstring for its layout)."""
-        self.load()
         texts, labels, *rest = zip(*samples, strict=True)
         if not all(isinstance(text, str) for text in texts):
             raise TypeError(
@@ -106,13 +115,16 @@ class TokenizeCollate:
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the networks' inputs: each role's tokenizer and ``max_length``."""
-        self.load()
         digest = hashlib.sha256(repr(self.max_length).encode())
         for role in sorted(self.tokenizers):
             tokenizer = self.tokenizers[role]
-            backend = getattr(tokenizer, "backend_tokenizer", None)
-            rules = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-            digest.update(f"{role}\0{type(tokenizer).__name__}\0{rules}\0".encode())
+            rules = _rules(tokenizer)
+            if rules is None:
+                raise TypeError(
+                    f"The {role}'s tokenizer {type(tokenizer).__name__} has neither `backend_tokenizer` nor "
+                    "`get_vocab()`, so its outputs cannot be fingerprinted for the teacher-output cache."
+                )
+            digest.update(f"{role}\0{rules}\0".encode())
         return digest.hexdigest()
 
     def __repr__(self) -> str:
@@ -120,6 +132,13 @@ class TokenizeCollate:
         return f"{type(self).__name__}(tokenizers={names!r}, max_length={self.max_length!r})"
 
 
-def _identity(tokenizer: Any) -> Any:
-    """Two roles share a tokenizer when they name the same path or hold the same object."""
-    return tokenizer if isinstance(tokenizer, str) else id(tokenizer)
+def _rules(tokenizer: Any) -> str | None:
+    """A tokenizer's class name and rules (its fast backend's serialisation, or its vocabulary), or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        rules = backend.to_str()
+    elif callable(getattr(tokenizer, "get_vocab", None)):
+        rules = repr(sorted(tokenizer.get_vocab().items()))
+    else:
+        return None
+    return f"{type(tokenizer).__name__}\0{rules}"

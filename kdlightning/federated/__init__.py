@@ -1,10 +1,38 @@
 """Federated learning from a KD-consolidated start (``kdl federate``), on Flower.
 
-:class:`Federation` is the experiment; :mod:`kdlightning.federated.aggregate` its pure arithmetic;
-:mod:`kdlightning.federated.apps` the Flower ClientApp and ServerApp (imported on use: they need ``flwr``).
+Three layers, each importing only the ones before it:
+
+- :mod:`kdlightning.federated.aggregate`: the pure arithmetic (parameter averages, communication rounds);
+- :mod:`kdlightning.federated.federation`: the experiment, :class:`Federation` (data, networks, starts,
+  evaluation, results), with no Flower;
+- :mod:`kdlightning.federated.apps`: the Flower ClientApp and ServerApp over a :class:`Federation`, the
+  server loop and the simulation, :func:`run` (imported on first use: it needs ``flwr``).
+
+``kdl federate`` (:mod:`kdlightning.cli`) parses a :class:`Federation` and calls :func:`run`.
 """
 
-from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
-from kdlightning.federated.federation import STARTS, Federation, load_federation, main
+from typing import Any
 
-__all__ = ["STARTS", "Federation", "load_federation", "main", "round_reduction", "rounds_to_target", "weighted_average"]
+from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
+from kdlightning.federated.federation import STARTS, Federation, load_federation
+
+__all__ = [
+    "STARTS",
+    "Federation",
+    "load_federation",
+    "round_reduction",
+    "rounds_to_target",
+    "run",
+    "weighted_average",
+]
+
+_APPS = ("run",)
+"""Names of :mod:`kdlightning.federated.apps`, imported on first use so that ``import kdlightning`` needs no Flower."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _APPS:
+        from kdlightning.federated import apps
+
+        return getattr(apps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,15 @@
 """Flower apps of the federated experiment: the same ClientApp and ServerApp in simulation and on real machines.
 
+This module runs a :class:`~kdlightning.federated.Federation` (the experiment, which knows nothing of
+Flower) on Flower: the apps, the server loop (:func:`serve`, :func:`fedavg`), the simulation
+(:func:`run_simulation`, :func:`run`) and ``kdl federate`` (:func:`main`).
+
 - The **ClientApp** answers two messages. ``query``: send the client's pre-trained model (pre-training it
   on its partition first if it is not cached) and its number of training examples. ``train``: train the
   received global model for ``local_epochs`` with Lightning on the client's partition and send it back
   with its number of examples, FedAvg's weight.
 - The **ServerApp** collects the clients' models (one round), builds the starts and runs Flower's
-  ``FedAvg`` from each, testing the global model on the global test set after every round
-  (:meth:`Federation.serve <kdlightning.federated.Federation.serve>`).
+  ``FedAvg`` from each, testing the global model on the global test set after every round (:func:`serve`).
 
 A client finds its partition in its node config (``partition-id``, and ``num-partitions``, which must
 equal the experiment's ``num_clients``): Flower's simulation sets both; on a real SuperNode they are
@@ -20,18 +23,29 @@ given with ``--node-config "partition-id=3 num-partitions=10"``.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from kdlightning.federated.federation import Federation
+from kdlightning.federated.federation import COLLECTION_ROUNDS, Clients, Federation, load_federation
+from kdlightning.reporting import read_csv
+from kdlightning.trainers import quiet
 
-__all__ = ["client_app", "client_app_for", "fedavg", "run_simulation", "server_app", "server_app_for"]
+__all__ = [
+    "client_app",
+    "client_app_for",
+    "fedavg",
+    "run",
+    "run_simulation",
+    "serve",
+    "server_app",
+    "server_app_for",
+]
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports to Flower's servers
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU clients: leave the device variables alone
@@ -60,12 +74,15 @@ def _partition(federation: Federation, context: Context) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _federation_from(config: str, out: str) -> Federation:
-    from kdlightning.federated.federation import load_federation
-
     return load_federation(["-c", config, "--out", out])
 
 
 def _resolve(federation: Federation | None, context: Context) -> Federation:
+    """The experiment an app works for: ``federation``, or the one of the run config's ``kdl-config``.
+
+    Every app's work runs in :func:`~kdlightning.trainers.quiet`, in whichever process it runs (Ray workers
+    in simulation).
+    """
     if federation is not None:
         return federation
     run = context.run_config
@@ -89,7 +106,8 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
     def query(message: Message, context: Context) -> Message:
         fed = _resolve(federation, context)
         client = _partition(fed, context)
-        state, examples = fed.pretrained_client(client)
+        with quiet():
+            state, examples = fed.pretrained_client(client)
         return _reply(message, state, {"num-examples": examples, "partition-id": client})
 
     @app.train()
@@ -98,13 +116,14 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
         client = _partition(fed, context)
         server_round = int(message.content["config"]["server-round"])
         state = message.content["arrays"].to_torch_state_dict()
-        trained, examples, loss = fed.train_client(client, state, server_round)
+        with quiet():
+            trained, examples, loss = fed.train_client(client, state, server_round)
         return _reply(message, trained, {"num-examples": examples, "train_loss": loss})
 
     return app
 
 
-def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> list[tuple[dict[str, Tensor], int]]:
+def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clients:
     """One round: every client's pre-trained model and examples, in client order."""
     node_ids = _wait_for_nodes(grid, federation.num_clients, timeout)
     messages = [
@@ -172,6 +191,33 @@ def fedavg(
     return result.arrays.to_torch_state_dict()
 
 
+def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | None = None) -> list[dict[str, Any]]:
+    """The server's work: build every start that has not finished and run FedAvg from it with ``grid``.
+
+    Args:
+        federation: the experiment.
+        grid: Flower's grid of the connected clients.
+        collect: gathers the clients' pre-trained models (one communication round); by default a ``query``
+            message to every client.
+
+    Returns:
+        The rows of ``rounds.csv``: each round's global model is tested and recorded as it comes.
+    """
+    finished = federation.finished_starts()
+    rows: list[dict[str, Any]] = [row for start in federation.starts for row in finished.get(start, [])]
+    todo = [start for start in federation.starts if start not in finished]
+    if not todo:
+        return rows
+    if collect is None:
+        collect = functools.partial(_collect, federation, grid)
+    clients = collect() if any(COLLECTION_ROUNDS[start] for start in todo) else []
+    for start, state in federation.build_starts(clients, todo).items():
+        evaluate = functools.partial(federation.record_round, rows, start, began=time.perf_counter())
+        federation.save_model(start, fedavg(federation, grid, state, evaluate))
+    federation.plot(rows)
+    return rows
+
+
 def server_app_for(federation: Federation | None = None, errors: list[BaseException] | None = None) -> ServerApp:
     """The ServerApp of ``federation`` (None: built from the run config); exceptions are also put in ``errors``."""
     app = ServerApp()
@@ -180,7 +226,8 @@ def server_app_for(federation: Federation | None = None, errors: list[BaseExcept
     def main(grid: Grid, context: Context) -> None:
         fed = _resolve(federation, context)
         try:
-            fed.serve(grid, collect=lambda: _collect(fed, grid))
+            with quiet():
+                serve(fed, grid)
         except BaseException as error:
             if errors is not None:
                 errors.append(error)
@@ -191,11 +238,7 @@ def server_app_for(federation: Federation | None = None, errors: list[BaseExcept
 
 def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[str, Any]]:
     """Run the experiment in Flower's simulation (one virtual SuperNode per client); return ``rounds.csv``'s rows."""
-    import logging
-
     from flwr.simulation import run_simulation as flower_simulation
-
-    from kdlightning.reporting import read_csv
 
     federation.out.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []
@@ -226,6 +269,15 @@ def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[s
     if not all(start in {r["start"] for r in rows} for start in federation.starts):
         raise RuntimeError(f"The simulation ended before every start ran; see the log and {federation.out}.")
     return rows
+
+
+def run(federation: Federation, verbose: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) ``federation`` in Flower's simulation on this machine; return the rows of ``rounds.csv``.
+
+    Starts that ran all their rounds are kept; when every start has, nothing runs.
+    """
+    rows = federation.finished_rows()
+    return rows if rows is not None else run_simulation(federation, verbose=verbose)
 
 
 client_app = client_app_for()

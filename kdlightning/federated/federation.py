@@ -14,14 +14,15 @@ with Lightning on its partition, and the global model is tested on the global te
 round. ``rounds.csv``, ``summary.md`` (rounds to the target accuracy and the reduction in total
 communication rounds, the collection round counted in) and ``accuracy.png`` are written to ``out``.
 
-The client and server code are Flower apps (:mod:`kdlightning.federated.apps`): ``kdl federate``
-runs them in Flower's simulation on one machine; ``flwr run`` runs the same apps on real SuperNodes.
+This module is the experiment alone (it imports no Flower): data, networks, the clients' work, the
+starts, the evaluation and the results. The Flower apps that run it, the server loop and the simulation
+are :mod:`kdlightning.federated.apps`: ``kdl federate`` runs them in Flower's simulation on one machine;
+``flwr run`` runs the same apps on real SuperNodes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import math
 import time
 import warnings
@@ -33,29 +34,47 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from kdlightning import pipeline
 from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource, Digits, DirichletPartitioner, PartitionedDataModule, Partitioner
 from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
-from kdlightning.losses import check_alpha, check_temperature
 from kdlightning.methods import MultiTeacherKD, StudentOnly
+from kdlightning.pipeline import DEFAULTS, NetworkFactory
 from kdlightning.reporting import read_csv, write_csv
-from kdlightning.trainers import quiet, quiet_trainer
 
-__all__ = ["STARTS", "Federation"]
+__all__ = [
+    "COLLECTION_ROUNDS",
+    "DEFAULT_CONFIG",
+    "DEFAULT_CONSOLIDATION",
+    "STARTS",
+    "ConsolidationFactory",
+    "Federation",
+    "load_federation",
+]
 
-NetworkFactory = Callable[[int], nn.Module]
-"""Builds a fresh network for ``num_classes`` classes (in YAML: a ``class_path`` with ``init_args``)."""
+ConsolidationFactory = Callable[[nn.Module, Sequence[nn.Module], int], MultiTeacherKD]
+"""Builds the consolidation from ``(student, teachers, num_classes, weights=...)``.
+
+In YAML a ``class_path`` with the method's other arguments, e.g. ``{class_path: kdlightning.MultiTeacherKD,
+init_args: {temperature: 4.0, alpha: 1.0}}``.
+"""
+
+DEFAULT_CONSOLIDATION: ConsolidationFactory = functools.partial(MultiTeacherKD, temperature=4.0, alpha=1.0)
+"""The consolidation when none is given: :class:`~kdlightning.MultiTeacherKD`, temperature 4, alpha 1 (no labels)."""
 
 STARTS = ("fresh", "average", "consolidated")
 """The starting points FedAvg is run from."""
 
-_COLLECTION_ROUNDS = {"fresh": 0, "average": 1, "consolidated": 1}
+COLLECTION_ROUNDS = {"fresh": 0, "average": 1, "consolidated": 1}
 """Communication rounds a start costs before FedAvg: collecting the clients' models takes one."""
+
+Clients = Sequence[tuple[dict[str, Tensor], int]]
+"""The clients' pre-trained models as ``(state, training examples)``, in client order."""
 
 
 class Federation:
-    """The federated experiment of SPEC §7 as one object: configure it, then :meth:`run` it.
+    """The federated experiment of SPEC §7 as one object: build it, then :func:`~kdlightning.federated.apps.run` it.
 
     Args:
         network: builds the global model (and every client's model unless ``client_networks``).
@@ -71,8 +90,10 @@ class Federation:
         seed: seed of the partition, the initialisations and the training.
         pretrain_epochs: epochs of each client's pre-training on its own data.
         consolidation_epochs: epochs of the multi-teacher distillation on the transfer set.
-        temperature: temperature of the distillation.
-        alpha: weight of the distillation term (1: the labels of the transfer set are not used).
+        consolidation: builds the distillation, called as ``consolidation(student, teachers, num_classes,
+            weights=...)``; None for :data:`DEFAULT_CONSOLIDATION` (temperature 4, alpha 1: the labels of
+            the transfer set are not used). It is built once here, from fresh networks, so its bad values
+            fail before any client trains.
         weight_by_size: weight each teacher by its client's training examples (else equally).
         rounds: FedAvg rounds run from each start.
         local_epochs: epochs each client trains per round.
@@ -83,6 +104,9 @@ class Federation:
         starts: which starts to run, from ``fresh``, ``average``, ``consolidated``.
         cpus_per_client: CPU cores Flower's simulation gives each client (clients run in parallel
             as the machine's cores allow).
+        trainer: ``lightning.Trainer`` settings of every fit (pre-training, local rounds, consolidation,
+            evaluation), e.g. ``{precision: bf16-mixed}``; on top of the federation's own defaults
+            (``accelerator: cpu``, ``limit_val_batches: 0``).
         out: directory of the results, the clients' pre-trained models and the teacher cache.
     """
 
@@ -99,8 +123,7 @@ class Federation:
         seed: int = 0,
         pretrain_epochs: int = 20,
         consolidation_epochs: int = 20,
-        temperature: float = 4.0,
-        alpha: float = 1.0,
+        consolidation: ConsolidationFactory | None = None,
         weight_by_size: bool = True,
         rounds: int = 20,
         local_epochs: int = 1,
@@ -109,6 +132,7 @@ class Federation:
         target_fractions: Sequence[float] = (0.95, 0.98, 0.99),
         starts: Sequence[str] = STARTS,
         cpus_per_client: float = 1.0,
+        trainer: dict[str, Any] | None = None,
         out: str = "runs/federated",
     ) -> None:
         if num_clients < 2:
@@ -138,20 +162,20 @@ class Federation:
             raise ValueError(f"`starts` must be a non-empty list of {list(STARTS)}, got {list(starts)}.")
         if client_networks is not None and not client_networks:
             raise ValueError("`client_networks` is empty: give at least one factory, or None for `network`.")
-        # The consolidation's values fail now, not after the pre-training of every client (SPEC §9).
-        temperature, alpha = check_temperature(temperature), check_alpha(alpha)
         self.network, self.client_networks = network, client_networks
         self.dataset = dataset if dataset is not None else Digits()
         self.partitioner = partitioner if partitioner is not None else DirichletPartitioner(alpha=0.5)
         self.num_clients, self.public_fraction, self.val_fraction = num_clients, public_fraction, val_fraction
         self.batch_size, self.seed = batch_size, seed
         self.pretrain_epochs, self.consolidation_epochs = pretrain_epochs, consolidation_epochs
-        self.temperature, self.alpha, self.weight_by_size = temperature, alpha, weight_by_size
+        self.consolidation = consolidation if consolidation is not None else DEFAULT_CONSOLIDATION
+        self.weight_by_size = weight_by_size
         self.rounds, self.local_epochs, self.fraction_train = rounds, local_epochs, fraction_train
         self.target_accuracy = target_accuracy
         self.target_fractions = [float(f) for f in target_fractions]
         self.starts = list(dict.fromkeys(starts))
         self.cpus_per_client = cpus_per_client
+        self.trainer = pipeline.check_trainer(trainer)
         self.out = Path(out)
         # An impossible partition fails now, not after the pre-training of other clients.
         server = self.datamodule(None)
@@ -167,14 +191,22 @@ class Federation:
                 raise ValueError(
                     "`starts` has only `average`, which needs every client to have the global architecture."
                 )
+        if "consolidated" in self.starts:  # its values fail now, not after the pre-training of every client (SPEC §9)
+            with torch.random.fork_rng():
+                teachers = [self.client_network(k) for k in range(self._architectures())]
+                self._distillation(self.network(self.num_classes), teachers, [1.0] * len(teachers))
 
     def _one_architecture(self) -> bool:
         """Whether every client's network has the global network's parameters (names and shapes)."""
         reference = {k: v.shape for k, v in self.global_network().state_dict().items()}
         return all(
             {k: v.shape for k, v in self.client_network(client).state_dict().items()} == reference
-            for client in range(min(self.num_clients, len(self.client_networks or [None])))
+            for client in range(self._architectures())
         )
+
+    def _architectures(self) -> int:
+        """How many clients it takes to meet every client architecture (client ``k`` has architecture ``k % len``)."""
+        return min(self.num_clients, len(self.client_networks or [None]))
 
     # ------------------------------------------------------------------ data and networks
     def datamodule(self, client: int | None) -> PartitionedDataModule:
@@ -189,7 +221,6 @@ class Federation:
             val_fraction=self.val_fraction,
             batch_size=self.batch_size,
             seed=self.seed,
-            log_partition=False,
         )
 
     def client_network(self, client: int) -> nn.Module:
@@ -203,14 +234,14 @@ class Federation:
             torch.manual_seed(self.seed)
             return self.network(self.num_classes)
 
-    @staticmethod
-    def _trainer(epochs: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-        return quiet_trainer(epochs, callbacks, accelerator="cpu", limit_val_batches=0)
+    def _trainer(self, epochs: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+        # Simulated clients get no GPU from Flower (see apps.run_simulation): CPU unless `trainer` says otherwise.
+        return pipeline.trainer(epochs, callbacks, self.trainer, accelerator="cpu", limit_val_batches=0)
 
     def _key(self, *parts: Any) -> str:
         key = [repr(type(self.dataset)), vars(self.dataset), str(self.partitioner), self.num_clients]
-        key += [self.public_fraction, self.val_fraction, self.batch_size, self.seed, *parts]
-        return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+        key += [self.public_fraction, self.val_fraction, self.batch_size, self.seed]
+        return pipeline.digest(*key, *parts)
 
     # ------------------------------------------------------------------ the clients' side
     def pretrained_client(self, client: int) -> tuple[dict[str, Tensor], int]:
@@ -221,14 +252,11 @@ class Federation:
         L.seed_everything(self.seed * 1000 + client, verbose=False)
         network = self.client_network(client)
         path = self.out / "clients" / f"client{client}-{self._key(client, self.pretrain_epochs, repr(network))}.pt"
-        if path.is_file():
-            return torch.load(path, weights_only=True), len(data.train_set)
-        quiet()
-        self._trainer(self.pretrain_epochs).fit(StudentOnly(network, self.num_classes), datamodule=data)
-        state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return state, len(data.train_set)
+
+        def pretrain(network: nn.Module) -> None:
+            self._trainer(self.pretrain_epochs).fit(StudentOnly(network, self.num_classes), datamodule=data)
+
+        return _cpu_state(pipeline.pretrain_once(path, network, pretrain)), len(data.train_set)
 
     def train_client(
         self, client: int, state: dict[str, Tensor], server_round: int
@@ -245,53 +273,54 @@ class Federation:
         network = self.global_network()
         network.load_state_dict(state)
         trainer = self._trainer(self.local_epochs)
-        quiet()
         trainer.fit(StudentOnly(network, self.num_classes), datamodule=data)
         loss = trainer.callback_metrics.get("train/loss")
-        trained = {key: value.detach().cpu() for key, value in network.state_dict().items()}
-        return trained, len(data.train_set), float(loss) if loss is not None else math.nan
+        return _cpu_state(network), len(data.train_set), float(loss) if loss is not None else math.nan
 
     def _check_client(self, client: int) -> None:
         if not 0 <= client < self.num_clients:
             raise ValueError(f"Client {client} is not one of the {self.num_clients} clients (`num_clients`).")
 
     # ------------------------------------------------------------------ the server's side
-    def build_starts(
-        self, clients: Sequence[tuple[dict[str, Tensor], int]], names: Sequence[str] | None = None
-    ) -> dict[str, dict[str, Tensor]]:
+    def build_starts(self, clients: Clients, names: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
         """The starting points ``names`` (default: ``starts``) from the clients' pre-trained ``(state, examples)``."""
-        builders: dict[str, Callable[[Sequence[tuple[dict[str, Tensor], int]]], dict[str, Tensor]]] = {
+        builders: dict[str, Callable[[Clients], dict[str, Tensor]]] = {
             "fresh": lambda _: self.global_network().state_dict(),
             "average": self.average,
             "consolidated": self.consolidate,
         }
         return {name: builders[name](clients) for name in (names if names is not None else self.starts)}
 
-    def average(self, clients: Sequence[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
+    def average(self, clients: Clients) -> dict[str, Tensor]:
         """The clients' parameter average, weighted by their training examples."""
         return weighted_average([state for state, _ in clients], [float(n) for _, n in clients])
 
-    def consolidate(self, clients: Sequence[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
-        """Distil the clients' models into a fresh global network on the public transfer set (``MultiTeacherKD``)."""
+    def consolidate(self, clients: Clients) -> dict[str, Tensor]:
+        """Distil the clients' models into a fresh global network on the public transfer set (``consolidation``)."""
         teachers = []
         for client, (state, _) in enumerate(clients):
             teacher = self.client_network(client)
             teacher.load_state_dict(state)
             teachers.append(teacher)
-        weights = [float(n) for _, n in clients] if self.weight_by_size else None
         student = self.global_network()
-        model = MultiTeacherKD(student, teachers, self.num_classes, self.temperature, self.alpha, weights)
+        model = self._distillation(student, teachers, [float(n) for _, n in clients])
         L.seed_everything(self.seed, verbose=False)
         cache = CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
-        quiet()
         self._trainer(self.consolidation_epochs, [cache]).fit(model, datamodule=self.datamodule(None))
-        return {key: value.detach().cpu() for key, value in student.state_dict().items()}
+        return _cpu_state(student)
+
+    def _distillation(self, student: nn.Module, teachers: list[nn.Module], examples: list[float]) -> MultiTeacherKD:
+        """``consolidation`` of ``teachers`` into ``student``, weighted by ``examples`` if ``weight_by_size``."""
+        weights = examples if self.weight_by_size else None
+        model = self.consolidation(student, teachers, self.num_classes, weights=weights)
+        if not isinstance(model, MultiTeacherKD):
+            raise TypeError(f"`consolidation` must build a MultiTeacherKD, it built a {type(model).__name__}.")
+        return model
 
     def evaluate(self, state: dict[str, Tensor]) -> tuple[float, float]:
         """Test accuracy and loss of the global network with ``state`` on the global test set."""
         network = self.global_network()
         network.load_state_dict(state)
-        quiet()
         metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), self.datamodule(None), verbose=False)
         return float(metrics[0]["test/acc"]), float(metrics[0]["test/loss"])
 
@@ -308,10 +337,53 @@ class Federation:
             if {int(r["round"]) for r in group} >= set(range(self.rounds + 1))
         }
 
+    def finished_rows(self) -> list[dict[str, Any]] | None:
+        """The rows of ``rounds.csv`` when every start ran all its rounds (and the tables are rewritten), else None."""
+        finished = self.finished_starts()
+        if not all(start in finished for start in self.starts):
+            return None
+        rows: list[dict[str, Any]] = [row for start in self.starts for row in finished[start]]
+        self.record(rows)
+        self.plot(rows)
+        return rows
+
     def record(self, rows: list[dict[str, Any]]) -> None:
         """Write ``rounds.csv`` and ``summary.md`` atomically."""
         write_csv(self.out / "rounds.csv", rows)
         write_text_atomic(self.out / "summary.md", self.summary(rows))
+
+    def record_round(
+        self, rows: list[dict[str, Any]], start: str, server_round: int, state: dict[str, Tensor], began: float
+    ) -> float:
+        """Test round ``server_round``'s global ``state`` of ``start``, add its row to ``rows``, record them all.
+
+        Args:
+            rows: the rows so far; the new one is appended.
+            start: the start FedAvg runs from.
+            server_round: the FedAvg round (0: the start itself).
+            state: the global model after that round.
+            began: ``time.perf_counter()`` when this start's FedAvg began.
+
+        Returns:
+            The test accuracy.
+        """
+        accuracy, loss = self.evaluate(state)
+        rows.append(
+            {
+                "start": start,
+                "round": server_round,
+                "test_acc": accuracy,
+                "test_loss": loss,
+                "seconds": round(time.perf_counter() - began, 2),
+            }
+        )
+        self.record(rows)
+        return accuracy
+
+    def save_model(self, start: str, state: dict[str, Tensor]) -> None:
+        """Write ``start``'s final global model to ``models/<start>.pt`` (atomically)."""
+        with atomic_path(self.out / "models" / f"{start}.pt") as tmp:
+            torch.save(state, tmp)
 
     def targets(self, curves: dict[str, dict[int, float]]) -> list[tuple[str, float]]:
         """``(label, accuracy)`` of each target: ``target_accuracy``, or the fractions of the fresh start's best."""
@@ -350,7 +422,7 @@ class Federation:
             cells = [f"{curve.get(0, math.nan):.4f}", f"{curve[max(curve)]:.4f}"]
             for _, value in targets:
                 reached = rounds_to_target(accuracies, value)
-                extra = _COLLECTION_ROUNDS[start]
+                extra = COLLECTION_ROUNDS[start]
                 if reached is None:
                     cells.append(f"> {self.rounds + extra}")
                     continue
@@ -388,98 +460,18 @@ class Federation:
         with atomic_path(self.out / "accuracy.png") as tmp:
             figure.savefig(tmp, format="png", dpi=100)
 
-    # ------------------------------------------------------------------ running
-    def run(self, verbose: bool = False) -> list[dict[str, Any]]:
-        """Run (or resume) the experiment in Flower's simulation on this machine; return the rows of ``rounds.csv``."""
-        from kdlightning.federated.apps import run_simulation
 
-        finished = self.finished_starts()
-        if all(start in finished for start in self.starts):
-            rows = [row for start in self.starts for row in finished[start]]
-            self.record(rows)
-            self.plot(rows)
-            return rows
-        return run_simulation(self, verbose=verbose)
-
-    def serve(self, grid: Any, collect: Callable[[], list[tuple[dict[str, Tensor], int]]]) -> list[dict[str, Any]]:
-        """The server's work: build every start that has not finished and run FedAvg from it with ``grid``.
-
-        ``collect`` gathers the clients' pre-trained models (one communication round); each round's global
-        model is tested and recorded.
-        """
-        from kdlightning.federated.apps import fedavg
-
-        finished = self.finished_starts()
-        rows: list[dict[str, Any]] = [row for start in self.starts for row in finished.get(start, [])]
-        todo = [start for start in self.starts if start not in finished]
-        if not todo:
-            return rows
-        clients = collect() if any(_COLLECTION_ROUNDS[s] for s in todo) else []
-        for start, state in self.build_starts(clients, todo).items():
-            began = time.perf_counter()
-
-            def evaluate(server_round: int, new: dict[str, Tensor], start: str = start, began: float = began) -> float:
-                accuracy, loss = self.evaluate(new)
-                rows.append(
-                    {
-                        "start": start,
-                        "round": server_round,
-                        "test_acc": accuracy,
-                        "test_loss": loss,
-                        "seconds": round(time.perf_counter() - began, 2),
-                    }
-                )
-                self.record(rows)
-                return accuracy
-
-            final = fedavg(self, grid, state, evaluate)
-            with atomic_path(self.out / "models" / f"{start}.pt") as tmp:
-                torch.save(final, tmp)
-        self.plot(rows)
-        return rows
+def _cpu_state(network: nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().cpu() for key, value in network.state_dict().items()}
 
 
-DEFAULT_CONFIG = Path(__file__).with_name("digits.yaml")
+DEFAULT_CONFIG = DEFAULTS / "federated.yaml"
 """The embedded default experiment (digits): what ``kdl federate`` runs with no config."""
 
 
-def _parser() -> Any:
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    description = Federation.__doc__.splitlines()[0] if Federation.__doc__ else None
-    parser = ArgumentParser(prog="kdl federate", description=description)
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="federated experiment YAML")
-    parser.add_class_arguments(Federation, as_group=False)
-    return parser
-
-
 def load_federation(args: Sequence[str]) -> Federation:
-    """The :class:`Federation` of ``kdl federate``'s arguments (``-c CONFIG``, ``--out DIR``, overrides)."""
-    parser = _parser()
-    init = parser.instantiate(parser.parse_args(list(args)))
-    init.pop("config", None)
-    return Federation(**init)
+    """The :class:`Federation` of ``kdl federate``'s arguments (``-c CONFIG``, ``--out DIR``, overrides).
 
-
-def main(args: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """``kdl federate [-c CONFIG] [--out DIR] [overrides]``: run (or resume) the experiment and print its summary."""
-    import sys
-
-    from kdlightning.interrupt import exit_on_signals
-
-    given = list(sys.argv[1:] if args is None else args)
-    resume = list(given)
-    if not any(a in ("-c", "--config") or a.startswith("--config=") for a in given):
-        given = ["-c", str(DEFAULT_CONFIG), *given]
-    federation = load_federation(given)
-    rounds = federation.out / "rounds.csv"
-
-    def report() -> str:
-        finished = sorted({row["start"] for row in read_csv(rounds)})
-        return f"Finished starts ({', '.join(finished) or 'none'}) are in {rounds}."
-
-    with exit_on_signals("kdl federate", resume, report):
-        rows = federation.run()
-    print((federation.out / "summary.md").read_text())
-    print(f"rounds: {federation.out / 'rounds.csv'}")
-    return rows
+    With no ``-c``, the arguments override the embedded default, :data:`DEFAULT_CONFIG`.
+    """
+    return pipeline.from_args(Federation, args, "kdl federate", DEFAULT_CONFIG)

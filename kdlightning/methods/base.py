@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -27,17 +29,18 @@ __all__ = ["Batch", "DistillationModule", "logits_of"]
 _REFERENCES_KEY = "kdlightning_frozen_references"
 """Checkpoint key of the frozen references' fingerprints (their weights are not saved)."""
 
+_STAGES = ("val", "test")
+"""The stages whose metrics the base class computes."""
+
+_NETWORK_OR_CALLABLE = re.compile(r"\bModule\b|Callable")
+"""An annotation naming a network (``nn.Module``, ``Sequence[nn.Module]``) or a callable (``OptimizerCallable``)."""
+
 Batch = Any
 """A batch: ``(inputs, labels)`` or ``(inputs, labels, index)``, or a dict with ``"labels"`` (and, for
 training batches, ``"index"``) and either the model's keyword inputs
 (``{"input_ids": ..., "attention_mask": ..., "labels": ...}``) or one input dict per network
 (``{"student": {...}, "teacher": {...}, "labels": ...}``), as :class:`~kdlightning.data.TokenizeCollate`
 makes them."""
-
-
-def _holds_modules(value: Any) -> bool:
-    """A non-empty list or tuple of networks (e.g. a multi-teacher method's teachers)."""
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, nn.Module) for v in value)
 
 
 def logits_of(output: Any) -> Tensor:
@@ -61,11 +64,19 @@ class DistillationModule(L.LightningModule):
     The student is the network whose metrics are reported. Frozen references registered with
     :meth:`add_frozen` (a teacher, DP-KD's initial student) never get gradients, stay in eval
     mode through every ``train()`` call, run under ``torch.no_grad()`` and are left out of
-    checkpoints: on resume they are rebuilt from the configuration.
+    checkpoints: on resume they are rebuilt from the configuration. Trained networks are registered
+    with :meth:`add_trainable` (the student by this class; DML adds its peer), which also decides
+    whether they are evaluated.
 
     Subclasses implement :meth:`training_losses`, returning their loss components with the total
     under ``"loss"``; everything else (logging ``train/<name>``, the non-finite check, evaluation
     of ``val/acc`` and ``test/acc``, optimizers) is shared.
+
+    The constructor's arguments are saved as hyperparameters (``hparams``, the checkpoint's
+    ``hyper_parameters``) except networks and callables (optimizers, schedulers): they are configuration,
+    rebuilt from the run's config or passed to ``load_from_checkpoint``. Which arguments those are is read
+    from the constructors' signatures, so annotate a subclass's network arguments (``nn.Module``,
+    ``Sequence[nn.Module]``) and callables (``OptimizerCallable``).
 
     Args:
         student: the network being trained; returns logits ``(N, C)`` or an object with ``.logits``.
@@ -73,6 +84,9 @@ class DistillationModule(L.LightningModule):
         optimizer: builds the student's optimizer from its parameters.
         lr_scheduler: optional; builds a scheduler from the optimizer.
     """
+
+    student: nn.Module
+    """The network being trained, whose metrics are the method's."""
 
     def __init__(
         self,
@@ -84,26 +98,54 @@ class DistillationModule(L.LightningModule):
         super().__init__()
         if int(num_classes) < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
-        self.student = student
         self.num_classes = int(num_classes)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self._frozen: list[str] = []
+        self._trainable: dict[str, str | None] = {}
         self._fingerprints: dict[str, str] = {}
         self._reference_mismatch: list[str] = []
         self._output_stores: dict[str, Any] = {}
-        self._metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")})
-        self.val_metrics = self.stage_metrics("val")
-        self.test_metrics = self.stage_metrics("test")
-        self.save_hyperparameters(ignore=self._module_arguments())
+        self.metrics = nn.ModuleDict({stage: nn.ModuleDict() for stage in _STAGES})
+        """Metric collections by stage and evaluated network: ``metrics["val"]["student"]`` logs ``val/acc``."""
+        self.add_trainable("student", student, evaluated_as="")
+        self.save_hyperparameters(
+            ignore=self._unsaved_arguments({"student": student, "optimizer": optimizer, "lr_scheduler": lr_scheduler})
+        )
 
-    # ------------------------------------------------------------------ frozen references
+    # ------------------------------------------------------------------ networks
+    def add_trainable(self, name: str, module: nn.Module, evaluated_as: str | None = None) -> nn.Module:
+        """Register ``module`` as a trained network under ``name`` (the student; DML's ``peer``).
+
+        It is listed by :meth:`trainable_modules` (checked for trainable parameters before ``fit``), and
+        saved in checkpoints. The method still builds its optimizers (:meth:`configure_optimizers`).
+
+        Args:
+            name: attribute name of the network.
+            module: the network.
+            evaluated_as: evaluate it in validation and test under metric keys with the suffix
+                ``_<evaluated_as>`` (``"peer"``: ``val/acc_peer``, ``val/loss_peer``); ``""`` for no suffix
+                (the student's ``val/acc``); None to not evaluate it.
+        """
+        if name in self._frozen:
+            raise ValueError(f"{name!r} is a frozen reference; a network is either trained or frozen.")
+        setattr(self, name, module)
+        self._trainable[name] = evaluated_as
+        for stage, collections in self.metrics.items():
+            if evaluated_as is not None:
+                collections[name] = self.stage_metrics(stage, f"_{evaluated_as}" if evaluated_as else "")
+            elif name in collections:
+                del collections[name]
+        return module
+
     def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
         """Register ``module`` as a frozen reference under ``name``.
 
         It gets ``requires_grad=False`` and eval mode now and after every ``train()`` call, and its
         parameters and buffers are not saved in checkpoints.
         """
+        if name in self._trainable:
+            raise ValueError(f"{name!r} is a trained network; a network is either trained or frozen.")
         module.requires_grad_(False)
         module.eval()
         setattr(self, name, module)
@@ -288,8 +330,7 @@ class DistillationModule(L.LightningModule):
         ``self.log`` costs a few hundred microseconds per key and step, as much as a small network's
         whole step; values the loggers would drop (``log_every_n_steps``) are not logged at all.
         """
-        connector = getattr(self._trainer, "_logger_connector", None)
-        if batch_idx > 0 and not getattr(connector, "should_update_logs", True):
+        if batch_idx > 0 and not self._loggers_write(batch_idx):
             return
         # Per step, under the exact keys `train/<name>` (logging on_epoch too would rename them
         # `train/<name>_step` / `_epoch` in every logger).
@@ -299,6 +340,23 @@ class DistillationModule(L.LightningModule):
             on_epoch=False,
             batch_size=self.labels(batch).shape[0],
         )
+
+    def _loggers_write(self, batch_idx: int) -> bool:
+        """Whether the loggers write this training step: every ``log_every_n_steps``-th, and when stopping.
+
+        The loggers count the batches that stepped the optimizers, over all epochs: optimizer steps under
+        automatic optimization, batches under manual optimization (which cannot accumulate gradients).
+        """
+        trainer = self.trainer
+        if trainer.log_every_n_steps == 0:
+            return False
+        if self.automatic_optimization:
+            stepped = self.global_step
+        elif trainer.current_epoch and math.isfinite(trainer.num_training_batches):
+            stepped = trainer.current_epoch * int(trainer.num_training_batches) + batch_idx
+        else:
+            stepped = batch_idx
+        return (stepped + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
 
     def check_finite(self, losses: dict[str, Tensor]) -> None:
         """Raise ``FloatingPointError`` naming the step and the component if a loss is not finite."""
@@ -313,22 +371,36 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def evaluated_networks(self) -> dict[str, str]:
-        """Map each evaluated network to its metric-key suffix (``""`` for the student).
+        """Map each evaluated network to its metric-key suffix (``""`` for the student, ``"_peer"`` for DML's peer).
 
-        A subclass that evaluates another network (DML's peer, suffix ``"_peer"``) adds it here and
-        creates ``val_metrics_peer`` / ``test_metrics_peer`` with :meth:`stage_metrics`.
+        Networks are evaluated when registered with :meth:`add_trainable` and ``evaluated_as``.
         """
-        return {"student": ""}
+        return {
+            name: f"_{evaluated_as}" if evaluated_as else ""
+            for name, evaluated_as in self._trainable.items()
+            if evaluated_as is not None
+        }
 
     def stage_metrics(self, stage: str, suffix: str = "") -> MetricCollection:
         """A fresh metric collection logging ``<stage>/<metric><suffix>``."""
-        return self._metrics.clone(prefix=f"{stage}/", postfix=suffix or None)
+        accuracy = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
+        return MetricCollection({"acc": accuracy}, prefix=f"{stage}/", postfix=suffix or None)
+
+    @property
+    def val_metrics(self) -> MetricCollection:
+        """The student's validation metrics (``metrics["val"]["student"]``)."""
+        return self.metrics["val"]["student"]
+
+    @property
+    def test_metrics(self) -> MetricCollection:
+        """The student's test metrics (``metrics["test"]["student"]``)."""
+        return self.metrics["test"]["student"]
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
         y = self.labels(batch)
         for name, suffix in self.evaluated_networks().items():
             logits = self.logits(name, batch)
-            metrics = getattr(self, f"{stage}_metrics{suffix}")
+            metrics = self.metrics[stage][name]
             metrics.update(logits, y)
             # Averaged over ranks: val/loss may drive a scheduler, which must decide alike on every rank.
             self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0], sync_dist=True)
@@ -348,8 +420,8 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers
     def trainable_modules(self) -> dict[str, nn.Module]:
-        """The networks this method trains, by name (the student; DML adds the peer)."""
-        return {"student": self.student}
+        """The networks this method trains, by name (registered with :meth:`add_trainable`)."""
+        return {name: getattr(self, name) for name in self._trainable}
 
     def on_fit_start(self) -> None:
         """Fail early if a trained network has nothing to train (e.g. a copy of a frozen teacher)."""
@@ -382,22 +454,22 @@ class DistillationModule(L.LightningModule):
         return self.build_optimizer(self.optimizer, self.trainable_parameters())
 
     # ------------------------------------------------------------------ helpers
-    def _module_arguments(self) -> list[str]:
-        """Constructor arguments (of this class and its subclasses) holding networks or callables.
+    def _unsaved_arguments(self, known: Mapping[str, Any]) -> list[str]:
+        """Constructor arguments (of this class and its subclasses) that stay out of ``hparams``.
 
-        They stay out of ``hparams``: networks are large and are configuration (rebuilt from the
-        run's config or passed to ``load_from_checkpoint``); callables would make the checkpoint
-        unreadable with ``torch.load(weights_only=True)``.
+        Networks are large and are configuration (rebuilt from the run's config or passed to
+        ``load_from_checkpoint``); callables would make the checkpoint unreadable with
+        ``torch.load(weights_only=True)``. They are found from the signatures: an argument annotated with
+        a network or callable type, or with a callable default. An argument whose value is ``known`` to be
+        None (an ``lr_scheduler`` left out) is kept, as None.
         """
-        names: list[str] = []
-        frame = inspect.currentframe()
-        while frame is not None:
-            local = frame.f_locals
-            if frame.f_code.co_name == "__init__" and local.get("self") is self:
-                names += [
-                    key
-                    for key, value in local.items()
-                    if key != "self" and (isinstance(value, nn.Module) or callable(value) or _holds_modules(value))
-                ]
-            frame = frame.f_back
-        return sorted(set(names))
+        names: set[str] = set()
+        for cls in type(self).__mro__:
+            if not issubclass(cls, DistillationModule) or "__init__" not in vars(cls):
+                continue
+            for name, param in inspect.signature(cls.__init__).parameters.items():
+                annotation = "" if param.annotation is param.empty else str(param.annotation)
+                default = None if param.default is param.empty else param.default
+                if _NETWORK_OR_CALLABLE.search(annotation) or callable(default):
+                    names.add(name)
+        return sorted(name for name in names if not (name in known and known[name] is None))

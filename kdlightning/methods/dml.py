@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 
 from kdlightning.losses import check_alpha, check_temperature, distillation_terms
 from kdlightning.methods.base import Batch, DistillationModule
@@ -45,6 +46,9 @@ class DeepMutualLearning(DistillationModule):
         gradient_clip_val: clip each network's gradient norm to this value; None for no clipping.
     """
 
+    peer: nn.Module
+    """The second trained network (evaluated as ``val/acc_peer``)."""
+
     def __init__(
         self,
         student: nn.Module,
@@ -64,21 +68,21 @@ class DeepMutualLearning(DistillationModule):
         self.alpha = check_alpha(alpha)
         super().__init__(student=student, num_classes=num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.automatic_optimization = False
-        self.peer = peer
+        self.add_trainable("peer", peer, evaluated_as="peer")
         self.peer_optimizer = peer_optimizer
         self.alternate = alternate
         self.gradient_clip_val = gradient_clip_val
         self._monitors: list[str] = []
-        self.val_metrics_peer = self.stage_metrics("val", "_peer")
-        self.test_metrics_peer = self.stage_metrics("test", "_peer")
 
-    def evaluated_networks(self) -> dict[str, str]:
-        """The student (``val/acc``) and the peer (``val/acc_peer``)."""
-        return {"student": "", "peer": "_peer"}
+    @property
+    def val_metrics_peer(self) -> MetricCollection:
+        """The peer's validation metrics (``metrics["val"]["peer"]``, logging ``val/acc_peer``)."""
+        return self.metrics["val"]["peer"]
 
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        """The student and the peer."""
-        return {"student": self.student, "peer": self.peer}
+    @property
+    def test_metrics_peer(self) -> MetricCollection:
+        """The peer's test metrics (``metrics["test"]["peer"]``, logging ``test/acc_peer``)."""
+        return self.metrics["test"]["peer"]
 
     def configure_optimizers(self) -> list[dict]:
         """One optimizer (and scheduler) per network: the student's first, the peer's second."""

@@ -14,11 +14,16 @@ import torch
 from conftest import tiny_trainer
 
 from kdlightning import StudentOnly
+from kdlightning.cache import check_deterministic_transfer
+from kdlightning.callbacks import LogPartition
 from kdlightning.data import (
+    DatasetSource,
+    Digits,
     DigitsDataModule,
     DirichletPartitioner,
     FashionMNIST,
     IIDPartitioner,
+    LabelledData,
     LabelSkewPartitioner,
     PartitionedDataModule,
 )
@@ -85,8 +90,59 @@ def test_same_split_in_every_process_whatever_the_global_rng() -> None:
 
 def test_nothing_is_read_in_init(tmp_path: Path) -> None:
     dm = PartitionedDataModule(dataset=FashionMNIST(root=str(tmp_path / "missing")))
+    assert dm.num_classes == 10  # known without reading the files
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         dm.setup("fit")
+
+
+class CountingSource(DatasetSource):
+    """A source that counts its loads; its class count is known only from the data."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.loads = 0
+
+    def load(self) -> LabelledData:
+        self.loads += 1
+        return Digits(seed=self.seed).load()
+
+
+def test_a_source_loads_once_and_its_datamodules_share_the_arrays() -> None:
+    source = CountingSource()
+    first, second = (PartitionedDataModule(dataset=source, num_parties=2, partition_id=p) for p in (0, 1))
+    assert source.loads == 0  # nothing read in __init__
+    first.setup("fit")
+    second.setup("fit")
+    assert source.loads == 1
+    assert first.data is second.data is source.data()
+    assert vars(source) == {"seed": 0, "loads": 1}  # the loaded data is not part of the source's configuration
+    assert CountingSource().data() is not source.data()  # another source instance loads its own
+
+
+def test_num_classes_does_not_load_a_source_that_knows_it() -> None:
+    class Known(CountingSource):
+        def known_num_classes(self) -> int:
+            return 10
+
+    known, unknown = Known(), CountingSource()
+    assert PartitionedDataModule(dataset=known).num_classes == 10
+    assert known.loads == 0
+    assert PartitionedDataModule(dataset=unknown).num_classes == 10  # read from the data, loaded once
+    assert PartitionedDataModule(dataset=unknown).num_classes == 10
+    assert unknown.loads == 1
+    assert Digits().num_classes == 10
+
+
+def test_a_copied_or_pickled_source_carries_no_data() -> None:
+    import copy
+    import pickle
+
+    source = Digits(seed=3)
+    source.data()
+    for clone in (copy.deepcopy(source), pickle.loads(pickle.dumps(source))):
+        assert vars(clone) == vars(source)
+        assert getattr(clone, "_loaded", None) is None
+        np.testing.assert_array_equal(clone.data().train_labels, source.data().train_labels)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +172,9 @@ def test_partition_stats_are_logged_once_with_a_plot(tmp_path: Path) -> None:
     dm = PartitionedDataModule(partitioner=DirichletPartitioner(alpha=0.3), num_parties=4, partition_id=1)
     model = StudentOnly(MLP(num_classes=10, in_features=64, hidden_sizes=(8,)), num_classes=10)
     logger = L.pytorch.loggers.CSVLogger(tmp_path)
-    trainer = tiny_trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1)
+    trainer = tiny_trainer(
+        tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1, callbacks=[LogPartition()]
+    )
     trainer.fit(model, datamodule=dm)
     trainer.validate(model, datamodule=dm)
     log_dir = Path(logger.log_dir)
@@ -127,6 +185,25 @@ def test_partition_stats_are_logged_once_with_a_plot(tmp_path: Path) -> None:
     np.testing.assert_array_equal(counts, dm.partition_stats())
     assert counts.sum() == len(dm.data.train_labels)
     assert (log_dir / "partition_stats.png").stat().st_size > 1000
+
+
+def test_without_the_callback_no_partition_is_logged(tmp_path: Path) -> None:
+    dm = PartitionedDataModule(partitioner=DirichletPartitioner(alpha=0.3), num_parties=4, partition_id=1)
+    model = StudentOnly(MLP(num_classes=10, in_features=64, hidden_sizes=(8,)), num_classes=10)
+    logger = L.pytorch.loggers.CSVLogger(tmp_path)
+    tiny_trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1).fit(model, datamodule=dm)
+    assert not (Path(logger.log_dir) / "partition_stats.csv").exists()
+
+
+def test_log_partition_warns_for_a_datamodule_without_a_partition(tmp_path: Path, datamodule) -> None:
+    from conftest import NUM_CLASSES, TinyNet
+
+    logger = L.pytorch.loggers.CSVLogger(tmp_path)
+    trainer = tiny_trainer(
+        tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=0, callbacks=[LogPartition()]
+    )
+    with pytest.warns(UserWarning, match="LogPartition: SyntheticDataModule exposes no partition"):
+        trainer.fit(StudentOnly(TinyNet(), NUM_CLASSES), datamodule=datamodule)
 
 
 def test_digits_datamodule_is_one_party_of_the_bundled_digits() -> None:
@@ -188,7 +265,10 @@ def test_partition_stats_go_to_wandb_as_a_table_and_an_image(tmp_path: Path) -> 
     dm = PartitionedDataModule(partitioner=LabelSkewPartitioner(classes_per_party=5), num_parties=2)
     logger = TableLogger(tmp_path)
     model = StudentOnly(MLP(num_classes=10, in_features=64, hidden_sizes=(8,)), num_classes=10)
-    tiny_trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1).fit(model, datamodule=dm)
+    trainer = tiny_trainer(
+        tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1, callbacks=[LogPartition()]
+    )
+    trainer.fit(model, datamodule=dm)
     ((key, columns, data),) = logger.tables
     assert key == "data/partition_stats"
     assert columns[:2] == ["party", "class_0"]
@@ -245,7 +325,7 @@ def test_probing_a_transform_leaves_every_rng_as_it_was(transform) -> None:
     dm = DigitsDataModule(train_transform=transform)
     before = global_random_states()
     with contextlib.nullcontext() if isinstance(transform, Scale) else pytest.raises(ValueError, match="is random"):
-        dm.check_deterministic_transfer()
+        check_deterministic_transfer(dm)
     after = global_random_states()
     assert torch.equal(before[0], after[0])
     assert np.array_equal(before[1], after[1])
@@ -257,12 +337,12 @@ def test_a_python_random_transform_is_refused_whatever_the_global_state() -> Non
     for seed in range(64):
         random.seed(seed)
         with pytest.raises(ValueError, match=r"PythonCoin.* is random"):
-            dm.check_deterministic_transfer()
+            check_deterministic_transfer(dm)
 
 
 def test_a_declaration_is_trusted_without_probing() -> None:
     coin, scale = TorchCoin(), Scale()
     coin.deterministic, scale.deterministic = True, False
-    DigitsDataModule(train_transform=coin).check_deterministic_transfer()  # declared: not probed
+    check_deterministic_transfer(DigitsDataModule(train_transform=coin))  # declared: not probed
     with pytest.raises(ValueError, match=r"Scale.* is random .*declares deterministic = False"):
-        DigitsDataModule(train_transform=scale).check_deterministic_transfer()
+        check_deterministic_transfer(DigitsDataModule(train_transform=scale))

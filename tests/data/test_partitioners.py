@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 
 from kdlightning.data import partitioners as P
-from kdlightning.data.partitioners import (
+from kdlightning.data.partitioners import dirichlet, iid, label_skew, partition_stats, plot_partition, quantity_skew
+from kdlightning.data.strategies import (
     DirichletPartitioner,
     IIDPartitioner,
     LabelSkewPartitioner,
     Partitioner,
     QuantitySkewPartitioner,
-    dirichlet,
-    iid,
-    label_skew,
-    partition_stats,
-    plot_partition,
-    quantity_skew,
 )
 
 MODULE_PATH = Path(P.__file__)
@@ -408,14 +403,13 @@ def test_partitioner_is_abstract() -> None:
         Partitioner()  # type: ignore[abstract]
 
 
-def test_classes_build_from_a_config() -> None:
+@pytest.mark.parametrize("module", ["kdlightning.data", "kdlightning.data.strategies"])
+def test_classes_build_from_a_config(module: str) -> None:
     jsonargparse = pytest.importorskip("jsonargparse")
     parser = jsonargparse.ArgumentParser()
     parser.add_argument("--partitioner", type=Partitioner)
     config = parser.parse_args(
-        [
-            '--partitioner={"class_path": "kdlightning.data.partitioners.DirichletPartitioner", "init_args": {"alpha": 0.3}}'
-        ]
+        [f'--partitioner={{"class_path": "{module}.DirichletPartitioner", "init_args": {{"alpha": 0.3}}}}']
     )
     partitioner = parser.instantiate_classes(config).partitioner
     assert isinstance(partitioner, DirichletPartitioner)

@@ -1,0 +1,65 @@
+"""Lightning callbacks that report on the data: add them to ``trainer.callbacks`` (in YAML by ``class_path``).
+
+The teacher-output cache, a callback too, lives with its store in :mod:`kdlightning.cache`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+
+from kdlightning.data.partitioners import plot_partition
+
+__all__ = ["LogPartition"]
+
+
+class LogPartition(L.Callback):
+    """Log how the data set is partitioned across parties, once per run (per trainer), to every logger.
+
+    Writes ``partition_stats.csv`` (samples per party and class, with totals) and
+    ``partition_stats.png`` (:func:`~kdlightning.data.plot_partition`) into each logger's directory; a
+    logger with ``log_table`` / ``log_image`` (``WandbLogger``) also gets them as the table
+    ``data/partition_stats`` and the image ``data/partition``. Rank zero writes; a trainer without
+    loggers writes nothing. In YAML::
+
+        trainer:
+          callbacks+:
+            - class_path: kdlightning.callbacks.LogPartition
+
+    It needs a datamodule that exposes its partition as :class:`~kdlightning.data.PartitionedDataModule`
+    does (``partition_stats()``, ``parts``, ``data``); with another datamodule it warns and logs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._logged: set[int] = set()  # the trainers (by id) that have logged: fit, then test, log once
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After the datamodule's ``setup`` (its partition is made): log it, the first time a logger is there."""
+        if id(trainer) in self._logged or not trainer.loggers:
+            return
+        self._logged.add(id(trainer))
+        datamodule = trainer.datamodule
+        if not all(hasattr(datamodule, name) for name in ("partition_stats", "parts", "data")):
+            rank_zero_warn(
+                f"LogPartition: {type(datamodule).__name__} exposes no partition (`partition_stats()`, `parts`, "
+                "`data`), so none is logged; use it with kdlightning.data.PartitionedDataModule."
+            )
+            return
+        if trainer.global_rank != 0:
+            return
+        stats = datamodule.partition_stats()  # (num_parties, num_classes)
+        columns = ["party", *(f"class_{c}" for c in range(stats.shape[1])), "total"]
+        rows = [[party, *counts.tolist(), int(counts.sum())] for party, counts in enumerate(stats)]
+        title = f"{getattr(datamodule, 'partitioner', 'partition')}, {len(datamodule.parts)} parties"
+        for logger in trainer.loggers:
+            directory = Path(getattr(logger, "log_dir", None) or logger.save_dir or ".")
+            directory.mkdir(parents=True, exist_ok=True)
+            csv_path = directory / "partition_stats.csv"
+            csv_path.write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
+            png = directory / "partition_stats.png"
+            plot_partition(datamodule.data.train_labels, datamodule.parts, png, title=title)
+            if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
+                logger.log_table(key="data/partition_stats", columns=columns, data=rows)
+                logger.log_image(key="data/partition", images=[str(png)])

@@ -1,0 +1,153 @@
+"""What the pipelines (``kdl study``, ``kdl federate``) share, in one place.
+
+- :data:`NetworkFactory`: how a pipeline is given a network (in YAML a ``class_path`` with ``init_args``);
+- :func:`digest`: a short, stable key of a configuration (names cached files);
+- :func:`pretrain_once`: a network trained once per configuration, then read back from its file;
+- :func:`check_trainer` and :func:`trainer`: the quiet single-device trainer of a pipeline's many short
+  fits, with the settings a user may override (accelerator, precision, ...);
+- :func:`command_parser` and :func:`from_args`: a pipeline class as a command line (``-c`` configs,
+  ``--<argument>`` overrides), with an embedded default config that an explicit ``-c`` replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lightning as L
+import torch
+from torch import nn
+
+from kdlightning.atomic import atomic_path
+from kdlightning.trainers import quiet_trainer
+
+__all__ = [
+    "DEFAULTS",
+    "NetworkFactory",
+    "check_trainer",
+    "command_parser",
+    "digest",
+    "from_args",
+    "has_config",
+    "pretrain_once",
+    "trainer",
+]
+
+NetworkFactory = Callable[[int], nn.Module]
+"""Builds a fresh network for ``num_classes`` classes (in YAML: a ``class_path`` with ``init_args``)."""
+
+DEFAULTS = Path(__file__).with_name("defaults")
+"""The packaged default configs: ``study.yaml`` and ``federated.yaml`` (the bundled digits)."""
+
+_PIPELINE_OWNED = ("max_epochs", "callbacks", "logger", "enable_checkpointing", "enable_progress_bar", "devices")
+"""Trainer arguments a pipeline sets itself (one device, no logger, checkpoints or bar, its own epochs)."""
+
+Pipeline = TypeVar("Pipeline")
+
+
+def digest(*parts: Any) -> str:
+    """A 24-character SHA-256 of ``parts`` as JSON (non-JSON values by ``str``): equal parts, equal digest.
+
+    Examples:
+        >>> digest("iid", 0) == digest("iid", 0) != digest("iid", 1)
+        True
+    """
+    return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:24]
+
+
+def pretrain_once(path: str | Path, network: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
+    """``network`` with the weights in ``path``, or trained by ``train(network)`` and saved there (atomically).
+
+    Args:
+        path: the file of this configuration's pre-trained weights (name it with :func:`digest`).
+        network: a fresh network of the configured architecture.
+        train: trains ``network`` in place.
+    """
+    path = Path(path)
+    if path.is_file():
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return network
+    train(network)
+    with atomic_path(path) as tmp:
+        torch.save({key: value.detach().cpu() for key, value in network.state_dict().items()}, tmp)
+    return network
+
+
+def check_trainer(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``settings`` for every fit of a pipeline (``accelerator``, ``precision``, ...), checked against ``Trainer``.
+
+    Raises:
+        ValueError: a key that is not a ``lightning.Trainer`` argument, or one the pipeline sets itself.
+    """
+    settings = dict(settings or {})
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", *_PIPELINE_OWNED}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"`trainer` keys {unknown} are not Trainer arguments a pipeline lets you set; choose from "
+            f"{sorted(known)} (the pipeline sets {list(_PIPELINE_OWNED)} itself)."
+        )
+    return settings
+
+
+def trainer(
+    max_epochs: int, callbacks: Sequence[L.Callback] = (), settings: Mapping[str, Any] | None = None, **kwargs: Any
+) -> L.Trainer:
+    """A pipeline's quiet trainer: :func:`~kdlightning.trainers.quiet_trainer` with the user's ``settings`` on top.
+
+    Args:
+        max_epochs: epochs to train.
+        callbacks: Lightning callbacks.
+        settings: the pipeline's ``trainer`` settings (see :func:`check_trainer`).
+        **kwargs: the pipeline's own defaults for this fit (e.g. ``limit_val_batches=0``); ``settings`` win.
+    """
+    return quiet_trainer(max_epochs, list(callbacks), **{**kwargs, **dict(settings or {})})
+
+
+def command_parser(cls: type, prog: str, default_config: str | Path | None = None, **kwargs: Any) -> Any:
+    """A ``jsonargparse`` parser of ``cls``'s constructor: ``-c CONFIG`` (repeatable) and ``--<argument>`` overrides.
+
+    Args:
+        cls: the pipeline class; its docstring's first line is the description.
+        prog: the command's name, e.g. ``"kdl study"``.
+        default_config: a config read before any ``-c`` (the embedded default; leave it out when ``-c`` is given,
+            see :func:`has_config`: an explicit config then replaces it whole).
+        **kwargs: more ``ArgumentParser`` options (e.g. ``formatter_class``).
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
+    parser = ArgumentParser(
+        prog=prog, description=description, default_config_files=_defaults(default_config), **kwargs
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config (repeatable: later ones win)")
+    parser.add_class_arguments(cls, as_group=False, sub_configs=True)
+    return parser
+
+
+def from_args(
+    cls: type[Pipeline], args: Sequence[str], prog: str, default_config: str | Path | None = None
+) -> Pipeline:
+    """Parse ``args`` with :func:`command_parser` and build the pipeline.
+
+    Examples:
+        ``from_args(Federation, ["-c", "federation.yaml", "--out", "runs/x"], "kdl federate")``.
+    """
+    given = [str(arg) for arg in args]
+    parser = command_parser(cls, prog, None if has_config(given) else default_config)
+    init = parser.instantiate(parser.parse_args(given))
+    init.pop("config", None)
+    return cls(**init)
+
+
+def has_config(args: Sequence[str]) -> bool:
+    """Whether ``args`` name a config (``-c``/``--config``): it then replaces the embedded default whole."""
+    return any(arg in ("-c", "--config") or str(arg).startswith("--config=") for arg in args)
+
+
+def _defaults(default_config: str | Path | None) -> list[str]:
+    return [str(default_config)] if default_config is not None else []

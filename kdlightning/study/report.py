@@ -1,0 +1,58 @@
+"""What a study writes besides ``results.csv``: the summary's header and the tuning heatmaps.
+
+The tables themselves are :func:`kdlightning.reporting.render_summary`'s; the gains plot is
+:func:`kdlightning.reporting.plot_gains`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdlightning.atomic import atomic_path
+from kdlightning.reporting import read_csv
+from kdlightning.tuning.options import Param
+from kdlightning.tuning.reports import draw_heatmap, short_names
+
+__all__ = ["mean_validation_gains", "plot_tuning"]
+
+
+def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """One point per searched value, its validation gain averaged over the searches' ``trials.csv`` files."""
+    names = list(short_names(list(space)).values())
+    gains: dict[tuple[float, ...], list[float]] = {}
+    for path in trials:
+        for row in read_csv(path):
+            if row["state"] == "COMPLETE" and row.get("val_gain"):
+                gains.setdefault(tuple(float(row[n]) for n in names), []).append(float(row["val_gain"]))
+    return [
+        {**dict(zip(names, point, strict=True)), "state": "COMPLETE", "val_gain": sum(g) / len(g)}
+        for point, g in gains.items()
+    ]
+
+
+def plot_tuning(
+    path: Path,
+    panels: Sequence[tuple[str, list[dict[str, Any]]]],
+    space: Mapping[str, Param],
+    metric: str,
+    direction: str,
+    seeds: int,
+) -> None:
+    """Write one heatmap per ``(scenario, points)`` panel to ``path`` (nothing when there are none)."""
+    if not panels:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(len(panels), 3)
+    lines = -(-len(panels) // columns)
+    figure = Figure(figsize=(5.2 * columns, 4.2 * lines), layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, (scenario, points) in enumerate(panels):
+        axes = figure.add_subplot(lines, columns, index + 1)
+        title = f"{scenario}: validation gain, mean of {seeds} seeds"
+        draw_heatmap(axes, points, space, metric, direction=direction, title=title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)

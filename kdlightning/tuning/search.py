@@ -1,0 +1,320 @@
+"""The search: Optuna's study over a method's float arguments, run, resumed and reported (:class:`Search`)."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import DatasetSource
+from kdlightning.reporting import write_csv
+from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
+from kdlightning.tuning.quiet import quiet
+from kdlightning.tuning.reports import describe_row, format_best, format_table, plot_heatmap, short_names, trial_rows
+from kdlightning.tuning.results import TuneResult, best_summary, rank, test_chosen, trial_rank
+from kdlightning.tuning.storage import is_done, open_storage, recover, search_fingerprint, study_attrs, worker
+from kdlightning.tuning.trials import (
+    Built,
+    TrialBuilder,
+    TrialReporter,
+    cache_supported,
+    final_metrics,
+    parse_search,
+    share_dataset,
+    validate,
+)
+
+__all__ = ["Search"]
+
+
+class Search:
+    """A tuned-KD search over any method, datamodule and trainer: validate the space now, train in :meth:`run`.
+
+    ``kdl tune`` builds its search from configs with :meth:`from_args`; a Python caller (the study) passes
+    a ``build`` function. Each trial calls ``build`` with its values, fits, and is ranked by the
+    validation metric; only the chosen point is tested.
+
+    Args:
+        build: builds a trial (:data:`~kdlightning.tuning.trials.TrialBuilder`).
+        method: the method's class, whose float constructor arguments may be searched.
+        options: the search (:class:`~kdlightning.tuning.options.TuneOptions`).
+        out: directory of the search's files (``study.db``, ``trials.csv``, ``best.json``, ``heatmap.png``).
+        description: what makes trials comparable besides the searched values (a JSON-able value): a
+            storage holding a search of another description is refused rather than mixed in.
+        config_text: written to ``<out>/config.yaml``.
+        seed: seed of every trial; None for a new random seed (kept in the storage for resumes).
+        cache_dir: directory of the teacher-output cache (default ``<out>/cache``); searches and runs that
+            share it share the teacher's outputs (they are keyed by teacher and data).
+        callbacks: extra Lightning callbacks added to every trial (the same instances in each).
+        verbose: print a line per trial and the final table.
+        conflict_hint: what the error for a storage of another description advises (default: ``kdl tune``'s
+            options, another ``--out`` or ``--tune.study_name``); a caller with other options gives its own.
+
+    Raises:
+        ValueError: an empty grid, an argument the method does not have or that is not a float, a value
+            out of its range (alpha outside [0, 1], temperature <= 0), a non-validation metric; before
+            any training.
+    """
+
+    def __init__(
+        self,
+        build: TrialBuilder,
+        method: type,
+        options: TuneOptions,
+        out: str | os.PathLike[str],
+        *,
+        description: Any = None,
+        config_text: str = "",
+        seed: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        callbacks: Sequence[L.Callback] = (),
+        verbose: bool = True,
+        conflict_hint: str = "Pass another `--out` or `--tune.study_name`.",
+    ) -> None:
+        self.build = build
+        self.method = method
+        self.options = options
+        self.out = Path(out).expanduser()
+        self.description = description
+        self.config_text = config_text
+        self.config_seed = seed
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "cache"
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.conflict_hint = conflict_hint
+        self.space = check_space(self.options, self.method)
+        self.keys = list(self.space)
+        self.names = list(short_names(self.keys).values())
+        self.storage_url = self.options.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+        self.seed = 0
+        self.val_before = math.nan
+        self._cache_on = True
+        self._dataset: DatasetSource | None = None  # the probe trial's data set source, given to every trial
+
+    @classmethod
+    def from_args(cls, args: Sequence[str], callbacks: Sequence[L.Callback] = (), verbose: bool = True) -> Search:
+        """The search ``kdl tune`` runs: parse its arguments (nothing is built until :meth:`run`).
+
+        Args:
+            args: ``kdl tune``'s arguments: the ``-c`` configs of ``kdl fit`` (one may carry a ``tune:``
+                section), ``--out DIR``, ``--tune.<option>=...`` and any ``kdl fit`` override.
+            callbacks: extra Lightning callbacks added to every trial.
+            verbose: print a line per trial and the final table.
+        """
+        return cls(**vars(parse_search(args)), callbacks=callbacks, verbose=verbose)
+
+    # ------------------------------------------------------------------ the search
+    def run(self) -> TuneResult:
+        """Run (or resume) the search, evaluate the chosen point on the test set, write the outputs."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with quiet():
+            storage = open_storage(self.storage_url, self.options.heartbeat_interval)
+            study = self._study(storage)
+            recover(study, storage)
+            probe = self._build({}, [])
+            self._cache_on = cache_supported(probe)
+            if "val_before" not in study.user_attrs:
+                study.set_user_attr("val_before", validate(probe, self.options.metric))
+            self.val_before = float(study.user_attrs["val_before"])
+            del probe
+            callbacks: list[Any] = [self._after_trial]
+            if self.options.sampler == "tpe":  # the budget is the study's, shared by every worker (`_todo`: this one's)
+                states = (TrialState.COMPLETE, TrialState.PRUNED)
+                callbacks.append(optuna.study.MaxTrialsCallback(self.options.n_trials, states=states))
+            for _ in range(3):  # a round can end early when another worker fails or a grid sampler stops
+                todo = self._todo(study)
+                if todo <= 0:
+                    break
+                if self.verbose:
+                    finished = sum(is_done(t) for t in study.get_trials(deepcopy=False))
+                    print(f"kdl tune: {todo} trials to run ({finished} finished) -> {self.out}", flush=True)
+                study.optimize(
+                    self._objective,
+                    n_trials=todo,
+                    catch=(FloatingPointError,),
+                    callbacks=callbacks,
+                    gc_after_trial=False,
+                )
+            result = self._finish(study)
+        if self.verbose:
+            print(format_table(result.trials, self.names, self.options.metric))
+            print(format_best(result, self.options.metric), flush=True)
+        return result
+
+    def _study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
+        fingerprint = search_fingerprint(self.description, self.space, self.options)
+        existing = study_attrs(storage, self.options.study_name)
+        if existing is not None and existing.get("fingerprint") not in (None, fingerprint):
+            raise ValueError(
+                f"Study {self.options.study_name!r} in {self.storage_url} is a search of another configuration "
+                f"(method, data, trainer or search space). {self.conflict_hint}"
+            )
+        seed = self.config_seed
+        if existing is not None and "seed" in existing:
+            seed = int(existing["seed"])
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31
+        study = optuna.create_study(
+            storage=storage,
+            study_name=self.options.study_name,
+            direction=self.options.direction,
+            sampler=self._sampler(),
+            pruner=self._pruner(),
+            load_if_exists=True,
+        )
+        if "fingerprint" not in study.user_attrs:
+            study.set_user_attr("fingerprint", fingerprint)
+            study.set_user_attr("seed", self.seed)
+            study.set_user_attr("metric", self.options.metric)
+        if self.config_text:
+            write_text_atomic(self.out / "config.yaml", self.config_text)
+        return study
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        seed = self.options.seed if self.options.seed is not None else self.seed
+        if self.options.sampler == "grid":
+            return optuna.samplers.GridSampler({key: list(p.values) for key, p in self.space.items()}, seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.options.n_startup_trials)
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        if self.options.pruner == "none":
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=self.options.min_resource, reduction_factor=self.options.reduction_factor
+        )
+
+    def _todo(self, study: optuna.Study) -> int:
+        """Trials still to run: unfinished grid points (or TPE's remaining budget), queued retries included."""
+        trials = study.get_trials(deepcopy=False)
+        live = [t for t in trials if t.state == TrialState.RUNNING]
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        if self.options.sampler == "tpe":
+            return max(self.options.n_trials - sum(is_done(t) for t in trials) - len(live), 0)
+        seen = {self._point(t.params) for t in trials if t.params and (t.state != TrialState.FAIL or is_done(t))}
+        seen |= {self._point(t.params) for t in waiting if t.params}
+        return sum(point not in seen for point in self._grid_points()) + len(waiting)
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker())
+        params = self._suggest(trial)
+        twin = self._twin(trial.study, trial.number, params)
+        if twin is not None:  # TPE drew finished values again: the same values and seed give the same trial
+            trial.set_user_attr("same_as", twin.number)
+            for key in ("val_curve", "val_loss", "epochs"):
+                trial.set_user_attr(key, twin.user_attrs.get(key))
+            if twin.state == TrialState.PRUNED:
+                for step, value in sorted(twin.intermediate_values.items()):
+                    trial.report(value, step)
+                raise optuna.TrialPruned(f"the values of pruned trial {twin.number}")
+            return float(twin.value)
+        reporter = TrialReporter(trial, self.options.metric, report=self.options.pruner != "none")
+        cli = self._build(params, [*self._cache(), reporter, *self.callbacks])
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        except FloatingPointError as error:
+            trial.set_user_attr("error", str(error).splitlines()[0])
+            raise
+        value, val_loss = final_metrics(cli, reporter, self.options.metric)
+        trial.set_user_attr("val_curve", [value for _, value in reporter.history])
+        trial.set_user_attr("val_loss", val_loss)
+        trial.set_user_attr("epochs", cli.trainer.current_epoch)
+        if reporter.pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {reporter.history[-1][0]}")
+        if self._beats_completed(trial.study, value, val_loss, params):
+            state = {"trial": trial.number, "params": params, "state_dict": cli.model.state_dict()}
+            with atomic_path(self.out / "best_model.pt") as path:
+                torch.save(state, path)
+        return value
+
+    def _twin(self, study: optuna.Study, number: int, params: Mapping[str, float]) -> FrozenTrial | None:
+        """A completed or pruned earlier trial with the same values, if any."""
+        point = self._point(params)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if trial.number != number and self._point(trial.params) == point:
+                return trial
+        return None
+
+    def _suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        params = {}
+        for key, p in self.space.items():
+            if p.values is None:
+                params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+            elif self.options.sampler == "grid":
+                params[key] = trial.suggest_float(key, min(p.values), max(p.values))
+            else:
+                params[key] = trial.suggest_categorical(key, list(p.values))
+        return {key: float(value) for key, value in params.items()}
+
+    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        rows = trial_rows(trials, self.keys, self.options.metric, self.val_before)
+        write_csv(self.out / "trials.csv", rows)
+        if self.verbose:
+            row = next(r for r in rows if r["number"] == trial.number)
+            print(f"trial {trial.number:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
+
+    # ------------------------------------------------------------------ trials
+    def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:
+        """The trial with ``params`` (full keys) set, seeded with the search's seed.
+
+        Its datamodule gets the data set source of the first trial built (the probe) when its own is the
+        same (:func:`~kdlightning.tuning.trials.share_dataset`), so the search loads the data set once.
+        """
+        built = self.build({key[len(PREFIX) :]: float(v) for key, v in params.items()}, self.seed, list(callbacks))
+        self._dataset = share_dataset(built, self._dataset)
+        return built
+
+    def _cache(self) -> list[L.Callback]:
+        """The teacher-output cache on ``cache_dir``, shared by every trial of the search."""
+        return [CacheReferenceOutputs(cache_dir=str(self.cache_dir))] if self._cache_on else []
+
+    def _grid_points(self) -> list[tuple[float, ...]]:
+        return [tuple(map(float, point)) for point in itertools.product(*(self.space[k].values for k in self.keys))]
+
+    def _point(self, params: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(float(params.get(key, math.nan)) for key in self.keys)
+
+    # ------------------------------------------------------------------ choosing, testing, reporting
+    def _rank(self, trial: FrozenTrial) -> tuple[Any, ...]:
+        return trial_rank(trial, self.keys, self.options.direction)
+
+    def _beats_completed(
+        self, study: optuna.Study, value: float, val_loss: float | None, params: Mapping[str, float]
+    ) -> bool:
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        mine = rank(value, val_loss, params, self.keys, self.options.direction)
+        return not completed or mine < min(map(self._rank, completed))
+
+    def _finish(self, study: optuna.Study) -> TuneResult:
+        trials = study.get_trials(deepcopy=False)
+        rows = trial_rows(trials, self.keys, self.options.metric, self.val_before)
+        write_csv(self.out / "trials.csv", rows)
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not completed:
+            raise RuntimeError(f"No trial of the search completed; see {self.out / 'trials.csv'}.")
+        with atomic_path(self.out / "heatmap.png") as path:
+            title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
+            plot_heatmap(rows, path, self.space, self.options.metric, direction=self.options.direction, title=title)
+        best = min(completed, key=self._rank)
+        params = {key: float(value) for key, value in best.params.items()}
+        test_metrics, test_model = {}, "none"
+        if self.options.test:
+            build, saved = functools.partial(self._build, params), self.out / "best_model.pt"
+            test_metrics, test_model = test_chosen(best, build, saved, self._cache(), self.options.metric)
+        result = TuneResult(
+            self.out, best.number, params, float(best.value), self.val_before, test_metrics, test_model, rows
+        )
+        summary = best_summary(result, self.options, trials, self.seed, self.storage_url)
+        write_text_atomic(self.out / "best.json", json.dumps(summary, indent=2) + "\n")
+        return result
