@@ -307,9 +307,7 @@ def _pool(batches: int, batch_size: int) -> int:
 
 
 def _single_party(source: DatasetSource, batch_size: int) -> PartitionedDataModule:
-    return PartitionedDataModule(
-        dataset=source, num_parties=1, batch_size=batch_size, val_fraction=VAL_FRACTION
-    )
+    return PartitionedDataModule(dataset=source, num_parties=1, batch_size=batch_size, val_fraction=VAL_FRACTION)
 
 
 HEADLINE_KEYS = (

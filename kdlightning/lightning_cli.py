@@ -9,12 +9,15 @@ import lightning as L
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+import kdlightning.data  # noqa: F401  (its datamodules become known by short name: --data.help PartitionedDataModule)
 from kdlightning.methods.base import DistillationModule
 
 __all__ = ["HelpFormatter", "KDLightningCLI"]
 
 _ROLE = re.compile(r":(?:class|meth|func|mod|data|attr|obj):`~?(?:[\w.]+\.)?([\w]+)`")
-_LITERAL = re.compile(r"``(.+?)``")
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+_LONG = 160
+"""Longer defaults (a whole default config's methods) are left to ``--print_config``."""
 
 
 class HelpFormatter(DefaultHelpFormatter):
@@ -23,6 +26,10 @@ class HelpFormatter(DefaultHelpFormatter):
     def _get_help_string(self, action: Any) -> str:
         text = super()._get_help_string(action)
         text = text.split(", known subclasses:")[0]
+        if "default: " in text:  # given by a default config: not for the user to give
+            text = text.replace("(required, ", "(")
+        if len(str(action.default)) > _LONG:
+            text = text.replace("%(default)s", "see --print_config")
         return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
 
     def _format_text(self, text: str) -> str:

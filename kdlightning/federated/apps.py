@@ -2,7 +2,7 @@
 
 This module runs a :class:`~kdlightning.federated.Federation` (the experiment, which knows nothing of
 Flower) on Flower: the apps, the server loop (:func:`serve`, :func:`fedavg`), the simulation
-(:func:`run_simulation`, :func:`run`) and ``kdl federate`` (:func:`main`).
+(:func:`run_simulation`, :func:`run`), which ``kdl federate`` calls.
 
 - The **ClientApp** answers two messages. ``query``: send the client's pre-trained model (pre-training it
   on its partition first if it is not cached) and its number of training examples. ``train``: train the

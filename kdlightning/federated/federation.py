@@ -74,7 +74,7 @@ Clients = Sequence[tuple[dict[str, Tensor], int]]
 
 
 class Federation:
-    """The federated experiment of SPEC §7 as one object: build it, then :func:`~kdlightning.federated.apps.run` it.
+    """FedAvg from a fresh, an averaged and a KD-consolidated start: build it, then run it (``kdl federate``).
 
     Args:
         network: builds the global model (and every client's model unless ``client_networks``).
@@ -191,7 +191,7 @@ class Federation:
                 raise ValueError(
                     "`starts` has only `average`, which needs every client to have the global architecture."
                 )
-        if "consolidated" in self.starts:  # its values fail now, not after the pre-training of every client (SPEC §9)
+        if "consolidated" in self.starts:  # its values fail now, not after the pre-training of every client
             with torch.random.fork_rng():
                 teachers = [self.client_network(k) for k in range(self._architectures())]
                 self._distillation(self.network(self.num_classes), teachers, [1.0] * len(teachers))

@@ -386,16 +386,6 @@ class DistillationModule(L.LightningModule):
         accuracy = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
         return MetricCollection({"acc": accuracy}, prefix=f"{stage}/", postfix=suffix or None)
 
-    @property
-    def val_metrics(self) -> MetricCollection:
-        """The student's validation metrics (``metrics["val"]["student"]``)."""
-        return self.metrics["val"]["student"]
-
-    @property
-    def test_metrics(self) -> MetricCollection:
-        """The student's test metrics (``metrics["test"]["student"]``)."""
-        return self.metrics["test"]["student"]
-
     def _evaluate(self, batch: Batch, stage: str) -> None:
         y = self.labels(batch)
         for name, suffix in self.evaluated_networks().items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
 
 from kdlightning.losses import check_alpha, check_temperature, distillation_terms
 from kdlightning.methods.base import Batch, DistillationModule
@@ -73,16 +72,6 @@ class DeepMutualLearning(DistillationModule):
         self.alternate = alternate
         self.gradient_clip_val = gradient_clip_val
         self._monitors: list[str] = []
-
-    @property
-    def val_metrics_peer(self) -> MetricCollection:
-        """The peer's validation metrics (``metrics["val"]["peer"]``, logging ``val/acc_peer``)."""
-        return self.metrics["val"]["peer"]
-
-    @property
-    def test_metrics_peer(self) -> MetricCollection:
-        """The peer's test metrics (``metrics["test"]["peer"]``, logging ``test/acc_peer``)."""
-        return self.metrics["test"]["peer"]
 
     def configure_optimizers(self) -> list[dict]:
         """One optimizer (and scheduler) per network: the student's first, the peer's second."""

@@ -81,7 +81,7 @@ class Study:
         tuned_kd: also run tuned KD (``"tuned_kd"``): per scenario and seed, a search (:mod:`kdlightning.tuning`)
             of :class:`~kdlightning.VanillaKD`'s values on the student's validation split, then the chosen
             point's test accuracy.
-        tuning: the search of tuned KD (default: the SPEC grid, temperature {1, 2, 4, 8, 16} × alpha
+        tuning: the search of tuned KD (default: the grid temperature {1, 2, 4, 8, 16} × alpha
             {0.1, 0.25, 0.5, 0.75, 0.9}); its files go to ``<out>/tuning/<scenario>-seed<seed>/``.
         dataset: the data set (the bundled digits by default).
         scenarios: partitioners, one scenario each (default: :func:`default_scenarios`).

@@ -6,7 +6,7 @@ overrides ``--model.init_args.temperature=4.0`` would set them, fits, and scores
 validation metric (``val/acc`` by default). Only the chosen point is evaluated on the test set, once,
 after the search. This module only orchestrates: the methods are the ones ``kdl fit`` runs.
 
-- **Samplers**: the exhaustive grid (Optuna's ``GridSampler``; SPEC grid temperature ∈ {1, 2, 4, 8, 16}
+- **Samplers**: the exhaustive grid (Optuna's ``GridSampler``; the default grid temperature ∈ {1, 2, 4, 8, 16}
   × alpha ∈ {0.1, 0.25, 0.5, 0.75, 0.9} by default) or TPE over choices or continuous ranges, optionally
   with successive-halving pruning fed every validation epoch by :class:`TrialReporter`.
 - **Storage**: ``<out>/study.db`` (SQLite) or any Optuna RDB URL, so several processes or machines can

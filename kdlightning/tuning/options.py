@@ -17,7 +17,7 @@ DEFAULT_GRID: dict[str, list[float]] = {
     "model.init_args.temperature": [1.0, 2.0, 4.0, 8.0, 16.0],
     "model.init_args.alpha": [0.1, 0.25, 0.5, 0.75, 0.9],
 }
-"""The SPEC grid: 5 temperatures by 5 weights of the distillation term (25 points)."""
+"""The default grid: 5 temperatures by 5 weights of the distillation term (25 points)."""
 
 PREFIX = "model.init_args."
 """Searched keys are the method's own arguments: ``model.init_args.<name>``."""
@@ -25,7 +25,7 @@ PREFIX = "model.init_args."
 
 @dataclass
 class TuneOptions:
-    """The ``tune:`` section of a ``kdl tune`` config (also ``--tune.<name>=...`` on the command line).
+    """The tune: section of a kdl tune config (also --tune.<name>=... on the command line).
 
     Keys of ``grid``, ``ranges`` and ``log_scale`` name float arguments of the method, either in full
     (``model.init_args.temperature``) or by argument name (``temperature``).

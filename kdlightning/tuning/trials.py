@@ -135,7 +135,7 @@ def cache_supported(built: Built) -> bool:
 def share_dataset(built: Built, held: DatasetSource | None) -> DatasetSource | None:
     """Give ``built``'s datamodule the search's ``held`` data set source if its own is the same; return the one to hold.
 
-    A source loads its data once per instance (:meth:`~kdlightning.data.DatasetSource.data`), and every
+    A source loads its data once per instance (:meth:`~kdlightning.data.datasets.DatasetSource.data`), and every
     trial builds its datamodule anew: a datamodule whose ``dataset`` equals ``held`` in type and
     configuration (``vars()``) gets ``held`` instead, so the trials of a search read the data set once.
     With no source held yet, the datamodule's own is the one to hold.
