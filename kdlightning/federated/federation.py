@@ -92,7 +92,7 @@ class Federation:
         consolidation_epochs: epochs of the multi-teacher distillation on the transfer set.
         consolidation: builds the distillation, called as ``consolidation(student, teachers, num_classes,
             weights=...)``; None for :data:`DEFAULT_CONSOLIDATION` (temperature 4, alpha 1: the labels of
-            the transfer set are not used). It is built once here, from fresh networks, so its bad values
+            the transfer set are not used). It is built once with the experiment, from fresh networks, so bad values
             fail before any client trains.
         weight_by_size: weight each teacher by its client's training examples (else equally).
         rounds: FedAvg rounds run from each start.
