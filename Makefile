@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check kdlightning tests examples benchmarks
-	$(BIN)/mkdocs build --strict --quiet -d site
+	$(BIN)/mkdocs build --strict -d site
 
 lint: $(STAMP)
 	$(BIN)/ruff check kdlightning tests examples benchmarks

@@ -1,4 +1,4 @@
-"""Lightning callbacks that report on the data: add them to ``trainer.callbacks`` (in YAML by ``class_path``).
+"""Lightning callbacks that report on a run: add them to ``trainer.callbacks`` (in YAML by ``class_path``).
 
 The teacher-output cache, a callback too, lives with its store in :mod:`kdlightning.cache`.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from kdlightning.data.partitioners import plot_partition
 
-__all__ = ["LogPartition"]
+__all__ = ["FitSummary", "LogPartition"]
 
 
 class LogPartition(L.Callback):
@@ -63,3 +63,35 @@ class LogPartition(L.Callback):
             if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
                 logger.log_table(key="data/partition_stats", columns=columns, data=rows)
                 logger.log_image(key="data/partition", images=[str(png)])
+
+
+class FitSummary(L.Callback):
+    """When ``fit`` ends, say in one line how it went: the best validation score and where the checkpoints are.
+
+    ``kdl fit`` adds it to every run. The score is the checkpoint callback's monitored metric when it has
+    one (``ModelCheckpoint(monitor="val/acc")``), else the last ``monitor`` value logged.
+
+    Args:
+        monitor: the metric reported when no checkpoint callback monitors one.
+    """
+
+    def __init__(self, monitor: str = "val/acc") -> None:
+        self.monitor = monitor
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the summary line (rank zero)."""
+        rank_zero_info(self.line(trainer))
+
+    def line(self, trainer: L.Trainer) -> str:
+        """``fit ended after N epochs: best val/acc 0.9512 (checkpoint ...); last checkpoint ...``."""
+        parts = [f"fit ended after {trainer.current_epoch} epochs"]
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_score", None)
+        if checkpoint is not None and best is not None and getattr(checkpoint, "monitor", None):
+            parts.append(f"best {checkpoint.monitor} {float(best):.4f} ({checkpoint.best_model_path})")
+        elif self.monitor in trainer.callback_metrics:
+            parts.append(f"{self.monitor} {float(trainer.callback_metrics[self.monitor]):.4f}")
+        last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+        if last:
+            parts.append(f"last checkpoint {last}")
+        return "; ".join(parts)

@@ -10,6 +10,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import kdlightning.data  # noqa: F401  (its datamodules become known by short name: --data.help PartitionedDataModule)
+from kdlightning.callbacks import FitSummary
 from kdlightning.methods.base import DistillationModule
 
 __all__ = ["HelpFormatter", "KDLightningCLI"]
@@ -45,6 +46,7 @@ class KDLightningCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: object) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [FitSummary()]})  # a line on how the fit went
         super().__init__(
             DistillationModule,
             L.LightningDataModule,

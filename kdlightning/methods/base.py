@@ -334,12 +334,12 @@ class DistillationModule(L.LightningModule):
             return
         # Per step, under the exact keys `train/<name>` (logging on_epoch too would rename them
         # `train/<name>_step` / `_epoch` in every logger).
-        self.log_dict(
-            {f"train/{name}": value.detach() for name, value in losses.items()},
-            on_step=True,
-            on_epoch=False,
-            batch_size=self.labels(batch).shape[0],
-        )
+        values = {f"train/{name}": value.detach() for name, value in losses.items()}
+        size = self.labels(batch).shape[0]
+        # The total on the progress bar; every component in the loggers.
+        self.log("train/loss", values.pop("train/loss"), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        if values:
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
 
     def _loggers_write(self, batch_idx: int) -> bool:
         """Whether the loggers write this training step: every ``log_every_n_steps``-th, and when stopping.
@@ -394,7 +394,7 @@ class DistillationModule(L.LightningModule):
             metrics.update(logits, y)
             # Averaged over ranks: val/loss may drive a scheduler, which must decide alike on every rank.
             self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0], sync_dist=True)
-            self.log_dict(metrics, on_step=False, on_epoch=True)
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val" and not suffix)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Log ``val/loss`` and ``val/acc`` of the student (and of every evaluated network)."""

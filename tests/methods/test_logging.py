@@ -33,3 +33,53 @@ def test_train_keys_reach_the_logger_at_its_cadence(method, tmp_path: Path) -> N
     assert KEYS[method] <= {key for row in train_rows for key, value in row.items() if value}
     assert not any(key.endswith(("_step", "_epoch")) for key in rows[0])  # the exact keys, not renamed
     assert {"val/acc", "val/loss"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("method", list(KEYS), ids=lambda cls: cls.__name__)
+def test_the_progress_bar_shows_the_loss_and_the_validation_accuracy(method, tmp_path: Path) -> None:
+    nets = [TinyNet()] if method is StudentOnly else [TinyNet(), TinyNet()]
+    trainer = tiny_trainer(tmp_path, log_every_n_steps=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(method(*nets, NUM_CLASSES), datamodule=SyntheticDataModule())
+    shown = set(trainer.progress_bar_metrics)
+    assert {"train/loss", "val/acc"} <= shown
+    assert not {"train/loss_kd", "val/acc_peer", "val/loss"} & shown  # the rest goes to the loggers only
+
+
+def test_a_fit_ends_with_a_line_on_its_best_score_and_checkpoints(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from kdlightning.callbacks import FitSummary
+    from kdlightning.lightning_cli import KDLightningCLI
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=2,
+        callbacks=[checkpoint],
+        enable_checkpointing=True,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    trainer.fit(StudentOnly(TinyNet(), NUM_CLASSES), datamodule=SyntheticDataModule())
+    line = FitSummary().line(trainer)
+    assert line.startswith("fit ended after 2 epochs; best val/acc ")
+    assert f"{float(checkpoint.best_model_score):.4f} ({checkpoint.best_model_path})" in line
+    assert line.endswith(f"last checkpoint {checkpoint.last_model_path}")
+    assert Path(checkpoint.best_model_path).is_file()
+
+    bare = tiny_trainer(tmp_path / "bare", limit_train_batches=2, limit_val_batches=1)
+    bare.fit(StudentOnly(TinyNet(), NUM_CLASSES), datamodule=SyntheticDataModule())
+    assert FitSummary().line(bare) == f"fit ended after 1 epochs; val/acc {float(bare.callback_metrics['val/acc']):.4f}"
+
+    cli = KDLightningCLI(
+        args=[
+            "--model=kdlightning.StudentOnly",
+            "--model.student=kdlightning.models.MLP",
+            "--model.student.init_args.num_classes=10",
+            "--model.student.init_args.in_features=64",
+            "--data=kdlightning.data.DigitsDataModule",
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
+    assert any(isinstance(callback, FitSummary) for callback in cli.trainer.callbacks)  # every kdl fit reports
