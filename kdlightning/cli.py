@@ -15,8 +15,11 @@ finished and how to resume (:mod:`kdlightning.interrupt`).
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
@@ -27,7 +30,7 @@ from kdlightning.pipeline import DEFAULTS, command_parser, has_config
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import quiet
 
-__all__ = ["COMMANDS", "HelpFormatter", "KDLightningCLI", "main", "parser"]
+__all__ = ["COMMANDS", "HelpFormatter", "KDLightningCLI", "main", "parser", "run"]
 
 COMMANDS: dict[str, str] = {
     "fit": "Train a method from -c configs (LightningCLI).",
@@ -63,9 +66,46 @@ def parser(args: Sequence[str] = ()) -> ArgumentParser:
     return top
 
 
-def main(args: Sequence[str] | None = None) -> Any:
-    """Run ``kdl`` with ``args`` (None: ``sys.argv``); returns what the subcommand returns."""
+def main(args: Sequence[str] | None = None) -> None:
+    """The ``kdl`` console script: run ``kdl`` with ``args`` (None: ``sys.argv``); :func:`run` returns results.
+
+    An error that kdlightning raised on purpose (a bad value, a missing file, a diverging loss: anything raised
+    from the package's own code, however deep in the argument parser's error chain) is printed as one message
+    and exits with status 1; ``KDL_TRACEBACK=1`` shows the traceback instead. Other errors propagate as they are.
+    """
     argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
+    try:
+        run(argv)
+    except Exception as error:
+        cause = _own_error(error)
+        if cause is None or os.environ.get("KDL_TRACEBACK"):
+            raise
+        command = " ".join(["kdl", *argv[:1]])
+        print(f"{command}: {type(cause).__name__}: {cause}\n(KDL_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _own_error(error: BaseException) -> BaseException | None:
+    """The deepest exception in ``error``'s chain that kdlightning's own code raised (not this module), if any."""
+    package = Path(__file__).resolve().parent
+    found, seen, current = None, set(), error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        origin = Path(frames[-1].filename).resolve() if frames else None
+        if origin is not None and package in origin.parents and origin != Path(__file__).resolve():
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def run(args: Sequence[str]) -> Any:
+    """Run ``kdl args`` and return what the subcommand returns (a study's or federation's rows, a search's result).
+
+    Examples:
+        ``rows = run(["study", "--out", "runs/study/digits", "--seeds=[0]"])``.
+    """
+    argv = [str(arg) for arg in args]
     if argv and argv[0] in _LIGHTNING:  # LightningCLI parses and runs its own subcommands
         with quiet(logs=False):
             KDLightningCLI(args=argv)

@@ -162,3 +162,28 @@ def test_console_script_and_module_entry_point() -> None:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         assert "fit" in result.stdout and "validate" in result.stdout and "predict" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model.init_args.alpha=1.5", "ValueError: `alpha` must lie in [0, 1]"),
+        (None, "FileNotFoundError: No checkpoint at"),
+    ],
+)
+def test_an_error_is_the_first_and_last_thing_the_user_sees(
+    override, message, digits_runs, tmp_path, monkeypatch, capsys
+):
+    """The message, not 80 lines of parser traceback and namespace dump; KDL_TRACEBACK=1 brings the traceback."""
+    monkeypatch.chdir(digits_runs if override else tmp_path)  # no teacher checkpoint in tmp_path
+    args = ["fit", "-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "vanilla_kd.yaml")]
+    args += [override] if override else []
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[0].startswith(f"kdl fit: {message}") and len(err) == 2, err
+    monkeypatch.setenv("KDL_TRACEBACK", "1")
+    with pytest.raises(Exception, match=message.split(": ", 1)[1].replace("[", r"\[")):
+        main(args)

@@ -118,9 +118,11 @@ def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, mess
 
 
 def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, capsys) -> None:
-    from kdlightning.cli import main
+    from kdlightning.cli import main, run
 
-    rows = main(["study", "--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
+    assert main(["study", "--out", str(tmp_path / "first"), *QUICK, "--seeds=[0]", "--tuned_kd=false"]) is None
+    capsys.readouterr()  # the console script returns nothing (sys.exit(main()) must exit 0)
+    rows = run(["study", "--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
     assert len(rows) == 5 * 5  # the default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
     out = capsys.readouterr().out
     assert "## Accuracy gain (pp)" in out
