@@ -1,4 +1,5 @@
-// MathJax configuration for pymdownx.arithmatex (generic mode); MathJax itself is loaded by the browser.
+// MathJax configuration for pymdownx.arithmatex (generic mode); MathJax itself is served with the docs
+// (javascripts/mathjax/tex-svg-full.js), so formulas render with no network.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],
