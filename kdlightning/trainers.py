@@ -24,17 +24,24 @@ NOTICES = (
 eval mode by design; in-memory data needs no loader workers)."""
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+_TIPS = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+"""Where Lightning logs its advertising tips (e.g. to install another logging service)."""
+
+
+def _no_tip(record: logging.LogRecord) -> bool:
+    return "Tip:" not in str(record.msg)
 
 
 @contextlib.contextmanager
 def quiet(logs: bool = True) -> Iterator[None]:
-    """Within: Lightning's :data:`NOTICES` are not shown and (``logs``) it logs warnings only; restored on exit.
+    """Within: Lightning's :data:`NOTICES` and tips are not shown and (``logs``) it logs warnings only; all restored.
 
     The one place the package silences Lightning: the pipelines (study, search, federation) wrap their
     many short fits in it, ``kdl fit`` its one fit with ``logs=False``; a search adds Optuna's own logs
     (:func:`kdlightning.tuning.quiet.quiet`).
     """
     levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    _TIPS.addFilter(_no_tip)
     try:
         for name in _LOGGERS if logs else ():
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -43,6 +50,7 @@ def quiet(logs: bool = True) -> Iterator[None]:
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
+        _TIPS.removeFilter(_no_tip)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 

@@ -83,3 +83,18 @@ def test_a_fit_ends_with_a_line_on_its_best_score_and_checkpoints(tmp_path: Path
         run=False,
     )
     assert any(isinstance(callback, FitSummary) for callback in cli.trainer.callbacks)  # every kdl fit reports
+
+
+def test_lightning_tips_are_not_shown_and_come_back_after(caplog) -> None:
+    import logging
+
+    from kdlightning.trainers import quiet
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        with quiet(logs=False):
+            logger.info("💡 Tip: For seamless cloud logging, try installing another service")
+            logger.info("GPU available: False, used: False")
+        logger.info("💡 Tip: after the block")
+    assert "seamless" not in caplog.text
+    assert "GPU available" in caplog.text and "after the block" in caplog.text
