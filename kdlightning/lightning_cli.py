@@ -6,14 +6,15 @@ import re
 from typing import Any
 
 import lightning as L
+import yaml
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import kdlightning.data  # noqa: F401  (its datamodules become known by short name: --data.help PartitionedDataModule)
 from kdlightning.callbacks import FitSummary
 from kdlightning.methods.base import DistillationModule
 
-__all__ = ["HelpFormatter", "KDLightningCLI"]
+__all__ = ["HelpFormatter", "KDLightningCLI", "LogConfig"]
 
 _ROLE = re.compile(r":(?:class|meth|func|mod|data|attr|obj):`~?(?:[\w.]+\.)?([\w]+)`")
 _LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
@@ -37,6 +38,20 @@ class HelpFormatter(DefaultHelpFormatter):
         return super()._format_text(_LITERAL.sub(r"\1", _ROLE.sub(r"\1", text)))
 
 
+class LogConfig(SaveConfigCallback):
+    """Save the run's full config to its log directory and give it to every logger as hyperparameters.
+
+    A W&B run's config then holds the method, the networks, the optimizer, the data, its partition and the
+    trainer settings, not only the method's scalar hyperparameters.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Log the config (as nested values) to every logger of ``trainer``."""
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
 class KDLightningCLI(LightningCLI):
     """LightningCLI for kdlightning: methods, networks, optimizers and data chosen by ``class_path``.
 
@@ -46,6 +61,7 @@ class KDLightningCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: object) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", LogConfig)
         kwargs.setdefault("trainer_defaults", {"callbacks": [FitSummary()]})  # a line on how the fit went
         super().__init__(
             DistillationModule,
@@ -66,3 +82,45 @@ class KDLightningCLI(LightningCLI):
         """LightningCLI's parser, with the readable :class:`HelpFormatter`."""
         kwargs.setdefault("formatter_class", HelpFormatter)
         return super().init_parser(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Name a W&B run after its config: name, group, job type and tags, unless the config sets them."""
+        config = self.config.get(str(self.subcommand), self.config)
+        logger = config.get("trainer", {}).get("logger")
+        if not str(getattr(logger, "class_path", "")).endswith("WandbLogger"):
+            return
+        for key, value in wandb_run_info(config, str(self.subcommand or "fit")).items():
+            if not logger.init_args.get(key):
+                logger.init_args[key] = value
+
+
+def wandb_run_info(config: Any, job_type: str) -> dict[str, Any]:
+    """``name`` (the run directory under ``runs/``, else the method), ``group`` (the data), ``job_type``, ``tags``.
+
+    Examples:
+        >>> from jsonargparse import Namespace
+        >>> config = Namespace(
+        ...     model=Namespace(class_path="kdlightning.VanillaKD", init_args=Namespace(
+        ...         student=Namespace(class_path="kdlightning.models.MLP"),
+        ...         teacher=Namespace(class_path="kdlightning.models.Pretrained"))),
+        ...     data=Namespace(class_path="kdlightning.data.DigitsDataModule", init_args=Namespace()),
+        ...     trainer=Namespace(logger=Namespace(init_args=Namespace(save_dir="runs/digits/vanilla_kd"))))
+        >>> info = wandb_run_info(config, "fit")
+        >>> info["name"], info["group"], info["job_type"]
+        ('digits/vanilla_kd', 'DigitsDataModule', 'fit')
+        >>> info["tags"]
+        ['VanillaKD', 'MLP', 'Pretrained', 'DigitsDataModule']
+    """
+
+    def short(value: Any) -> str:
+        return str(getattr(value, "class_path", "") or "").rsplit(".", 1)[-1]
+
+    model, data = config.get("model"), config.get("data")
+    method = short(model)
+    networks = [short(value) for key, value in vars(getattr(model, "init_args", {}) or {}).items() if short(value)]
+    partitioner = short(getattr(getattr(data, "init_args", None), "partitioner", None) or None)
+    group = "/".join(part for part in (short(data), partitioner) if part)
+    save_dir = str(config.get("trainer", {}).get("logger", {}).get("init_args", {}).get("save_dir") or "")
+    name = save_dir.split("runs/", 1)[1] if "runs/" in save_dir else method
+    tags = list(dict.fromkeys(part for part in (method, *networks, short(data), partitioner) if part))
+    return {"name": name or None, "group": group or None, "job_type": job_type, "tags": tags}

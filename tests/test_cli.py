@@ -187,3 +187,15 @@ def test_an_error_is_the_first_and_last_thing_the_user_sees(
     monkeypatch.setenv("KDL_TRACEBACK", "1")
     with pytest.raises(Exception, match=message.split(": ", 1)[1].replace("[", r"\[")):
         main(args)
+
+
+def test_a_config_writes_to_its_own_run_directory_and_last_is_the_latest_run(tmp_path: Path, monkeypatch) -> None:
+    """Logs, config and checkpoints together under runs/digits/<name>; a rerun makes no last-v1.ckpt."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "digits" / "teacher"
+    for _ in range(2):
+        main(["fit", "-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "teacher.yaml"), *FAST])
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    for version in ("version_0", "version_1"):
+        assert {"config.yaml", "metrics.csv"} <= {p.name for p in (run / "lightning_logs" / version).iterdir()}
+    assert not (tmp_path / "runs" / "lightning_logs").exists() and not (tmp_path / "runs" / "config.yaml").exists()

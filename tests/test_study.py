@@ -325,3 +325,32 @@ def test_a_tuning_storage_of_another_configuration_gets_the_study_s_advice(tmp_p
     message = str(refused.value)
     assert "study_name" not in message
     assert str(tmp_path / "tuning" / "iid-seed0") in message
+
+
+def test_the_progress_bar_counts_fits_so_a_tuned_kd_run_weighs_its_trials(tmp_path: Path, monkeypatch) -> None:
+    """A tuned-KD run is one fit per grid point: counted as one run, its time estimate would jump."""
+    import kdlightning.study.runner as runner
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total: int, initial: int, enabled: bool) -> None:
+            self.total, self.done, self.descriptions = total, initial, []
+            bars.append(self)
+
+        def set_description(self, text: str) -> None:
+            self.descriptions.append(text)
+
+        def update(self, n: int) -> None:
+            self.done += n
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(runner, "_progress", Bar)
+    grid = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]})
+    options = {"methods": {"vanilla_kd": VanillaKD}, "seeds": [0], "tuned_kd": True, "tuning": grid}
+    study(tmp_path, scenarios=[IIDPartitioner()], **options).run()
+    (bar,) = bars
+    assert bar.total == bar.done == 1 + 1 + 4  # control, vanilla KD, tuned KD's 4 trials
+    assert bar.descriptions[-1] == "run 3/3: iid seed 0 tuned_kd"

@@ -111,6 +111,15 @@ def test_wandb_offline_run_without_account(tmp_path: Path) -> None:
     assert exit_record.exit.exit_code == 0
     config = {_key(item): json.loads(item.value_json) for r in by_type["config"] for item in r.config.update}
     assert config.get("num_classes") == 10  # the method's hyperparameters, linked from the datamodule
+    # the run is named after its config, and its config is the whole run's, not only the method's scalars
+    assert (run.run.display_name, run.run.run_group, run.run.job_type) == ("StudentOnly", "DigitsDataModule", "fit")
+    assert {"StudentOnly", "MLP", "DigitsDataModule"} <= set(run.run.tags)
+    full = config["config"]
+    assert full["model"]["class_path"] == "kdlightning.StudentOnly"
+    assert full["model"]["init_args"]["student"]["class_path"] == "kdlightning.models.MLP"
+    assert full["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.001  # the default Adam
+    assert full["data"]["class_path"] == "kdlightning.data.DigitsDataModule"
+    assert full["trainer"]["max_epochs"] == EPOCHS and full["trainer"]["precision"] == "32-true"
 
     rows = [{_key(item): json.loads(item.value_json) for item in r.history.item} for r in by_type["history"]]
     keys = set().union(*rows)
