@@ -95,7 +95,7 @@ class KDLightningCLI(LightningCLI):
 
 
 def wandb_run_info(config: Any, job_type: str) -> dict[str, Any]:
-    """``name`` (the run directory under ``runs/``, else the method), ``group`` (the data), ``job_type``, ``tags``.
+    """``name`` (the run's ``default_root_dir`` under ``runs/``, else the method), ``group``, ``job_type``, ``tags``.
 
     Examples:
         >>> from jsonargparse import Namespace
@@ -104,7 +104,7 @@ def wandb_run_info(config: Any, job_type: str) -> dict[str, Any]:
         ...         student=Namespace(class_path="kdlightning.models.MLP"),
         ...         teacher=Namespace(class_path="kdlightning.models.Pretrained"))),
         ...     data=Namespace(class_path="kdlightning.data.DigitsDataModule", init_args=Namespace()),
-        ...     trainer=Namespace(logger=Namespace(init_args=Namespace(save_dir="runs/digits/vanilla_kd"))))
+        ...     trainer=Namespace(default_root_dir="runs/digits/vanilla_kd"))
         >>> info = wandb_run_info(config, "fit")
         >>> info["name"], info["group"], info["job_type"]
         ('digits/vanilla_kd', 'DigitsDataModule', 'fit')
@@ -120,7 +120,7 @@ def wandb_run_info(config: Any, job_type: str) -> dict[str, Any]:
     networks = [short(value) for key, value in vars(getattr(model, "init_args", {}) or {}).items() if short(value)]
     partitioner = short(getattr(getattr(data, "init_args", None), "partitioner", None) or None)
     group = "/".join(part for part in (short(data), partitioner) if part)
-    save_dir = str(config.get("trainer", {}).get("logger", {}).get("init_args", {}).get("save_dir") or "")
-    name = save_dir.split("runs/", 1)[1] if "runs/" in save_dir else method
+    root = str(config.get("trainer", {}).get("default_root_dir") or "")
+    name = root.split("runs/", 1)[1] if "runs/" in root else method
     tags = list(dict.fromkeys(part for part in (method, *networks, short(data), partitioner) if part))
     return {"name": name or None, "group": group or None, "job_type": job_type, "tags": tags}

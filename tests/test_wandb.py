@@ -112,7 +112,11 @@ def test_wandb_offline_run_without_account(tmp_path: Path) -> None:
     config = {_key(item): json.loads(item.value_json) for r in by_type["config"] for item in r.config.update}
     assert config.get("num_classes") == 10  # the method's hyperparameters, linked from the datamodule
     # the run is named after its config, and its config is the whole run's, not only the method's scalars
-    assert (run.run.display_name, run.run.run_group, run.run.job_type) == ("StudentOnly", "DigitsDataModule", "fit")
+    assert (run.run.display_name, run.run.run_group, run.run.job_type) == (
+        "digits/student_only",
+        "DigitsDataModule",
+        "fit",
+    )
     assert {"StudentOnly", "MLP", "DigitsDataModule"} <= set(run.run.tags)
     full = config["config"]
     assert full["model"]["class_path"] == "kdlightning.StudentOnly"
