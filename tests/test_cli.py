@@ -199,3 +199,14 @@ def test_a_config_writes_to_its_own_run_directory_and_last_is_the_latest_run(tmp
     for version in ("version_0", "version_1"):
         assert {"config.yaml", "metrics.csv"} <= {p.name for p in (run / "lightning_logs" / version).iterdir()}
     assert not (tmp_path / "runs" / "lightning_logs").exists() and not (tmp_path / "runs" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("shipped", "packaged"), [("study/digits.yaml", "study.yaml"), ("federated/digits.yaml", "federated.yaml")]
+)
+def test_each_default_config_has_one_copy(shipped: str, packaged: str) -> None:
+    """configs/ points at the packaged default (what `kdl study` / `kdl federate` run with no -c): one copy."""
+    from kdlightning.pipeline import DEFAULTS
+
+    assert (ROOT / "configs" / shipped).resolve() == (DEFAULTS / packaged).resolve()
+    assert (DEFAULTS / packaged).is_file()
