@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["UNREADABLE", "atomic_path", "write_text_atomic"]
+
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
+"""What ``torch.load`` raises on a truncated, garbage or foreign file."""
 
 
 @contextmanager

@@ -17,7 +17,6 @@ The cache only serves a transfer set whose transform is deterministic; it refuse
 from __future__ import annotations
 
 import hashlib
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from kdlightning.atomic import atomic_path
+from kdlightning.atomic import UNREADABLE, atomic_path
 from kdlightning.fingerprint import (
     check_deterministic_transfer,
     check_deterministic_transform,
@@ -43,9 +42,6 @@ __all__ = [
     "module_fingerprint",
     "transfer_fingerprint",
 ]
-
-_UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
-"""What ``torch.load`` raises on a truncated, garbage or foreign file."""
 
 
 class OutputStore:
@@ -128,7 +124,7 @@ def _read_store(path: Path) -> dict[str, Tensor] | None:
     """The store saved in ``path``, or None with a warning naming ``path`` if it cannot be used."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except _UNREADABLE as error:
+    except UNREADABLE as error:
         problem = f"it cannot be read ({type(error).__name__}: {error})"
     else:
         if _is_store(state):

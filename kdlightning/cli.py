@@ -26,7 +26,7 @@ from jsonargparse import ArgumentParser
 
 from kdlightning.interrupt import exit_on_signals
 from kdlightning.lightning_cli import HelpFormatter, KDLightningCLI
-from kdlightning.pipeline import DEFAULTS, command_parser, has_config
+from kdlightning.pipeline import DEFAULTS, command_parser
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import quiet
 
@@ -125,8 +125,7 @@ def run(args: Sequence[str]) -> Any:
 def _study_parser(args: list[str]) -> ArgumentParser:
     from kdlightning.study import Study
 
-    default = None if has_config(args) else DEFAULTS / "study.yaml"
-    sub = command_parser(Study, "kdl study", default, formatter_class=HelpFormatter)
+    sub = command_parser(Study, "kdl study", DEFAULTS / "study.yaml", args, formatter_class=HelpFormatter)
     sub.add_argument("--progress", type=bool, default=True, help="show the progress bar")
     return sub
 
@@ -134,8 +133,7 @@ def _study_parser(args: list[str]) -> ArgumentParser:
 def _federate_parser(args: list[str]) -> ArgumentParser:
     from kdlightning.federated import Federation
 
-    default = None if has_config(args) else DEFAULTS / "federated.yaml"
-    return command_parser(Federation, "kdl federate", default, formatter_class=HelpFormatter)
+    return command_parser(Federation, "kdl federate", DEFAULTS / "federated.yaml", args, formatter_class=HelpFormatter)
 
 
 def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:

@@ -32,10 +32,15 @@ class HelpFormatter(DefaultHelpFormatter):
             text = text.replace("(required, ", "(")
         if len(str(action.default)) > _LONG:
             text = text.replace("%(default)s", "see --print_config")
-        return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+        return _plain(text)
 
     def _format_text(self, text: str) -> str:
-        return super()._format_text(_LITERAL.sub(r"\1", _ROLE.sub(r"\1", text)))
+        return super()._format_text(_plain(text))
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as text: ``:class:`~a.B``` → ``B``, ````x```` → ``x``."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
 
 
 class LogConfig(SaveConfigCallback):

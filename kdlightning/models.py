@@ -7,7 +7,6 @@ Fashion-MNIST), so the same classes give a teacher and a smaller student. :func:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from jsonargparse import class_from_function
 from torch import Tensor, nn
+
+from kdlightning.atomic import UNREADABLE
 
 __all__ = ["MLP", "Pretrained", "SmallCNN", "load_network", "load_student"]
 
@@ -130,7 +131,7 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+    except UNREADABLE as error:
         raise ValueError(
             f"Could not read '{path}' as a checkpoint. Expected {expected}; the file may be truncated or of "
             f"another kind ({type(error).__name__}: {error})"

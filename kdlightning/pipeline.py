@@ -108,22 +108,24 @@ def trainer(
     return quiet_trainer(max_epochs, list(callbacks), **{**kwargs, **dict(settings or {})})
 
 
-def command_parser(cls: type, prog: str, default_config: str | Path | None = None, **kwargs: Any) -> Any:
+def command_parser(
+    cls: type, prog: str, default_config: str | Path | None = None, args: Sequence[str] = (), **kwargs: Any
+) -> Any:
     """A ``jsonargparse`` parser of ``cls``'s constructor: ``-c CONFIG`` (repeatable) and ``--<argument>`` overrides.
 
     Args:
         cls: the pipeline class; its docstring's first line is the description.
         prog: the command's name, e.g. ``"kdl study"``.
-        default_config: a config read before any ``-c`` (the embedded default; leave it out when ``-c`` is given,
-            see :func:`has_config`: an explicit config then replaces it whole).
+        default_config: the embedded default config, read unless ``args`` name one (see :func:`has_config`): an
+            explicit ``-c`` replaces it whole.
+        args: the arguments the parser will parse.
         **kwargs: more ``ArgumentParser`` options (e.g. ``formatter_class``).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
-    parser = ArgumentParser(
-        prog=prog, description=description, default_config_files=_defaults(default_config), **kwargs
-    )
+    defaults = [str(default_config)] if default_config is not None and not has_config(args) else []
+    parser = ArgumentParser(prog=prog, description=description, default_config_files=defaults, **kwargs)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config (repeatable: later ones win)")
     parser.add_class_arguments(cls, as_group=False, sub_configs=True)
     return parser
@@ -138,7 +140,7 @@ def from_args(
         ``from_args(Federation, ["-c", "federation.yaml", "--out", "runs/x"], "kdl federate")``.
     """
     given = [str(arg) for arg in args]
-    parser = command_parser(cls, prog, None if has_config(given) else default_config)
+    parser = command_parser(cls, prog, default_config, given)
     init = parser.instantiate(parser.parse_args(given))
     init.pop("config", None)
     return cls(**init)
@@ -147,7 +149,3 @@ def from_args(
 def has_config(args: Sequence[str]) -> bool:
     """Whether ``args`` name a config (``-c``/``--config``): it then replaces the embedded default whole."""
     return any(arg in ("-c", "--config") or str(arg).startswith("--config=") for arg in args)
-
-
-def _defaults(default_config: str | Path | None) -> list[str]:
-    return [str(default_config)] if default_config is not None else []

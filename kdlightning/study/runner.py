@@ -432,14 +432,15 @@ class Study:
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}
         todo = [run for run in self.runs() if run not in done]
         scenarios = {str(s): s for s in self.scenarios}
-        total, left = sum(self.fits(run[2]) for run in self.runs()), sum(self.fits(run[2]) for run in todo)
+        fits = {method: self.fits(method) for method in {run[2] for run in self.runs()}}
+        total, left = sum(fits[run[2]] for run in self.runs()), sum(fits[run[2]] for run in todo)
         bar = _progress(total=total, initial=total - left, enabled=progress)
         for number, (scenario, seed, method) in enumerate(todo, start=len(self.runs()) - len(todo) + 1):
             bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {method}")
             rows.append(self.run_recorded(method, scenarios[scenario], seed))
             write_csv(results, add_gains(rows, control=self.control))
             write_text_atomic(self.out / "summary.md", self.summary(rows))
-            bar.update(self.fits(method))
+            bar.update(fits[method])
         bar.close()
         if not todo and rows:  # a finished study: refresh the summary from the results
             write_text_atomic(self.out / "summary.md", self.summary(rows))
