@@ -1,6 +1,7 @@
 """kdlightning: knowledge distillation between pre-trained models, as PyTorch Lightning modules."""
 
 from kdlightning.methods import (
+    BatchedMembers,
     DataPartitioningKD,
     DeepMutualLearning,
     DistillationModule,
@@ -13,6 +14,7 @@ from kdlightning.models import load_network, load_student
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchedMembers",
     "DataPartitioningKD",
     "DeepMutualLearning",
     "DistillationModule",

@@ -44,7 +44,14 @@ def _as_float(value: object, name: str) -> float:
 
 
 def check_temperature(temperature: float, name: str = "temperature") -> float:
-    """Return ``temperature`` as a float, or raise ``ValueError`` unless it is finite and ``> 0``."""
+    """Return ``temperature`` as a float, or raise ``ValueError`` unless it is finite and ``> 0``.
+
+    A tensor (one value per batched member, see :class:`~kdlightning.methods.BatchedMembers`) is returned as it
+    is: its values were checked one by one when the members were built, and reading them here would cost a
+    device sync per step.
+    """
+    if isinstance(temperature, Tensor):
+        return temperature  # type: ignore[return-value]
     value = _as_float(temperature, name)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"`{name}` must be a finite number > 0, got {temperature!r}.")
@@ -52,7 +59,9 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Return ``alpha`` as a float, or raise ``ValueError`` unless ``0 <= alpha <= 1``."""
+    """Return ``alpha`` as a float, or raise ``ValueError`` unless ``0 <= alpha <= 1`` (a tensor as it is)."""
+    if isinstance(alpha, Tensor):
+        return alpha  # type: ignore[return-value]
     value = _as_float(alpha, name)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must lie in [0, 1] (the weight on the distillation term), got {alpha!r}.")
@@ -89,7 +98,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     # Compute in at least float32: under bf16 autocast a KL of two log-softmaxes loses most digits.
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    return temperature**2 * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+    # KL(p_t || p_s) summed over classes and divided by N: F.kl_div(..., log_target=True, reduction="batchmean"),
+    # written out because torch.func.vmap has no batching rule for kl_div (batched members evaluate it vmapped).
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum() / log_p_s.shape[0]
+    return temperature**2 * kl
 
 
 def distillation_terms(

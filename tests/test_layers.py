@@ -36,6 +36,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "kdlightning.callbacks",
         "kdlightning.trainers",
         "kdlightning.lightning_cli",
+        "kdlightning.batching",
     ),
     3: (  # pipelines
         "kdlightning.pipeline",

@@ -6,13 +6,17 @@ from kdlightning.methods.consolidation import MultiTeacherKD
 from kdlightning.methods.dml import DeepMutualLearning
 from kdlightning.methods.dpkd import DataPartitioningKD
 from kdlightning.methods.kd import VanillaKD
+from kdlightning.methods.members import BatchedMembers, NotBatchable, member_error
 
 __all__ = [
     "Batch",
+    "BatchedMembers",
     "DataPartitioningKD",
     "DeepMutualLearning",
     "DistillationModule",
     "MultiTeacherKD",
+    "NotBatchable",
     "StudentOnly",
     "VanillaKD",
+    "member_error",
 ]

@@ -32,7 +32,7 @@ _REFERENCES_KEY = "kdlightning_frozen_references"
 _STAGES = ("val", "test")
 """The stages whose metrics the base class computes."""
 
-_NETWORK_OR_CALLABLE = re.compile(r"\bModule\b|Callable")
+_NETWORK_OR_CALLABLE = re.compile(r"Module\b|Callable")
 """An annotation naming a network (``nn.Module``, ``Sequence[nn.Module]``) or a callable (``OptimizerCallable``)."""
 
 Batch = Any
@@ -106,6 +106,7 @@ class DistillationModule(L.LightningModule):
         self._fingerprints: dict[str, str] = {}
         self._reference_mismatch: list[str] = []
         self._output_stores: dict[str, Any] = {}
+        self._given: dict[str, Tensor] = {}
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict() for stage in _STAGES})
         """Metric collections by stage and evaluated network: ``metrics["val"]["student"]`` logs ``val/acc``."""
         self.add_trainable("student", student, evaluated_as="")
@@ -259,13 +260,35 @@ class DistillationModule(L.LightningModule):
         else:
             self._output_stores[name] = store
 
+    @contextlib.contextmanager
+    def given(self, logits: Mapping[str, Tensor], **attributes: Any) -> Iterator[None]:
+        """Serve the given logits and attribute values within the block; restore them afterwards.
+
+        :meth:`logits` returns ``logits[name]`` for each network named, and each attribute (a hyperparameter
+        such as ``temperature``) takes the value given. This is how :class:`~kdlightning.methods.BatchedMembers`
+        evaluates a method's own :meth:`training_losses` on one member's logits, with that member's
+        hyperparameters.
+        """
+        saved_logits, saved = self._given, {name: getattr(self, name) for name in attributes}
+        self._given = {**self._given, **logits}
+        for name, value in attributes.items():
+            object.__setattr__(self, name, value)
+        try:
+            yield
+        finally:
+            self._given = saved_logits
+            for name, value in saved.items():
+                object.__setattr__(self, name, value)
+
     def logits(self, name: str, batch: Batch) -> Tensor:
         """Logits ``(N, C)`` of network ``name`` on ``batch``; frozen references run under ``no_grad``.
 
-        A frozen reference with an attached output store (see :mod:`kdlightning.cache`) is read from
-        it when the batch carries sample indices and training is on; missing rows are computed, checked
-        (:meth:`check_logits`) and stored.
+        Logits given with :meth:`given` are returned as they are. A frozen reference with an attached output
+        store (see :mod:`kdlightning.cache`) is read from it when the batch carries sample indices and training
+        is on; missing rows are computed, checked (:meth:`check_logits`) and stored.
         """
+        if name in self._given:
+            return self._given[name]
         store = self._output_stores.get(name) if self.training else None
         index = self.sample_index(batch) if store is not None else None
         if index is not None:

@@ -11,13 +11,16 @@ from typing import Any, Literal
 
 from kdlightning.losses import check_alpha, check_temperature
 
-__all__ = ["DEFAULT_GRID", "PREFIX", "Param", "TuneOptions", "check_space"]
+__all__ = ["BATCHED_METRICS", "DEFAULT_GRID", "PREFIX", "Param", "TuneOptions", "check_space"]
 
 DEFAULT_GRID: dict[str, list[float]] = {
     "model.init_args.temperature": [1.0, 2.0, 4.0, 8.0, 16.0],
     "model.init_args.alpha": [0.1, 0.25, 0.5, 0.75, 0.9],
 }
 """The default grid: 5 temperatures by 5 weights of the distillation term (25 points)."""
+
+BATCHED_METRICS = ("val/acc", "val/loss")
+"""The validation metrics each batched member logs."""
 
 PREFIX = "model.init_args."
 """Searched keys are the method's own arguments: ``model.init_args.<name>``."""
@@ -53,6 +56,11 @@ class TuneOptions:
             for twice as long is failed and retried by the other workers. None turns heartbeats off.
         logger: keep the configured logger in every trial (False: trials log nothing).
         test: evaluate the chosen point on the test set after the search.
+        batched: grid only: train the grid's points as batched members
+            (:class:`~kdlightning.methods.BatchedMembers`), ``max_members`` per fit, instead of one fit per
+            trial; the trials, tables and chosen point are the same. A method that cannot be a member, or a
+            network ``torch.func`` cannot vmap, falls back to one fit per point.
+        max_members: batched: points trained in one fit (memory grows with it); None for the whole grid.
     """
 
     sampler: Literal["grid", "tpe"] = "grid"
@@ -72,6 +80,8 @@ class TuneOptions:
     heartbeat_interval: int | None = 60
     logger: bool = False
     test: bool = True
+    batched: bool = False
+    max_members: int | None = 32
 
     def __post_init__(self) -> None:
         if self.sampler not in ("grid", "tpe"):
@@ -83,6 +93,23 @@ class TuneOptions:
         for name, least in (("n_trials", 1), ("n_startup_trials", 0), ("min_resource", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"`tune.{name}` must be >= {least}, got {getattr(self, name)!r}.")
+        if self.max_members is not None and self.max_members < 1:
+            raise ValueError(f"`tune.max_members` must be >= 1 or None, got {self.max_members!r}.")
+        if self.batched and self.sampler != "grid":
+            raise ValueError(
+                "`tune.batched` trains the grid's points together, so it needs `tune.sampler: grid` "
+                f"(TPE chooses each point from the results before it), got {self.sampler!r}."
+            )
+        if self.batched and self.pruner != "none":
+            raise ValueError(
+                "`tune.batched` trains the grid's points together, so no point can be stopped early: set "
+                f"`tune.pruner: none`, got {self.pruner!r}."
+            )
+        if self.batched and self.metric not in BATCHED_METRICS:
+            raise ValueError(
+                f"`tune.metric` must be one of {list(BATCHED_METRICS)} with `tune.batched` (what each member logs), "
+                f"got {self.metric!r}."
+            )
         if self.reduction_factor < 2:
             raise ValueError(f"`tune.reduction_factor` must be >= 2, got {self.reduction_factor!r}.")
         if self.heartbeat_interval is not None and self.heartbeat_interval < 1:

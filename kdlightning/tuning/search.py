@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import optuna
 import torch
+from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
+from kdlightning.methods import DistillationModule
 from kdlightning.reporting import write_csv
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
@@ -116,9 +120,18 @@ class Search:
         return cls(**vars(parse_search(args)), callbacks=callbacks, verbose=verbose)
 
     # ------------------------------------------------------------------ the search
-    def run(self) -> TuneResult:
-        """Run (or resume) the search, evaluate the chosen point on the test set, write the outputs."""
+    def run(self, extra: Mapping[str, Callable[[], DistillationModule]] | None = None) -> TuneResult:
+        """Run (or resume) the search, evaluate the chosen point on the test set, write the outputs.
+
+        Args:
+            extra: ``tune.batched`` only: other methods of the same student, data and epochs (by name, each
+                built by its function) trained as members beside the grid's points, and tested; their fits
+                are in the result's ``extra``. A study trains a cell's methods and tuned KD's grid this way.
+        """
+        if extra and not self.options.batched:
+            raise ValueError("`extra` methods are trained as batched members: they need `tune.batched: true`.")
         self.out.mkdir(parents=True, exist_ok=True)
+        extra_fits: dict[str, MemberFit] = {}
         with quiet():
             storage = open_storage(self.storage_url, self.options.heartbeat_interval)
             study = self._study(storage)
@@ -129,12 +142,14 @@ class Search:
                 study.set_user_attr("val_before", validate(probe, self.options.metric))
             self.val_before = float(study.user_attrs["val_before"])
             del probe
+            if self.options.batched:
+                extra_fits = self._run_batched(study, extra or {})
             callbacks: list[Any] = [self._after_trial]
             if self.options.sampler == "tpe":  # the budget is the study's, shared by every worker (`_todo`: this one's)
                 states = (TrialState.COMPLETE, TrialState.PRUNED)
                 callbacks.append(optuna.study.MaxTrialsCallback(self.options.n_trials, states=states))
             for _ in range(3):  # a round can end early when another worker fails or a grid sampler stops
-                todo = self._todo(study)
+                todo = self._todo(study) if not self.options.batched else 0
                 if todo <= 0:
                     break
                 if self.verbose:
@@ -148,6 +163,7 @@ class Search:
                     gc_after_trial=False,
                 )
             result = self._finish(study)
+            result.extra = extra_fits
         if self.verbose:
             print(format_table(result.trials, self.names, self.options.metric))
             print(format_best(result, self.options.metric), flush=True)
@@ -263,6 +279,93 @@ class Search:
         if self.verbose:
             row = next(r for r in rows if r["number"] == trial.number)
             print(f"trial {trial.number:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
+
+    # ------------------------------------------------------------------ batched
+    def _run_batched(
+        self, study: optuna.Study, extra: Mapping[str, Callable[[], DistillationModule]]
+    ) -> dict[str, MemberFit]:
+        """Train the grid's unfinished points (and ``extra``) as batched members; add each point as a trial.
+
+        Points are recorded chunk by chunk (``tune.max_members`` per fit), so a killed search resumes with
+        the chunks it had not finished.
+        """
+        done = {self._point(t.params) for t in study.get_trials(deepcopy=False) if is_done(t)}
+        points = {self._member_name(point): point for point in self._grid_points() if point not in done}
+        members = {**extra, **{name: functools.partial(self._member, point) for name, point in points.items()}}
+        if not members:
+            return {}
+        if self.verbose and points:
+            print(
+                f"kdl tune: {len(points)} points to train as batched members, up to {self.options.max_members} "
+                f"per fit ({len(done)} finished) -> {self.out}",
+                flush=True,
+            )
+        datamodule = self._build({}, []).datamodule
+
+        def trainer(callbacks: Sequence[L.Callback]) -> L.Trainer:
+            return self._build({}, [*self._cache(), *self.callbacks, *callbacks]).trainer
+
+        fits: dict[str, MemberFit] = {}
+        chunks = fit_members(
+            members, datamodule, trainer, max_members=self.options.max_members, test=list(extra), batched=True
+        )
+        for chunk in chunks:
+            for name, fit in chunk.items():
+                if name in points:
+                    self._record(study, points[name], fit)
+                else:
+                    fits[name] = fit
+        return fits
+
+    def _member_name(self, point: Sequence[float]) -> str:
+        """A grid point as a member's name: ``temperature=4,alpha=0.5``."""
+        return ",".join(f"{name}={value:g}" for name, value in zip(self.names, point, strict=True))
+
+    def _member(self, point: Sequence[float]) -> DistillationModule:
+        """The method at grid ``point``, as its trial would start."""
+        return self._build(dict(zip(self.keys, point, strict=True)), []).model
+
+    def _record(self, study: optuna.Study, point: Sequence[float], fit: MemberFit) -> None:
+        """Add a batched member's fit to the study as the trial of ``point`` (as a sequential trial records it)."""
+        params = dict(zip(self.keys, map(float, point), strict=True))
+        metric = self.options.metric
+        curve = [epoch[metric] for epoch in fit.history if metric in epoch]
+        attrs: dict[str, Any] = {"worker": worker(), "batched": fit.batched, "epochs": fit.epochs}
+        value, state = None, TrialState.FAIL
+        if fit.error is not None:
+            attrs["error"] = fit.error
+        elif not curve:
+            raise ValueError(
+                f"The batched search recorded no {metric}: members are ranked on the validation after their last "
+                "epoch, so the trainer must validate (check `limit_val_batches` and `check_val_every_n_epoch`)."
+            )
+        else:
+            value, state = curve[-1], TrialState.COMPLETE
+            attrs.update(val_curve=curve, val_loss=fit.history[-1].get("val/loss"))
+            if self._beats_completed(study, value, attrs["val_loss"], params):
+                number = len(study.get_trials(deepcopy=False))  # the number add_trial gives it
+                state_dict = {"trial": number, "params": params, "state_dict": fit.model.state_dict()}
+                with atomic_path(self.out / "best_model.pt") as path:
+                    torch.save(state_dict, path)
+        end = datetime.datetime.now()
+        distributions = {
+            key: FloatDistribution(min(p.values or ()), max(p.values or ())) for key, p in self.space.items()
+        }
+        trial = FrozenTrial(
+            number=-1,
+            state=state,
+            value=value,
+            datetime_start=end - datetime.timedelta(seconds=fit.seconds),
+            datetime_complete=end,
+            params=params,
+            distributions=distributions,
+            user_attrs=attrs,
+            system_attrs={},
+            intermediate_values=dict(enumerate(curve, start=1)),
+            trial_id=-1,
+        )
+        study.add_trial(trial)
+        self._after_trial(study, study.get_trials(deepcopy=False)[-1])
 
     # ------------------------------------------------------------------ trials
     def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:

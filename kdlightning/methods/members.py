@@ -1,0 +1,487 @@
+"""`BatchedMembers`: K students of one architecture, each trained by its own method, in one fit.
+
+The members' parameters are stacked (one tensor of shape ``(K, ...)`` per parameter) and their
+forward is ``torch.func.vmap`` over ``functional_call``; each member's loss is its method's own
+:meth:`~kdlightning.methods.DistillationModule.training_losses`, evaluated (vmapped again) with the
+member's hyperparameters as tensors over members. One forward of each frozen reference serves every
+member, and the teacher-output cache works as for one student.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torchmetrics import Metric
+
+from kdlightning.fingerprint import module_fingerprint
+from kdlightning.methods.base import Batch, DistillationModule, logits_of
+
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]
+
+ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.Rprop,
+)
+"""Optimizers whose update of each parameter element reads only that element's gradient and state: over
+stacked parameters they are K independent optimizers."""
+
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.,=+\-\[\]]+$")
+"""A member's name ends its metric keys (``val/acc_<name>``)."""
+
+
+class NotBatchable(RuntimeError):
+    """``torch.func`` cannot vmap the members' network (data-dependent control flow, ``.item()``, ...)."""
+
+
+def member_error(method: Any) -> str | None:
+    """Why ``method`` cannot be a member of :class:`BatchedMembers`, or None if it can.
+
+    A member is a :class:`~kdlightning.methods.DistillationModule` that trains only its ``student``, with
+    automatic optimization and the base class's ``training_step`` (so its objective is its
+    :meth:`~kdlightning.methods.DistillationModule.training_losses`).
+    """
+    if not isinstance(method, DistillationModule):
+        return f"{type(method).__name__} is not a DistillationModule"
+    if isinstance(method, BatchedMembers):
+        return "it is itself a BatchedMembers"
+    if not method.automatic_optimization:
+        return f"{type(method).__name__} optimizes manually (it trains networks against each other)"
+    trained = sorted(method.trainable_modules())
+    if trained != ["student"]:
+        return f"{type(method).__name__} trains {trained}, not the student alone"
+    if type(method).training_step is not DistillationModule.training_step:
+        return f"{type(method).__name__} overrides training_step (its objective is not its training_losses)"
+    return None
+
+
+@dataclass
+class _Group:
+    """Members of one class with the same fixed settings: one vmapped call of the prototype's ``training_losses``."""
+
+    prototype: DistillationModule
+    index: list[int]
+    varying: tuple[str, ...]
+    """Numeric hyperparameters that differ between the group's members."""
+    values: tuple[Tensor, ...]
+    """Their values over the group's members, in float64 (a float32 copy of 0.1 is not 0.1)."""
+
+
+class MemberMetrics(Metric):
+    """Accuracy and cross-entropy of K members on the same samples (one state per member, summed across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, members: int) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("loss", default=torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch: ``logits`` ``(K, N, C)``, ``target`` ``(N,)``."""
+        members, n = logits.shape[0], logits.shape[1]
+        self.correct += (logits.argmax(dim=-1) == target).sum(dim=-1).double()
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.repeat(members), reduction="none")
+        self.loss += ce.view(members, n).sum(dim=-1).double()
+        self.count += n
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``(accuracy, mean cross-entropy)``, each ``(K,)``."""
+        return self.correct / self.count, self.loss / self.count
+
+
+class BatchedMembers(DistillationModule):
+    r"""K students of one architecture, each trained by its own method, in one Lightning fit.
+
+    Each member is a method (:class:`~kdlightning.StudentOnly`, :class:`~kdlightning.VanillaKD` at any
+    ``(temperature, alpha)``, :class:`~kdlightning.DataPartitioningKD`, or your own subclass whose objective is
+    its :meth:`~kdlightning.methods.DistillationModule.training_losses`). Their students must share an
+    architecture; their frozen references (teacher, DP-KD's initial student) must be the same networks. The
+    students' parameters are stacked, the forward is ``vmap`` over ``functional_call`` (dropout draws per
+    member; batch norm keeps running statistics per member), and the loss summed over members gives every
+    member exactly the gradient of its own loss. One optimizer over the stacked parameters is K independent
+    optimizers for element-wise optimizers (:data:`ELEMENTWISE_OPTIMIZERS`); gradient-norm clipping
+    (``Trainer(gradient_clip_val=...)``) is applied per member.
+
+    Logged: ``train/loss`` (the members' mean), ``train/<component>_<member>``, and per member
+    ``val/acc_<member>``, ``val/loss_<member>`` (``test/...`` alike); ``val/acc_best`` is the best member's.
+    A member whose loss turns non-finite is recorded in :attr:`failed` and the others go on (their parameters
+    never meet its gradients); when every member has failed, ``FloatingPointError`` is raised.
+
+    Args:
+        members: the methods, by name (names end metric keys: letters, digits and ``_.,=+-[]``). Each
+            is only read here: its student's weights are copied into the stack and its hyperparameters
+            kept; train this module, then read a member back with :meth:`member_network`.
+        optimizer: builds the optimizer of the stacked parameters; default: the members' own optimizer,
+            which must then be the same for every member.
+        lr_scheduler: optional; default: the members' own, which must then be the same. A plateau scheduler
+            would step every member on one shared metric and is refused.
+
+    Raises:
+        ValueError: no members, a bad name, a member that cannot be one (:func:`member_error`), students of
+            different architectures, members with different frozen references, optimizers or numbers of
+            classes.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from kdlightning import StudentOnly, VanillaKD
+        >>> student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+        >>> batched = BatchedMembers({
+        ...     "control": StudentOnly(student, num_classes=3),
+        ...     "kd": VanillaKD(student, teacher, num_classes=3, temperature=2.0, alpha=0.5),
+        ... })
+        >>> batched(torch.zeros(5, 4)).shape  # (members, samples, classes)
+        torch.Size([2, 5, 3])
+    """
+
+    def __init__(
+        self,
+        members: Mapping[str, DistillationModule],
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        members = dict(members)
+        if not members:
+            raise ValueError("`members` is empty: give at least one method to train.")
+        for name, method in members.items():
+            if not isinstance(name, str) or not _MEMBER_NAME.match(name):
+                raise ValueError(
+                    f"`members` name {name!r} cannot end a metric key: use letters, digits and `_.,=+-[]`."
+                )
+            reason = member_error(method)
+            if reason is not None:
+                raise ValueError(f"`members.{name}` cannot be a batched member: {reason}. Fit it on its own.")
+        methods = list(members.values())
+        num_classes = {method.num_classes for method in methods}
+        if len(num_classes) > 1:
+            raise ValueError(f"`members` disagree on `num_classes`: {sorted(num_classes)}.")
+        optimizer = _shared(members, "optimizer", optimizer)
+        lr_scheduler = _shared(members, "lr_scheduler", lr_scheduler)
+        stacked = _stack([method.student for method in methods], list(members))
+        super().__init__(stacked, num_classes.pop(), optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.add_trainable("student", stacked, evaluated_as=None)  # members are evaluated together, below
+        self.member_names: tuple[str, ...] = tuple(members)
+        """The members' names, in the order of the stacked dimension."""
+        self.failed: dict[str, str] = {}
+        """Members whose loss turned non-finite, with the error (step, components)."""
+        self.validation_history: list[dict[str, tuple[float, float]]] = []
+        """Per validation of ``fit``: each member's ``(val/acc, val/loss)``."""
+        for reference, module in _shared_references(members).items():
+            self.add_frozen(reference, module)
+        self._groups = self._group(members)
+        for stage in self.metrics:
+            self.metrics[stage]["student"] = MemberMetrics(len(members))
+        self.hparams["members"] = {
+            name: {"class_path": f"{type(m).__module__}.{type(m).__qualname__}", "init_args": dict(m.hparams)}
+            for name, m in members.items()
+        }
+
+    def _group(self, members: Mapping[str, DistillationModule]) -> list[_Group]:
+        """Group members by class and fixed settings; their varying hyperparameters become tensors over members."""
+        groups: dict[Any, list[int]] = {}
+        names, methods = list(members), list(members.values())
+        for index, method in enumerate(methods):
+            fixed = tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))
+            groups.setdefault((type(method), fixed), []).append(index)
+        result = []
+        for index in groups.values():
+            group = [methods[i] for i in index]
+            numeric = [k for k, v in group[0].hparams.items() if _is_number(v)]
+            varying = tuple(k for k in numeric if len({float(m.hparams[k]) for m in group}) > 1)
+            for key in varying:
+                for i, method in zip(index, group, strict=True):
+                    if not _is_number(getattr(method, key, None)) or float(getattr(method, key)) != float(
+                        method.hparams[key]
+                    ):
+                        raise ValueError(
+                            f"`members.{names[i]}`: `{key}` differs between {type(method).__name__} members, but "
+                            f"the method does not keep it as the attribute `{key}` its training_losses reads."
+                        )
+            values = tuple(torch.tensor([float(m.hparams[k]) for m in group], dtype=torch.float64) for k in varying)
+            result.append(_Group(group[0], index, varying, values))
+        return result
+
+    # ------------------------------------------------------------------ members
+    @property
+    def num_members(self) -> int:
+        """K, the number of members."""
+        return len(self.member_names)
+
+    def member_logits(self, batch: Batch) -> Tensor:
+        """Logits ``(K, N, C)`` of every member on ``batch`` (one vmapped forward)."""
+        inputs = self.network_inputs(batch, "student")
+        params = dict(self.student.named_parameters())
+        buffers = dict(self.student.named_buffers())
+
+        def one(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+            if isinstance(inputs, Mapping):
+                return logits_of(functional_call(self.student, (p, b), args=(), kwargs=dict(inputs)))
+            return logits_of(functional_call(self.student, (p, b), (inputs,)))
+
+        try:
+            logits = vmap(one, randomness="different")(params, buffers)
+        except (RuntimeError, NotImplementedError) as error:
+            text = str(error)
+            if "vmap" in text or "Batching rule" in text or "batched" in text.lower():
+                raise NotBatchable(
+                    f"torch.func cannot vmap the members' network {type(self.student).__name__}: "
+                    f"{text.splitlines()[0] if text else type(error).__name__}"
+                ) from error
+            raise
+        self.check_logits("student", logits)
+        return logits
+
+    def forward(self, inputs: Any) -> Tensor:
+        """Every member's logits ``(K, N, C)``."""
+        return self.member_logits((inputs, None) if not isinstance(inputs, Mapping) else inputs)
+
+    def member_index(self, name: str) -> int:
+        """Position of member ``name`` in the stacked dimension."""
+        if name not in self.member_names:
+            raise KeyError(f"No member {name!r}; the members are {list(self.member_names)}.")
+        return self.member_names.index(name)
+
+    def member_state_dict(self, name: str) -> dict[str, Tensor]:
+        """Member ``name``'s student weights, as its own network's ``state_dict`` holds them."""
+        k = self.member_index(name)
+        return {key: value[k].detach().clone() for key, value in self.student.state_dict().items()}
+
+    def member_network(self, name: str) -> nn.Module:
+        """A standalone copy of member ``name``'s student (its own parameters and buffers)."""
+        k = self.member_index(name)
+        network = copy.deepcopy(self.student)
+        for _, owner, attr, tensor in _slots(network):
+            value = tensor.detach()[k].clone()
+            setattr(
+                owner, attr, nn.Parameter(value, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else value
+            )
+        return network
+
+    # ------------------------------------------------------------------ training
+    def training_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Every member's losses: ``"loss_<member>"``, ``"<component>_<member>"``, and ``"loss"``, their sum."""
+        logits = self.member_logits(batch)
+        references = {name: self.logits(name, batch) for name in self.frozen_names}
+        member_losses: list[Tensor | None] = [None] * self.num_members
+        terms: dict[str, Tensor] = {}
+        for group in self._groups:
+            values = [value.to(logits.device) for value in group.values]
+            prototype = group.prototype
+
+            def losses_of(z: Tensor, *hyper: Tensor, prototype: DistillationModule = prototype, g: _Group = group):
+                with prototype.given({**references, "student": z}, **dict(zip(g.varying, hyper, strict=True))):
+                    return prototype.training_losses(batch)
+
+            result = vmap(losses_of)(logits[group.index], *values)
+            for position, k in enumerate(group.index):
+                member_losses[k] = result["loss"][position]
+                for component, value in result.items():
+                    terms[f"{component}_{self.member_names[k]}"] = value[position]
+        stacked = torch.stack(member_losses)  # type: ignore[arg-type]
+        return {"loss": stacked, **terms}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Sum the members' losses (each member's gradient is its own loss's); set aside members that diverge."""
+        losses = self.training_losses(batch)
+        per_member = losses.pop("loss")
+        finite = torch.isfinite(per_member.detach())
+        if self.failed:
+            finite &= torch.tensor([name not in self.failed for name in self.member_names], device=finite.device)
+        if not bool(finite.all()):  # one device sync per step, as the base class's check
+            self._fail_members(finite, losses)
+        total = torch.where(finite, per_member, torch.zeros_like(per_member)).sum()
+        live = finite.sum().clamp(min=1)
+        losses = {"loss": total / live, **{k: v for k, v in losses.items() if not k.startswith("loss_")}}
+        losses.update({f"loss_{name}": per_member[k] for k, name in enumerate(self.member_names)})
+        self.log_losses(losses, batch, batch_idx)
+        return total
+
+    def _fail_members(self, finite: Tensor, losses: Mapping[str, Tensor]) -> None:
+        for k in (~finite).nonzero().flatten().tolist():
+            name = self.member_names[k]
+            if name not in self.failed:
+                self.failed[name] = (
+                    f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}): "
+                    + ", ".join(
+                        f"{c[: -len(name) - 1]}={v.item()}" for c, v in losses.items() if c.endswith(f"_{name}")
+                    )
+                )
+        if len(self.failed) == self.num_members:
+            raise FloatingPointError("Every member diverged; " + next(iter(self.failed.values())))
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by value as configured; clip by norm per member (a global norm would couple the members)."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm != "norm":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([g.detach().flatten(1).float().pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        scale = (float(gradient_clip_val) / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+
+    def configure_optimizers(self) -> Any:
+        """One optimizer over the stacked parameters; refused if it (or the scheduler) would couple members."""
+        config = super().configure_optimizers()
+        if not isinstance(config["optimizer"], ELEMENTWISE_OPTIMIZERS):
+            allowed = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
+            raise ValueError(
+                f"BatchedMembers' `optimizer` {type(config['optimizer']).__name__} is not known to update each "
+                f"parameter element on its own, so members could be coupled; use one of {allowed}."
+            )
+        scheduler = config.get("lr_scheduler", {}).get("scheduler")
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError(
+                "BatchedMembers' `lr_scheduler` is ReduceLROnPlateau, which would step every member on one shared "
+                "metric; use a schedule that does not read a metric (StepLR, CosineAnnealingLR, ...)."
+            )
+        return config
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Accumulate every member's accuracy and loss."""
+        self.metrics["val"]["student"].update(self.member_logits(batch), self.labels(batch))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Accumulate every member's accuracy and loss."""
+        self.metrics["test"]["student"].update(self.member_logits(batch), self.labels(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log each member's ``val/acc_<member>`` and ``val/loss_<member>``, and ``val/acc_best``; keep the history."""
+        values = self._log_stage("val")
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.validation_history.append(values)
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/acc_<member>`` and ``test/loss_<member>``."""
+        self._log_stage("test")
+
+    def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
+        metric = self.metrics[stage]["student"]
+        accuracy, loss = metric.compute()
+        metric.reset()
+        logged = {}
+        for k, name in enumerate(self.member_names):
+            logged[f"{stage}/acc_{name}"] = accuracy[k].float()
+            logged[f"{stage}/loss_{name}"] = loss[k].float()
+        live = [k for k, name in enumerate(self.member_names) if name not in self.failed]
+        if live:
+            best = accuracy[live].max().float()
+            self.log(f"{stage}/acc_best", best, prog_bar=stage == "val")
+        self.log_dict(logged)
+        return {name: (float(accuracy[k]), float(loss[k])) for k, name in enumerate(self.member_names)}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Every member's class probabilities ``(K, N, C)``."""
+        return self.member_logits(batch).softmax(dim=-1)
+
+
+# ---------------------------------------------------------------------- helpers
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shared(members: Mapping[str, DistillationModule], attribute: str, given: Any) -> Any:
+    """``given``, or the members' common ``attribute`` (their optimizer or scheduler); refuse if they differ."""
+    if given is not None:
+        return given
+    values = [getattr(method, attribute) for method in members.values()]
+    first = values[0]
+    for name, value in zip(members, values, strict=True):
+        if value is not first and value != first and repr(value) != repr(first):
+            raise ValueError(
+                f"`members` have different `{attribute}`s ({next(iter(members))!r}: {first!r}, {name!r}: {value!r}); "
+                f"members of one fit share one: pass `{attribute}=` to BatchedMembers, or fit them apart."
+            )
+    return first
+
+
+def _slots(network: nn.Module) -> list[tuple[str, nn.Module, str, Tensor]]:
+    """``(name, owner, attribute, tensor)`` of every parameter and buffer of ``network``, tied ones under each name."""
+    slots = []
+    for kind in ("parameters", "buffers"):
+        for full, tensor in getattr(network, f"named_{kind}")(remove_duplicate=False):
+            owner_name, _, attr = full.rpartition(".")
+            slots.append((full, network.get_submodule(owner_name), attr, tensor))
+    return slots
+
+
+def _stack(students: list[nn.Module], names: list[str]) -> nn.Module:
+    """A copy of the first student holding, in place of each parameter and buffer, the students' values stacked."""
+    expected = _structure(students[0])
+    for name, student in zip(names, students, strict=True):
+        if _structure(student) != expected:
+            raise ValueError(
+                f"`members.{name}`'s student differs from `members.{names[0]}`'s in architecture (parameter and "
+                "buffer names, shapes, dtypes): batched members are copies of one network."
+            )
+    stacked = copy.deepcopy(students[0])
+    sources = [dict(_tensors(student)) for student in students]
+    done: dict[int, Tensor] = {}
+    for full, owner, attr, tensor in _slots(stacked):
+        if id(tensor) not in done:  # tied tensors stay tied
+            values = torch.stack([source[full].detach() for source in sources])
+            is_param = isinstance(tensor, nn.Parameter)
+            done[id(tensor)] = nn.Parameter(values, tensor.requires_grad) if is_param else values
+        setattr(owner, attr, done[id(tensor)])
+    return stacked
+
+
+def _tensors(network: nn.Module) -> list[tuple[str, Tensor]]:
+    return [*network.named_parameters(remove_duplicate=False), *network.named_buffers(remove_duplicate=False)]
+
+
+def _structure(network: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    return [(name, tuple(t.shape), t.dtype) for name, t in _tensors(network)]
+
+
+def _shared_references(members: Mapping[str, DistillationModule]) -> dict[str, nn.Module]:
+    """The members' frozen references by name, each the same network for every member that has it."""
+    references: dict[str, tuple[str, nn.Module]] = {}
+    fingerprints: dict[int, str] = {}
+
+    def fingerprint(module: nn.Module) -> str:
+        if id(module) not in fingerprints:
+            fingerprints[id(module)] = module_fingerprint(module)
+        return fingerprints[id(module)]
+
+    for name, method in members.items():
+        for reference in method.frozen_names:
+            module = getattr(method, reference)
+            if reference not in references:
+                references[reference] = (name, module)
+                continue
+            holder, held = references[reference]
+            if module is not held and fingerprint(module) != fingerprint(held):
+                raise ValueError(
+                    f"`members.{name}`'s `{reference}` differs from `members.{holder}`'s: members share their frozen "
+                    "references (one forward serves all), so give them the same network."
+                )
+    return {reference: module for reference, (_, module) in references.items()}

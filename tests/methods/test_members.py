@@ -1,0 +1,207 @@
+"""BatchedMembers: each member of one batched fit is its own separate fit (SPEC §11), and what would couple members is refused."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import lightning as L
+import pytest
+import torch
+from conftest import NUM_CLASSES, NUM_FEATURES, SyntheticDataModule, TinyNet, tiny_trainer
+from torch import nn
+
+from kdlightning import BatchedMembers, DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
+from kdlightning.methods import NotBatchable, member_error
+
+
+class TinyCNN(nn.Module):
+    """Conv-BN-ReLU over the 8 features seen as a 2 x 4 image, then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 3, kernel_size=2, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+        self.head = nn.Linear(3 * 3 * 5, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x.view(-1, 1, 2, 4)).flatten(1))
+
+
+OPTIMIZERS = {
+    "adam": functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4),
+    "sgd": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+}
+
+
+def methods(student: nn.Module, teacher: nn.Module, optimizer) -> dict[str, L.LightningModule]:
+    """Every kind of member, each from its own copy of the same student."""
+    s = functools.partial(copy.deepcopy, student)
+    return {
+        "control": StudentOnly(s(), NUM_CLASSES, optimizer=optimizer),
+        "kd_T2_a0.3": VanillaKD(s(), teacher, NUM_CLASSES, temperature=2.0, alpha=0.3, optimizer=optimizer),
+        "kd_T4_a0.8": VanillaKD(s(), teacher, NUM_CLASSES, temperature=4.0, alpha=0.8, optimizer=optimizer),
+        "dpkd": DataPartitioningKD(s(), teacher, NUM_CLASSES, optimizer=optimizer),
+        "dpkd_free": DataPartitioningKD(
+            s(), teacher, NUM_CLASSES, temperature=2.0, alpha=1.0, selection="unsupervised", optimizer=optimizer
+        ),
+    }
+
+
+def fit(tmp_path, model: L.LightningModule, epochs: int = 2, **trainer) -> L.Trainer:
+    L.seed_everything(0, verbose=False)
+    t = tiny_trainer(tmp_path, max_epochs=epochs, **trainer)
+    t.fit(model, datamodule=SyntheticDataModule(num_samples=96))
+    return t
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("network", [TinyNet, TinyCNN])
+def test_each_member_has_the_weights_of_its_own_fit_in_float64(tmp_path, network, optimizer) -> None:
+    torch.manual_seed(1)
+    student, teacher = network().double(), TinyNet().double()
+    separate = methods(student, teacher, OPTIMIZERS[optimizer])
+    for name, method in separate.items():
+        fit(tmp_path / name, method, precision="64-true")
+    batched = BatchedMembers(methods(student, teacher, OPTIMIZERS[optimizer]))
+    fit(tmp_path / "batched", batched, precision="64-true")
+    for name, method in separate.items():
+        expected = method.student.state_dict()
+        got = batched.member_state_dict(name)
+        assert set(got) == set(expected)
+        for key, value in expected.items():  # weights and batch norm's running statistics
+            assert (got[key].double() - value.double()).abs().max() <= 1e-9, (name, key)
+    start = student.state_dict()
+    assert any(not torch.equal(batched.member_state_dict("control")[k], v) for k, v in start.items())
+
+
+def test_gradient_norm_clipping_is_per_member(tmp_path) -> None:
+    torch.manual_seed(2)
+    student, teacher = TinyNet().double(), TinyNet().double()
+    clip = {"gradient_clip_val": 0.05, "gradient_clip_algorithm": "norm", "precision": "64-true"}
+    separate = methods(student, teacher, OPTIMIZERS["sgd"])
+    for name, method in separate.items():
+        fit(tmp_path / name, method, epochs=1, **clip)
+    batched = BatchedMembers(methods(student, teacher, OPTIMIZERS["sgd"]))
+    fit(tmp_path / "batched", batched, epochs=1, **clip)
+    for name, method in separate.items():
+        for key, value in method.student.state_dict().items():
+            assert (batched.member_state_dict(name)[key] - value).abs().max() <= 1e-9, (name, key)
+
+
+def test_float32_members_reach_the_accuracy_of_their_own_fits(tmp_path) -> None:
+    torch.manual_seed(3)
+    student, teacher = TinyNet(), TinyNet()
+    separate = methods(student, teacher, OPTIMIZERS["adam"])
+    accuracy = {name: float(fit(tmp_path / name, m).callback_metrics["val/acc"]) for name, m in separate.items()}
+    batched = BatchedMembers(methods(student, teacher, OPTIMIZERS["adam"]))
+    metrics = fit(tmp_path / "batched", batched).callback_metrics
+    for name, value in accuracy.items():
+        assert math.isclose(float(metrics[f"val/acc_{name}"]), value, abs_tol=2 / 64), name
+    assert float(metrics["val/acc_best"]) == max(float(metrics[f"val/acc_{name}"]) for name in accuracy)
+    assert [sorted(epoch) for epoch in batched.validation_history] == [sorted(accuracy)] * 2
+
+
+def test_dropout_draws_per_member(tmp_path) -> None:
+    student = nn.Sequential(nn.Linear(NUM_FEATURES, 32), nn.Dropout(0.5), nn.Linear(32, NUM_CLASSES))
+    batched = BatchedMembers({name: StudentOnly(copy.deepcopy(student), NUM_CLASSES) for name in ("a", "b")})
+    fit(tmp_path, batched, epochs=1, limit_train_batches=1, limit_val_batches=0)
+    a, b = batched.member_state_dict("a"), batched.member_state_dict("b")
+    assert not torch.equal(a["0.weight"], b["0.weight"])
+
+
+def test_a_diverging_member_is_set_aside_and_the_others_train_on(tmp_path) -> None:
+    class Diverging(StudentOnly):
+        def training_losses(self, batch):
+            return {"loss": super().training_losses(batch)["loss"] * math.inf}
+
+    student = TinyNet().double()
+    members = {"ok": StudentOnly(copy.deepcopy(student), NUM_CLASSES), "bad": Diverging(student, NUM_CLASSES)}
+    alone = StudentOnly(copy.deepcopy(student), NUM_CLASSES)
+    fit(tmp_path / "alone", alone, epochs=1, precision="64-true")
+    batched = BatchedMembers(members)
+    fit(tmp_path / "batched", batched, epochs=1, precision="64-true")
+    assert list(batched.failed) == ["bad"] and "global step 0" in batched.failed["bad"]
+    for key, value in alone.student.state_dict().items():
+        assert (batched.member_state_dict("ok")[key] - value).abs().max() <= 1e-9, key
+    with pytest.raises(FloatingPointError, match="Every member diverged"):
+        fit(tmp_path / "all", BatchedMembers({"bad": Diverging(TinyNet(), NUM_CLASSES)}), epochs=1)
+
+
+def test_member_network_is_a_standalone_copy_of_one_member(tmp_path) -> None:
+    batched = BatchedMembers(methods(TinyNet(), TinyNet(), OPTIMIZERS["adam"]))
+    fit(tmp_path, batched, epochs=1)
+    batched.eval()
+    x = torch.randn(5, NUM_FEATURES)
+    network = batched.member_network("kd_T2_a0.3").eval()
+    torch.testing.assert_close(network(x), batched(x)[batched.member_index("kd_T2_a0.3")])
+    assert isinstance(network, TinyNet) and network.net[0].weight.shape == (16, NUM_FEATURES)
+
+
+def test_the_teacher_output_cache_serves_batched_members_as_one_student(tmp_path) -> None:
+    from kdlightning.cache import CacheReferenceOutputs
+    from kdlightning.data import DigitsDataModule
+    from kdlightning.models import MLP
+
+    def members():
+        torch.manual_seed(0)
+        student, teacher = MLP(in_features=64, num_classes=10), MLP(in_features=64, num_classes=10)
+        return BatchedMembers(
+            {
+                "control": StudentOnly(copy.deepcopy(student), 10),
+                "kd": VanillaKD(copy.deepcopy(student), teacher, 10),
+            }
+        )
+
+    def run(model, callbacks):
+        L.seed_everything(0, verbose=False)
+        tiny_trainer(tmp_path, max_epochs=2, callbacks=callbacks).fit(model, datamodule=DigitsDataModule())
+        return model
+
+    plain = run(members(), [])
+    cache = CacheReferenceOutputs(cache_dir=str(tmp_path / "cache"))
+    cached = run(members(), [cache])
+    assert any((tmp_path / "cache").iterdir())
+    for key, value in plain.member_state_dict("kd").items():
+        torch.testing.assert_close(cached.member_state_dict("kd")[key], value)
+
+
+def test_what_would_couple_members_or_cannot_be_one_is_refused(tmp_path) -> None:
+    student, teacher = TinyNet(), TinyNet()
+    with pytest.raises(ValueError, match="`members` is empty"):
+        BatchedMembers({})
+    with pytest.raises(ValueError, match="name 'a b' cannot end a metric key"):
+        BatchedMembers({"a b": StudentOnly(student, NUM_CLASSES)})
+    dml = DeepMutualLearning(copy.deepcopy(student), copy.deepcopy(teacher), NUM_CLASSES)
+    assert "optimizes manually" in member_error(dml)
+    with pytest.raises(ValueError, match=r"`members.dml` cannot be a batched member: DeepMutualLearning optimizes"):
+        BatchedMembers({"dml": dml})
+    other = nn.Sequential(nn.Linear(NUM_FEATURES, 5), nn.Linear(5, NUM_CLASSES))
+    with pytest.raises(ValueError, match=r"`members.b`'s student differs from `members.a`'s in architecture"):
+        BatchedMembers({"a": StudentOnly(student, NUM_CLASSES), "b": StudentOnly(other, NUM_CLASSES)})
+    with pytest.raises(ValueError, match=r"`members.b`'s `teacher` differs from `members.a`'s"):
+        BatchedMembers({"a": VanillaKD(student, teacher, NUM_CLASSES), "b": VanillaKD(student, TinyNet(), NUM_CLASSES)})
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match="`members` have different `optimizer`s"):
+        BatchedMembers({"a": StudentOnly(student, NUM_CLASSES), "b": StudentOnly(student, NUM_CLASSES, optimizer=sgd)})
+    lbfgs = BatchedMembers({"a": StudentOnly(student, NUM_CLASSES)}, optimizer=torch.optim.LBFGS)
+    with pytest.raises(ValueError, match="LBFGS is not known to update each parameter element on its own"):
+        fit(tmp_path, lbfgs, epochs=1)
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau, which would step every member on one shared metric"):
+        fit(tmp_path, BatchedMembers({"a": StudentOnly(student, NUM_CLASSES)}, lr_scheduler=plateau), epochs=1)
+
+
+def test_a_network_vmap_cannot_batch_raises_not_batchable() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(NUM_FEATURES, NUM_CLASSES)
+
+        def forward(self, x):
+            out = self.linear(x)
+            return out if out.sum() > 0 else -out  # data-dependent control flow
+
+    batched = BatchedMembers({"a": StudentOnly(Branchy(), NUM_CLASSES)})
+    with pytest.raises(NotBatchable, match=r"torch.func cannot vmap the members' network Branchy"):
+        batched(torch.randn(3, NUM_FEATURES))
