@@ -61,7 +61,8 @@ def test_every_run_is_recorded_from_the_same_pretrained_start(tmp_path: Path) ->
     )
 
 
-def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path, batched: bool) -> None:
     calls = {"n": 0}
 
     def flaky(student, teacher, num_classes):
@@ -71,17 +72,18 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path) ->
         return VanillaKD(student, teacher, num_classes)
 
     with pytest.raises(KeyboardInterrupt):
-        study(tmp_path, methods={"vanilla_kd": flaky}).run(progress=False)
+        study(tmp_path, methods={"vanilla_kd": flaky}, batched=batched).run(progress=False)
     finished = read_csv(tmp_path / "results.csv")
-    assert len(finished) == 5  # iid: 2 seeds x (control, KD); dirichlet seed 0: control; its KD run was killed
+    # iid: 2 seeds x (control, KD); dirichlet seed 0: its control, unless it trains with the killed KD run
+    assert len(finished) == (4 if batched else 5)
     with open(tmp_path / "results.csv", newline="") as handle:
-        assert len(list(csv.reader(handle))) == 6  # header + 5 complete rows, no partial line
+        assert len(list(csv.reader(handle))) == len(finished) + 1  # header + complete rows, no partial line
     assert not list(tmp_path.glob(".*.tmp"))
 
-    rows = study(tmp_path, methods={"vanilla_kd": flaky}).run(progress=False)
+    rows = study(tmp_path, methods={"vanilla_kd": flaky}, batched=batched).run(progress=False)
     assert len(rows) == 8
     assert calls["n"] == 4 + 1 + 2  # the check, then only the killed KD run and the KD run after it ran
-    assert [r["acc_after"] for r in rows[:5]] == [r["acc_after"] for r in finished]
+    assert [r["acc_after"] for r in rows[: len(finished)]] == [r["acc_after"] for r in finished]
 
 
 def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
@@ -192,6 +194,7 @@ def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monke
 
     monkeypatch.setattr(VanillaKD, "on_fit_start", counted)
     options = {"methods": {}, "tuned_kd": True, "tuning": SMALL_GRID, "seeds": [0], "scenarios": [IIDPartitioner()]}
+    options["batched"] = False
     with pytest.raises(Killed):
         study(tmp_path, **options).run(progress=False)
     assert [r["method"] for r in read_csv(tmp_path / "results.csv")] == ["student_only"]
@@ -203,6 +206,39 @@ def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monke
     assert fits["n"] == 3 + 2  # only the killed trial and the last grid point trained: finished trials were kept
     trials = read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")
     assert sum(t["state"] == "COMPLETE" for t in trials) == 4
+
+
+def test_a_batched_study_killed_during_tuned_kd_redoes_only_unfinished_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdlightning import BatchedMembers
+
+    class Killed(BaseException):
+        """A kill: no handler of Lightning or Optuna swallows it."""
+
+    fits = {"n": 0}
+    on_fit_start = BatchedMembers.on_fit_start
+
+    def counted(self) -> None:
+        fits["n"] += 1
+        if fits["n"] == 2:
+            raise Killed  # killed in the cell's second fit
+        on_fit_start(self)
+
+    monkeypatch.setattr(BatchedMembers, "on_fit_start", counted)
+    options = {"methods": {}, "tuned_kd": True, "tuning": SMALL_GRID, "seeds": [0], "scenarios": [IIDPartitioner()]}
+    with pytest.raises(Killed):
+        study(tmp_path, max_members=2, **options).run(progress=False)
+    # the first fit held the control and the first grid point: the point is a trial, the cell has no row yet
+    assert [t["state"] for t in read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")] == ["COMPLETE"]
+    assert read_csv(tmp_path / "results.csv") == []
+
+    rows = study(tmp_path, max_members=2, **options).run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "tuned_kd"]
+    assert fits["n"] == 2 + 2  # the control with the 3 points left, 2 per fit
+    trials = read_csv(tmp_path / "tuning" / "iid-seed0" / "trials.csv")
+    assert sum(t["state"] == "COMPLETE" for t in trials) == 4
+    assert json.loads(rows[1]["hyperparameters"])["trials"] == 4
 
 
 def test_an_unknown_method_in_a_study_config_is_named(tmp_path: Path, capsys) -> None:
@@ -299,7 +335,7 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
 
     methods = {"diverging": Diverging, "vanilla_kd": VanillaKD, "broken": broken}
     with pytest.raises(RuntimeError, match="broken factory") as raised:
-        tiny(tmp_path, methods=methods).run(progress=False)
+        tiny(tmp_path, methods=methods, batched=False).run(progress=False)
     assert any("iid" in note and "seed 0" in note and "broken" in note for note in raised.value.__notes__)
     rows = read_csv(tmp_path / "results.csv")
     assert [r["method"] for r in rows] == ["student_only", "diverging", "vanilla_kd"]
@@ -314,6 +350,26 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
     again = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
     assert [r["method"] for r in again] == ["student_only", "diverging", "vanilla_kd"]
     assert again[1]["gain_pp"] is None
+
+
+def test_a_diverging_member_is_a_failed_row_beside_the_members_that_trained(tmp_path: Path) -> None:
+    rows = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "diverging", "vanilla_kd"]
+    assert rows[1]["error"].startswith("FloatingPointError: Non-finite training loss at global step 0")
+    assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] is None
+    assert not rows[2].get("error") and float(rows[2]["acc_after"]) > 0
+    assert "1 of 3 runs failed" in (tmp_path / "summary.md").read_text()
+    built = {"n": 0}
+
+    def broken(student, teacher, num_classes):
+        built["n"] += 1
+        if built["n"] > 1:  # the study's check at construction builds it once
+            raise RuntimeError("broken factory")
+        return VanillaKD(student, teacher, num_classes)
+
+    with pytest.raises(RuntimeError, match="broken factory") as raised:
+        tiny(tmp_path / "broken", methods={"broken": broken}).run(progress=False)
+    assert any("iid, seed 0, methods ['student_only', 'broken']" in note for note in raised.value.__notes__)
 
 
 def test_a_tuning_storage_of_another_configuration_gets_the_study_s_advice(tmp_path: Path) -> None:
@@ -350,7 +406,10 @@ def test_the_progress_bar_counts_fits_so_a_tuned_kd_run_weighs_its_trials(tmp_pa
     monkeypatch.setattr(runner, "_progress", Bar)
     grid = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]})
     options = {"methods": {"vanilla_kd": VanillaKD}, "seeds": [0], "tuned_kd": True, "tuning": grid}
-    study(tmp_path, scenarios=[IIDPartitioner()], **options).run()
-    (bar,) = bars
-    assert bar.total == bar.done == 1 + 1 + 4  # control, vanilla KD, tuned KD's 4 trials
-    assert bar.descriptions[-1] == "run 3/3: iid seed 0 tuned_kd"
+    study(tmp_path / "apart", scenarios=[IIDPartitioner()], batched=False, **options).run()
+    study(tmp_path / "batched", scenarios=[IIDPartitioner()], **options).run()
+    apart, batched = bars
+    for bar in bars:
+        assert bar.total == bar.done == 1 + 1 + 4  # control, vanilla KD, tuned KD's 4 trials
+    assert apart.descriptions[-1] == "run 3/3: iid seed 0 tuned_kd"
+    assert batched.descriptions == ["run 3/3: iid seed 0 3 methods as batched members"]

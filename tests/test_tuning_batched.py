@@ -19,7 +19,9 @@ def test_a_batched_grid_is_the_sequential_search_in_one_fit(tmp_path: Path) -> N
     sequential = tune(planted_args(tmp_path, {"grid": GRID}, name="sequential"), verbose=False)
     FlippedTeacher.seen = 0
     fits = KillAt(0)  # counts fits
-    batched = tune(planted_args(tmp_path, {"grid": GRID, "batched": True}, name="batched"), callbacks=[fits], verbose=False)
+    batched = tune(
+        planted_args(tmp_path, {"grid": GRID, "batched": True}, name="batched"), callbacks=[fits], verbose=False
+    )
     assert fits.fits == 1
     datamodule = PartitionedDataModule(__import__("test_tuning").Planted(), num_parties=1, val_fraction=0.3)
     datamodule.setup()

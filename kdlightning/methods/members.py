@@ -385,7 +385,7 @@ class BatchedMembers(DistillationModule):
 
     def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
         metric = self.metrics[stage]["student"]
-        accuracy, loss = metric.compute()
+        accuracy, loss = (value.reshape(-1) for value in metric.compute())  # torchmetrics squeezes one member's
         metric.reset()
         logged = {}
         for k, name in enumerate(self.member_names):
@@ -413,14 +413,40 @@ def _shared(members: Mapping[str, DistillationModule], attribute: str, given: An
     if given is not None:
         return given
     values = [getattr(method, attribute) for method in members.values()]
-    first = values[0]
-    for name, value in zip(members, values, strict=True):
-        if value is not first and value != first and repr(value) != repr(first):
+    first, names = values[0], list(members)
+    expected = _what_it_builds(first, attribute)
+    for name, value in zip(names, values, strict=True):
+        if value is not first and not _equal(_what_it_builds(value, attribute), expected):
             raise ValueError(
-                f"`members` have different `{attribute}`s ({next(iter(members))!r}: {first!r}, {name!r}: {value!r}); "
+                f"`members` have different `{attribute}`s ({names[0]!r}: {first!r}, {name!r}: {value!r}); "
                 f"members of one fit share one: pass `{attribute}=` to BatchedMembers, or fit them apart."
             )
     return first
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (RuntimeError, ValueError, TypeError):  # settings holding tensors
+        return repr(a) == repr(b)
+
+
+def _what_it_builds(factory: Any, attribute: str) -> Any:
+    """What an optimizer (or scheduler) factory builds, to compare: its class and settings.
+
+    ``torch.optim.Adam`` and a configuration's ``Adam`` with the default arguments are the same optimizer.
+    """
+    if factory is None:
+        return None
+    parameter = nn.Parameter(torch.zeros(1))
+    try:
+        if attribute == "optimizer":
+            built = factory([parameter])
+            return type(built), sorted(built.defaults.items())
+        built = factory(torch.optim.SGD([parameter], lr=1.0))
+        return type(built), sorted(built.state_dict().items())
+    except Exception:  # a factory that cannot be built here is compared as it is
+        return repr(factory)
 
 
 def _slots(network: nn.Module) -> list[tuple[str, nn.Module, str, Tensor]]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kdlightning.atomic import write_text_atomic
+from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import (
     DatasetSource,
@@ -39,13 +40,13 @@ from kdlightning.data import (
     PartitionedDataModule,
     Partitioner,
 )
-from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
+from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
 from kdlightning.reporting import add_gains, is_failed, plot_gains, read_csv, render_summary, write_csv
 from kdlightning.study.record import RECORD, describe, legacy_record, refuse_differences
 from kdlightning.study.report import mean_validation_gains, plot_tuning
 from kdlightning.trainers import quiet
-from kdlightning.tuning import Search, TrialBuilder, TuneOptions
+from kdlightning.tuning import Search, TrialBuilder, TuneOptions, TuneResult
 from kdlightning.tuning.options import check_space
 
 __all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "default_scenarios"]
@@ -57,8 +58,8 @@ MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
 """Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
 method) or DML's peer (trained), always a fresh copy of the teacher party's pre-trained model."""
 
-_UNCHECKED_TUNING = ("storage", "study_name", "heartbeat_interval", "logger", "test")
-"""Tuning options that do not change a search's result (where it is stored, how it logs): not recorded."""
+_UNCHECKED_TUNING = ("storage", "study_name", "heartbeat_interval", "logger", "test", "batched", "max_members")
+"""Tuning options that do not change a search's result (where it is stored, how it logs, how it batches)."""
 
 
 def default_scenarios() -> list[Partitioner]:
@@ -98,6 +99,12 @@ class Study:
         out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
         trainer: ``lightning.Trainer`` settings for every fit (e.g. ``{"accelerator": "gpu", "precision":
             "bf16-mixed"}``); the study sets the epochs, one device and no logger itself.
+        batched: train each cell's (scenario and seed's) control, the methods that can be members
+            (:func:`~kdlightning.methods.member_error`) and tuned KD's grid as batched members
+            (:class:`~kdlightning.methods.BatchedMembers`): one fit where they would be dozens, each member as
+            its own fit would train it. Other methods (DML) are fitted apart. False fits every run apart.
+        max_members: batched: members per fit (memory grows with it); None for a whole cell in one fit.
+            Also tuned KD's ``tuning.batched`` and ``tuning.max_members``.
 
     Attributes:
         configuration: what ``<out>/study.json`` records and a resume must match: ``settings`` shared by
@@ -128,6 +135,8 @@ class Study:
         control: str = "student_only",
         out: str = "runs/study",
         trainer: dict[str, Any] | None = None,
+        batched: bool = True,
+        max_members: int | None = 32,
     ) -> None:
         if not methods and not tuned_kd:
             raise ValueError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
@@ -155,6 +164,11 @@ class Study:
         self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
         self.out = Path(out)
         self.trainer = check_trainer(trainer)
+        if max_members is not None and max_members < 1:
+            raise ValueError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
+        self.batched, self.max_members = batched, max_members
+        self.members: set[str] = {control}
+        """Methods trained as batched members when ``batched`` (the control, and those that can be members)."""
         self._before: dict[tuple[str, int], float] = {}
         self._diverged: dict[tuple[str, int], str] = {}
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
@@ -179,6 +193,8 @@ class Study:
                     model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
                 except ValueError as error:
                     raise ValueError(f"`methods.{name}`: {error}") from error
+                if member_error(model) is None:
+                    self.members.add(name)
                 methods[name] = {
                     "factory": describe(factory),
                     "class": type(model).__name__,
@@ -309,13 +325,23 @@ class Study:
         }
         return runners[name](name, scenario, seed)
 
+    def _factory(self, name: str) -> MethodFactory:
+        return continue_alone if name == self.control else self.methods[name]
+
+    @staticmethod
+    def _build(factory: MethodFactory, student: nn.Module, teacher: nn.Module, num_classes: int, seed: int) -> Any:
+        """A method from fresh copies of the pre-trained networks, seeded as every run of its cell."""
+        L.seed_everything(seed, verbose=False)
+        return factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+
+    def _cache(self) -> CacheReferenceOutputs:
+        return CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
+
     def _fit(self, factory: MethodFactory, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
         data, student, teacher, before = self._start(scenario, seed)
-        L.seed_everything(seed, verbose=False)
-        model = factory(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes)
-        cache = CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
+        model = self._build(factory, student, teacher, data.num_classes, seed)
         start = time.perf_counter()
-        self._trainer(self.epochs, [cache]).fit(model, datamodule=data)
+        self._trainer(self.epochs, [self._cache()]).fit(model, datamodule=data)
         seconds = time.perf_counter() - start
         return self._row(
             scenario,
@@ -332,10 +358,11 @@ class Study:
         """Where tuned KD's search for ``scenario`` and ``seed`` keeps its files."""
         return self.out / "tuning" / f"{_slug(str(scenario))}-seed{seed}"
 
-    def _search(self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any) -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed``."""
+    def _search(self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any, batched: bool) -> Search:
+        """Tuned KD's search for ``scenario`` and ``seed`` (its points as batched members when ``batched``)."""
         out = self.tuning_dir(scenario, seed)
-        options = dataclasses.replace(self.tuning, test=True)  # the study reports the chosen point's test accuracy
+        # the study reports the chosen point's test accuracy
+        options = dataclasses.replace(self.tuning, test=True, batched=batched, max_members=self.max_members)
         hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed
             options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
@@ -361,7 +388,13 @@ class Study:
         Every trial starts from the same pre-trained student and reads the teacher's outputs from the
         study's cache; the search resumes from its storage if the study was killed during it.
         """
-        data, student, teacher, before = self._start(scenario, seed)
+        start = time.perf_counter()
+        result = self.tuned_search(scenario, seed, batched=False).run()
+        return self._tuned_row(name, scenario, seed, result, time.perf_counter() - start)
+
+    def tuned_search(self, scenario: Partitioner, seed: int, batched: bool) -> Search:
+        """Tuned KD's search for ``scenario`` and ``seed``: trials built from the cell's pre-trained networks."""
+        data, student, teacher, _ = self._start(scenario, seed)
 
         def build(values: dict[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
             trial_data = self.datamodule(scenario, trial_seed, self.student_party)
@@ -369,23 +402,74 @@ class Study:
             model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
             return _Trial(model, trial_data, self._trainer(self.epochs, callbacks))
 
-        search = self._search(
-            scenario, seed, build, [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
-        )
-        start = time.perf_counter()
-        result = search.run()
-        seconds = time.perf_counter() - start
+        description = [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
+        return self._search(scenario, seed, build, description, batched)
+
+    def _tuned_row(
+        self, name: str, scenario: Partitioner, seed: int, result: TuneResult, seconds: float
+    ) -> dict[str, Any]:
         chosen = {key.rsplit(".", 1)[-1]: value for key, value in result.best_params.items()}
         return self._row(
             scenario,
             seed,
             name,
             **{"class": VanillaKD.__name__},
-            acc_before=before,
+            acc_before=self._before[(str(scenario), seed)],
             acc_after=result.test_metrics["test/acc"],
             hyperparameters=json.dumps({**chosen, "trials": len(result.trials), "val_acc": result.best_value}),
             seconds=round(seconds, 2),
         )
+
+    def run_cell(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Run methods ``names`` of one cell as batched members (tuned KD's grid among them); return their rows.
+
+        Each member's row is the one its own fit would give; a member whose loss turns non-finite is a failed
+        row. With tuned KD, the members train beside the grid's points in the search's fits.
+        """
+        try:
+            data, student, teacher, _ = self._start(scenario, seed)
+        except FloatingPointError:  # the cell's pre-training diverged: every run is a failed row
+            return [self.run_recorded(name, scenario, seed) for name in names]
+        builders = {
+            name: functools.partial(self._build, self._factory(name), student, teacher, data.num_classes, seed)
+            for name in names
+            if name != TUNED_KD
+        }
+        start = time.perf_counter()
+        result = None
+        try:
+            if TUNED_KD in names:
+                result = self.tuned_search(scenario, seed, batched=True).run(extra=builders)
+                fits = result.extra
+            else:
+                fits = {}
+                trainer = functools.partial(self._members_trainer)
+                for chunk in fit_members(builders, data, trainer, max_members=self.max_members, test=list(builders)):
+                    fits.update(chunk)
+        except BaseException as error:
+            error.add_note(f"in the batched run of `kdl study` for scenario {scenario}, seed {seed}, methods {names}")
+            raise
+        seconds = time.perf_counter() - start
+        rows = []
+        for name in names:
+            if name == TUNED_KD and result is not None:
+                spent = seconds - sum(fit.seconds for fit in fits.values())
+                rows.append(self._tuned_row(name, scenario, seed, result, spent))
+            else:
+                rows.append(self._member_row(name, scenario, seed, fits[name]))
+        return rows
+
+    def _members_trainer(self, callbacks: Sequence[L.Callback]) -> L.Trainer:
+        return self._trainer(self.epochs, [self._cache(), *callbacks])
+
+    def _member_row(self, name: str, scenario: Partitioner, seed: int, fit: MemberFit) -> dict[str, Any]:
+        hyperparameters = json.dumps(dict(fit.model.hparams), sort_keys=True, default=str)
+        values: dict[str, Any] = {"class": type(fit.model).__name__, "acc_before": self._before[(str(scenario), seed)]}
+        if fit.error is not None:
+            values.update(acc_after="", hyperparameters=hyperparameters, error=f"FloatingPointError: {fit.error}")
+            return self._row(scenario, seed, name, **values)
+        values.update(acc_after=fit.test["test/acc"], hyperparameters=hyperparameters, seconds=round(fit.seconds, 2))
+        return self._row(scenario, seed, name, **values)
 
     # ------------------------------------------------------------------ resuming
     def check_resume(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -435,18 +519,36 @@ class Study:
         fits = {method: self.fits(method) for method in {run[2] for run in self.runs()}}
         total, left = sum(fits[run[2]] for run in self.runs()), sum(fits[run[2]] for run in todo)
         bar = _progress(total=total, initial=total - left, enabled=progress)
-        for number, (scenario, seed, method) in enumerate(todo, start=len(self.runs()) - len(todo) + 1):
-            bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {method}")
-            rows.append(self.run_recorded(method, scenarios[scenario], seed))
-            write_csv(results, add_gains(rows, control=self.control))
-            write_text_atomic(self.out / "summary.md", self.summary(rows))
-            bar.update(fits[method])
+        number = len(self.runs()) - len(todo)
+        for scenario, seed in dict.fromkeys((scenario, seed) for scenario, seed, _ in todo):
+            names = [method for s, sd, method in todo if (s, sd) == (scenario, seed)]
+            together = self.batched_runs(names)
+            steps = [together] if together else []
+            steps += [[name] for name in names if name not in together]
+            for step in steps:
+                number += len(step)
+                what = f"{len(step)} methods as batched members" if step is together else step[0]
+                bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {what}")
+                if step is together:
+                    rows.extend(self.run_cell(scenarios[scenario], seed, step))
+                else:
+                    rows.append(self.run_recorded(step[0], scenarios[scenario], seed))
+                write_csv(results, add_gains(rows, control=self.control))
+                write_text_atomic(self.out / "summary.md", self.summary(rows))
+                bar.update(sum(fits[method] for method in step))
         bar.close()
         if not todo and rows:  # a finished study: refresh the summary from the results
             write_text_atomic(self.out / "summary.md", self.summary(rows))
         if rows:
             self.plot(rows)
         return add_gains(rows, control=self.control)
+
+    def batched_runs(self, names: Sequence[str]) -> list[str]:
+        """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
+        if not self.batched:
+            return []
+        grid = self.tuning.sampler == "grid"
+        return [name for name in names if name in self.members or (name == TUNED_KD and grid)]
 
     def fits(self, method: str) -> int:
         """How many fits the run of ``method`` is: the progress bar's weight of it (tuned KD: one per trial).
