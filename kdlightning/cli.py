@@ -150,7 +150,11 @@ def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
     with exit_on_signals("kdl study", args, report):
         rows = study.run(progress=progress)
     print((study.out / "summary.md").read_text())
-    print(f"results: {results}")
+    seconds = study.seconds
+    print(
+        f"results: {results} ({len(rows)} runs; this run took {seconds['total']:.0f} s, "
+        f"{seconds['pretraining']:.0f} s of it pre-training)"
+    )
     return rows
 
 

@@ -170,6 +170,8 @@ class Study:
         self.members: set[str] = {control}
         """Methods trained as batched members when ``batched`` (the control, and those that can be members)."""
         self._before: dict[tuple[str, int], float] = {}
+        self.seconds: dict[str, float] = {"pretraining": 0.0, "total": 0.0}
+        """Wall time of the last :meth:`run`: in all, and pre-training the parties' networks."""
         self._diverged: dict[tuple[str, int], str] = {}
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
@@ -257,10 +259,13 @@ class Study:
         path = self.out / "pretrained" / f"{role}-{self._key(scenario, seed, party, repr(network))}.pt"
 
         def train(network: nn.Module) -> None:
+            start = time.perf_counter()
             try:
                 self._trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
             except FloatingPointError as error:
                 raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
+            finally:
+                self.seconds["pretraining"] += time.perf_counter() - start
 
         return pretrain_once(path, network, train)
 
@@ -506,8 +511,13 @@ class Study:
     # ------------------------------------------------------------------ the pipeline
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
         """Run every missing ``(scenario, seed, method)``; rewrite ``results.csv`` and ``summary.md`` after each."""
-        with quiet():
-            return self._run(progress)
+        self.seconds = {"pretraining": 0.0, "total": 0.0}
+        start = time.perf_counter()
+        try:
+            with quiet():
+                return self._run(progress)
+        finally:
+            self.seconds["total"] = time.perf_counter() - start
 
     def _run(self, progress: bool) -> list[dict[str, Any]]:
         results = self.out / "results.csv"

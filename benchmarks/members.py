@@ -1,0 +1,214 @@
+"""Batched members (SPEC §11): a tuning grid as one fit, and the embedded study end to end, as ratios in one run.
+
+For two students of the study's configs, in the study's setting (party 0 of 5, IID, the teacher-output cache
+on, quiet trainers with no logger or checkpoint), it times in one process:
+
+- one ``StudentOnly`` fit of the student (the median of several, taken before and after the grids);
+- the 25-point grid (``VanillaKD`` at temperature {1, 2, 4, 8, 16} x alpha {0.1, 0.25, 0.5, 0.75, 0.9}) as
+  one batched fit (:class:`~kdlightning.methods.BatchedMembers`, 25 members);
+- the same 25 points as 25 separate fits (what the sequential search trains);
+
+for the digits MLP (64-32-10, CNN teacher, batch 32: ``configs/study/digits.yaml``) and the Fashion-MNIST
+MLP (784-128-10, MLP teacher 512-256, batch 128: ``configs/study/fashion_mnist.yaml``), and prints
+``grid_batched_over_one_run`` (batched grid ÷ one run, target ≤ 3.0) and ``grid_batched_speedup``
+(sequential grid ÷ batched grid, expected ≥ 8). It then runs ``kdl study`` with the embedded default in a
+fresh process and directory (``demo_seconds``, target ≤ 120 s on 2 idle cores), with the share spent
+pre-training.
+
+Run ``python -m benchmarks.members [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from kdlightning import BatchedMembers, StudentOnly, VanillaKD
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import Digits, FashionMNIST, IIDPartitioner, PartitionedDataModule
+from kdlightning.models import MLP, SmallCNN
+from kdlightning.pipeline import trainer
+from kdlightning.trainers import quiet
+
+GRID = [(t, a) for t in (1.0, 2.0, 4.0, 8.0, 16.0) for a in (0.1, 0.25, 0.5, 0.75, 0.9)]
+GRID_TARGET = 3.0
+DEMO_TARGET = 120.0
+
+STUDENTS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "dataset": Digits,
+        "student": lambda: MLP(in_features=64, hidden_sizes=[32], num_classes=10),
+        "teacher": lambda: SmallCNN(num_classes=10, channels=[32, 64]),
+        "batch_size": 32,
+    },
+    "fashion": {
+        "dataset": FashionMNIST,
+        "student": lambda: MLP(in_features=784, hidden_sizes=[128], num_classes=10),
+        "teacher": lambda: MLP(in_features=784, hidden_sizes=[512, 256], num_classes=10),
+        "batch_size": 128,
+    },
+}
+
+
+def _datamodule(spec: dict[str, Any]) -> PartitionedDataModule:
+    return PartitionedDataModule(
+        dataset=spec["dataset"](),
+        partitioner=IIDPartitioner(),
+        num_parties=5,
+        partition_id=0,
+        teacher_partition_id=1,
+        val_fraction=0.15,
+        batch_size=spec["batch_size"],
+        seed=0,
+    )
+
+
+def _timed(fit: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fit()
+    return time.perf_counter() - start
+
+
+def measure_grid(name: str, epochs: int, repeats: int, cache_root: Path) -> dict[str, Any]:
+    """One run, the batched grid and the sequential grid of student ``name``, in seconds, and their ratios."""
+    spec = STUDENTS[name]
+    data = _datamodule(spec)
+    data.prepare_data()
+    data.setup("fit")
+    torch.manual_seed(0)
+    student, teacher = spec["student"](), spec["teacher"]()
+
+    def one_run() -> None:
+        L.seed_everything(0, verbose=False)
+        trainer(epochs).fit(StudentOnly(copy.deepcopy(student), 10), datamodule=data)
+
+    def kd(t: float, a: float) -> VanillaKD:
+        return VanillaKD(copy.deepcopy(student), teacher, 10, temperature=t, alpha=a)
+
+    def batched() -> None:
+        L.seed_everything(0, verbose=False)
+        model = BatchedMembers({f"T={t:g},alpha={a:g}": kd(t, a) for t, a in GRID})
+        cache = CacheReferenceOutputs(cache_dir=str(cache_root / f"{name}-batched"))
+        trainer(epochs, [cache]).fit(model, datamodule=data)
+
+    def sequential() -> None:
+        cache = str(cache_root / f"{name}-sequential")
+        for t, a in GRID:
+            L.seed_everything(0, verbose=False)
+            trainer(epochs, [CacheReferenceOutputs(cache_dir=cache)]).fit(kd(t, a), datamodule=data)
+
+    one_run()  # warm-up: data loading, first-call costs
+    runs = [_timed(one_run) for _ in range(repeats)]
+    batched_s = _timed(batched)
+    sequential_s = _timed(sequential)
+    runs += [_timed(one_run) for _ in range(repeats)]
+    one = statistics.median(runs)
+    return {
+        "epochs": epochs,
+        "train_samples": len(data.train_set),
+        "one_run_s": round(one, 3),
+        "batched_grid_s": round(batched_s, 3),
+        "sequential_grid_s": round(sequential_s, 3),
+        "grid_batched_over_one_run": round(batched_s / one, 3),
+        "grid_batched_speedup": round(sequential_s / batched_s, 3),
+    }
+
+
+def measure_demo() -> dict[str, Any]:
+    """``kdl study`` with the embedded default in a fresh process and directory, end to end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "kdlightning", "study", "--out", str(Path(tmp) / "study"), "--progress=false"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"`kdl study` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    found = re.search(r"\((\d+) runs; this run took (\d+) s, (\d+) s of it pre-training\)", done.stdout)
+    runs, pretraining = (int(found.group(1)), int(found.group(3))) if found else (0, 0)
+    return {"demo_seconds": round(seconds, 1), "demo_runs": runs, "demo_pretraining_seconds": pretraining}
+
+
+def run(quick: bool = False, demo: bool = True) -> dict[str, Any]:
+    """Every figure of this benchmark (``quick``: fewer epochs and repeats, no demo)."""
+    epochs, repeats = (2, 1) if quick else (5, 2)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "students": {}}
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        for name in STUDENTS:
+            try:
+                figures["students"][name] = measure_grid(name, epochs, repeats, Path(tmp))
+            except (FileNotFoundError, OSError) as error:  # Fashion-MNIST's files are not installed
+                figures["students"][name] = {"skipped": str(error).splitlines()[0]}
+    measured = [s for s in figures["students"].values() if "skipped" not in s]
+    figures["grid_batched_over_one_run"] = max(s["grid_batched_over_one_run"] for s in measured)
+    figures["grid_batched_speedup"] = min(s["grid_batched_speedup"] for s in measured)
+    if demo and not quick:
+        figures.update(measure_demo())
+    return figures
+
+
+def targets_met(figures: dict[str, Any]) -> dict[str, bool]:
+    """The SPEC §11 targets this run measured."""
+    met = {
+        f"{name} grid batched <= {GRID_TARGET}x one run": s["grid_batched_over_one_run"] <= GRID_TARGET
+        for name, s in figures["students"].items()
+        if "skipped" not in s
+    }
+    if "demo_seconds" in figures:
+        met[f"demo <= {DEMO_TARGET:.0f} s"] = figures["demo_seconds"] <= DEMO_TARGET
+    return met
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    lines = [
+        f"Batched members ({figures['threads']} threads): the 25-point grid as one fit",
+        f"{'student':<10}{'epochs':>7}{'one run s':>11}{'batched s':>11}{'sequential s':>14}"
+        f"{'batched/one':>13}{'speed-up':>10}",
+    ]
+    for name, s in figures["students"].items():
+        if "skipped" in s:
+            lines.append(f"{name:<10}skipped: {s['skipped']}")
+            continue
+        lines.append(
+            f"{name:<10}{s['epochs']:>7}{s['one_run_s']:>11.2f}{s['batched_grid_s']:>11.2f}"
+            f"{s['sequential_grid_s']:>14.2f}{s['grid_batched_over_one_run']:>13.2f}{s['grid_batched_speedup']:>10.1f}"
+        )
+    if "demo_seconds" in figures:
+        lines.append(
+            f"kdl study (embedded default, {figures['demo_runs']} runs): {figures['demo_seconds']:.0f} s end to end, "
+            f"{figures['demo_pretraining_seconds']} s of it pre-training"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 epochs, one repeat, no demo")
+    parser.add_argument("--no-demo", action="store_true", help="skip the end-to-end `kdl study`")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    figures = run(quick=args.quick, demo=not args.no_demo)
+    print(format_table(figures))
+    met = targets_met(figures)
+    print("targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in met.items()))
+    if args.json:
+        args.json.write_text(json.dumps({**figures, "targets_met": met}, indent=2))
+    return 0 if all(met.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
