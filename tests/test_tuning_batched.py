@@ -40,7 +40,7 @@ def test_a_batched_grid_is_the_sequential_search_in_one_fit(tmp_path: Path) -> N
     assert best["params"] == batched.best_params and best["trials"] == {"COMPLETE": 4}
     assert (out / "heatmap.png").read_bytes().startswith(b"\x89PNG")
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}")
-    assert all(len(t.intermediate_values) == 3 and t.user_attrs["batched"] for t in study.trials)
+    assert all(len(t.user_attrs["val_curve"]) == 3 and t.user_attrs["batched"] for t in study.trials)
 
 
 def test_a_killed_batched_search_redoes_only_its_unfinished_chunk(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ member, and the teacher-output cache works as for one student.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 )
 """Optimizers whose update of each parameter element reads only that element's gradient and state: over
 stacked parameters they are K independent optimizers."""
+
+_FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
+"""Optimizers with a fused implementation (``fused=True``) on CPU and CUDA."""
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.,=+\-\[\]]+$")
 """A member's name ends its metric keys (``val/acc_<name>``)."""
@@ -76,7 +80,9 @@ class _Group:
     """Members of one class with the same fixed settings: one vmapped call of the prototype's ``training_losses``."""
 
     prototype: DistillationModule
-    index: list[int]
+    start: int
+    stop: int
+    """The group's members are ``[start, stop)`` of the stacked dimension."""
     varying: tuple[str, ...]
     """Numeric hyperparameters that differ between the group's members."""
     values: tuple[Tensor, ...]
@@ -169,6 +175,7 @@ class BatchedMembers(DistillationModule):
             reason = member_error(method)
             if reason is not None:
                 raise ValueError(f"`members.{name}` cannot be a batched member: {reason}. Fit it on its own.")
+        members = self._grouped(members)
         methods = list(members.values())
         num_classes = {method.num_classes for method in methods}
         if len(num_classes) > 1:
@@ -179,7 +186,7 @@ class BatchedMembers(DistillationModule):
         super().__init__(stacked, num_classes.pop(), optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.add_trainable("student", stacked, evaluated_as=None)  # members are evaluated together, below
         self.member_names: tuple[str, ...] = tuple(members)
-        """The members' names, in the order of the stacked dimension."""
+        """The members' names, in the order of the stacked dimension (members of one class and settings together)."""
         self.failed: dict[str, str] = {}
         """Members whose loss turned non-finite, with the error (step, components)."""
         self.validation_history: list[dict[str, tuple[float, float]]] = []
@@ -194,29 +201,37 @@ class BatchedMembers(DistillationModule):
             for name, m in members.items()
         }
 
+    @staticmethod
+    def _grouped(members: Mapping[str, DistillationModule]) -> dict[str, DistillationModule]:
+        """``members`` ordered so that each group (class and fixed settings) is contiguous, first come first."""
+        groups: dict[Any, dict[str, DistillationModule]] = {}
+        for name, method in members.items():
+            groups.setdefault(_group_key(method), {})[name] = method
+        return {name: method for group in groups.values() for name, method in group.items()}
+
     def _group(self, members: Mapping[str, DistillationModule]) -> list[_Group]:
-        """Group members by class and fixed settings; their varying hyperparameters become tensors over members."""
-        groups: dict[Any, list[int]] = {}
+        """The groups of ``members`` (already grouped); their varying hyperparameters become tensors over members."""
         names, methods = list(members), list(members.values())
-        for index, method in enumerate(methods):
-            fixed = tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))
-            groups.setdefault((type(method), fixed), []).append(index)
-        result = []
-        for index in groups.values():
-            group = [methods[i] for i in index]
+        result, start = [], 0
+        while start < len(methods):
+            key = _group_key(methods[start])
+            stop = start
+            while stop < len(methods) and _group_key(methods[stop]) == key:
+                stop += 1
+            group = methods[start:stop]
             numeric = [k for k, v in group[0].hparams.items() if _is_number(v)]
             varying = tuple(k for k in numeric if len({float(m.hparams[k]) for m in group}) > 1)
-            for key in varying:
-                for i, method in zip(index, group, strict=True):
-                    if not _is_number(getattr(method, key, None)) or float(getattr(method, key)) != float(
-                        method.hparams[key]
-                    ):
+            for key_name in varying:
+                for name, method in zip(names[start:stop], group, strict=True):
+                    value = getattr(method, key_name, None)
+                    if not _is_number(value) or float(value) != float(method.hparams[key_name]):
                         raise ValueError(
-                            f"`members.{names[i]}`: `{key}` differs between {type(method).__name__} members, but "
-                            f"the method does not keep it as the attribute `{key}` its training_losses reads."
+                            f"`members.{name}`: `{key_name}` differs between {type(method).__name__} members, but "
+                            f"the method does not keep it as the attribute `{key_name}` its training_losses reads."
                         )
             values = tuple(torch.tensor([float(m.hparams[k]) for m in group], dtype=torch.float64) for k in varying)
-            result.append(_Group(group[0], index, varying, values))
+            result.append(_Group(group[0], start, stop, varying, values))
+            start = stop
         return result
 
     # ------------------------------------------------------------------ members
@@ -277,11 +292,10 @@ class BatchedMembers(DistillationModule):
 
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: Batch) -> dict[str, Tensor]:
-        """Every member's losses: ``"loss_<member>"``, ``"<component>_<member>"``, and ``"loss"``, their sum."""
+        """Every member's loss components, each ``(K,)`` (NaN where a member's method has no such component)."""
         logits = self.member_logits(batch)
         references = {name: self.logits(name, batch) for name in self.frozen_names}
-        member_losses: list[Tensor | None] = [None] * self.num_members
-        terms: dict[str, Tensor] = {}
+        parts = []
         for group in self._groups:
             values = [value.to(logits.device) for value in group.values]
             prototype = group.prototype
@@ -290,39 +304,63 @@ class BatchedMembers(DistillationModule):
                 with prototype.given({**references, "student": z}, **dict(zip(g.varying, hyper, strict=True))):
                     return prototype.training_losses(batch)
 
-            result = vmap(losses_of)(logits[group.index], *values)
-            for position, k in enumerate(group.index):
-                member_losses[k] = result["loss"][position]
-                for component, value in result.items():
-                    terms[f"{component}_{self.member_names[k]}"] = value[position]
-        stacked = torch.stack(member_losses)  # type: ignore[arg-type]
-        return {"loss": stacked, **terms}
+            parts.append((group, vmap(losses_of)(logits[group.start : group.stop], *values)))
+        if len(parts) == 1:
+            return dict(parts[0][1])
+        components = dict.fromkeys(component for _, result in parts for component in result)
+        return {
+            component: torch.cat(
+                [
+                    result[component].float()
+                    if component in result
+                    else torch.full((group.stop - group.start,), math.nan, device=logits.device)
+                    for group, result in parts
+                ]
+            )
+            for component in components
+        }
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Sum the members' losses (each member's gradient is its own loss's); set aside members that diverge."""
         losses = self.training_losses(batch)
-        per_member = losses.pop("loss")
+        per_member = losses["loss"]
         finite = torch.isfinite(per_member.detach())
         if self.failed:
             finite &= torch.tensor([name not in self.failed for name in self.member_names], device=finite.device)
         if not bool(finite.all()):  # one device sync per step, as the base class's check
             self._fail_members(finite, losses)
         total = torch.where(finite, per_member, torch.zeros_like(per_member)).sum()
-        live = finite.sum().clamp(min=1)
-        losses = {"loss": total / live, **{k: v for k, v in losses.items() if not k.startswith("loss_")}}
-        losses.update({f"loss_{name}": per_member[k] for k, name in enumerate(self.member_names)})
-        self.log_losses(losses, batch, batch_idx)
+        if batch_idx == 0 or self._loggers_write(batch_idx):
+            mean = total.detach() / finite.sum().clamp(min=1)
+            size = self.labels(batch).shape[0]
+            self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+            self._log_members("train", {name: value.detach() for name, value in losses.items()})
         return total
+
+    def _log_members(self, stage: str, values: Mapping[str, Tensor]) -> None:
+        """Write ``<stage>/<component>_<member>`` of every member straight to the loggers.
+
+        Through ``self.log`` each of K x components keys would cost a pass over every key logged before it.
+        """
+        if not self.loggers or self.trainer.sanity_checking:
+            return
+        metrics = {
+            f"{stage}/{component}_{name}": value
+            for component, tensor in values.items()
+            for name, value in zip(self.member_names, tensor.float().tolist(), strict=True)
+            if math.isfinite(value)
+        }
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def _fail_members(self, finite: Tensor, losses: Mapping[str, Tensor]) -> None:
         for k in (~finite).nonzero().flatten().tolist():
             name = self.member_names[k]
             if name not in self.failed:
+                components = ", ".join(f"{c}={v[k].item()}" for c, v in losses.items() if not math.isnan(v[k].item()))
                 self.failed[name] = (
                     f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}): "
-                    + ", ".join(
-                        f"{c[: -len(name) - 1]}={v.item()}" for c, v in losses.items() if c.endswith(f"_{name}")
-                    )
+                    + components
                 )
         if len(self.failed) == self.num_members:
             raise FloatingPointError("Every member diverged; " + next(iter(self.failed.values())))
@@ -348,8 +386,13 @@ class BatchedMembers(DistillationModule):
             g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
 
     def configure_optimizers(self) -> Any:
-        """One optimizer over the stacked parameters; refused if it (or the scheduler) would couple members."""
-        config = super().configure_optimizers()
+        """One optimizer over the stacked parameters; refused if it (or the scheduler) would couple members.
+
+        An Adam, AdamW, SGD or Adagrad left to choose its implementation (``foreach`` and ``fused`` unset) runs
+        fused: the same update in one pass over each stacked tensor, which K members make large (on 2 CPU
+        cores, Adam over 25 stacked MLPs of 100k parameters: 1.4 ms a step fused, 14 ms element-wise).
+        """
+        config = self.build_optimizer(self._optimizer_over_members, list(self.trainable_parameters()))
         if not isinstance(config["optimizer"], ELEMENTWISE_OPTIMIZERS):
             allowed = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
             raise ValueError(
@@ -363,6 +406,19 @@ class BatchedMembers(DistillationModule):
                 "metric; use a schedule that does not read a metric (StepLR, CosineAnnealingLR, ...)."
             )
         return config
+
+    def _optimizer_over_members(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        optimizer = self.optimizer(parameters)
+        defaults = optimizer.defaults
+        fusable = isinstance(optimizer, _FUSABLE) and "fused" in defaults and defaults.get("foreach") is None
+        if (
+            fusable
+            and defaults["fused"] is None
+            and not defaults.get("differentiable")
+            and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+        ):
+            return type(optimizer)(parameters, **{**defaults, "fused": True})
+        return optimizer
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -387,15 +443,18 @@ class BatchedMembers(DistillationModule):
         metric = self.metrics[stage]["student"]
         accuracy, loss = (value.reshape(-1) for value in metric.compute())  # torchmetrics squeezes one member's
         metric.reset()
-        logged = {}
-        for k, name in enumerate(self.member_names):
-            logged[f"{stage}/acc_{name}"] = accuracy[k].float()
-            logged[f"{stage}/loss_{name}"] = loss[k].float()
         live = [k for k, name in enumerate(self.member_names) if name not in self.failed]
         if live:
-            best = accuracy[live].max().float()
-            self.log(f"{stage}/acc_best", best, prog_bar=stage == "val")
-        self.log_dict(logged)
+            self.log(f"{stage}/acc_best", accuracy[live].max().float(), prog_bar=stage == "val")
+        if stage == "test":  # once: through self.log, so that trainer.test returns them
+            logged = {
+                f"test/{c}_{name}": v[k].float()
+                for c, v in (("acc", accuracy), ("loss", loss))
+                for k, name in enumerate(self.member_names)
+            }
+            self.log_dict(logged)
+        else:
+            self._log_members(stage, {"acc": accuracy, "loss": loss})
         return {name: (float(accuracy[k]), float(loss[k])) for k, name in enumerate(self.member_names)}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -404,6 +463,11 @@ class BatchedMembers(DistillationModule):
 
 
 # ---------------------------------------------------------------------- helpers
+def _group_key(method: DistillationModule) -> tuple[Any, ...]:
+    """Members of one group: the same class and the same non-numeric settings (``selection``)."""
+    return type(method), tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -22,7 +22,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
 import torch
@@ -261,7 +261,9 @@ class Study:
         def train(network: nn.Module) -> None:
             start = time.perf_counter()
             try:
-                self._trainer(self.pretrain_epochs).fit(StudentOnly(network, data.num_classes), datamodule=data)
+                # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
+                trainer = self._trainer(self.pretrain_epochs, limit_val_batches=0)
+                trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
             except FloatingPointError as error:
                 raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
             finally:
@@ -269,9 +271,9 @@ class Study:
 
         return pretrain_once(path, network, train)
 
-    def _trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
-        """A quiet trainer with the study's ``trainer`` settings."""
-        return trainer(max_epochs, callbacks, self.trainer)
+    def _trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = (), **defaults: Any) -> L.Trainer:
+        """A quiet trainer with the study's ``trainer`` settings (over the pipeline's ``defaults``)."""
+        return trainer(max_epochs, callbacks, self.trainer, **defaults)
 
     def test_accuracy(self, model: DistillationModule, data: PartitionedDataModule) -> float:
         """The student's accuracy on the global test set."""
@@ -346,7 +348,8 @@ class Study:
         data, student, teacher, before = self._start(scenario, seed)
         model = self._build(factory, student, teacher, data.num_classes, seed)
         start = time.perf_counter()
-        self._trainer(self.epochs, [self._cache()]).fit(model, datamodule=data)
+        # no validation: a run is judged by its test accuracy after the last epoch, and nothing reads it
+        self._trainer(self.epochs, [self._cache()], limit_val_batches=0).fit(model, datamodule=data)
         seconds = time.perf_counter() - start
         return self._row(
             scenario,
@@ -385,6 +388,7 @@ class Study:
             cache_dir=self.out / "cache",
             verbose=False,
             conflict_hint=hint,
+            heatmap=False,  # tuning.png shows every cell's grid
         )
 
     def run_tuned_kd(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
@@ -405,7 +409,7 @@ class Study:
             trial_data = self.datamodule(scenario, trial_seed, self.student_party)
             L.seed_everything(trial_seed, verbose=False)
             model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
-            return _Trial(model, trial_data, self._trainer(self.epochs, callbacks))
+            return _Trial(model, trial_data, functools.partial(self._trainer, self.epochs, callbacks))
 
         description = [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
         return self._search(scenario, seed, build, description, batched)
@@ -616,12 +620,18 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="fit", disable=not enabled, dynamic_ncols=True)
 
 
-class _Trial(NamedTuple):
-    """One trial of tuned KD's search."""
+class _Trial:
+    """One trial of tuned KD's search; its trainer is built when first asked for (a batched member needs none)."""
 
-    model: DistillationModule
-    datamodule: PartitionedDataModule
-    trainer: L.Trainer
+    def __init__(
+        self, model: DistillationModule, datamodule: PartitionedDataModule, trainer: Callable[[], L.Trainer]
+    ) -> None:
+        self.model, self.datamodule, self._make_trainer = model, datamodule, trainer
+
+    @functools.cached_property
+    def trainer(self) -> L.Trainer:
+        """The trial's trainer."""
+        return self._make_trainer()
 
 
 def _check_unique(name: str, values: Sequence[Any], why: str) -> None:

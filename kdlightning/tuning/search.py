@@ -65,6 +65,7 @@ class Search:
         verbose: print a line per trial and the final table.
         conflict_hint: what the error for a storage of another description advises (default: ``kdl tune``'s
             options, another ``--out`` or ``--tune.study_name``); a caller with other options gives its own.
+        heatmap: draw ``heatmap.png`` (a study draws one figure of all its searches instead).
 
     Raises:
         ValueError: an empty grid, an argument the method does not have or that is not a float, a value
@@ -86,6 +87,7 @@ class Search:
         callbacks: Sequence[L.Callback] = (),
         verbose: bool = True,
         conflict_hint: str = "Pass another `--out` or `--tune.study_name`.",
+        heatmap: bool = True,
     ) -> None:
         self.build = build
         self.method = method
@@ -98,6 +100,7 @@ class Search:
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.conflict_hint = conflict_hint
+        self.heatmap = heatmap
         self.space = check_space(self.options, self.method)
         self.keys = list(self.space)
         self.names = list(short_names(self.keys).values())
@@ -310,11 +313,8 @@ class Search:
             members, datamodule, trainer, max_members=self.options.max_members, test=list(extra), batched=True
         )
         for chunk in chunks:
-            for name, fit in chunk.items():
-                if name in points:
-                    self._record(study, points[name], fit)
-                else:
-                    fits[name] = fit
+            fits.update({name: fit for name, fit in chunk.items() if name not in points})
+            self._record(study, {points[name]: fit for name, fit in chunk.items() if name in points})
         return fits
 
     def _member_name(self, point: Sequence[float]) -> str:
@@ -325,47 +325,68 @@ class Search:
         """The method at grid ``point``, as its trial would start."""
         return self._build(dict(zip(self.keys, point, strict=True)), []).model
 
-    def _record(self, study: optuna.Study, point: Sequence[float], fit: MemberFit) -> None:
-        """Add a batched member's fit to the study as the trial of ``point`` (as a sequential trial records it)."""
-        params = dict(zip(self.keys, map(float, point), strict=True))
+    def _record(self, study: optuna.Study, fits: Mapping[tuple[float, ...], MemberFit]) -> None:
+        """Add a chunk's fits to the study as the trials of their points (as sequential trials record them).
+
+        The chunk's best point saves its weights (``best_model.pt``) if it beats every completed trial;
+        ``trials.csv`` is rewritten once per chunk.
+        """
+        if not fits:
+            return
         metric = self.options.metric
-        curve = [epoch[metric] for epoch in fit.history if metric in epoch]
-        attrs: dict[str, Any] = {"worker": worker(), "batched": fit.batched, "epochs": fit.epochs}
-        value, state = None, TrialState.FAIL
-        if fit.error is not None:
-            attrs["error"] = fit.error
-        elif not curve:
-            raise ValueError(
-                f"The batched search recorded no {metric}: members are ranked on the validation after their last "
-                "epoch, so the trainer must validate (check `limit_val_batches` and `check_val_every_n_epoch`)."
+        trials, best = [], None
+        for number, (point, fit) in enumerate(fits.items(), start=len(study.get_trials(deepcopy=False))):
+            params = dict(zip(self.keys, map(float, point), strict=True))
+            curve = [epoch[metric] for epoch in fit.history if metric in epoch]
+            attrs: dict[str, Any] = {"worker": worker(), "batched": fit.batched, "epochs": fit.epochs}
+            value, state = None, TrialState.FAIL
+            if fit.error is not None:
+                attrs["error"] = fit.error
+            elif not curve:
+                raise ValueError(
+                    f"The batched search recorded no {metric}: members are ranked on the validation after their "
+                    "last epoch, so the trainer must validate (`limit_val_batches`, `check_val_every_n_epoch`)."
+                )
+            else:
+                value, state = curve[-1], TrialState.COMPLETE
+                attrs.update(val_curve=curve, val_loss=fit.history[-1].get("val/loss"))
+                mine = rank(value, attrs["val_loss"], params, self.keys, self.options.direction)
+                if best is None or mine < best[0]:
+                    best = (mine, number, params, fit)
+            end = datetime.datetime.now()
+            trials.append(
+                FrozenTrial(
+                    number=-1,
+                    state=state,
+                    value=value,
+                    datetime_start=end - datetime.timedelta(seconds=fit.seconds),
+                    datetime_complete=end,
+                    params=params,
+                    distributions=self._distributions(),
+                    user_attrs=attrs,
+                    system_attrs={},
+                    intermediate_values={},  # as a sequential trial without a pruner: the curve is in val_curve
+                    trial_id=-1,
+                )
             )
-        else:
-            value, state = curve[-1], TrialState.COMPLETE
-            attrs.update(val_curve=curve, val_loss=fit.history[-1].get("val/loss"))
-            if self._beats_completed(study, value, attrs["val_loss"], params):
-                number = len(study.get_trials(deepcopy=False))  # the number add_trial gives it
+        if best is not None:
+            _, number, params, fit = best
+            completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not completed or best[0] < min(map(self._rank, completed)):
                 state_dict = {"trial": number, "params": params, "state_dict": fit.model.state_dict()}
                 with atomic_path(self.out / "best_model.pt") as path:
                     torch.save(state_dict, path)
-        end = datetime.datetime.now()
-        distributions = {
-            key: FloatDistribution(min(p.values or ()), max(p.values or ())) for key, p in self.space.items()
-        }
-        trial = FrozenTrial(
-            number=-1,
-            state=state,
-            value=value,
-            datetime_start=end - datetime.timedelta(seconds=fit.seconds),
-            datetime_complete=end,
-            params=params,
-            distributions=distributions,
-            user_attrs=attrs,
-            system_attrs={},
-            intermediate_values=dict(enumerate(curve, start=1)),
-            trial_id=-1,
-        )
-        study.add_trial(trial)
-        self._after_trial(study, study.get_trials(deepcopy=False)[-1])
+        study.add_trials(trials)
+        recorded = study.get_trials(deepcopy=False)
+        rows = trial_rows(recorded, self.keys, metric, self.val_before)
+        write_csv(self.out / "trials.csv", rows)
+        if self.verbose:
+            for row in rows[-len(trials) :]:
+                print(f"trial {row['number']:>3}  {describe_row(row, self.names, metric)}", flush=True)
+
+    def _distributions(self) -> dict[str, FloatDistribution]:
+        """The grid's distributions, as :meth:`_suggest` declares them."""
+        return {key: FloatDistribution(min(p.values or ()), max(p.values or ())) for key, p in self.space.items()}
 
     # ------------------------------------------------------------------ trials
     def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:
@@ -406,9 +427,10 @@ class Search:
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if not completed:
             raise RuntimeError(f"No trial of the search completed; see {self.out / 'trials.csv'}.")
-        with atomic_path(self.out / "heatmap.png") as path:
-            title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
-            plot_heatmap(rows, path, self.space, self.options.metric, direction=self.options.direction, title=title)
+        if self.heatmap:
+            with atomic_path(self.out / "heatmap.png") as path:
+                title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
+                plot_heatmap(rows, path, self.space, self.options.metric, self.options.direction, title=title)
         best = min(completed, key=self._rank)
         params = {key: float(value) for key, value in best.params.items()}
         test_metrics, test_model = {}, "none"

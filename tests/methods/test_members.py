@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import math
 
@@ -10,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import NUM_CLASSES, NUM_FEATURES, SyntheticDataModule, TinyNet, tiny_trainer
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from kdlightning import BatchedMembers, DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
@@ -95,11 +97,21 @@ def test_float32_members_reach_the_accuracy_of_their_own_fits(tmp_path) -> None:
     separate = methods(student, teacher, OPTIMIZERS["adam"])
     accuracy = {name: float(fit(tmp_path / name, m).callback_metrics["val/acc"]) for name, m in separate.items()}
     batched = BatchedMembers(methods(student, teacher, OPTIMIZERS["adam"]))
-    metrics = fit(tmp_path / "batched", batched).callback_metrics
+    metrics = fit(tmp_path / "batched", batched, logger=CSVLogger(tmp_path)).callback_metrics
+    last = batched.validation_history[-1]
     for name, value in accuracy.items():
-        assert math.isclose(float(metrics[f"val/acc_{name}"]), value, abs_tol=2 / 64), name
-    assert float(metrics["val/acc_best"]) == max(float(metrics[f"val/acc_{name}"]) for name in accuracy)
+        assert math.isclose(last[name][0], value, abs_tol=2 / 64), name
+    assert float(metrics["val/acc_best"]) == pytest.approx(max(acc for acc, _ in last.values()))
     assert [sorted(epoch) for epoch in batched.validation_history] == [sorted(accuracy)] * 2
+    with open(batched.logger.log_dir + "/metrics.csv") as handle:
+        logged = list(csv.DictReader(handle))
+    columns = set(logged[0])
+    for name in accuracy:  # every member's figures reach the logger
+        assert {f"val/acc_{name}", f"val/loss_{name}", f"train/loss_{name}"} <= columns
+    assert {"train/loss_kd_kd_T2_a0.3", "train/teacher_fraction_dpkd"} <= columns
+    assert "train/loss_kd_control" not in columns  # StudentOnly has no such component
+    val = [row for row in logged if row["val/acc_control"]]
+    assert float(val[-1]["val/acc_control"]) == pytest.approx(last["control"][0])
 
 
 def test_dropout_draws_per_member(tmp_path) -> None:
