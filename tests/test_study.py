@@ -86,6 +86,21 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path, ba
     assert [r["acc_after"] for r in rows[: len(finished)]] == [r["acc_after"] for r in finished]
 
 
+def test_a_batched_study_gives_the_rows_of_separate_fits(tmp_path: Path) -> None:
+    """Each cell as batched members: the same runs, and each member's accuracy that of its own fit (float32 noise)."""
+    options = {"scenarios": [DirichletPartitioner(alpha=0.5)], "seeds": [0], "tuned_kd": True, "tuning": SMALL_GRID}
+    apart = study(tmp_path / "apart", batched=False, **options).run(progress=False)
+    together = study(tmp_path / "batched", **options).run(progress=False)
+    apart, together = ({r["method"]: r for r in rows} for rows in (apart, together))
+    assert {m: r["class"] for m, r in together.items()} == {m: r["class"] for m, r in apart.items()}
+    for method, a in apart.items():
+        assert a["acc_before"] == together[method]["acc_before"]
+        assert float(together[method]["acc_after"]) == pytest.approx(float(a["acc_after"]), abs=0.01), method
+    tuned = [json.loads(rows["tuned_kd"]["hyperparameters"]) for rows in (apart, together)]
+    assert [t["trials"] for t in tuned] == [4, 4]
+    assert (tmp_path / "batched" / "tuning" / "dirichlet-alpha-0.5-seed0" / "trials.csv").is_file()
+
+
 def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
     a = study(tmp_path / "a", seeds=[3]).run(progress=False)
     b = study(tmp_path / "b", seeds=[3]).run(progress=False)
