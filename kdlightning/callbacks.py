@@ -6,13 +6,16 @@ The teacher-output cache, a callback too, lives with its store in :mod:`kdlightn
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from kdlightning.data.partitioners import plot_partition
 
-__all__ = ["FitSummary", "LogPartition"]
+__all__ = ["FitSummary", "LogPartition", "ModelSummary"]
 
 
 class LogPartition(L.Callback):
@@ -95,3 +98,84 @@ class FitSummary(L.Callback):
         if last:
             parts.append(f"last checkpoint {last}")
         return "; ".join(parts)
+
+
+class ModelSummary(LightningModelSummary):
+    """Lightning's model summary, without the rows that say nothing about a KD run.
+
+    Left out: the metric containers (the ``metrics`` row: torchmetrics objects, no parameters) and the
+    FLOPs column when no FLOPs were counted (Lightning counts them only for a model with an
+    ``example_input_array``). ``kdl fit`` uses it in place of Lightning's; ``max_depth`` and the rest are
+    Lightning's.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int = 0,
+        **summarize_kwargs: Any,
+    ) -> None:
+        """Log the table (rank zero)."""
+        rank_zero_info(
+            "\n"
+            + format_summary(
+                summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops
+            )
+        )
+
+
+def format_summary(
+    summary_data: list[tuple[str, list[str]]],
+    total_parameters: int,
+    trainable_parameters: int,
+    model_size: float,
+    total_training_modes: dict[str, int],
+    total_flops: int = 0,
+) -> str:
+    """The summary table of :class:`ModelSummary`: columns of ``summary_data``, then the totals.
+
+    Examples:
+        >>> print(format_summary([(" ", ["0", "1"]), ("Name", ["student", "metrics"]), ("Type", ["MLP", "ModuleDict"]),
+        ...                       ("Params", ["2.4 K", "0"]), ("FLOPs", ["0", "0"])], 2400, 2400, 0.0096,
+        ...                      {"train": 4, "eval": 0}))
+          | Name    | Type | Params
+        ------------------------------
+        0 | student | MLP  | 2.4 K
+        ------------------------------
+        2.4 K     Trainable params
+        0         Non-trainable params
+        2.4 K     Total params
+        0.010     Total estimated model params size (MB)
+        4         Modules in train mode
+        0         Modules in eval mode
+    """
+    names = dict(summary_data).get("Name", [])
+    rows = [i for i, name in enumerate(names) if not (name == "metrics" or name.startswith("metrics."))]
+    columns = [
+        (title, [values[i] for i in rows])
+        for title, values in summary_data
+        if not (title == "FLOPs" and not total_flops)
+    ]
+    widths = [max([len(title), *(len(str(v)) for v in values)]) for title, values in columns]
+    divider = "-" * (sum(widths) + 3 * len(columns))
+    lines = [" | ".join(f"{title:<{w}}" for (title, _), w in zip(columns, widths, strict=True)).rstrip(), divider]
+    for row in range(len(rows)):
+        cells = [f"{values[row]!s:<{w}}" for (_, values), w in zip(columns, widths, strict=True)]
+        lines.append(" | ".join(cells).rstrip())
+    lines.append(divider)
+    totals = [
+        (get_human_readable_count(trainable_parameters), "Trainable params"),
+        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+        (get_human_readable_count(total_parameters), "Total params"),
+        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+        (total_training_modes.get("train", 0), "Modules in train mode"),
+        (total_training_modes.get("eval", 0), "Modules in eval mode"),
+    ]
+    if total_flops:
+        totals.append((get_human_readable_count(total_flops), "Total FLOPs"))
+    lines += [f"{value!s:<10}{label}" for value, label in totals]
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import kdlightning.data  # noqa: F401  (its datamodules become known by short name: --data.help PartitionedDataModule)
-from kdlightning.callbacks import FitSummary
+from kdlightning.callbacks import FitSummary, ModelSummary
 from kdlightning.methods.base import DistillationModule
 
 __all__ = ["HelpFormatter", "KDLightningCLI", "LogConfig"]
@@ -67,7 +67,8 @@ class KDLightningCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: object) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("save_config_callback", LogConfig)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [FitSummary()]})  # a line on how the fit went
+        # a line on how the fit went; the model summary without metric containers and an empty FLOPs column
+        kwargs.setdefault("trainer_defaults", {"callbacks": [FitSummary(), ModelSummary()]})
         super().__init__(
             DistillationModule,
             L.LightningDataModule,

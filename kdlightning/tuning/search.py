@@ -430,7 +430,8 @@ class Search:
         if self.heatmap:
             with atomic_path(self.out / "heatmap.png") as path:
                 title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
-                plot_heatmap(rows, path, self.space, self.options.metric, self.options.direction, title=title)
+                direction = self.options.direction
+                plot_heatmap(rows, path, self.space, self.options.metric, direction=direction, title=title)
         best = min(completed, key=self._rank)
         params = {key: float(value) for key, value in best.params.items()}
         test_metrics, test_model = {}, "none"

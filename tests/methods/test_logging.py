@@ -98,3 +98,20 @@ def test_lightning_tips_are_not_shown_and_come_back_after(caplog) -> None:
         logger.info("💡 Tip: after the block")
     assert "seamless" not in caplog.text
     assert "GPU available" in caplog.text and "after the block" in caplog.text
+
+
+def test_the_model_summary_leaves_out_metric_containers_and_an_empty_flops_column(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from kdlightning.callbacks import ModelSummary
+
+    with caplog.at_level(logging.INFO):
+        trainer = tiny_trainer(
+            tmp_path, enable_model_summary=True, callbacks=[ModelSummary()], limit_train_batches=1, limit_val_batches=0
+        )
+        trainer.fit(VanillaKD(TinyNet(), TinyNet(), NUM_CLASSES), datamodule=SyntheticDataModule())
+    (table,) = [r.getMessage() for r in caplog.records if "Trainable params" in r.getMessage()]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.count("|") >= 3]
+    assert rows == ["Name", "student", "teacher"]  # no `metrics` row
+    assert "FLOPs" not in table and "Flops" not in table
+    assert "Non-trainable params" in table and "Modules in eval mode" in table
