@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks import partitioning, training, tuning
+from benchmarks import members, partitioning, training, tuning
 
 KEYS = (
     *training.HEADLINE_KEYS,
@@ -18,6 +18,9 @@ KEYS = (
     "grid_over_25_student_runs",
     "pruned_over_25_student_runs",
     "pruned_best_gap_pp",
+    "grid_batched_over_one_run",
+    "grid_batched_speedup",
+    "demo_seconds",
 )
 
 
@@ -34,16 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     print(partitioning.format_table(parts), end="\n\n")
     search = tuning.run(quick=args.quick)
     print(tuning.format_table(search), end="\n\n")
-    figures = {key: source[key] for source in (train, parts, search) for key in KEYS if key in source}
+    batched = members.run(quick=args.quick)
+    print(members.format_table(batched), end="\n\n")
+    figures = {key: source[key] for source in (train, parts, search, batched) for key in KEYS if key in source}
     met = training.targets_met(train)
     met.update(tuning.targets_met(search))
+    met.update(members.targets_met(batched))
     met["dirichlet < 1 s and faster than flwr-datasets"] = bool(parts["dirichlet_target_met"])
     print("SPEC §8 targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in met.items()))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(
             json.dumps(
-                {**figures, "targets_met": met, "training": train, "partitioning": parts, "tuning": search},
+                {
+                    **figures,
+                    "targets_met": met,
+                    "training": train,
+                    "partitioning": parts,
+                    "tuning": search,
+                    "members": batched,
+                },
                 indent=2,
                 default=str,
             )

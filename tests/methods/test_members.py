@@ -217,3 +217,22 @@ def test_a_network_vmap_cannot_batch_raises_not_batchable() -> None:
     batched = BatchedMembers({"a": StudentOnly(Branchy(), NUM_CLASSES)})
     with pytest.raises(NotBatchable, match=r"torch.func cannot vmap the members' network Branchy"):
         batched(torch.randn(3, NUM_FEATURES))
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_hugging_face_classifier_can_be_a_batched_member(attention: str) -> None:
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attention).eval()
+    batched = BatchedMembers({"a": StudentOnly(model, 3), "b": StudentOnly(copy.deepcopy(model), 3)}).eval()
+    batch = {"input_ids": torch.randint(0, 50, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}
+    batch["attention_mask"][0, 5:] = 0
+    with torch.no_grad():
+        expected = model(**batch).logits
+        logits = batched.member_logits({**batch, "labels": torch.zeros(4, dtype=torch.long)})
+    assert logits.shape == (2, 4, 3)
+    torch.testing.assert_close(logits[0], expected)
+    torch.testing.assert_close(logits[1], expected)
