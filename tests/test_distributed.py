@@ -204,3 +204,18 @@ def test_dml_ddp_student_and_peer_in_sync(tmp_path: Path, alternate: bool, strat
     _assert_trained_in_sync(ranks, "student")
     _assert_trained_in_sync(ranks, "peer")
     assert ranks[0]["metrics"]["val/acc_peer"] == ranks[1]["metrics"]["val/acc_peer"]
+
+
+def test_batched_members_ddp_in_sync_with_metrics_reduced(tmp_path: Path) -> None:
+    """Batched members under ``ddp``: the stacked students all-reduced, the teacher untouched, the members'
+    validation figures reduced across ranks (each rank saw its own shard)."""
+    result = _script(tmp_path, "batched", "ddp")
+    assert result.returncode == 0, result.stdout[-6000:]
+    ranks = _ranks(tmp_path)
+    r0, r1 = ranks
+    assert r0["global_step"] == r1["global_step"] == BATCHES
+    assert r0["fingerprints"] != r1["fingerprints"]
+    _assert_trained_in_sync(ranks, "student")
+    _assert_frozen(ranks, "teacher")
+    assert next(iter(r0["final"]["student"]["params"].values())).shape[0] == 3  # the members, stacked
+    assert r0["metrics"]["val/acc_best"] == r1["metrics"]["val/acc_best"]

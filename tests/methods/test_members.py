@@ -236,3 +236,21 @@ def test_a_hugging_face_classifier_can_be_a_batched_member(attention: str) -> No
     assert logits.shape == (2, 4, 3)
     torch.testing.assert_close(logits[0], expected)
     torch.testing.assert_close(logits[1], expected)
+
+
+def test_batched_members_train_under_bf16_mixed(tmp_path) -> None:
+    """Lightning's bf16-mixed applies: the members train, their losses in float32, their weights float32.
+
+    (Under vmap, torch autocasts a Linear's matmul but adds its bias in float32, so the logits come out
+    float32: pytorch/pytorch#192617.)
+    """
+    batched = BatchedMembers(methods(TinyNet(), TinyNet(), OPTIMIZERS["adam"]))
+    start = batched.member_state_dict("kd_T2_a0.3")
+    trainer = fit(tmp_path, batched, epochs=1, precision="bf16-mixed")
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = batched.training_losses((torch.randn(3, NUM_FEATURES), torch.tensor([0, 1, 2])))
+    assert losses["loss"].dtype == torch.float32 and losses["loss"].shape == (5,)
+    trained = batched.member_state_dict("kd_T2_a0.3")["net.0.weight"]
+    assert trained.dtype == torch.float32 and not torch.equal(trained, start["net.0.weight"])
+    assert all(math.isfinite(acc) for acc, _ in batched.validation_history[-1].values())

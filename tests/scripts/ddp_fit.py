@@ -76,14 +76,23 @@ class RankStateSaver(L.Callback):
 
 
 def build(method: str, alternate: bool) -> L.LightningModule:
-    """A tiny ``VanillaKD`` (BatchNorm teacher) or ``DeepMutualLearning`` (MLP student, CNN peer)."""
-    from kdlightning import DeepMutualLearning, VanillaKD
+    """A tiny ``VanillaKD`` (BatchNorm teacher), ``DeepMutualLearning`` (MLP student, CNN peer) or
+    ``BatchedMembers`` (a control and two VanillaKD points of one MLP student, the BatchNorm teacher)."""
+    import copy
+
+    from kdlightning import BatchedMembers, DeepMutualLearning, StudentOnly, VanillaKD
     from kdlightning.models import MLP, SmallCNN
 
     student = MLP(num_classes=10, in_features=64, hidden_sizes=(16,))
     if method == "vanilla":
         teacher = SmallCNN(num_classes=10, channels=(4, 8))
         return VanillaKD(student=student, teacher=teacher, num_classes=10)
+    if method == "batched":
+        teacher = SmallCNN(num_classes=10, channels=(4, 8))
+        members = {"control": StudentOnly(copy.deepcopy(student), 10)}
+        for t, a in ((2.0, 0.3), (4.0, 0.8)):
+            members[f"kd_T{t:g}_a{a:g}"] = VanillaKD(copy.deepcopy(student), teacher, 10, temperature=t, alpha=a)
+        return BatchedMembers(members)
     return DeepMutualLearning(
         student=student,
         peer=SmallCNN(num_classes=10, channels=(4, 8)),
@@ -96,7 +105,7 @@ def build(method: str, alternate: bool) -> L.LightningModule:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", choices=["vanilla", "dml"], required=True)
+    parser.add_argument("--method", choices=["vanilla", "dml", "batched"], required=True)
     parser.add_argument("--alternate", type=int, default=1)
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--out", required=True)
