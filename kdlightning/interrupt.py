@@ -11,6 +11,7 @@ written stay: the pipelines write their files atomically after every run.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import shlex
 import signal
@@ -52,23 +53,43 @@ def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]
         yield
         return
     received: list[int] = []
+    raised: list[bool] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        if received:  # already stopping: let the clean-up finish
+        if raised:  # already stopping: let the clean-up finish
             return
-        received.append(signum)
-        raise Interrupted(signum)
+        received[:] = received or [signum]
+        if _in_finalizer(frame):  # raised in a __del__ it would be ignored (printed) and the command go on
+            threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()  # deliver it again, outside
+            return
+        raised.append(True)
+        raise Interrupted(received[0])
 
     previous = {signum: signal.signal(signum, stop) for signum in _SIGNALS}
+
+    def exit_stopped() -> SystemExit:
+        name = signal.Signals(received[0]).name
+        resume = shlex.join([*command.split(), *map(str, args)])
+        print(f"\n{command}: stopped by {name}. {report()}\nResume with the same command: {resume}", file=sys.stderr)
+        return SystemExit(128 + received[0])
+
     try:
         yield
     except BaseException:
         if not received:
             raise
-        name = signal.Signals(received[0]).name
-        resume = shlex.join([*command.split(), *map(str, args)])
-        print(f"\n{command}: stopped by {name}. {report()}\nResume with the same command: {resume}", file=sys.stderr)
-        raise SystemExit(128 + received[0]) from None
+        raise exit_stopped() from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if received:  # a signal whose Interrupted something swallowed: the command was stopped all the same
+        raise exit_stopped()
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an object's ``__del__`` (where Python prints and drops any exception)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False

@@ -119,3 +119,27 @@ def test_kdl_study_stopped_by_ctrl_c_exits_130(tmp_path: Path) -> None:
     assert status == 130, err
     assert "kdl study: stopped by SIGINT. 0 of 2 runs are finished" in err
     assert "Resume with the same command: kdl study -c study.yaml --out out --progress false" in err
+
+
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys) -> None:
+    """Python drops an exception raised in ``__del__``: the stop is delivered again outside it."""
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside __del__
+
+    steps = []
+
+    def work() -> None:
+        with exit_on_signals("kdl study", ["--out", "out"], lambda: "0 runs."):
+            SignalsWhenCollected()  # collected at once: the signal arrives in its __del__
+            while len(steps) < 200:  # 2 s of work, unless the stop is delivered
+                time.sleep(0.01)
+                steps.append(1)
+
+    with pytest.raises(SystemExit) as stopped:
+        work()
+    assert stopped.value.code == 130
+    assert len(steps) < 100
+    assert "kdl study: stopped by SIGINT. 0 runs." in capsys.readouterr().err
