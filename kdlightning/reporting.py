@@ -268,8 +268,13 @@ def render_guidance(
     return lines
 
 
-def plot_gains(rows: Sequence[Mapping[str, Any]], path: str | Path, control: str = "student_only") -> None:
-    """Bar charts of the accuracy gain and the gain over the control, mean ± std per method × scenario (PNG)."""
+def plot_gains(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, control: str = "student_only", title: str = ""
+) -> None:
+    """Bar charts of the accuracy gain and the gain over the control, mean ± std per method × scenario (PNG).
+
+    The title names ``title`` (the data set) and the seeds the means are taken over.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -278,6 +283,9 @@ def plot_gains(rows: Sequence[Mapping[str, Any]], path: str | Path, control: str
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     figure = Figure(figsize=(max(6.4, 1.6 * len(scenarios) + 2), 7.2), layout="constrained")
     FigureCanvasAgg(figure)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    heading = f"{title}: accuracy gain, mean ± std over {len(seeds)} seeds {seeds}" if title else ""
+    figure.suptitle(heading or f"Accuracy gain, mean ± std over {len(seeds)} seeds {seeds}", fontsize=11)
     width = 0.8 / max(len(methods), 1)
     panels = (("gain_pp", "accuracy gain (pp)"), ("gain_over_control_pp", f"gain over {control} (pp)"))
     for index, (key, label) in enumerate(panels):

@@ -97,3 +97,48 @@ def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path:
     assert "| student_only | +1.50 ± 0.71 (1 failed) |" in text
     assert "2 of 15 runs failed" in text
     assert "| iid | 2 | vanilla_kd | FloatingPointError: Non-finite training loss at global step 3 |" in text
+
+
+def test_the_tuning_heatmap_frames_the_chosen_points_and_counts_them() -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from kdlightning.tuning.options import Param
+    from kdlightning.tuning.reports import draw_heatmap
+
+    space = {"model.init_args.temperature": Param((1.0, 4.0)), "model.init_args.alpha": Param((0.1, 0.5, 0.9))}
+    rows = [
+        {"temperature": t, "alpha": a, "state": "COMPLETE", "val_gain": 0.01 * t * a}
+        for t in (1.0, 4.0)
+        for a in (0.1, 0.5, 0.9)
+    ]
+    axes = Figure().add_subplot()
+    chosen = [
+        {"temperature": 4.0, "alpha": 0.5},
+        {"temperature": 4.0, "alpha": 0.5},
+        {"temperature": 1.0, "alpha": 0.9},
+    ]
+    draw_heatmap(axes, rows, space, "val/acc", chosen=chosen)
+    frames = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in axes.patches if isinstance(p, Rectangle))
+    assert frames == [(1.0, 1.0), (2.0, 0.0)]  # (alpha index, temperature index) of each chosen cell
+    assert "2 seeds" in [text.get_text() for text in axes.texts]
+
+
+def test_the_gains_plot_names_the_data_and_the_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    from kdlightning.reporting import plot_gains
+
+    rows = [
+        {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": 0.6 + 0.01 * seed}
+        for seed in (0, 3)
+        for method in ("student_only", "vanilla_kd")
+    ]
+    titles = []
+    suptitle = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "suptitle", lambda self, text, **kw: titles.append(text) or suptitle(self, text, **kw)
+    )
+    plot_gains(rows, tmp_path / "gains.png", title="Digits, 5 parties")
+    assert titles == ["Digits, 5 parties: accuracy gain, mean ± std over 2 seeds [0, 3]"]
+    assert (tmp_path / "gains.png").read_bytes().startswith(b"\x89PNG")

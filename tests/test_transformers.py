@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_trainer
+from conftest import NUM_CLASSES as TINY_CLASSES
+from conftest import SyntheticDataModule, TinyNet, tiny_trainer
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
 from kdlightning.cache import CacheReferenceOutputs, transfer_fingerprint
@@ -348,3 +349,35 @@ def test_the_transformers_config_runs_with_the_cli(assets: dict[str, Path], tmp_
         == "kdlightning.hf.SequenceClassifier"
     )
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+
+
+def test_a_distilled_student_is_saved_as_from_pretrained_loads_it(assets: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kdlightning.callbacks import SavePretrained
+
+    method = _method("VanillaKD", assets)
+    start = {k: v.clone() for k, v in method.student.state_dict().items()}
+    save = SavePretrained()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[save])
+    datamodule = _datamodule(assets, _both(assets))
+    trainer.fit(method, datamodule=datamodule)
+    assert save.saved == tmp_path / "student"
+    loaded = AutoModelForSequenceClassification.from_pretrained(save.saved).eval()
+    tokenizer = AutoTokenizer.from_pretrained(save.saved)
+    assert (
+        tokenizer.get_vocab() == datamodule.collate_fn.tokenizers["student"].get_vocab()
+    )  # the student's, not the teacher's
+    trained = method.student.eval().state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in start.items())
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, trained[key])
+    batch = tokenizer(["alpha beta", "gamma"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, method.student(**batch).logits)
+
+    plain = tiny_trainer(
+        tmp_path / "plain", max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[SavePretrained()]
+    )
+    with pytest.raises(TypeError, match="`student` is a TinyNet, which has no `save_pretrained`"):
+        plain.fit(StudentOnly(TinyNet(), TINY_CLASSES), datamodule=SyntheticDataModule())

@@ -443,7 +443,7 @@ class Federation:
         return "\n".join([*lines, ""])
 
     def plot(self, rows: Sequence[dict[str, Any]]) -> None:
-        """``accuracy.png``: test accuracy over rounds, one line per start."""
+        """``accuracy.png``: test accuracy over rounds, one line per start, the target accuracies dashed."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -453,10 +453,21 @@ class Federation:
         for start in dict.fromkeys(str(r["start"]) for r in rows):
             points = sorted((int(r["round"]), float(r["test_acc"])) for r in rows if r["start"] == start)
             axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=start)
+        curves: dict[str, dict[int, float]] = {}
+        for row in rows:
+            curves.setdefault(str(row["start"]), {})[int(row["round"])] = float(row["test_acc"])
+        targets = self.targets(curves)  # what rounds-to-target counts to; their values are in summary.md
+        for index, (_, value) in enumerate(targets):
+            label = "targets: " + ", ".join(label for label, _ in targets) if index == 0 else None
+            axes.axhline(value, color="gray", linestyle="--", linewidth=0.8, label=label)
         axes.set_xlabel("FedAvg round")
         axes.set_ylabel("global test accuracy")
+        axes.set_title(
+            f"{type(self.dataset).__name__}, {self.num_clients} clients ({self.partitioner}), seed {self.seed}",
+            fontsize=10,
+        )
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize=8)
         with atomic_path(self.out / "accuracy.png") as tmp:
             figure.savefig(tmp, format="png", dpi=100)
 

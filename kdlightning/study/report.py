@@ -34,25 +34,28 @@ def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) ->
 
 def plot_tuning(
     path: Path,
-    panels: Sequence[tuple[str, list[dict[str, Any]]]],
+    panels: Sequence[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]],
     space: Mapping[str, Param],
     metric: str,
     direction: str,
     seeds: int,
 ) -> None:
-    """Write one heatmap per ``(scenario, points)`` panel to ``path`` (nothing when there are none)."""
+    """Write one heatmap per ``(scenario, points, chosen)`` panel to ``path`` (nothing when there are none).
+
+    ``chosen`` are the points tuned KD chose in that scenario, one per seed: framed in red.
+    """
     if not panels:
         return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    columns = min(len(panels), 3)
+    columns = min(len(panels), 2)  # two panels across stay readable at a page's width
     lines = -(-len(panels) // columns)
-    figure = Figure(figsize=(5.2 * columns, 4.2 * lines), layout="constrained")
+    figure = Figure(figsize=(5.0 * columns, 3.9 * lines), layout="constrained")
     FigureCanvasAgg(figure)
-    for index, (scenario, points) in enumerate(panels):
+    figure.suptitle(f"Tuned KD: validation gain over the grid, mean of {seeds} seeds; chosen points framed in red")
+    for index, (scenario, points, chosen) in enumerate(panels):
         axes = figure.add_subplot(lines, columns, index + 1)
-        title = f"{scenario}: validation gain, mean of {seeds} seeds"
-        draw_heatmap(axes, points, space, metric, direction=direction, title=title)
+        draw_heatmap(axes, points, space, metric, direction=direction, title=scenario, chosen=chosen)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

@@ -586,7 +586,8 @@ class Study:
         ``gains.png`` shows the gain and the gain over the control per method × scenario; ``tuning.png`` the
         validation gain over the grid per scenario, mean over seeds.
         """
-        plot_gains(rows, self.out / "gains.png", control=self.control)
+        title = f"{type(self.dataset).__name__}, {self.num_parties} parties"
+        plot_gains(rows, self.out / "gains.png", control=self.control, title=title)
         if not self.tuned_kd:
             return
         space = check_space(self.tuning, VanillaKD)
@@ -594,8 +595,16 @@ class Study:
         for scenario in self.scenarios:
             trials = [self.tuning_dir(scenario, seed) / "trials.csv" for seed in self.seeds]
             points = mean_validation_gains(trials, space)
+            chosen = [
+                json.loads(r["hyperparameters"])
+                for r in rows
+                if r["scenario"] == str(scenario)
+                and r["method"] == TUNED_KD
+                and r.get("hyperparameters")
+                and not is_failed(r)
+            ]
             if points:
-                panels.append((str(scenario), points))
+                panels.append((str(scenario), points, chosen))
         tuning = self.tuning
         plot_tuning(self.out / "tuning.png", panels, space, tuning.metric, tuning.direction, len(self.seeds))
 

@@ -136,6 +136,7 @@ def plot_heatmap(
     *,
     direction: str = "maximize",
     title: str | None = None,
+    chosen: Sequence[Mapping[str, float]] = (),
 ) -> None:
     """Validation gain over the grid as a PNG: :func:`draw_heatmap` on a figure of its own."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,7 +144,7 @@ def plot_heatmap(
 
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
-    draw_heatmap(figure.add_subplot(), rows, space, metric, direction=direction, title=title)
+    draw_heatmap(figure.add_subplot(), rows, space, metric, direction=direction, title=title, chosen=chosen)
     figure.savefig(path, format="png", dpi=100)
 
 
@@ -155,6 +156,7 @@ def draw_heatmap(
     *,
     direction: str = "maximize",
     title: str | None = None,
+    chosen: Sequence[Mapping[str, float]] = (),
 ) -> None:
     """Draw validation gain on matplotlib ``axes``: a heatmap over the first two searched arguments.
 
@@ -169,6 +171,8 @@ def draw_heatmap(
         metric: the validation metric (an accuracy's gains are drawn in percentage points).
         direction: ``maximize`` or ``minimize``: which gain is the best of a cell.
         title: the title (default: the metric's gain over the student before training).
+        chosen: the chosen points (one per search, by short argument name): circled on a grid, with how
+            many searches chose each when several did.
     """
     keys = list(space)
     names = list(short_names(keys).values())
@@ -182,6 +186,7 @@ def draw_heatmap(
     xs = sorted({r[x_name] for r in finished}) if x_name else [0.0]
     if all(p.values is not None for p in space.values()):
         import numpy as np
+        from matplotlib.patches import Rectangle
 
         grid = np.full((len(ys), len(xs)), np.nan)
         marks: dict[tuple[int, int], str] = {}
@@ -202,6 +207,16 @@ def draw_heatmap(
             axes.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
         axes.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
         axes.set_xticks(range(len(xs)), [f"{x:g}" for x in xs] if x_name else [""])
+        picks: dict[tuple[int, int], int] = {}
+        for point in chosen:
+            y, x = point.get(y_name), point.get(x_name) if x_name else 0.0
+            if y in ys and x in xs:
+                cell = (ys.index(y), xs.index(x) if x_name else 0)
+                picks[cell] = picks.get(cell, 0) + 1
+        for (i, j), count in picks.items():
+            axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+            if count > 1:
+                axes.text(j + 0.45, i + 0.45, f"{count} seeds", ha="right", va="top", color="red", fontsize=7)
     else:
         done = [r for r in finished if r["val_gain"] is not None]
         points = axes.scatter(

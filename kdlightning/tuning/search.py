@@ -427,13 +427,21 @@ class Search:
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if not completed:
             raise RuntimeError(f"No trial of the search completed; see {self.out / 'trials.csv'}.")
+        best = min(completed, key=self._rank)
+        params = {key: float(value) for key, value in best.params.items()}
         if self.heatmap:
             with atomic_path(self.out / "heatmap.png") as path:
                 title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
-                direction = self.options.direction
-                plot_heatmap(rows, path, self.space, self.options.metric, direction=direction, title=title)
-        best = min(completed, key=self._rank)
-        params = {key: float(value) for key, value in best.params.items()}
+                chosen = [dict(zip(self.names, self._point(params), strict=True))]
+                plot_heatmap(
+                    rows,
+                    path,
+                    self.space,
+                    self.options.metric,
+                    direction=self.options.direction,
+                    title=title,
+                    chosen=chosen,
+                )
         test_metrics, test_model = {}, "none"
         if self.options.test:
             build, saved = functools.partial(self._build, params), self.out / "best_model.pt"
