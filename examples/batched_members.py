@@ -3,7 +3,7 @@
 Every member continues the same pre-trained MLP student on scikit-learn's bundled digits, against one small
 CNN teacher, each with its own objective; the teacher runs once per batch for all of them. Each member gets
 the weights its own separate fit would give it. Prints every member's validation and test accuracy and the
-best member on validation. About 20 seconds on 2 CPU cores, with no download::
+best member on validation. 14 seconds on 2 CPU cores, pre-training included, with no download::
 
     python examples/batched_members.py [--epochs 10] [--seed 0]
 """
