@@ -12,6 +12,7 @@ import pytest
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
 from kdlightning.data import Digits, DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
+from kdlightning.methods import member_error
 from kdlightning.models import MLP
 from kdlightning.reporting import read_csv, render_summary
 from kdlightning.study import Study
@@ -99,6 +100,25 @@ def test_a_batched_study_gives_the_rows_of_separate_fits(tmp_path: Path) -> None
     tuned = [json.loads(rows["tuned_kd"]["hyperparameters"]) for rows in (apart, together)]
     assert [t["trials"] for t in tuned] == [4, 4]
     assert (tmp_path / "batched" / "tuning" / "dirichlet-alpha-0.5-seed0" / "trials.csv").is_file()
+
+
+def test_a_method_with_its_own_optimizer_or_scheduler_is_fitted_apart(tmp_path: Path) -> None:
+    import torch
+
+    faster = partial(VanillaKD, optimizer=partial(torch.optim.Adam, lr=0.01))
+    plateau = partial(
+        VanillaKD, lr_scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=1)
+    )  # steps on val/loss: its run validates
+    methods = {"vanilla_kd": VanillaKD, "faster": faster, "plateau": plateau}
+    runner = study(tmp_path, methods=methods, scenarios=[IIDPartitioner()], seeds=[0])
+    assert runner.members == {"student_only", "vanilla_kd"}
+    assert "has another `optimizer`" in member_error(
+        faster(MLP(in_features=64), MLP(in_features=64), 10),
+        like=(VanillaKD(MLP(in_features=64), MLP(in_features=64), 10)),
+    )
+    rows = runner.run(progress=False)
+    assert sorted(r["method"] for r in rows) == ["faster", "plateau", "student_only", "vanilla_kd"]
+    assert all(float(r["acc_after"]) > 0 for r in rows)
 
 
 def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:

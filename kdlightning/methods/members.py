@@ -54,12 +54,13 @@ class NotBatchable(RuntimeError):
     """``torch.func`` cannot vmap the members' network (data-dependent control flow, ``.item()``, ...)."""
 
 
-def member_error(method: Any) -> str | None:
-    """Why ``method`` cannot be a member of :class:`BatchedMembers`, or None if it can.
+def member_error(method: Any, like: DistillationModule | None = None) -> str | None:
+    """Why ``method`` cannot be a member of :class:`BatchedMembers` (beside ``like``), or None if it can.
 
     A member is a :class:`~kdlightning.methods.DistillationModule` that trains only its ``student``, with
     automatic optimization and the base class's ``training_step`` (so its objective is its
-    :meth:`~kdlightning.methods.DistillationModule.training_losses`).
+    :meth:`~kdlightning.methods.DistillationModule.training_losses`). Members of one fit also share one
+    optimizer and scheduler: with ``like``, ``method`` must build the same ones as ``like``.
     """
     if not isinstance(method, DistillationModule):
         return f"{type(method).__name__} is not a DistillationModule"
@@ -72,6 +73,11 @@ def member_error(method: Any) -> str | None:
         return f"{type(method).__name__} trains {trained}, not the student alone"
     if type(method).training_step is not DistillationModule.training_step:
         return f"{type(method).__name__} overrides training_step (its objective is not its training_losses)"
+    if like is not None:
+        for attribute in ("optimizer", "lr_scheduler"):
+            mine, theirs = getattr(method, attribute), getattr(like, attribute)
+            if mine is not theirs and not _equal(_what_it_builds(mine, attribute), _what_it_builds(theirs, attribute)):
+                return f"{type(method).__name__} has another `{attribute}` than the members it would train with"
     return None
 
 

@@ -190,12 +190,13 @@ class Study:
         with torch.random.fork_rng():  # building networks must not move the caller's random state
             student, teacher = self.student(num_classes), self.teacher(num_classes)
             methods: dict[str, Any] = {self.control: {"factory": describe(continue_alone)}}
+            control = continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
             for name, factory in self.methods.items():
                 try:
                     model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
                 except ValueError as error:
                     raise ValueError(f"`methods.{name}`: {error}") from error
-                if member_error(model) is None:
+                if member_error(model, like=control) is None:  # trains as the control does: one fit with it
                     self.members.add(name)
                 methods[name] = {
                     "factory": describe(factory),
@@ -349,7 +350,9 @@ class Study:
         model = self._build(factory, student, teacher, data.num_classes, seed)
         start = time.perf_counter()
         # no validation: a run is judged by its test accuracy after the last epoch, and nothing reads it
-        self._trainer(self.epochs, [self._cache()], limit_val_batches=0).fit(model, datamodule=data)
+        # (unless a scheduler steps on a validation metric)
+        unread = {"limit_val_batches": 0} if getattr(model, "lr_scheduler", None) is None else {}
+        self._trainer(self.epochs, [self._cache()], **unread).fit(model, datamodule=data)
         seconds = time.perf_counter() - start
         return self._row(
             scenario,
