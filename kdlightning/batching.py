@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 
 from kdlightning.methods import BatchedMembers, DistillationModule, NotBatchable, member_error
+from kdlightning.reporting import error_line
 
 __all__ = ["MemberFit", "ValidationHistory", "fit_members"]
 
@@ -116,8 +117,7 @@ def _fit_batched(
     try:
         fitting.fit(model, datamodule=datamodule)
     except FloatingPointError as error:  # every member diverged
-        lines = str(error).strip().splitlines()
-        return {name: MemberFit(member, error=lines[0] if lines else "") for name, member in models.items()}
+        return {name: MemberFit(member, error=error_line(error)) for name, member in models.items()}
     tested: dict[str, Any] = {}
     if any(name in models for name in test):
         tested = trainer([]).test(model, datamodule=datamodule, verbose=False)[0]
@@ -149,8 +149,7 @@ def _fit_alone(
     try:
         fitting.fit(model, datamodule=datamodule)
     except FloatingPointError as error:
-        lines = str(error).strip().splitlines()
-        return MemberFit(model, history.history, error=lines[0] if lines else "", batched=False)
+        return MemberFit(model, history.history, error=error_line(error), batched=False)
     results: dict[str, float] = {}
     if name in test:
         metrics = trainer([]).test(model, datamodule=datamodule, verbose=False)[0]

@@ -5,10 +5,12 @@ The teacher-output cache, a callback too, lives with its store in :mod:`kdlightn
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
@@ -224,10 +226,6 @@ class SavePretrained(L.Callback):
         directory = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / self.network
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.best else ""
         if best:
-            import copy
-
-            import torch
-
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             prefix = f"{self.network}."
             module = copy.deepcopy(module)

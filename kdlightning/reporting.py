@@ -28,6 +28,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 __all__ = [
     "Cell",
     "add_gains",
+    "error_line",
     "is_failed",
     "plot_gains",
     "read_csv",
@@ -49,6 +50,19 @@ class Cell:
 
     def __str__(self) -> str:
         return f"{self.mean:+.2f} ± {self.std:.2f}"
+
+
+def error_line(error: BaseException) -> str:
+    r"""The first line of ``error``'s message: what a failed run or trial records under ``error``.
+
+    Examples:
+        >>> error_line(FloatingPointError("Non-finite training loss at step 3\nLower the learning rate."))
+        'Non-finite training loss at step 3'
+        >>> error_line(FloatingPointError())
+        ''
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def is_failed(row: Mapping[str, Any]) -> bool:

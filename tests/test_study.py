@@ -214,20 +214,27 @@ def test_tuned_kd_is_the_point_chosen_on_validation_tested_once(tmp_path: Path) 
     assert "| iid | vanilla_kd |" in summary
 
 
-def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Killed(BaseException):
-        """A kill: no handler of Lightning or Optuna swallows it."""
+class Killed(BaseException):
+    """A kill: no handler of Lightning or Optuna swallows it."""
 
+
+def kill_at_fit(monkeypatch: pytest.MonkeyPatch, method: type, n: int) -> dict[str, int]:
+    """Raise :class:`Killed` when the ``n``-th fit of ``method`` starts; the returned ``{"n": ...}`` counts fits."""
     fits = {"n": 0}
-    on_fit_start = VanillaKD.on_fit_start
+    on_fit_start = method.on_fit_start
 
     def counted(self) -> None:
         fits["n"] += 1
-        if fits["n"] == 3:
-            raise Killed  # killed in the search's third trial
+        if fits["n"] == n:
+            raise Killed
         on_fit_start(self)
 
-    monkeypatch.setattr(VanillaKD, "on_fit_start", counted)
+    monkeypatch.setattr(method, "on_fit_start", counted)
+    return fits
+
+
+def test_a_study_killed_during_tuned_kd_resumes_its_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fits = kill_at_fit(monkeypatch, VanillaKD, 3)  # killed in the search's third trial
     options = {"methods": {}, "tuned_kd": True, "tuning": SMALL_GRID, "seeds": [0], "scenarios": [IIDPartitioner()]}
     options["batched"] = False
     with pytest.raises(Killed):
@@ -248,19 +255,7 @@ def test_a_batched_study_killed_during_tuned_kd_redoes_only_unfinished_chunks(
 ) -> None:
     from kdlightning import BatchedMembers
 
-    class Killed(BaseException):
-        """A kill: no handler of Lightning or Optuna swallows it."""
-
-    fits = {"n": 0}
-    on_fit_start = BatchedMembers.on_fit_start
-
-    def counted(self) -> None:
-        fits["n"] += 1
-        if fits["n"] == 2:
-            raise Killed  # killed in the cell's second fit
-        on_fit_start(self)
-
-    monkeypatch.setattr(BatchedMembers, "on_fit_start", counted)
+    fits = kill_at_fit(monkeypatch, BatchedMembers, 2)  # killed in the cell's second fit
     options = {"methods": {}, "tuned_kd": True, "tuning": SMALL_GRID, "seeds": [0], "scenarios": [IIDPartitioner()]}
     with pytest.raises(Killed):
         study(tmp_path, max_members=2, **options).run(progress=False)

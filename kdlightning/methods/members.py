@@ -9,11 +9,10 @@ member, and the teacher-output cache works as for one student.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,8 +22,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torchmetrics import Metric
 
-from kdlightning.fingerprint import module_fingerprint
 from kdlightning.methods.base import Batch, DistillationModule, logits_of
+from kdlightning.methods.stacking import builds_the_same, shared_factory, shared_references, stack_networks, unstacked
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]
 
@@ -76,7 +75,7 @@ def member_error(method: Any, like: DistillationModule | None = None) -> str | N
     if like is not None:
         for attribute in ("optimizer", "lr_scheduler"):
             mine, theirs = getattr(method, attribute), getattr(like, attribute)
-            if mine is not theirs and not _equal(_what_it_builds(mine, attribute), _what_it_builds(theirs, attribute)):
+            if not builds_the_same(mine, theirs, attribute):
                 return f"{type(method).__name__} has another `{attribute}` than the members it would train with"
     return None
 
@@ -93,6 +92,13 @@ class _Group:
     """Numeric hyperparameters that differ between the group's members."""
     values: tuple[Tensor, ...]
     """Their values over the group's members, in float64 (a float32 copy of 0.1 is not 0.1)."""
+    placed: dict[torch.device, tuple[Tensor, ...]] = field(default_factory=dict)
+
+    def values_on(self, device: torch.device) -> tuple[Tensor, ...]:
+        """:attr:`values` on ``device``, copied there once."""
+        if device not in self.placed:
+            self.placed[device] = tuple(value.to(device) for value in self.values)
+        return self.placed[device]
 
 
 class MemberMetrics(Metric):
@@ -186,9 +192,9 @@ class BatchedMembers(DistillationModule):
         num_classes = {method.num_classes for method in methods}
         if len(num_classes) > 1:
             raise ValueError(f"`members` disagree on `num_classes`: {sorted(num_classes)}.")
-        optimizer = _shared(members, "optimizer", optimizer)
-        lr_scheduler = _shared(members, "lr_scheduler", lr_scheduler)
-        stacked = _stack([method.student for method in methods], list(members))
+        optimizer = shared_factory(members, "optimizer", optimizer)
+        lr_scheduler = shared_factory(members, "lr_scheduler", lr_scheduler)
+        stacked = stack_networks([method.student for method in methods], list(members))
         super().__init__(stacked, num_classes.pop(), optimizer=optimizer, lr_scheduler=lr_scheduler)
         self.add_trainable("student", stacked, evaluated_as=None)  # members are evaluated together, below
         self.member_names: tuple[str, ...] = tuple(members)
@@ -197,7 +203,7 @@ class BatchedMembers(DistillationModule):
         """Members whose loss turned non-finite, with the error (step, components)."""
         self.validation_history: list[dict[str, tuple[float, float]]] = []
         """Per validation of ``fit``: each member's ``(val/acc, val/loss)``."""
-        for reference, module in _shared_references(members).items():
+        for reference, module in shared_references(members).items():
             self.add_frozen(reference, module)
         self._groups = self._group(members)
         for stage in self.metrics:
@@ -287,14 +293,7 @@ class BatchedMembers(DistillationModule):
 
     def member_network(self, name: str) -> nn.Module:
         """A standalone copy of member ``name``'s student (its own parameters and buffers)."""
-        k = self.member_index(name)
-        network = copy.deepcopy(self.student)
-        for _, owner, attr, tensor in _slots(network):
-            value = tensor.detach()[k].clone()
-            setattr(
-                owner, attr, nn.Parameter(value, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else value
-            )
-        return network
+        return unstacked(self.student, self.member_index(name))
 
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: Batch) -> dict[str, Tensor]:
@@ -303,7 +302,7 @@ class BatchedMembers(DistillationModule):
         references = {name: self.logits(name, batch) for name in self.frozen_names}
         parts = []
         for group in self._groups:
-            values = [value.to(logits.device) for value in group.values]
+            values = group.values_on(logits.device)
             prototype = group.prototype
 
             def losses_of(z: Tensor, *hyper: Tensor, prototype: DistillationModule = prototype, g: _Group = group):
@@ -476,108 +475,3 @@ def _group_key(method: DistillationModule) -> tuple[Any, ...]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shared(members: Mapping[str, DistillationModule], attribute: str, given: Any) -> Any:
-    """``given``, or the members' common ``attribute`` (their optimizer or scheduler); refuse if they differ."""
-    if given is not None:
-        return given
-    values = [getattr(method, attribute) for method in members.values()]
-    first, names = values[0], list(members)
-    expected = _what_it_builds(first, attribute)
-    for name, value in zip(names, values, strict=True):
-        if value is not first and not _equal(_what_it_builds(value, attribute), expected):
-            raise ValueError(
-                f"`members` have different `{attribute}`s ({names[0]!r}: {first!r}, {name!r}: {value!r}); "
-                f"members of one fit share one: pass `{attribute}=` to BatchedMembers, or fit them apart."
-            )
-    return first
-
-
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except (RuntimeError, ValueError, TypeError):  # settings holding tensors
-        return repr(a) == repr(b)
-
-
-def _what_it_builds(factory: Any, attribute: str) -> Any:
-    """What an optimizer (or scheduler) factory builds, to compare: its class and settings.
-
-    ``torch.optim.Adam`` and a configuration's ``Adam`` with the default arguments are the same optimizer.
-    """
-    if factory is None:
-        return None
-    parameter = nn.Parameter(torch.zeros(1))
-    try:
-        if attribute == "optimizer":
-            built = factory([parameter])
-            return type(built), sorted(built.defaults.items())
-        built = factory(torch.optim.SGD([parameter], lr=1.0))
-        return type(built), sorted(built.state_dict().items())
-    except Exception:  # a factory that cannot be built here is compared as it is
-        return repr(factory)
-
-
-def _slots(network: nn.Module) -> list[tuple[str, nn.Module, str, Tensor]]:
-    """``(name, owner, attribute, tensor)`` of every parameter and buffer of ``network``, tied ones under each name."""
-    slots = []
-    for kind in ("parameters", "buffers"):
-        for full, tensor in getattr(network, f"named_{kind}")(remove_duplicate=False):
-            owner_name, _, attr = full.rpartition(".")
-            slots.append((full, network.get_submodule(owner_name), attr, tensor))
-    return slots
-
-
-def _stack(students: list[nn.Module], names: list[str]) -> nn.Module:
-    """A copy of the first student holding, in place of each parameter and buffer, the students' values stacked."""
-    expected = _structure(students[0])
-    for name, student in zip(names, students, strict=True):
-        if _structure(student) != expected:
-            raise ValueError(
-                f"`members.{name}`'s student differs from `members.{names[0]}`'s in architecture (parameter and "
-                "buffer names, shapes, dtypes): batched members are copies of one network."
-            )
-    stacked = copy.deepcopy(students[0])
-    sources = [dict(_tensors(student)) for student in students]
-    done: dict[int, Tensor] = {}
-    for full, owner, attr, tensor in _slots(stacked):
-        if id(tensor) not in done:  # tied tensors stay tied
-            values = torch.stack([source[full].detach() for source in sources])
-            is_param = isinstance(tensor, nn.Parameter)
-            done[id(tensor)] = nn.Parameter(values, tensor.requires_grad) if is_param else values
-        setattr(owner, attr, done[id(tensor)])
-    return stacked
-
-
-def _tensors(network: nn.Module) -> list[tuple[str, Tensor]]:
-    return [*network.named_parameters(remove_duplicate=False), *network.named_buffers(remove_duplicate=False)]
-
-
-def _structure(network: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    return [(name, tuple(t.shape), t.dtype) for name, t in _tensors(network)]
-
-
-def _shared_references(members: Mapping[str, DistillationModule]) -> dict[str, nn.Module]:
-    """The members' frozen references by name, each the same network for every member that has it."""
-    references: dict[str, tuple[str, nn.Module]] = {}
-    fingerprints: dict[int, str] = {}
-
-    def fingerprint(module: nn.Module) -> str:
-        if id(module) not in fingerprints:
-            fingerprints[id(module)] = module_fingerprint(module)
-        return fingerprints[id(module)]
-
-    for name, method in members.items():
-        for reference in method.frozen_names:
-            module = getattr(method, reference)
-            if reference not in references:
-                references[reference] = (name, module)
-                continue
-            holder, held = references[reference]
-            if module is not held and fingerprint(module) != fingerprint(held):
-                raise ValueError(
-                    f"`members.{name}`'s `{reference}` differs from `members.{holder}`'s: members share their frozen "
-                    "references (one forward serves all), so give them the same network."
-                )
-    return {reference: module for reference, (_, module) in references.items()}

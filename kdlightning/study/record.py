@@ -2,7 +2,8 @@
 
 A study records the settings every run shares and each method's own configuration beside
 ``results.csv``. A resume with another value of any of them is refused before any training; new
-seeds, scenarios and methods only add runs. These are pure functions of JSON-able values.
+seeds, scenarios and methods only add runs. Apart from :func:`check_and_record`, which reads and
+writes ``study.json``, these are pure functions of JSON-able values.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import functools
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD", "describe", "differences", "legacy_record", "refuse_differences"]
+from kdlightning.atomic import write_text_atomic
+from kdlightning.reporting import is_failed
+
+__all__ = ["RECORD", "check_and_record", "describe", "differences", "legacy_record", "refuse_differences"]
 
 RECORD = "study.json"
 """The file beside ``results.csv`` that records the configuration its results were made with."""
@@ -149,3 +154,47 @@ def refuse_differences(
         "and summary.md.\n" + "\n".join(lines) + "\nPass another `--out` for a new study, or the recorded values "
         "to resume this one (a method of another configuration can also run beside the old under a new name)."
     )
+
+
+def check_and_record(
+    out: Path,
+    rows: Sequence[Mapping[str, Any]],
+    configuration: Mapping[str, Any],
+    names: Mapping[str, str],
+    methods: Sequence[str],
+) -> None:
+    """Refuse to add runs to ``rows`` (``<out>/results.csv``) of another configuration; record this one.
+
+    With results, every shared setting must equal the recorded one and a method both configure must
+    have its recorded configuration; new seeds, scenarios and methods are allowed (they only add runs),
+    and a method no longer configured keeps its entry beside its rows. Without results, the record is
+    simply (re)written: nothing recorded could be mixed.
+
+    Args:
+        out: the study's directory.
+        rows: the rows of its ``results.csv``.
+        configuration: ``{"settings": ..., "methods": ...}`` of the study about to run.
+        names: as :func:`refuse_differences` takes them.
+        methods: the names of the study's untuned methods.
+
+    Raises:
+        ValueError: naming each difference and what to do, before any training.
+    """
+    path = out / RECORD
+    recorded: dict[str, Any] = {}
+    if rows and path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        refuse_differences(recorded, configuration, str(path), names, only_recorded_keys=False)
+    elif rows:
+        legacy = legacy_record(rows, methods, is_failed)
+        refuse_differences(legacy, configuration, str(out / "results.csv"), names, True)
+        warnings.warn(
+            f"{out / 'results.csv'} has no {RECORD} (results written before it was kept): its epochs and "
+            "methods' hyperparameters match this study's, which is recorded as theirs.",
+            stacklevel=4,
+        )
+    record = {
+        "settings": configuration["settings"],
+        "methods": {**recorded.get("methods", {}), **configuration["methods"]},
+    }
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")

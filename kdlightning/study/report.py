@@ -6,16 +6,17 @@ The tables themselves are :func:`kdlightning.reporting.render_summary`'s; the ga
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kdlightning.atomic import atomic_path
-from kdlightning.reporting import read_csv
+from kdlightning.reporting import is_failed, read_csv
 from kdlightning.tuning.options import Param
 from kdlightning.tuning.reports import draw_heatmap, short_names
 
-__all__ = ["mean_validation_gains", "plot_tuning"]
+__all__ = ["chosen_points", "mean_validation_gains", "plot_tuning"]
 
 
 def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) -> list[dict[str, Any]]:
@@ -29,6 +30,15 @@ def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) ->
     return [
         {**dict(zip(names, point, strict=True)), "state": "COMPLETE", "val_gain": sum(g) / len(g)}
         for point, g in gains.items()
+    ]
+
+
+def chosen_points(rows: Sequence[Mapping[str, Any]], scenario: str, method: str) -> list[dict[str, Any]]:
+    """The values tuned KD (``method``) chose in ``scenario``, one per seed that did not fail (from ``results.csv``)."""
+    return [
+        json.loads(str(row["hyperparameters"]))
+        for row in rows
+        if row["scenario"] == scenario and row["method"] == method and row.get("hyperparameters") and not is_failed(row)
     ]
 
 

@@ -18,7 +18,6 @@ import functools
 import json
 import math
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +28,6 @@ import torch
 from torch import nn
 
 from kdlightning.atomic import write_text_atomic
-from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import (
     DatasetSource,
@@ -42,17 +40,15 @@ from kdlightning.data import (
 )
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
-from kdlightning.reporting import add_gains, is_failed, plot_gains, read_csv, render_summary, write_csv
-from kdlightning.study.record import RECORD, describe, legacy_record, refuse_differences
-from kdlightning.study.report import mean_validation_gains, plot_tuning
+from kdlightning.reporting import add_gains, error_line, plot_gains, read_csv, render_summary, write_csv
+from kdlightning.study.cells import TUNED_KD, TunedCells
+from kdlightning.study.record import check_and_record, describe
+from kdlightning.study.report import chosen_points, mean_validation_gains, plot_tuning
 from kdlightning.trainers import quiet
-from kdlightning.tuning import Search, TrialBuilder, TuneOptions, TuneResult
+from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
 
 __all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "default_scenarios"]
-
-TUNED_KD = "tuned_kd"
-"""The name of tuned KD in a study's results: :class:`~kdlightning.VanillaKD` with the values a search chose."""
 
 MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
 """Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
@@ -73,7 +69,7 @@ def default_scenarios() -> list[Partitioner]:
     ]
 
 
-class Study:
+class Study(TunedCells):
     """Compare distillation methods across partition scenarios and seeds, from one pre-trained student each.
 
     Args:
@@ -308,7 +304,6 @@ class Study:
         try:
             return self.run_method(name, scenario, seed)
         except FloatingPointError as error:
-            lines = str(error).strip().splitlines()
             method = self.configuration["methods"].get(name, {})
             return self._row(
                 scenario,
@@ -318,7 +313,7 @@ class Study:
                 acc_before=self._before.get((str(scenario), seed), ""),
                 acc_after="",
                 hyperparameters=json.dumps(method.get("hyperparameters", {}), sort_keys=True),
-                error=f"{type(error).__name__}: {lines[0] if lines else ''}",
+                error=f"{type(error).__name__}: {error_line(error)}",
             )
         except BaseException as error:
             error.add_note(f"in the run of `kdl study` for scenario {scenario}, seed {seed}, method {name!r}")
@@ -365,155 +360,16 @@ class Study:
             seconds=round(seconds, 2),
         )
 
-    def tuning_dir(self, scenario: Partitioner, seed: int) -> Path:
-        """Where tuned KD's search for ``scenario`` and ``seed`` keeps its files."""
-        return self.out / "tuning" / f"{_slug(str(scenario))}-seed{seed}"
-
-    def _search(self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any, batched: bool) -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed`` (its points as batched members when ``batched``)."""
-        out = self.tuning_dir(scenario, seed)
-        # the study reports the chosen point's test accuracy
-        options = dataclasses.replace(self.tuning, test=True, batched=batched, max_members=self.max_members)
-        hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
-        if options.storage is not None:  # one storage, one named search per scenario and seed
-            options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
-            hint = (
-                "Pass another `--out` or `--tuning.study_name` to `kdl study` "
-                f"(this cell's search is {options.study_name!r})."
-            )
-        return Search(
-            build,
-            VanillaKD,
-            options,
-            out,
-            description=description,
-            seed=seed,
-            cache_dir=self.out / "cache",
-            verbose=False,
-            conflict_hint=hint,
-            heatmap=False,  # tuning.png shows every cell's grid
-        )
-
-    def run_tuned_kd(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        """Tuned KD: search :class:`~kdlightning.VanillaKD`'s values on the validation split, test the chosen point.
-
-        Every trial starts from the same pre-trained student and reads the teacher's outputs from the
-        study's cache; the search resumes from its storage if the study was killed during it.
-        """
-        start = time.perf_counter()
-        result = self.tuned_search(scenario, seed, batched=False).run()
-        return self._tuned_row(name, scenario, seed, result, time.perf_counter() - start)
-
-    def tuned_search(self, scenario: Partitioner, seed: int, batched: bool) -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed``: trials built from the cell's pre-trained networks."""
-        data, student, teacher, _ = self._start(scenario, seed)
-
-        def build(values: dict[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
-            trial_data = self.datamodule(scenario, trial_seed, self.student_party)
-            L.seed_everything(trial_seed, verbose=False)
-            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
-            return _Trial(model, trial_data, functools.partial(self._trainer, self.epochs, callbacks))
-
-        description = [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
-        return self._search(scenario, seed, build, description, batched)
-
-    def _tuned_row(
-        self, name: str, scenario: Partitioner, seed: int, result: TuneResult, seconds: float
-    ) -> dict[str, Any]:
-        chosen = {key.rsplit(".", 1)[-1]: value for key, value in result.best_params.items()}
-        return self._row(
-            scenario,
-            seed,
-            name,
-            **{"class": VanillaKD.__name__},
-            acc_before=self._before[(str(scenario), seed)],
-            acc_after=result.test_metrics["test/acc"],
-            hyperparameters=json.dumps({**chosen, "trials": len(result.trials), "val_acc": result.best_value}),
-            seconds=round(seconds, 2),
-        )
-
-    def run_cell(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[dict[str, Any]]:
-        """Run methods ``names`` of one cell as batched members (tuned KD's grid among them); return their rows.
-
-        Each member's row is the one its own fit would give; a member whose loss turns non-finite is a failed
-        row. With tuned KD, the members train beside the grid's points in the search's fits.
-        """
-        try:
-            data, student, teacher, _ = self._start(scenario, seed)
-        except FloatingPointError:  # the cell's pre-training diverged: every run is a failed row
-            return [self.run_recorded(name, scenario, seed) for name in names]
-        builders = {
-            name: functools.partial(self._build, self._factory(name), student, teacher, data.num_classes, seed)
-            for name in names
-            if name != TUNED_KD
-        }
-        start = time.perf_counter()
-        result = None
-        try:
-            if TUNED_KD in names:
-                result = self.tuned_search(scenario, seed, batched=True).run(extra=builders)
-                fits = result.extra
-            else:
-                fits = {}
-                trainer = functools.partial(self._members_trainer)
-                for chunk in fit_members(builders, data, trainer, max_members=self.max_members, test=list(builders)):
-                    fits.update(chunk)
-        except BaseException as error:
-            error.add_note(f"in the batched run of `kdl study` for scenario {scenario}, seed {seed}, methods {names}")
-            raise
-        seconds = time.perf_counter() - start
-        rows = []
-        for name in names:
-            if name == TUNED_KD and result is not None:
-                spent = seconds - sum(fit.seconds for fit in fits.values())
-                rows.append(self._tuned_row(name, scenario, seed, result, spent))
-            else:
-                rows.append(self._member_row(name, scenario, seed, fits[name]))
-        return rows
-
-    def _members_trainer(self, callbacks: Sequence[L.Callback]) -> L.Trainer:
-        return self._trainer(self.epochs, [self._cache(), *callbacks])
-
-    def _member_row(self, name: str, scenario: Partitioner, seed: int, fit: MemberFit) -> dict[str, Any]:
-        hyperparameters = json.dumps(dict(fit.model.hparams), sort_keys=True, default=str)
-        values: dict[str, Any] = {"class": type(fit.model).__name__, "acc_before": self._before[(str(scenario), seed)]}
-        if fit.error is not None:
-            values.update(acc_after="", hyperparameters=hyperparameters, error=f"FloatingPointError: {fit.error}")
-            return self._row(scenario, seed, name, **values)
-        values.update(acc_after=fit.test["test/acc"], hyperparameters=hyperparameters, seconds=round(fit.seconds, 2))
-        return self._row(scenario, seed, name, **values)
-
-    # ------------------------------------------------------------------ resuming
     def check_resume(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Refuse to add runs to ``rows`` (``results.csv``) of another configuration; record this one in ``study.json``.
 
-        With results, every shared setting must equal the recorded one and a method both configure must
-        have its recorded configuration; new seeds, scenarios and methods are allowed (they only add runs),
-        and a method no longer configured keeps its entry beside its rows. Without results, the record is
-        simply (re)written: nothing recorded could be mixed.
+        See :func:`~kdlightning.study.record.check_and_record`.
 
         Raises:
             ValueError: naming each difference and what to do, before any training.
         """
-        path = self.out / RECORD
         names = {TUNED_KD: "tuning", self.control: "control"}
-        recorded: dict[str, Any] = {}
-        if rows and path.is_file():
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-            refuse_differences(recorded, self.configuration, str(path), names, only_recorded_keys=False)
-        elif rows:
-            legacy = legacy_record(rows, list(self.methods), is_failed)
-            refuse_differences(legacy, self.configuration, str(self.out / "results.csv"), names, True)
-            warnings.warn(
-                f"{self.out / 'results.csv'} has no {RECORD} (results written before it was kept): its epochs and "
-                "methods' hyperparameters match this study's, which is recorded as theirs.",
-                stacklevel=3,
-            )
-        record = {
-            "settings": self.configuration["settings"],
-            "methods": {**recorded.get("methods", {}), **self.configuration["methods"]},
-        }
-        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+        check_and_record(self.out, rows, self.configuration, names, list(self.methods))
 
     # ------------------------------------------------------------------ the pipeline
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
@@ -598,16 +454,8 @@ class Study:
         for scenario in self.scenarios:
             trials = [self.tuning_dir(scenario, seed) / "trials.csv" for seed in self.seeds]
             points = mean_validation_gains(trials, space)
-            chosen = [
-                json.loads(r["hyperparameters"])
-                for r in rows
-                if r["scenario"] == str(scenario)
-                and r["method"] == TUNED_KD
-                and r.get("hyperparameters")
-                and not is_failed(r)
-            ]
             if points:
-                panels.append((str(scenario), points, chosen))
+                panels.append((str(scenario), points, chosen_points(rows, str(scenario), TUNED_KD)))
         tuning = self.tuning
         plot_tuning(self.out / "tuning.png", panels, space, tuning.metric, tuning.direction, len(self.seeds))
 
@@ -632,30 +480,11 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="fit", disable=not enabled, dynamic_ncols=True)
 
 
-class _Trial:
-    """One trial of tuned KD's search; its trainer is built when first asked for (a batched member needs none)."""
-
-    def __init__(
-        self, model: DistillationModule, datamodule: PartitionedDataModule, trainer: Callable[[], L.Trainer]
-    ) -> None:
-        self.model, self.datamodule, self._make_trainer = model, datamodule, trainer
-
-    @functools.cached_property
-    def trainer(self) -> L.Trainer:
-        """The trial's trainer."""
-        return self._make_trainer()
-
-
 def _check_unique(name: str, values: Sequence[Any], why: str) -> None:
     """Raise ``ValueError`` naming the argument ``name`` and its repeated values, if any."""
     repeated = [value for value, count in Counter(values).items() if count > 1]
     if repeated:
         raise ValueError(f"`{name}` repeats {repeated}: give each once ({why}).")
-
-
-def _slug(text: str) -> str:
-    """``dirichlet(alpha=0.5)`` → ``dirichlet-alpha-0.5``: a directory name."""
-    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in text).split())
 
 
 def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:

@@ -23,7 +23,7 @@ from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
 from kdlightning.methods import DistillationModule
-from kdlightning.reporting import write_csv
+from kdlightning.reporting import error_line, write_csv
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
 from kdlightning.tuning.reports import describe_row, format_best, format_table, plot_heatmap, short_names, trial_rows
@@ -144,9 +144,10 @@ class Search:
             if "val_before" not in study.user_attrs:
                 study.set_user_attr("val_before", validate(probe, self.options.metric))
             self.val_before = float(study.user_attrs["val_before"])
+            datamodule = probe.datamodule  # the data every trial reads; the probe's networks can go
             del probe
             if self.options.batched:
-                extra_fits = self._run_batched(study, extra or {})
+                extra_fits = self._run_batched(study, extra or {}, datamodule)
             callbacks: list[Any] = [self._after_trial]
             if self.options.sampler == "tpe":  # the budget is the study's, shared by every worker (`_todo`: this one's)
                 states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -242,7 +243,7 @@ class Search:
         try:
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         except FloatingPointError as error:
-            trial.set_user_attr("error", str(error).splitlines()[0])
+            trial.set_user_attr("error", error_line(error))
             raise
         value, val_loss = final_metrics(cli, reporter, self.options.metric)
         trial.set_user_attr("val_curve", [value for _, value in reporter.history])
@@ -285,7 +286,10 @@ class Search:
 
     # ------------------------------------------------------------------ batched
     def _run_batched(
-        self, study: optuna.Study, extra: Mapping[str, Callable[[], DistillationModule]]
+        self,
+        study: optuna.Study,
+        extra: Mapping[str, Callable[[], DistillationModule]],
+        datamodule: L.LightningDataModule,
     ) -> dict[str, MemberFit]:
         """Train the grid's unfinished points (and ``extra``) as batched members; add each point as a trial.
 
@@ -303,7 +307,6 @@ class Search:
                 f"per fit ({len(done)} finished) -> {self.out}",
                 flush=True,
             )
-        datamodule = self._build({}, []).datamodule
 
         def trainer(callbacks: Sequence[L.Callback]) -> L.Trainer:
             return self._build({}, [*self._cache(), *self.callbacks, *callbacks]).trainer
@@ -352,7 +355,7 @@ class Search:
                 attrs.update(val_curve=curve, val_loss=fit.history[-1].get("val/loss"))
                 mine = rank(value, attrs["val_loss"], params, self.keys, self.options.direction)
                 if best is None or mine < best[0]:
-                    best = (mine, number, params, fit)
+                    best = (mine, number, params, fit, value, attrs["val_loss"])
             end = datetime.datetime.now()
             trials.append(
                 FrozenTrial(
@@ -370,9 +373,8 @@ class Search:
                 )
             )
         if best is not None:
-            _, number, params, fit = best
-            completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not completed or best[0] < min(map(self._rank, completed)):
+            _, number, params, fit, value, val_loss = best
+            if self._beats_completed(study, value, val_loss, params):
                 state_dict = {"trial": number, "params": params, "state_dict": fit.model.state_dict()}
                 with atomic_path(self.out / "best_model.pt") as path:
                     torch.save(state_dict, path)
