@@ -1,11 +1,12 @@
 """Batched members (SPEC §11): a tuning grid as one fit, and the embedded study end to end, as ratios in one run.
 
 For two students of the study's configs, in the study's setting (party 0 of 5, IID, the teacher-output cache
-on, quiet trainers with no logger or checkpoint), it times in one process:
+on, quiet trainers with no logger or checkpoint), it times in one process, after one warm-up fit of
+StudentOnly and a one-epoch warm-up of the batched grid (first-call costs, on a GPU each kernel's first launch):
 
-- one ``StudentOnly`` fit of the student (the median of several, taken before and after the grids);
+- one ``StudentOnly`` fit of the student (the median of several, taken before and after each batched grid);
 - the 25-point grid (``VanillaKD`` at temperature {1, 2, 4, 8, 16} x alpha {0.1, 0.25, 0.5, 0.75, 0.9}) as
-  one batched fit (:class:`~kdlightning.methods.BatchedMembers`, 25 members);
+  one batched fit (the median of the repeats) (:class:`~kdlightning.methods.BatchedMembers`, 25 members);
 - the same 25 points as 25 separate fits (what the sequential search trains);
 
 for the digits MLP (64-32-10, CNN teacher, batch 32: ``configs/study/digits.yaml``) and the Fashion-MNIST
@@ -15,7 +16,7 @@ MLP (784-128-10, MLP teacher 512-256, batch 128: ``configs/study/fashion_mnist.y
 fresh process and directory (``demo_seconds``, target ≤ 120 s on 2 idle cores), with the share spent
 pre-training.
 
-Run ``python -m benchmarks.members [--quick] [--json PATH]``.
+Run ``python -m benchmarks.members [--quick] [--json PATH] [--accelerator gpu] [--precision bf16-mixed]``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from benchmarks.training import described, trainer_settings
 from kdlightning import BatchedMembers, StudentOnly, VanillaKD
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import Digits, FashionMNIST, IIDPartitioner, PartitionedDataModule
@@ -83,8 +85,13 @@ def _timed(fit: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def measure_grid(name: str, epochs: int, repeats: int, cache_root: Path) -> dict[str, Any]:
-    """One run, the batched grid and the sequential grid of student ``name``, in seconds, and their ratios."""
+def measure_grid(
+    name: str, epochs: int, repeats: int, cache_root: Path, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One run, the batched grid and the sequential grid of student ``name``, in seconds, and their ratios.
+
+    ``settings`` are Trainer arguments for every fit (e.g. ``accelerator``, ``precision``).
+    """
     spec = STUDENTS[name]
     data = _datamodule(spec)
     data.prepare_data()
@@ -94,29 +101,32 @@ def measure_grid(name: str, epochs: int, repeats: int, cache_root: Path) -> dict
 
     def one_run() -> None:
         L.seed_everything(0, verbose=False)
-        trainer(epochs).fit(StudentOnly(copy.deepcopy(student), 10), datamodule=data)
+        trainer(epochs, settings=settings).fit(StudentOnly(copy.deepcopy(student), 10), datamodule=data)
 
     def kd(t: float, a: float) -> VanillaKD:
         return VanillaKD(copy.deepcopy(student), teacher, 10, temperature=t, alpha=a)
 
-    def batched() -> None:
+    def batched(max_epochs: int = epochs, folder: str = "batched") -> None:
         L.seed_everything(0, verbose=False)
         model = BatchedMembers({f"T={t:g},alpha={a:g}": kd(t, a) for t, a in GRID})
-        cache = CacheReferenceOutputs(cache_dir=str(cache_root / f"{name}-batched"))
-        trainer(epochs, [cache]).fit(model, datamodule=data)
+        cache = CacheReferenceOutputs(cache_dir=str(cache_root / f"{name}-{folder}"))
+        trainer(max_epochs, [cache], settings).fit(model, datamodule=data)
 
     def sequential() -> None:
         cache = str(cache_root / f"{name}-sequential")
         for t, a in GRID:
             L.seed_everything(0, verbose=False)
-            trainer(epochs, [CacheReferenceOutputs(cache_dir=cache)]).fit(kd(t, a), datamodule=data)
+            trainer(epochs, [CacheReferenceOutputs(cache_dir=cache)], settings).fit(kd(t, a), datamodule=data)
 
-    one_run()  # warm-up: data loading, first-call costs
-    runs = [_timed(one_run) for _ in range(repeats)]
-    batched_s = _timed(batched)
+    one_run()  # warm-up: data loading, first-call costs (on a GPU, each new kernel's first launch)
+    batched(1, "warm-up")
+    runs, batched_runs = [], []
+    for _ in range(repeats):  # interleaved, so a busy moment of the machine falls on both
+        runs.append(_timed(one_run))
+        batched_runs.append(_timed(batched))
+        runs.append(_timed(one_run))
     sequential_s = _timed(sequential)
-    runs += [_timed(one_run) for _ in range(repeats)]
-    one = statistics.median(runs)
+    one, batched_s = statistics.median(runs), statistics.median(batched_runs)
     return {
         "epochs": epochs,
         "train_samples": len(data.train_set),
@@ -142,15 +152,20 @@ def measure_demo() -> dict[str, Any]:
     return {"demo_seconds": round(seconds, 1), "demo_runs": runs, "demo_pretraining_seconds": pretraining}
 
 
-def run(quick: bool = False, demo: bool = True) -> dict[str, Any]:
-    """Every figure of this benchmark (``quick``: fewer epochs and repeats, no demo)."""
-    epochs, repeats = (2, 1) if quick else (5, 2)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "students": {}}
+def run(quick: bool = False, demo: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every figure of this benchmark.
+
+    Args:
+        quick: fewer epochs and repeats, no demo.
+        demo: time ``kdl study`` end to end.
+        settings: Trainer arguments of every fit (``accelerator``, ``precision``).
+    """
+    epochs, repeats = (2, 1) if quick else (5, 3)
+    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "settings": dict(settings or {}), "students": {}}
     with tempfile.TemporaryDirectory() as tmp, quiet():
         for name in STUDENTS:
             try:
-                figures["students"][name] = measure_grid(name, epochs, repeats, Path(tmp))
+                figures["students"][name] = measure_grid(name, epochs, repeats, Path(tmp), settings)
             except (FileNotFoundError, OSError) as error:  # Fashion-MNIST's files are not installed
                 figures["students"][name] = {"skipped": str(error).splitlines()[0]}
     measured = [s for s in figures["students"].values() if "skipped" not in s]
@@ -175,7 +190,8 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool]:
 
 def format_table(figures: dict[str, Any]) -> str:
     lines = [
-        f"Batched members ({figures['threads']} threads): the 25-point grid as one fit",
+        f"Batched members ({figures['threads']} threads{described(figures.get('settings'))}): "
+        "the 25-point grid as one fit",
         f"{'student':<10}{'epochs':>7}{'one run s':>11}{'batched s':>11}{'sequential s':>14}"
         f"{'batched/one':>13}{'speed-up':>10}",
     ]
@@ -200,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 epochs, one repeat, no demo")
     parser.add_argument("--no-demo", action="store_true", help="skip the end-to-end `kdl study`")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--accelerator", help="Trainer accelerator of every fit (default: Lightning's auto)")
+    parser.add_argument("--precision", help="Trainer precision of every fit, e.g. bf16-mixed (default: 32-true)")
     args = parser.parse_args(argv)
-    figures = run(quick=args.quick, demo=not args.no_demo)
+    figures = run(quick=args.quick, demo=not args.no_demo, settings=trainer_settings(args))
     print(format_table(figures))
     met = targets_met(figures)
     print("targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in met.items()))

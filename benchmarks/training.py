@@ -11,12 +11,13 @@ PyTorch loop doing the same uncached KD, and ``DeepMutualLearning`` steps, and p
 - DML step ÷ (2 × StudentOnly step) (target ≤ 1.10), for ``alternate=False`` and ``alternate=True``;
 - kdlightning's uncached KD epoch ÷ the bare loop's (the library's overhead).
 
-Run ``python -m benchmarks.training [--quick] [--json PATH]``.
+Run ``python -m benchmarks.training [--quick] [--json PATH] [--accelerator gpu] [--precision bf16-mixed]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -142,13 +143,25 @@ def quiet() -> None:
 
 
 def fit_epochs(
-    model: DistillationModule, data: PartitionedDataModule, epochs: int, batches: int, callbacks: list | None = None
+    model: DistillationModule,
+    data: PartitionedDataModule,
+    epochs: int,
+    batches: int,
+    callbacks: list | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> EpochTimer:
-    """Train ``model`` for ``epochs`` epochs (of ``batches`` batches: the whole data set); return the epoch timer."""
+    """Train ``model`` for ``epochs`` epochs (of ``batches`` batches: the whole data set); return the epoch timer.
+
+    ``settings`` are Trainer arguments (``accelerator``, ``precision``); the accelerator defaults to the CPU.
+    """
     teacher = getattr(model, "teacher", None)
     timer = EpochTimer(teacher if isinstance(teacher, Timed) else None)
     trainer = quiet_trainer(
-        epochs, [timer, *(callbacks or [])], accelerator="cpu", limit_train_batches=batches, limit_val_batches=0
+        epochs,
+        [timer, *(callbacks or [])],
+        **{"accelerator": "cpu", **(settings or {})},
+        limit_train_batches=batches,
+        limit_val_batches=0,
     )
     trainer.fit(model, datamodule=data)
     return timer
@@ -166,21 +179,50 @@ def steady_teacher(timer: EpochTimer, skip: int = 1) -> float:
     return statistics.median(batches) * len(timer.teacher_batches[-1])
 
 
-def teacher_forward_epoch(teacher: nn.Module, data: PartitionedDataModule, batches: int) -> float:
+def on_device(settings: dict[str, Any] | None) -> tuple[torch.device, Any]:
+    """The device and the autocast context a hand-written loop uses to match the Trainer ``settings``."""
+    accelerator = (settings or {}).get("accelerator", "cpu")
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    precision = str((settings or {}).get("precision", "32-true"))
+    if precision.startswith("bf16") or precision.startswith("16"):
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+        return device, lambda: torch.autocast(device.type, dtype=dtype)
+    return device, contextlib.nullcontext
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def teacher_forward_epoch(
+    teacher: nn.Module, data: PartitionedDataModule, batches: int, settings: dict[str, Any] | None = None
+) -> float:
     """Seconds for the teacher's forward passes over one epoch of training batches."""
-    teacher.eval()
+    device, autocast = on_device(settings)
+    teacher.to(device).eval()
     loader = data.train_dataloader()
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for i, (x, _, _) in enumerate(loader):
             if i == batches:
                 break
-            teacher(x)
+            teacher(x.to(device))
+    _synchronize(device)
     return time.perf_counter() - start
 
 
-def bare_loop_epoch(student: nn.Module, teacher: nn.Module, data: PartitionedDataModule, batches: int) -> float:
+def bare_loop_epoch(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: PartitionedDataModule,
+    batches: int,
+    settings: dict[str, Any] | None = None,
+) -> float:
     """The same uncached vanilla KD epoch as a hand-written PyTorch loop (what a user writes alone)."""
+    device, autocast = on_device(settings)
+    student.to(device)
+    teacher.to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     teacher.eval()
     student.train()
@@ -190,12 +232,15 @@ def bare_loop_epoch(student: nn.Module, teacher: nn.Module, data: PartitionedDat
         for i, (x, y, _) in enumerate(data.train_dataloader()):
             if i == batches:
                 break
-            with torch.no_grad():
-                target = teacher(x)
-            loss = distillation_loss(student(x), target, y, 4.0, 0.5)
+            x, y = x.to(device), y.to(device)
+            with autocast():
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distillation_loss(student(x), target, y, 4.0, 0.5)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        _synchronize(device)
         times.append(time.perf_counter() - start)
     return times[-1]
 
@@ -208,6 +253,7 @@ def measure(
     batches: int,
     epochs: int,
     repeats: int = 2,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every timing of one workload (student, teacher, data), the fastest of ``repeats`` interleaved runs."""
     data.prepare_data()
@@ -218,26 +264,29 @@ def measure(
     num_classes = data.num_classes
     runs: dict[str, list[float]] = {}
 
+    def fit(model: DistillationModule, callbacks: list | None = None) -> EpochTimer:
+        return fit_epochs(model, data, epochs, batches, callbacks, settings)
+
     def record(key: str, value: float) -> None:
         runs.setdefault(key, []).append(value)
 
     # Every configuration runs `repeats` times, interleaved, and keeps its fastest: on a shared
     # machine the slowest runs measure the neighbours, not the code.
     for _ in range(repeats):
-        record("only", steady(fit_epochs(StudentOnly(fresh(), num_classes), data, epochs, batches)))
+        record("only", steady(fit(StudentOnly(fresh(), num_classes))))
         cache = [CacheReferenceOutputs()]
         record(
             "cached",
-            steady(fit_epochs(VanillaKD(fresh(), copy.deepcopy(teacher), num_classes), data, epochs, batches, cache)),
+            steady(fit(VanillaKD(fresh(), copy.deepcopy(teacher), num_classes), cache)),
         )
-        timer = fit_epochs(VanillaKD(fresh(), Timed(copy.deepcopy(teacher)), num_classes), data, epochs, batches)
+        timer = fit(VanillaKD(fresh(), Timed(copy.deepcopy(teacher)), num_classes))
         record("uncached", steady(timer))
         record("in_loop", steady_teacher(timer))
-        record("forward", teacher_forward_epoch(copy.deepcopy(teacher), data, batches))
-        record("bare", bare_loop_epoch(fresh(), copy.deepcopy(teacher), data, batches))
+        record("forward", teacher_forward_epoch(copy.deepcopy(teacher), data, batches, settings))
+        record("bare", bare_loop_epoch(fresh(), copy.deepcopy(teacher), data, batches, settings))
         for alternate in (False, True):
             model = DeepMutualLearning(fresh(), copy.deepcopy(student), num_classes, alternate=alternate)
-            record(f"dml_{alternate}", steady(fit_epochs(model, data, epochs, batches)))
+            record(f"dml_{alternate}", steady(fit(model)))
     best = {key: min(values) for key, values in runs.items()}
     only, cached, uncached, in_loop = best["only"], best["cached"], best["uncached"], best["in_loop"]
     forward, bare, dml = best["forward"], best["bare"], {False: best["dml_False"], True: best["dml_True"]}
@@ -321,14 +370,20 @@ HEADLINE_KEYS = (
 """The figures :func:`run` reports at the top level (those of the first workload)."""
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Measure every workload; the headline keys are those of the first (Fashion-MNIST when installed)."""
+def run(quick: bool = False, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every workload; the headline keys are those of the first (Fashion-MNIST when installed).
+
+    ``settings`` are Trainer arguments of every fit (``accelerator``, ``precision``; the CPU by default).
+    """
     quiet()
     epochs = 3 if quick else 4
-    rows = [measure(name, s, t, d, b, epochs) for name, s, t, d, b in workloads(quick)]
+    rows = [measure(name, s, t, d, b, epochs, settings=settings) for name, s, t, d, b in workloads(quick)]
     headline = rows[0]
+    device, _ = on_device(settings)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    threads = torch.get_num_threads()
     return {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU",
+        "machine": f"{platform.machine()}, {threads} threads, torch {torch.__version__}, {where}{described(settings)}",
         "epochs": epochs,
         "rows": rows,
         **{key: headline[key] for key in HEADLINE_KEYS},
@@ -376,12 +431,24 @@ def targets_met(figures: dict[str, Any]) -> dict[str, bool]:
     return met
 
 
+def described(settings: dict[str, Any] | None) -> str:
+    """``settings`` as ``, key=value`` pairs for a table's title."""
+    return "".join(f", {key}={value}" for key, value in (settings or {}).items())
+
+
+def trainer_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Trainer arguments ``--accelerator`` and ``--precision`` ask for (none when unset)."""
+    return {key: value for key in ("accelerator", "precision") if (value := getattr(args, key)) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches and epochs")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--accelerator", help="Trainer accelerator of every fit (default: cpu), e.g. gpu")
+    parser.add_argument("--precision", help="Trainer precision of every fit, e.g. bf16-mixed (default: 32-true)")
     args = parser.parse_args(argv)
-    figures = run(quick=args.quick)
+    figures = run(quick=args.quick, settings=trainer_settings(args))
     print(format_table(figures))
     met = targets_met(figures)
     print("\ntargets met: " + ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in met.items()))
