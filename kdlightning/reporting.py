@@ -1,14 +1,17 @@
-"""Pure summaries of study results: accuracy gains per method and scenario, and the study's metric.
+"""Pure summaries of study results: accuracy gains per method and scenario with their uncertainty, and guidance.
 
 Nothing here trains or imports Lightning: a study's ``results.csv`` rows go in, numbers and Markdown
-come out, so ``summary.md`` can always be recomputed from ``results.csv``.
+come out, so ``summary.md`` and the guidance page can always be recomputed from ``results.csv``. Every
+statistic is :mod:`kdlightning.stats`'s.
 
 A row is a mapping with at least ``scenario``, ``seed``, ``method``, ``acc_before`` and
-``acc_after`` (accuracies in ``[0, 1]`` on the global test set). The **gain** of a run is
-``100 * (acc_after - acc_before)`` percentage points; its **gain over the control** subtracts the
-gain of the control method (the student trained alone for the same epochs) of the same scenario
-and seed. A **failed** run (a diverging method) has a non-empty ``error`` and no ``acc_after``: it is
-counted and listed, and left out of every statistic.
+``acc_after`` (accuracies in ``[0, 1]`` on the global test set); values read back from CSV are strings.
+The **gain** of a run is ``100 * (acc_after - acc_before)`` percentage points; its **gain over the
+control** subtracts the gain of the control method (the student trained alone for the same epochs) of
+the same scenario and seed. A **failed** run (a diverging method) has a non-empty ``error`` and no
+``acc_after``: it is counted and listed, and left out of every statistic; a comparison by seed uses only
+the seeds where both runs finished. A tuned row (``tuned_kd``, ``tuned_kd_public``) carries
+``validation``: where its search validated, ``own`` or ``public`` (``own`` where missing).
 """
 
 from __future__ import annotations
@@ -24,32 +27,53 @@ from pathlib import Path
 from typing import Any
 
 from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.stats import (
+    Interval,
+    PairedDifference,
+    Ranked,
+    bootstrap_average_improvement,
+    bootstrap_relative_improvement,
+    mean_interval,
+    paired_difference,
+    rank,
+)
 
 __all__ = [
+    "TUNED",
+    "UNTUNED",
+    "VALIDATIONS",
     "Cell",
+    "TunedImprovement",
     "add_gains",
     "error_line",
     "is_failed",
+    "paired_gains",
     "plot_gains",
     "read_csv",
     "render_guidance",
+    "render_guidance_page",
     "render_summary",
     "summarize",
     "tuned_improvement",
+    "tuned_validation",
     "write_csv",
 ]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """Mean and sample standard deviation of a gain over seeds (``std`` is 0 for one seed)."""
+TUNED: tuple[str, ...] = ("tuned_kd", "tuned_kd_public")
+"""Tuned KD's rows: its search validated on the student party's own split, and on a public split."""
 
-    mean: float
-    std: float
-    n: int
+UNTUNED: tuple[str, ...] = ("vanilla_kd", "dml", "dpkd")
+"""The untuned methods tuned KD is measured against."""
 
-    def __str__(self) -> str:
-        return f"{self.mean:+.2f} ± {self.std:.2f}"
+VALIDATIONS: dict[str, str] = {
+    "own": "a split of the student party's own data",
+    "public": "a labelled split held out before partitioning, drawn like the test set",
+}
+"""Where tuned KD's search validates (a tuned row's ``validation``), in words."""
+
+Cell = Interval
+"""A gain over seeds for one scenario and method: its mean and 95% t-interval (:class:`kdlightning.stats.Interval`)."""
 
 
 def error_line(error: BaseException) -> str:
@@ -100,127 +124,361 @@ def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") 
     return out
 
 
-def _cell(values: Sequence[float]) -> Cell:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return Cell(mean, std, len(values))
+def _value(row: Mapping[str, Any], key: str) -> float | None:
+    """``row[key]`` as a finite float (a CSV cell is a string), or None where it is missing, empty or not finite."""
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
-def summarize(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[tuple[str, str], Cell]:
-    """Mean ± std of ``key`` over seeds, per ``(scenario, method)``; rows where ``key`` is None or empty are skipped.
+def _per_seed(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[tuple[str, str], dict[str, float]]:
+    """``(scenario, method)`` → seed → ``row[key]``; rows without a value (failed runs, missing controls) left out."""
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        value = _value(row, key)
+        if value is not None:
+            table.setdefault((str(row["scenario"]), str(row["method"])), {})[str(row["seed"])] = value
+    return table
+
+
+def _with_gains(rows: Sequence[Mapping[str, Any]], control: str) -> list[Mapping[str, Any]]:
+    """``rows`` with their gains: as they are where they carry ``gain_pp`` (from ``results.csv``), else computed."""
+    return add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
+
+
+def _tuned_names(tuned: str | Sequence[str]) -> tuple[str, ...]:
+    return (tuned,) if isinstance(tuned, str) else tuple(tuned)
+
+
+def summarize(
+    rows: Iterable[Mapping[str, Any]], key: str = "gain_pp", confidence: float = 0.95
+) -> dict[tuple[str, str], Cell]:
+    """Mean and t-interval of ``key`` over seeds, per ``(scenario, method)`` (:func:`kdlightning.stats.mean_interval`).
+
+    Rows where ``key`` is None or empty (a failed run, or a missing control) are left out.
 
     Examples:
-        >>> rows = [{"scenario": "iid", "method": "kd", "gain_pp": g} for g in (1.0, 3.0)]
-        >>> str(summarize(rows)[("iid", "kd")])
-        '+2.00 ± 1.41'
+        >>> rows = [{"scenario": "iid", "seed": s, "method": "kd", "gain_pp": g} for s, g in ((0, "1.0"), (1, "3.0"))]
+        >>> cell = summarize(rows)[("iid", "kd")]
+        >>> str(cell), cell.n  # mean 2, sd 1.41, t(0.975, 1) = 12.71
+        ('+2.00 [-10.71, +14.71]', 2)
     """
-    groups: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        if row.get(key) in (None, ""):  # a failed run, or a missing control
-            continue
-        groups.setdefault((str(row["scenario"]), str(row["method"])), []).append(float(row[key]))
-    return {group: _cell(values) for group, values in groups.items()}
+    return {group: mean_interval(list(values.values()), confidence) for group, values in _per_seed(rows, key).items()}
+
+
+def paired_gains(
+    rows: Sequence[Mapping[str, Any]], control: str = "student_only", confidence: float = 0.95
+) -> dict[tuple[str, str], PairedDifference]:
+    """Each method's gain over the control, paired by seed, per ``(scenario, method)`` (the control left out).
+
+    Per seed, the method's gain minus the control's gain on that seed (the same partition and pre-trained student);
+    then :func:`kdlightning.stats.paired_difference`: the interval of the mean difference, the Wilcoxon p-value
+    and the win rate. Only seeds where both runs finished count.
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after}
+        ...     for seed, control, kd in ((0, 0.60, 0.62), (1, 0.61, 0.62), (2, 0.60, 0.63), (3, 0.62, 0.64))
+        ...     for method, after in (("student_only", control), ("vanilla_kd", kd))
+        ... ]
+        >>> result = paired_gains(rows)[("iid", "vanilla_kd")]  # differences 2, 1, 3, 2 pp
+        >>> str(result.difference), round(result.p_value, 3), result.win_rate
+        ('+2.00 [+0.70, +3.30]', 0.125, 1.0)
+    """
+    gains = _per_seed(_with_gains(rows, control))
+    out: dict[tuple[str, str], PairedDifference] = {}
+    for (scenario, method), values in gains.items():
+        base = gains.get((scenario, control), {})
+        seeds = [seed for seed in values if seed in base]
+        if method != control and seeds:
+            out[(scenario, method)] = paired_difference(
+                [values[seed] for seed in seeds], [base[seed] for seed in seeds], confidence
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class TunedImprovement:
+    """A tuned method against the best untuned method in one scenario, on the seeds where all of them finished."""
+
+    best: str
+    """The untuned method with the highest mean gain on those seeds."""
+    best_gain: Interval
+    """Its gain (pp), mean and t-interval over those seeds."""
+    tuned_gain: Interval
+    """The tuned method's gain (pp), mean and t-interval over those seeds."""
+    difference: PairedDifference
+    """The tuned method's gain minus the best untuned method's, paired by seed."""
+    relative: Interval
+    """The study's metric (:func:`kdlightning.stats.bootstrap_relative_improvement`), in %: its ``mean`` is inf
+    or nan where the best untuned mean gain is 0."""
+
+
+def _improvement_data(
+    rows: Sequence[Mapping[str, Any]], tuned: str, untuned: Sequence[str]
+) -> dict[str, tuple[list[float], dict[str, list[float]]]]:
+    """Per scenario, the tuned method's gains and the untuned methods' on the seeds where every one of them finished.
+
+    An untuned method with no finished run in a scenario is left out of it; a scenario without the tuned method,
+    any untuned one, or a common seed is left out.
+    """
+    gains = _per_seed(rows)
+    out: dict[str, tuple[list[float], dict[str, list[float]]]] = {}
+    for scenario in dict.fromkeys(str(row["scenario"]) for row in rows):
+        mine = gains.get((scenario, tuned), {})
+        others = {method: gains[(scenario, method)] for method in untuned if (scenario, method) in gains}
+        seeds = [seed for seed in mine if all(seed in values for values in others.values())]
+        if seeds and others:
+            out[scenario] = (
+                [mine[seed] for seed in seeds],
+                {method: [values[seed] for seed in seeds] for method, values in others.items()},
+            )
+    return out
 
 
 def tuned_improvement(
-    summary: Mapping[tuple[str, str], Cell],
+    rows: Sequence[Mapping[str, Any]],
     tuned: str = "tuned_kd",
-    untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
-) -> dict[str, float | None]:
-    r"""The study's metric per scenario: tuned KD's mean gain relative to the best untuned method's.
+    untuned: Sequence[str] = UNTUNED,
+    control: str = "student_only",
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, TunedImprovement | None]:
+    r"""The study's metric per scenario: ``tuned``'s mean gain relative to the best untuned method's.
 
     .. math::
         100 \cdot \frac{g_{tuned} - \max_m g_m}{|\max_m g_m|}
 
-    None where a method is missing or the best untuned gain is 0.
+    with its percentile bootstrap interval, seeds resampled jointly across the methods and the best untuned method
+    re-chosen in every resample (:func:`kdlightning.stats.bootstrap_relative_improvement`). Only seeds where
+    ``tuned`` and every untuned method of the scenario finished count. None where ``tuned`` or every untuned
+    method is missing.
 
     Examples:
-        >>> from kdlightning.reporting import Cell
-        >>> s = {("iid", "tuned_kd"): Cell(1.16, 0, 1), ("iid", "vanilla_kd"): Cell(1.0, 0, 1)}
-        >>> round(tuned_improvement(s, untuned=("vanilla_kd", "dml"))["iid"], 1)
-        16.0
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": 0.5 + gain / 100}
+        ...     for seed, gains in enumerate(((1.0, 1.2, 0.5), (0.9, 1.0, 1.2), (1.1, 1.4, 0.7)))
+        ...     for method, gain in zip(("vanilla_kd", "tuned_kd", "dml"), gains)
+        ... ]
+        >>> result = tuned_improvement(rows)["iid"]
+        >>> result.best, result.relative.format(1, "%")[:6]  # 100 * (1.2 - 1.0) / 1.0
+        ('vanilla_kd', '+20.0%')
     """
-    scenarios = sorted({scenario for scenario, _ in summary})
-    out: dict[str, float | None] = {}
-    for scenario in scenarios:
-        best = [summary[(scenario, m)].mean for m in untuned if (scenario, m) in summary]
-        if (scenario, tuned) not in summary or not best or max(best) == 0:
+    rows = _with_gains(rows, control)
+    untuned = [method for method in untuned if method != tuned]
+    data = _improvement_data(rows, tuned, untuned)
+    out: dict[str, TunedImprovement | None] = {}
+    for scenario in dict.fromkeys(str(row["scenario"]) for row in rows):
+        if scenario not in data:
             out[scenario] = None
             continue
-        out[scenario] = 100.0 * (summary[(scenario, tuned)].mean - max(best)) / abs(max(best))
+        mine, others = data[scenario]
+        best = max(others, key=lambda method: sum(others[method]))  # the highest mean: same seeds, same count
+        out[scenario] = TunedImprovement(
+            best=best,
+            best_gain=mean_interval(others[best], confidence),
+            tuned_gain=mean_interval(mine, confidence),
+            difference=paired_difference(mine, others[best], confidence),
+            relative=bootstrap_relative_improvement(mine, others, n_resamples, confidence, seed),
+        )
     return out
+
+
+def tuned_validation(rows: Iterable[Mapping[str, Any]], tuned: str) -> str:
+    """Where ``tuned``'s search validated, from its rows' ``validation``: ``own`` where it is missing (older results).
+
+    Examples:
+        >>> tuned_validation([{"method": "tuned_kd_public", "validation": "public"}], "tuned_kd_public")
+        'public'
+        >>> tuned_validation([{"method": "tuned_kd", "validation": ""}], "tuned_kd")
+        'own'
+    """
+    found = dict.fromkeys(str(row.get("validation") or "own") for row in rows if str(row["method"]) == tuned)
+    return ", ".join(found) or "own"
+
+
+def _describe_validation(validation: str) -> str:
+    """``validation`` with its meaning: ``own (a split of the student party's own data)``."""
+    return "; ".join(
+        f"{part} ({VALIDATIONS[part]})" if part in VALIDATIONS else part for part in validation.split(", ")
+    )
+
+
+def _p_text(p_value: float) -> str:
+    return "-" if math.isnan(p_value) else f"{p_value:#.3g}"
 
 
 def render_summary(
     rows: Sequence[Mapping[str, Any]],
     iid_scenarios: Sequence[str] = ("iid",),
-    tuned: str = "tuned_kd",
-    untuned: Sequence[str] = ("vanilla_kd", "dml", "dpkd"),
+    tuned: str | Sequence[str] = TUNED,
+    untuned: Sequence[str] = UNTUNED,
     control: str = "student_only",
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
 ) -> str:
-    """``summary.md``: gain and gain over the control per method × scenario, and tuned KD's relative improvement.
+    """``summary.md``: every gain over seeds with its interval, the gains over the control paired by seed, rankings.
 
-    A cell with failed runs says how many (its statistics leave them out); the failed runs and their errors
-    are listed at the end.
+    - the accuracy gain per method × scenario: mean and t-interval over seeds, with the number of seeds;
+    - the gain over the control paired by seed (:func:`paired_gains`): interval, Wilcoxon p-value, win rate;
+    - per scenario, the methods ranked by gain over the control, neighbours whose intervals overlap marked
+      "no clear difference" (:func:`kdlightning.stats.rank`);
+    - for each tuned method of ``tuned`` present in ``rows``, where its search validated and its relative
+      improvement over the best untuned method with a bootstrap interval (:func:`tuned_improvement`), then the
+      IID figure and the non-IID average and median beside the paper's;
+    - the guidance table (:func:`render_guidance`).
+
+    A cell with failed runs says how many (its statistics leave them out); the failed runs and their errors are
+    listed at the end. The bootstrap is seeded by ``seed``, so the same rows give the same text.
     """
-    rows = add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
+    rows = _with_gains(rows, control)
+    tuned = tuple(name for name in _tuned_names(tuned) if any(str(row["method"]) == name for row in rows))
+    untuned = [method for method in untuned if method not in tuned]
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     failures = Counter((str(r["scenario"]), str(r["method"])) for r in rows if is_failed(r))
-    lines = []
-    for title, key in (
-        ("Accuracy gain (pp)", "gain_pp"),
-        ("Accuracy gain over the control (pp)", "gain_over_control_pp"),
-    ):
-        table = summarize(rows, key)
-        lines += [f"## {title}, mean ± std over seeds", "", "| method | " + " | ".join(scenarios) + " |"]
-        lines.append("|---|" + "---|" * len(scenarios))
-        for method in methods:
-            cells = [_with_failures(table.get((s, method)), failures[(s, method)]) for s in scenarios]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    improvement = tuned_improvement(summarize(rows, "gain_pp"), tuned, untuned)
+    level = f"{confidence:.0%}"
 
-    gains = summarize(rows, "gain_pp")
-    lines += [f"## Relative improvement of {tuned} over the best untuned method", ""]
-    lines += [f"| scenario | best untuned method | its gain (pp) | {tuned} gain (pp) | difference (pp) | improvement |"]
-    lines.append("|---|---|---|---|---|---|")
+    gains = summarize(rows, "gain_pp", confidence)
+    lines = [
+        f"## Accuracy gain (pp), mean [{level} interval] over seeds",
+        "",
+        f"Each cell: the mean gain over seeds, its {level} Student-t interval and the number of seeds (n).",
+        "",
+        "| method | " + " | ".join(scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+    ]
+    for method in methods:
+        cells = [_with_failures(gains.get((s, method)), failures[(s, method)]) for s in scenarios]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+
+    paired = paired_gains(rows, control, confidence)
+    lines += [
+        "",
+        f"## Accuracy gain over the control (pp), paired by seed, mean [{level} interval]",
+        "",
+        f"Per seed, the method's gain minus the gain of {control} (the student trained alone for as long) on the same "
+        f"seed: the same partition and pre-trained student. The mean of those differences and its {level} interval; "
+        "the two-sided Wilcoxon signed-rank p-value; the win rate, the share of seeds where the method gained more "
+        "than the control (a tie counts half). Only seeds where both runs finished count.",
+        "",
+        "| scenario | method | seeds | gain over the control (pp) | Wilcoxon p | win rate |",
+        "|---|---|---|---|---|---|",
+    ]
     for scenario in scenarios:
-        value = improvement.get(scenario)
-        present = [m for m in untuned if (scenario, m) in gains]
-        best = max(present, key=lambda m: gains[(scenario, m)].mean) if present else None
-        mine = gains.get((scenario, tuned))
-        cells = [
-            best or "-",
-            "-" if best is None else f"{gains[(scenario, best)].mean:+.2f}",
-            "-" if mine is None else f"{mine.mean:+.2f}",
-            "-" if best is None or mine is None else f"{mine.mean - gains[(scenario, best)].mean:+.2f}",
-            "-" if value is None else f"{value:+.1f}%",
-        ]
-        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
-    non_iid = [v for s, v in improvement.items() if s not in iid_scenarios and v is not None]
-    iid = [v for s, v in improvement.items() if s in iid_scenarios and v is not None]
-    lines.append("")
-    if iid:
-        lines.append(f"IID: {sum(iid) / len(iid):+.1f}% (the study reports +16%).")
-    if non_iid:
-        ordered = sorted(non_iid)
-        middle = len(ordered) // 2
-        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-        lines.append(
-            f"Non-IID average: {sum(non_iid) / len(non_iid):+.1f}% (the study reports +139%); median {median:+.1f}% "
-            f"over {len(non_iid)} scenarios (a relative figure is large where the best untuned gain is near 0)."
-        )
-    lines += ["", *render_guidance(rows, tuned, control), *_render_failures(rows)]
+        for method in methods:
+            result = paired.get((scenario, method))
+            failed = failures[(scenario, method)]
+            if method == control or (result is None and not failed):
+                continue
+            seeds = ("-" if result is None else str(result.n)) + (f" ({failed} failed)" if failed else "")
+            cells = (
+                ["-", "-", "-"]
+                if result is None
+                else [str(result.difference), _p_text(result.p_value), f"{result.win_rate:.0%}"]
+            )
+            lines.append(f"| {scenario} | {method} | {seeds} | " + " | ".join(cells) + " |")
+
+    if paired:
+        lines += ["", "## Ranking by gain over the control", ""]
+        for scenario in scenarios:
+            ranking = rank({m: p.difference for (s, m), p in paired.items() if s == scenario})
+            if ranking:
+                lines.append(f"- {scenario}: {_ranking_text(ranking)}")
+        lines += ["", "`>`: the method before is clearly ahead, their intervals do not overlap; `≈`: they overlap."]
+    for name in tuned:
+        lines += ["", *_render_improvement(rows, name, untuned, iid_scenarios, control, confidence, n_resamples, seed)]
+    lines += ["", *render_guidance(rows, tuned, control, confidence), *_render_failures(rows)]
     return "\n".join(lines) + "\n"
 
 
+def _ranking_text(ranking: Sequence[Ranked]) -> str:
+    """``a +1.00 [..] ≈ b +0.80 [..] > c -0.20 [..]``, with what ``≈`` means where it appears."""
+    text = ""
+    for place in ranking:
+        text += f"{place.name} {place.interval}"
+        if place.clearly_ahead_of_next is not None:
+            text += " > " if place.clearly_ahead_of_next else " ≈ "
+    if any(place.clearly_ahead_of_next is False for place in ranking):
+        text += " (≈: no clear difference, the intervals overlap)"
+    return text
+
+
+def _render_improvement(
+    rows: Sequence[Mapping[str, Any]],
+    tuned: str,
+    untuned: Sequence[str],
+    iid_scenarios: Sequence[str],
+    control: str,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> list[str]:
+    """Markdown lines: ``tuned``'s validation, its relative improvement per scenario, the IID and non-IID figures."""
+    level = f"{confidence:.0%}"
+    improvements = tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)
+    lines = [
+        f"## Relative improvement of {tuned} over the best untuned method",
+        "",
+        f"{tuned}'s search validated on {_describe_validation(tuned_validation(rows, tuned))}.",
+        "",
+        f"Gains (pp) on the seeds where {tuned} and every untuned method finished, mean [{level} interval]; their "
+        f"difference paired by seed; the improvement 100 · ({tuned} - best) / |best| with its {level} bootstrap "
+        f"interval ({n_resamples} resamples of the seeds, the best untuned method chosen again in each).",
+        "",
+        f"| scenario | seeds | best untuned method | its gain (pp) | {tuned} gain (pp) | difference (pp) "
+        "| improvement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, result in improvements.items():
+        if result is None:
+            lines.append(f"| {scenario} | - | - | - | - | - | - |")
+            continue
+        relative = result.relative
+        cells = [
+            str(result.difference.n),
+            result.best,
+            str(result.best_gain),
+            str(result.tuned_gain),
+            str(result.difference.difference),
+            relative.format(1, "%") if math.isfinite(relative.mean) else "- (the best untuned gain is 0)",
+        ]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    data = _improvement_data(rows, tuned, untuned)
+    finite = [s for s, result in improvements.items() if result is not None and math.isfinite(result.relative.mean)]
+    iid = [scenario for scenario in finite if scenario in iid_scenarios]
+    non_iid = [scenario for scenario in finite if scenario not in iid_scenarios]
+    lines.append("")
+    if iid:
+        figure = (
+            improvements[iid[0]].relative  # type: ignore[union-attr]
+            if len(iid) == 1
+            else bootstrap_average_improvement([data[s] for s in iid], "mean", n_resamples, confidence, seed)
+        )
+        lines.append(f"IID: {figure.format(1, '%')} (the study reports +16%).")
+    if non_iid:
+        cells = [data[scenario] for scenario in non_iid]
+        mean = bootstrap_average_improvement(cells, "mean", n_resamples, confidence, seed)
+        median = bootstrap_average_improvement(cells, "median", n_resamples, confidence, seed)
+        lines.append(
+            f"Non-IID average: {mean.format(1, '%')}, median {median.format(1, '%')} over {len(non_iid)} "
+            f"scenario{'s' if len(non_iid) != 1 else ''} "
+            "(the study reports +139% on average; a relative figure is large where the best untuned gain is near 0: "
+            "read it with the difference in points)."
+        )
+    return lines
+
+
 def _with_failures(cell: Cell | None, failed: int) -> str:
-    """A summary cell: mean ± std of the runs that finished, and how many failed."""
-    text = "-" if cell is None else str(cell)
-    if not failed:
-        return text
-    return f"{failed} failed" if cell is None else f"{text} ({failed} failed)"
+    """A gain cell: mean [interval] and number of seeds of the runs that finished, and how many failed."""
+    if cell is None:
+        return f"{failed} failed" if failed else "-"
+    counts = f"n={cell.n}" + (f", {failed} failed" if failed else "")
+    return f"{cell} ({counts})"
 
 
 def _render_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -243,75 +501,173 @@ def _render_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_guidance(
-    rows: Sequence[Mapping[str, Any]], tuned: str = "tuned_kd", control: str = "student_only"
+def _seeds(rows: Iterable[Mapping[str, Any]]) -> list[int]:
+    return sorted({int(row["seed"]) for row in rows})
+
+
+def _chosen_settings(rows: Sequence[Mapping[str, Any]], scenario: str, tuned: str) -> str:
+    """The ``(temperature, alpha)`` ``tuned``'s search chose on most seeds of ``scenario``, and on how many."""
+    points = []
+    for row in rows:
+        if str(row["scenario"]) != scenario or str(row["method"]) != tuned or is_failed(row):
+            continue
+        found = row.get("hyperparameters")
+        values = json.loads(found) if isinstance(found, str) and found else found
+        if isinstance(values, Mapping) and "temperature" in values and "alpha" in values:
+            points.append((float(values["temperature"]), float(values["alpha"])))
+    if not points:
+        return "-"
+    (temperature, alpha), count = Counter(points).most_common(1)[0]
+    return f"temperature {temperature:g}, alpha {alpha:g} ({count} of {len(points)} seeds)"
+
+
+def _against_zero(interval: Interval) -> str:
+    if not interval.has_bounds:
+        return "one seed: no interval"
+    if interval.low > 0:
+        return "interval above 0"
+    if interval.high < 0:
+        return "interval below 0 (the control does better)"
+    return "interval includes 0"
+
+
+def _guidance_table(
+    rows: Sequence[Mapping[str, Any]], tuned: Sequence[str], control: str, confidence: float
 ) -> list[str]:
-    """Markdown lines: per scenario, the methods ranked by mean gain over the control, and tuned KD's choices.
+    """The guidance table's Markdown lines, with a legend: one row per scenario (rows carry their gains)."""
+    paired = paired_gains(rows, control, confidence)
+    tuned = [name for name in tuned if any(str(row["method"]) == name for row in rows)]
+    columns = [f"{name} ({tuned_validation(rows, name)} validation): chosen settings" for name in tuned]
+    lines = [
+        f"The recommended method has the highest mean gain over the control ({control}), paired by seed; its "
+        f"{confidence:.0%} interval. How sure: whether that interval excludes 0; whether it is clearly ahead of the "
+        "runner-up (their intervals do not overlap); the share of seeds where it gained more than the control. "
+        "Tuned KD's settings: the (temperature, alpha) its search chose on most seeds.",
+        "",
+        "| " + " | ".join(["scenario", "recommended", "gain over the control (pp)", "how sure", *columns]) + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
+    ]
+    for scenario in dict.fromkeys(str(row["scenario"]) for row in rows):
+        ranking = rank({m: result.difference for (s, m), result in paired.items() if s == scenario})
+        cells = ["-", "-", "-"]
+        if ranking:
+            top, result = ranking[0], paired[(scenario, ranking[0].name)]
+            sure = [_against_zero(top.interval)]
+            if len(ranking) > 1:
+                runner = ranking[1]
+                relation = "clearly ahead of" if top.clearly_ahead_of_next else "no clear difference from"
+                sure.append(f"{relation} {runner.name} ({runner.interval.mean:+.2f})")
+            sure.append(f"wins {result.win_rate:.0%} of {result.n} seeds")
+            cells = [top.name, str(top.interval), "; ".join(sure)]
+        cells += [_chosen_settings(rows, scenario, name) for name in tuned]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_guidance(
+    rows: Sequence[Mapping[str, Any]],
+    tuned: str | Sequence[str] = TUNED,
+    control: str = "student_only",
+    confidence: float = 0.95,
+) -> list[str]:
+    """Markdown lines: per scenario, the method with the highest mean gain over the control, how sure, tuned settings.
+
+    The table of :func:`render_guidance_page`, under a heading for ``summary.md``.
 
     Examples:
         >>> rows = [
         ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.5, "acc_after": 0.6},
         ...     {"scenario": "iid", "seed": 0, "method": "dpkd", "acc_before": 0.5, "acc_after": 0.65},
         ... ]
-        >>> render_guidance(rows)[4]
-        '| iid | dpkd (+5.00) | - | - |'
+        >>> render_guidance(rows)[-1]
+        '| iid | dpkd | +5.00 [no interval] | one seed: no interval; wins 100% of 1 seeds |'
     """
-    rows = add_gains(rows, control=control)
-    table = summarize(rows, "gain_over_control_pp")
-    lines = [
-        "## Which method here: ranked by mean gain over the control (pp)",
-        "",
-        f"| scenario | best | runner-up | {tuned}: chosen (temperature, alpha) per seed |",
-        "|---|---|---|---|",
-    ]
-    for scenario in dict.fromkeys(str(r["scenario"]) for r in rows):
-        ranked = sorted(
-            ((cell.mean, method) for (s, method), cell in table.items() if s == scenario and method != control),
-            reverse=True,
+    rows = _with_gains(rows, control)
+    return ["## Which method here", "", *_guidance_table(rows, _tuned_names(tuned), control, confidence)]
+
+
+def render_guidance_page(
+    rows: Sequence[Mapping[str, Any]],
+    tuned: str | Sequence[str] = TUNED,
+    control: str = "student_only",
+    confidence: float = 0.95,
+) -> str:
+    """A Markdown page: which method for which distribution, generated from a study's ``results.csv`` rows.
+
+    One row per scenario: the recommended method (the highest mean gain over the control, paired by seed), that
+    gain with its interval, how sure (whether the interval excludes 0, whether it is clearly ahead of the
+    runner-up, its win rate), and the settings each tuned method's search chose on most seeds, with its
+    validation.
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after}
+        ...     for seed in (0, 1)
+        ...     for method, after in (("student_only", 0.60), ("dml", 0.61 + seed / 100), ("dpkd", 0.62))
+        ... ]
+        >>> print(render_guidance_page(rows).splitlines()[0])
+        # Guidance: which method for which distribution
+    """
+    rows = _with_gains(rows, control)
+    seeds = _seeds(rows)
+    return (
+        "\n".join(
+            [
+                "# Guidance: which method for which distribution",
+                "",
+                "Generated from `results.csv` by `kdlightning.reporting.render_guidance_page`, over "
+                f"{len(seeds)} seeds {seeds}; gains in percentage points over the control ({control}, the student "
+                "trained alone for as long).",
+                "",
+                *_guidance_table(rows, _tuned_names(tuned), control, confidence),
+            ]
         )
-        cells = [f"{method} ({mean:+.2f})" for mean, method in ranked[:2]]
-        cells += ["-"] * (2 - len(cells))
-        chosen = []
-        for row in rows:
-            if str(row["scenario"]) == scenario and row["method"] == tuned and not is_failed(row):
-                text = row.get("hyperparameters")
-                values = json.loads(text) if isinstance(text, str) and text else {}
-                if "temperature" in values and "alpha" in values:
-                    chosen.append(f"({values['temperature']:g}, {values['alpha']:g})")
-        lines.append(f"| {scenario} | " + " | ".join([*cells, ", ".join(chosen) or "-"]) + " |")
-    return lines
+        + "\n"
+    )
 
 
 def plot_gains(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, control: str = "student_only", title: str = ""
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    control: str = "student_only",
+    title: str = "",
+    confidence: float = 0.95,
 ) -> None:
-    """Bar charts of the accuracy gain and the gain over the control, mean ± std per method × scenario (PNG).
+    """Bar charts of the accuracy gain and the gain over the control per method × scenario, with intervals (PNG).
 
-    The title names ``title`` (the data set) and the seeds the means are taken over.
+    The error bars are the intervals of :func:`summarize` (the gain's t-interval) and of :func:`paired_gains`
+    (the paired difference's). The title names ``title`` (the data set) and the seeds.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
+    rows = _with_gains(rows, control)
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     figure = Figure(figsize=(max(6.4, 1.6 * len(scenarios) + 2), 7.2), layout="constrained")
     FigureCanvasAgg(figure)
-    seeds = sorted({int(r["seed"]) for r in rows})
-    heading = f"{title}: accuracy gain, mean ± std over {len(seeds)} seeds {seeds}" if title else ""
-    figure.suptitle(heading or f"Accuracy gain, mean ± std over {len(seeds)} seeds {seeds}", fontsize=11)
+    seeds = _seeds(rows)
+    what = f"accuracy gain, mean and {confidence:.0%} interval over {len(seeds)} seeds {seeds}"
+    figure.suptitle(f"{title}: {what}" if title else what[0].upper() + what[1:], fontsize=11)
     width = 0.8 / max(len(methods), 1)
-    panels = (("gain_pp", "accuracy gain (pp)"), ("gain_over_control_pp", f"gain over {control} (pp)"))
-    for index, (key, label) in enumerate(panels):
+    over = {key: result.difference for key, result in paired_gains(rows, control, confidence).items()}
+    panels = (
+        (summarize(rows, "gain_pp", confidence), "accuracy gain (pp)"),
+        (over, f"gain over {control} (pp), paired by seed"),
+    )
+    for index, (table, label) in enumerate(panels):
         axes = figure.add_subplot(len(panels), 1, index + 1)
-        table = summarize(rows, key)
         for m, method in enumerate(methods):
             cells = [table.get((scenario, method)) for scenario in scenarios]
+            bounds = [cell if cell is not None and cell.has_bounds else None for cell in cells]
             axes.bar(
                 [i + (m - (len(methods) - 1) / 2) * width for i in range(len(scenarios))],
-                [c.mean if c else 0.0 for c in cells],
+                [cell.mean if cell else 0.0 for cell in cells],
                 width,
-                yerr=[c.std if c else 0.0 for c in cells],
+                yerr=[
+                    [cell.mean - cell.low if cell else 0.0 for cell in bounds],
+                    [cell.high - cell.mean if cell else 0.0 for cell in bounds],
+                ],
                 capsize=2,
                 label=method,
             )

@@ -20,6 +20,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "kdlightning.atomic",
         "kdlightning.interrupt",
         "kdlightning.reporting",
+        "kdlightning.stats",
         "kdlightning.data.partitioners",
         "kdlightning.data.strategies",
         "kdlightning.federated.aggregate",

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import statistics
+import json
+import math
 from pathlib import Path
 
 import pytest
 
 from kdlightning.atomic import atomic_path, write_text_atomic
-from kdlightning.reporting import add_gains, read_csv, render_summary, summarize, tuned_improvement, write_csv
+from kdlightning.reporting import (
+    add_gains,
+    paired_gains,
+    read_csv,
+    render_guidance_page,
+    render_summary,
+    summarize,
+    tuned_improvement,
+    write_csv,
+)
+from kdlightning.stats import rank
+
+T_975_1 = 12.706205  # Student t quantile 0.975 with 1 degree of freedom (tables)
 
 AFTER = {  # (scenario, seed, method) -> accuracy after; every run starts from 0.80
     ("iid", 0, "student_only"): 0.81,
@@ -40,19 +53,38 @@ def test_gains_and_gains_over_the_control() -> None:
     assert table[("dirichlet(alpha=0.1)", 0, "vanilla_kd")]["gain_over_control_pp"] == pytest.approx(-2.0)
 
 
-def test_summary_matches_statistics_module() -> None:
+def test_the_summary_is_a_mean_and_t_interval_over_seeds() -> None:
     summary = summarize(add_gains(rows()))
-    cell = summary[("iid", "vanilla_kd")]
-    assert cell.mean == pytest.approx(statistics.mean([3.0, 5.0]))
-    assert cell.std == pytest.approx(statistics.stdev([3.0, 5.0]))
+    cell = summary[("iid", "vanilla_kd")]  # gains 3 and 5: mean 4, sd sqrt(2), standard error 1
+    assert cell.mean == pytest.approx(4.0)
+    assert (cell.low, cell.high) == (pytest.approx(4.0 - T_975_1, abs=1e-5), pytest.approx(4.0 + T_975_1, abs=1e-5))
     assert cell.n == 2
-    assert summary[("dirichlet(alpha=0.1)", "dml")].std == 0.0
+    assert not summary[("dirichlet(alpha=0.1)", "dml")].has_bounds  # one seed
+
+
+def test_the_gain_over_the_control_is_paired_by_seed() -> None:
+    paired = paired_gains(rows())
+    assert ("iid", "student_only") not in paired
+    result = paired[("iid", "vanilla_kd")]  # seed 0: 3 - 1 = 2; seed 1: 5 - 2 = 3
+    assert result.difference.mean == pytest.approx(2.5)
+    assert result.difference.high == pytest.approx(2.5 + T_975_1 * 0.5, abs=1e-5)  # sd sqrt(0.5), n 2
+    assert result.p_value == pytest.approx(0.5)  # two positive differences: exact p = 2 / 2**2
+    assert result.win_rate == 1.0
+    assert paired[("iid", "dml")].win_rate == 0.5  # seed 0: +1 over the control; seed 1: -1
 
 
 def test_tuned_improvement_over_the_best_untuned_method() -> None:
-    improvement = tuned_improvement(summarize(add_gains(rows())), untuned=("vanilla_kd", "dml"))
-    assert improvement["iid"] == pytest.approx(100 * (5.0 - 4.0) / 4.0)  # tuned 5.0 pp vs vanilla 4.0 pp
-    assert improvement["dirichlet(alpha=0.1)"] == pytest.approx(100 * (3.0 - 1.0) / 1.0)  # vs dml 1.0 pp
+    improvement = tuned_improvement(add_gains(rows()), untuned=("vanilla_kd", "dml"))
+    assert improvement["iid"].best == "vanilla_kd"
+    assert improvement["iid"].relative.mean == pytest.approx(100 * (5.0 - 4.0) / 4.0)  # tuned 5.0 pp vs vanilla 4.0
+    assert improvement["iid"].difference.difference.mean == pytest.approx(1.0)
+    low, high = improvement["iid"].relative.low, improvement["iid"].relative.high
+    assert low <= 25.0 <= high
+    dirichlet = improvement["dirichlet(alpha=0.1)"]
+    assert dirichlet.best == "dml"
+    assert dirichlet.relative.mean == pytest.approx(100 * (3.0 - 1.0) / 1.0)  # vs dml 1.0 pp
+    assert not dirichlet.relative.has_bounds  # one seed
+    assert tuned_improvement(rows(), tuned="absent")["iid"] is None
 
 
 def test_summary_markdown_is_recomputed_from_the_csv(tmp_path: Path) -> None:
@@ -61,9 +93,11 @@ def test_summary_markdown_is_recomputed_from_the_csv(tmp_path: Path) -> None:
     assert len(again) == len(AFTER)
     text = render_summary(again, untuned=("vanilla_kd", "dml"))
     assert text == render_summary(rows(), untuned=("vanilla_kd", "dml"))
-    assert "| vanilla_kd | +4.00 ± 1.41 | -2.00 ± 0.00 |" in text
-    assert "IID: +25.0%" in text
-    assert "Non-IID average: +200.0%" in text
+    assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2) | -2.00 [no interval] (n=1) |" in text
+    assert "| iid | vanilla_kd | 2 | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text  # interval, p-value, win rate
+    assert "| iid | dml | 2 | +0.00 [-12.71, +12.71] | 1.00 | 50% |" in text
+    assert "IID: +25.0% [" in text
+    assert "Non-IID average: +200.0% [no interval], median +200.0% [no interval] over 1 scenario" in text
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> None:
@@ -93,8 +127,10 @@ def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path:
     assert gains[-1]["gain_over_control_pp"] is None  # its control failed
     assert summarize(gains)[("iid", "vanilla_kd")].n == 2  # the failed seed is left out
     text = render_summary(again, untuned=("vanilla_kd", "dml"))
-    assert "| vanilla_kd | +4.00 ± 1.41 (1 failed) | -2.00 ± 0.00 |" in text
-    assert "| student_only | +1.50 ± 0.71 (1 failed) |" in text
+    assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2, 1 failed) | -2.00 [no interval] (n=1) |" in text
+    assert "| student_only | +1.50 [-4.85, +7.85] (n=2, 1 failed) |" in text
+    assert "| iid | vanilla_kd | 2 (1 failed) | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text
+    assert "| iid | dml | 2 |" in text  # seed 3 of dml has no control to pair with
     assert "2 of 15 runs failed" in text
     assert "| iid | 2 | vanilla_kd | FloatingPointError: Non-finite training loss at global step 3 |" in text
 
@@ -134,11 +170,145 @@ def test_the_gains_plot_names_the_data_and_the_seeds(tmp_path: Path, monkeypatch
         for seed in (0, 3)
         for method in ("student_only", "vanilla_kd")
     ]
-    titles = []
-    suptitle = matplotlib.figure.Figure.suptitle
+    titles, bars = [], []
+    suptitle, bar = matplotlib.figure.Figure.suptitle, matplotlib.axes.Axes.bar
     monkeypatch.setattr(
         matplotlib.figure.Figure, "suptitle", lambda self, text, **kw: titles.append(text) or suptitle(self, text, **kw)
     )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "bar",
+        lambda self, x, height, *a, **kw: bars.append((height, kw["yerr"])) or bar(self, x, height, *a, **kw),
+    )
     plot_gains(rows, tmp_path / "gains.png", title="Digits, 5 parties")
-    assert titles == ["Digits, 5 parties: accuracy gain, mean ± std over 2 seeds [0, 3]"]
+    assert titles == ["Digits, 5 parties: accuracy gain, mean and 95% interval over 2 seeds [0, 3]"]
+    # gains 10 and 13 pp: mean 11.5, standard error 1.5; over the control 0 on both seeds
+    (height, (below, above)) = bars[1]  # vanilla_kd's gain
+    assert height == pytest.approx([11.5]) and below == above == pytest.approx([T_975_1 * 1.5], abs=1e-4)
+    assert bars[3] == ([0.0], [[0.0], [0.0]])  # vanilla_kd over the control, paired: no spread
     assert (tmp_path / "gains.png").read_bytes().startswith(b"\x89PNG")
+
+
+def study_rows(spread: float) -> list[dict]:
+    """Four seeds: dpkd gains 3 pp over the control, dml 2 pp, both ± ``spread`` from seed to seed."""
+    out = []
+    for seed, noise in enumerate((-1.0, 1.0, -0.5, 0.5)):
+        control = 1.0 + 0.3 * seed  # the seeds differ; pairing takes that out
+        gains = {"student_only": control, "dpkd": control + 3.0 + spread * noise, "dml": control + 2.0 - spread * noise}
+        for method, gain in gains.items():
+            out.append(
+                {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": 0.5 + gain / 100}
+            )
+    return out
+
+
+@pytest.mark.parametrize("spread", [0.1, 2.0])
+def test_no_clear_difference_is_said_exactly_where_the_intervals_overlap(spread: float) -> None:
+    paired = paired_gains(study_rows(spread))
+    overlap = paired[("iid", "dpkd")].difference.overlaps(paired[("iid", "dml")].difference)
+    assert overlap == (spread == 2.0)  # the data is built so; the text must follow the intervals
+    assert [r.name for r in rank({m: p.difference for (_, m), p in paired.items()})] == ["dpkd", "dml"]
+    text = render_summary(study_rows(spread))
+    ranking_line = next(line for line in text.splitlines() if line.startswith("- iid: "))
+    assert ("no clear difference" in text) == overlap
+    assert ranking_line.startswith("- iid: dpkd +3.00 [")
+    assert (" ≈ dml +2.00 [" in ranking_line) == overlap
+    assert (" > dml +2.00 [" in ranking_line) == (not overlap)
+    guidance = text.splitlines()[-1]  # the guidance table's one row
+    assert ("no clear difference from dml (+2.00)" in guidance) == overlap
+    assert ("clearly ahead of dml (+2.00)" in guidance) == (not overlap)
+
+
+def tuned_rows(validation: bool = True) -> list[dict]:
+    """Two scenarios, three seeds: tuned_kd validated on the party's own split, tuned_kd_public on a public split."""
+    chosen = [(1.0, 0.1), (4.0, 0.5), (1.0, 0.1)]
+    out = []
+    for scenario, public_gain in (("iid", 1.0), ("dirichlet(alpha=0.1)", 4.0)):
+        for seed, (temperature, alpha) in enumerate(chosen):
+            gains = {
+                "student_only": 1.0,
+                "vanilla_kd": 1.5 + 0.1 * seed,
+                "tuned_kd": 1.9 + 0.1 * seed,
+                "tuned_kd_public": 1.0 + public_gain + 0.2 * seed,
+            }
+            for method, gain in gains.items():
+                row = {"scenario": scenario, "seed": seed, "method": method, "acc_before": 0.5}
+                row["acc_after"] = 0.5 + gain / 100
+                if method.startswith("tuned_kd"):
+                    row["hyperparameters"] = json.dumps({"temperature": temperature, "alpha": alpha, "trials": 4})
+                    if validation:
+                        row["validation"] = "public" if method == "tuned_kd_public" else "own"
+                out.append(row)
+    return out
+
+
+def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path) -> None:
+    write_csv(tmp_path / "results.csv", tuned_rows())
+    text = render_summary(read_csv(tmp_path / "results.csv"), untuned=("vanilla_kd", "tuned_kd_public"))
+    assert "## Relative improvement of tuned_kd over the best untuned method" in text
+    assert "## Relative improvement of tuned_kd_public over the best untuned method" in text
+    assert "tuned_kd's search validated on own (a split of the student party's own data)." in text
+    assert "tuned_kd_public's search validated on public (a labelled split held out before partitioning" in text
+    # the other tuned row is no untuned method: tuned_kd is measured against vanilla_kd (1.6 pp on average)
+    assert "| iid | 3 | vanilla_kd | +1.60 [" in text
+    assert "| 3 | tuned_kd_public |" not in text and "| 3 | tuned_kd |" not in text
+    iid = tuned_improvement(tuned_rows(), "tuned_kd_public", untuned=("vanilla_kd",))["iid"]
+    assert iid.relative.mean == pytest.approx(100 * (2.2 - 1.6) / 1.6)
+    assert "| tuned_kd (own validation): chosen settings | tuned_kd_public (public validation): chosen settings |" in (
+        text
+    )
+    # only the tuned rows present are reported, and a single name is accepted
+    alone = render_summary([r for r in tuned_rows() if r["method"] != "tuned_kd_public"], tuned="tuned_kd")
+    assert "tuned_kd_public" not in alone and "tuned_kd's search validated on own" in alone
+
+
+def test_results_without_a_validation_column_were_validated_on_the_own_split() -> None:
+    text = render_summary(tuned_rows(validation=False))
+    assert "tuned_kd's search validated on own" in text
+    assert "tuned_kd_public's search validated on own" in text
+
+
+def test_the_iid_figure_and_the_non_iid_average_beside_the_median_with_intervals() -> None:
+    rows = tuned_rows() + [
+        {**row, "scenario": "label_skew(classes_per_party=2)"} for row in tuned_rows() if row["scenario"] == "iid"
+    ]
+    text = render_summary(rows, tuned=["tuned_kd"])
+    # tuned_kd gains 2.0 pp on average against vanilla_kd's 1.6 in every scenario: +25%
+    assert "IID: +25.0% [" in text and "(the study reports +16%)" in text
+    assert "Non-IID average: +25.0% [" in text and ", median +25.0% [" in text and "over 2 scenarios" in text
+
+
+def test_guidance_recommends_the_highest_gain_over_the_control_with_the_settings_chosen_most() -> None:
+    page = render_guidance_page(tuned_rows())
+    lines = page.splitlines()
+    assert lines[0] == "# Guidance: which method for which distribution"
+    assert "`kdlightning.reporting.render_guidance_page`" in page and "3 seeds [0, 1, 2]" in page
+    # gains over the control: iid tuned_kd_public +1.2, tuned_kd +1.0, vanilla_kd +0.6; dirichlet public +4.2
+    iid = next(line for line in lines if line.startswith("| iid |"))
+    assert iid.startswith("| iid | tuned_kd_public | +1.20 [")
+    assert (
+        "interval above 0" in iid
+        and "no clear difference from tuned_kd (+1.00)" in iid
+        and "wins 100% of 3 seeds" in iid
+    )
+    assert iid.endswith("| temperature 1, alpha 0.1 (2 of 3 seeds) | temperature 1, alpha 0.1 (2 of 3 seeds) |")
+    dirichlet = next(line for line in lines if line.startswith("| dirichlet(alpha=0.1) |"))
+    assert (
+        dirichlet.startswith("| dirichlet(alpha=0.1) | tuned_kd_public | +4.20 [") and "clearly ahead of" in dirichlet
+    )
+    # summary.md holds the same table
+    table = [line for line in lines if line.startswith("|")]
+    summary = render_summary(tuned_rows()).splitlines()
+    start = summary.index(table[0])
+    assert summary[start : start + len(table)] == table
+
+
+def test_guidance_says_when_no_method_beats_the_control() -> None:
+    rows = [
+        {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after + seed / 1000}
+        for seed in range(3)
+        for method, after in (("student_only", 0.60), ("vanilla_kd", 0.55))
+    ]
+    line = render_guidance_page(rows).splitlines()[-1]
+    assert line.startswith("| iid | vanilla_kd | -5.00 [") and "interval below 0 (the control does better)" in line
+    assert math.isclose(paired_gains(rows)[("iid", "vanilla_kd")].win_rate, 0.0)

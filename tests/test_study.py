@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
 from kdlightning.data import Digits, DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
@@ -160,10 +161,10 @@ def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, caps
     assert main(["study", "--out", str(tmp_path / "first"), *QUICK, "--seeds=[0]", "--tuned_kd=false"]) is None
     capsys.readouterr()  # the console script returns nothing (sys.exit(main()) must exit 0)
     rows = run(["study", "--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
-    assert len(rows) == 5 * 5  # the default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
+    assert len(rows) == 6 * 5  # the 6 default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
     out = capsys.readouterr().out
     assert "## Accuracy gain (pp)" in out
-    assert "label_skew(classes_per_party=2)" in out
+    assert "label_skew(classes_per_party=2)" in out and "quantity_skew(beta=1)" in out
     assert (tmp_path / "results.csv").is_file()
 
 
@@ -212,6 +213,46 @@ def test_tuned_kd_is_the_point_chosen_on_validation_tested_once(tmp_path: Path) 
     summary = (tmp_path / "summary.md").read_text()
     assert summary.endswith(render_summary(read_csv(tmp_path / "results.csv"), untuned=["vanilla_kd"]))
     assert "| iid | vanilla_kd |" in summary
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_tuned_kd_validates_on_the_own_or_the_public_split_as_two_rows(tmp_path: Path, batched: bool) -> None:
+    tuning = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}, validation=["own", "public"])
+    skewed = DirichletPartitioner(alpha=0.1)
+    made = study(
+        tmp_path,
+        methods={"vanilla_kd": VanillaKD},
+        tuned_kd=True,
+        tuning=tuning,
+        scenarios=[skewed],
+        seeds=[0],
+        batched=batched,
+        public_fraction=0.1,
+    )
+    rows = made.run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "vanilla_kd", "tuned_kd", "tuned_kd_public"]
+    assert [r.get("validation") for r in rows[2:]] == ["own", "public"]
+    assert len({r["acc_before"] for r in rows}) == 1  # one pre-trained start for both searches
+    # each search measured the student before training on its own split: own = the party's share, public = the
+    # split held out before partitioning
+    student = made.pretrained("student", skewed, 0)
+    for validation, folder in (("own", "dirichlet-alpha-0.1-seed0"), ("public", "dirichlet-alpha-0.1-seed0-public")):
+        data = made.datamodule(skewed, 0, made.student_party)
+        data.validation = validation
+        data.setup("fit")
+        inputs = torch.stack([x for x, _ in data.val_set])
+        labels = torch.tensor([int(y) for _, y in data.val_set])
+        with torch.no_grad():
+            expected = (student(inputs).argmax(1) == labels).float().mean().item()
+        report = json.loads((tmp_path / "tuning" / folder / "best.json").read_text())
+        assert report["val_before"] == pytest.approx(expected)
+        assert len(read_csv(tmp_path / "tuning" / folder / "trials.csv")) == 4
+    assert not set(data.public_index) & set(data.transfer_index())
+    recorded = json.loads((tmp_path / "study.json").read_text())
+    assert recorded["methods"]["tuned_kd_public"]["tuning"]["validation"] == "public"
+    assert recorded["methods"]["tuned_kd"]["tuning"]["validation"] == "own"
+    assert recorded["settings"]["public_fraction"] == 0.1
+    assert (tmp_path / "tuning_public.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 class Killed(BaseException):

@@ -177,7 +177,9 @@ class PartitionedDataModule(ClassificationDataModule):
       batches (``pool_index`` keys the teacher-output cache): ``"own"`` (the party's training
       data), ``"teacher"`` (party ``teacher_partition_id``'s), ``"union"`` (both) or ``"public"``
       (a ``public_fraction`` of the pool held out before partitioning, owned by no party);
-    - ``val_set``: ``val_fraction`` of the party's own partition, held out from its training data;
+    - ``val_set``: ``validation="own"``: ``val_fraction`` of the party's own partition, held out from its
+      training data; ``validation="public"``: the public split (``public_fraction`` of the pool held out before
+      partitioning, drawn uniformly like the test set, the same for every party and method, never trained on);
     - ``test_set``: the data set's global, unpartitioned test set.
 
     Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
@@ -199,6 +201,8 @@ class PartitionedDataModule(ClassificationDataModule):
         teacher_partition_id: the teacher's party, for ``transfer="teacher"`` or ``"union"``.
         public_fraction: share of the pool held out as public data before partitioning, in ``[0, 1)``.
         val_fraction: share of the party's partition held out for validation, in ``(0, 1)``.
+        validation: which split ``val_dataloader`` reads: ``"own"`` (the party's held-out share) or
+            ``"public"`` (the public split; needs ``public_fraction`` > 0 and a transfer set other than it).
         batch_size: samples per batch.
         num_workers: data loader worker processes.
         seed: seed of the partition, the held-out splits and the shuffling.
@@ -223,6 +227,7 @@ class PartitionedDataModule(ClassificationDataModule):
         teacher_partition_id: int = 1,
         public_fraction: float = 0.0,
         val_fraction: float = 0.1,
+        validation: Literal["own", "public"] = "own",
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -250,6 +255,7 @@ class PartitionedDataModule(ClassificationDataModule):
             raise ValueError("`transfer='public'` needs `public_fraction` > 0 (the share of data no party owns).")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}.")
+        check_validation(validation, public_fraction, transfer)
         self.dataset = dataset if dataset is not None else Digits(seed=seed)
         self.partitioner = partitioner if partitioner is not None else IIDPartitioner()
         self.num_parties = num_parties
@@ -258,6 +264,7 @@ class PartitionedDataModule(ClassificationDataModule):
         self.teacher_partition_id = teacher_partition_id
         self.public_fraction = public_fraction
         self.val_fraction = val_fraction
+        self.validation = validation
         self.train_transform = train_transform
         if tokenizers is None or isinstance(tokenizers, TokenizeCollate):
             self.collate_fn = tokenizers
@@ -333,7 +340,9 @@ class PartitionedDataModule(ClassificationDataModule):
         self.train_set = _ArrayDataset(
             data.train_inputs, data.train_labels, train, transform=self.train_transform, with_index=True
         )
-        self.val_set = _ArrayDataset(data.train_inputs, data.train_labels, own_val)
+        check_validation(self.validation, self.public_fraction, self.transfer)
+        val = self.public_index if self.validation == "public" else own_val
+        self.val_set = _ArrayDataset(data.train_inputs, data.train_labels, val)
         self.test_set = _ArrayDataset(data.test_inputs, data.test_labels)
 
     @property
@@ -345,6 +354,27 @@ class PartitionedDataModule(ClassificationDataModule):
         """``(num_parties, num_classes)`` sample counts of the partition."""
         data = self.data
         return partition_stats(data.train_labels, self.parts, num_classes=data.num_classes)
+
+
+def check_validation(validation: str, public_fraction: float, transfer: str) -> None:
+    """Raise ``ValueError`` unless ``validation`` is ``"own"``, or ``"public"`` with a public split no one trains on.
+
+    Examples:
+        >>> check_validation("public", 0.05, "own")
+        >>> check_validation("public", 0.0, "own")
+        Traceback (most recent call last):
+        ...
+        ValueError: `validation='public'` needs `public_fraction` > 0: the split held out before partitioning.
+    """
+    if validation not in ("own", "public"):
+        raise ValueError(f"`validation` must be 'own' or 'public', got {validation!r}.")
+    if validation == "public" and public_fraction == 0.0:
+        raise ValueError("`validation='public'` needs `public_fraction` > 0: the split held out before partitioning.")
+    if validation == "public" and transfer == "public":
+        raise ValueError(
+            "`validation='public'` with `transfer='public'` would validate on the data the method trains on; "
+            "choose another transfer set or `validation='own'`."
+        )
 
 
 class DigitsDataModule(PartitionedDataModule):

@@ -22,12 +22,19 @@ import lightning as L
 from kdlightning.batching import MemberFit, fit_members
 from kdlightning.data import PartitionedDataModule, Partitioner
 from kdlightning.methods import DistillationModule, VanillaKD
-from kdlightning.tuning import Search, TrialBuilder, TuneResult
+from kdlightning.tuning import Search, TrialBuilder, TuneOptions, TuneResult
 
-__all__ = ["TUNED_KD", "TunedCells"]
+__all__ = ["TUNED_KD", "TUNED_KD_PUBLIC", "TUNED_NAMES", "TunedCells"]
 
 TUNED_KD = "tuned_kd"
-"""The name of tuned KD in a study's results: :class:`~kdlightning.VanillaKD` with the values a search chose."""
+"""The name of tuned KD in a study's results: :class:`~kdlightning.VanillaKD` with the values a search chose
+on the student party's own validation split."""
+
+TUNED_KD_PUBLIC = "tuned_kd_public"
+"""Tuned KD whose search validated on the public split (held out before partitioning, never trained on)."""
+
+TUNED_NAMES = {"own": TUNED_KD, "public": TUNED_KD_PUBLIC}
+"""Tuned KD's name in the results for each ``tuning.validation``."""
 
 
 class TunedCells:
@@ -37,17 +44,34 @@ class TunedCells:
     epochs: int
     student_party: int
     max_members: int | None
+    tuned_kd: bool
+    tuning: TuneOptions
     _before: dict[tuple[str, int], float]
 
-    def tuning_dir(self, scenario: Partitioner, seed: int) -> Path:
-        """Where tuned KD's search for ``scenario`` and ``seed`` keeps its files."""
-        return self.out / "tuning" / f"{_slug(str(scenario))}-seed{seed}"
+    @property
+    def tuned_names(self) -> list[str]:
+        """Tuned KD's runs of each cell: ``tuned_kd`` (own validation) and/or ``tuned_kd_public``."""
+        return [TUNED_NAMES[mode] for mode in self.tuning.validations] if self.tuned_kd else []
 
-    def _search(self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any, batched: bool) -> Search:
+    @staticmethod
+    def validation_of(name: str) -> str:
+        """Where the search of tuned run ``name`` validates (``own`` or ``public``)."""
+        return {tuned: mode for mode, tuned in TUNED_NAMES.items()}[name]
+
+    def tuning_dir(self, scenario: Partitioner, seed: int, validation: str = "own") -> Path:
+        """Where tuned KD's search for ``scenario`` and ``seed`` (validating on ``validation``) keeps its files."""
+        suffix = "" if validation == "own" else f"-{validation}"
+        return self.out / "tuning" / f"{_slug(str(scenario))}-seed{seed}{suffix}"
+
+    def _search(
+        self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any, batched: bool, validation: str
+    ) -> Search:
         """Tuned KD's search for ``scenario`` and ``seed`` (its points as batched members when ``batched``)."""
-        out = self.tuning_dir(scenario, seed)
+        out = self.tuning_dir(scenario, seed, validation)
         # the study reports the chosen point's test accuracy
-        options = dataclasses.replace(self.tuning, test=True, batched=batched, max_members=self.max_members)
+        options = dataclasses.replace(
+            self.tuning, test=True, batched=batched, max_members=self.max_members, validation=validation
+        )
         hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed
             options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
@@ -69,16 +93,17 @@ class TunedCells:
         )
 
     def run_tuned_kd(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        """Tuned KD: search :class:`~kdlightning.VanillaKD`'s values on the validation split, test the chosen point.
+        """Tuned KD: search :class:`~kdlightning.VanillaKD`'s values on a validation split, test the chosen point.
 
         Every trial starts from the same pre-trained student and reads the teacher's outputs from the
-        study's cache; the search resumes from its storage if the study was killed during it.
+        study's cache; the search resumes from its storage if the study was killed during it. ``tuned_kd``
+        validates on the student party's own split, ``tuned_kd_public`` on the public split.
         """
         start = time.perf_counter()
-        result = self.tuned_search(scenario, seed, batched=False).run()
+        result = self.tuned_search(scenario, seed, batched=False, validation=self.validation_of(name)).run()
         return self._tuned_row(name, scenario, seed, result, time.perf_counter() - start)
 
-    def tuned_search(self, scenario: Partitioner, seed: int, batched: bool) -> Search:
+    def tuned_search(self, scenario: Partitioner, seed: int, batched: bool, validation: str = "own") -> Search:
         """Tuned KD's search for ``scenario`` and ``seed``: trials built from the cell's pre-trained networks."""
         data, student, teacher, _ = self._start(scenario, seed)
 
@@ -89,7 +114,7 @@ class TunedCells:
             return _Trial(model, trial_data, functools.partial(self._trainer, self.epochs, callbacks))
 
         description = [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
-        return self._search(scenario, seed, build, description, batched)
+        return self._search(scenario, seed, build, description, batched, validation)
 
     def _tuned_row(
         self, name: str, scenario: Partitioner, seed: int, result: TuneResult, seconds: float
@@ -104,6 +129,7 @@ class TunedCells:
             acc_after=result.test_metrics["test/acc"],
             hyperparameters=json.dumps({**chosen, "trials": len(result.trials), "val_acc": result.best_value}),
             seconds=round(seconds, 2),
+            validation=self.validation_of(name),
         )
 
     def run_cell(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -116,19 +142,23 @@ class TunedCells:
             data, student, teacher, _ = self._start(scenario, seed)
         except FloatingPointError:  # the cell's pre-training diverged: every run is a failed row
             return [self.run_recorded(name, scenario, seed) for name in names]
+        tuned = [name for name in names if name in TUNED_NAMES.values()]
         builders = {
             name: functools.partial(self._build, self._factory(name), student, teacher, data.num_classes, seed)
             for name in names
-            if name != TUNED_KD
+            if name not in tuned
         }
-        start = time.perf_counter()
-        result = None
+        searches: dict[str, tuple[TuneResult, float]] = {}
+        fits: dict[str, MemberFit] = {}
         try:
-            if TUNED_KD in names:
-                result = self.tuned_search(scenario, seed, batched=True).run(extra=builders)
-                fits = result.extra
-            else:
-                fits = {}
+            for name in tuned:  # the other members train beside the first search's grid
+                start = time.perf_counter()
+                search = self.tuned_search(scenario, seed, batched=True, validation=self.validation_of(name))
+                result = search.run(extra=builders if not searches else None)
+                fits.update(result.extra)
+                spent = time.perf_counter() - start - sum(fit.seconds for fit in result.extra.values())
+                searches[name] = (result, spent)
+            if not tuned:
                 for chunk in fit_members(
                     builders, data, self._members_trainer, max_members=self.max_members, test=list(builders)
                 ):
@@ -136,15 +166,12 @@ class TunedCells:
         except BaseException as error:
             error.add_note(f"in the batched run of `kdl study` for scenario {scenario}, seed {seed}, methods {names}")
             raise
-        seconds = time.perf_counter() - start
-        rows = []
-        for name in names:
-            if name == TUNED_KD and result is not None:
-                spent = seconds - sum(fit.seconds for fit in fits.values())
-                rows.append(self._tuned_row(name, scenario, seed, result, spent))
-            else:
-                rows.append(self._member_row(name, scenario, seed, fits[name]))
-        return rows
+        return [
+            self._tuned_row(name, scenario, seed, *searches[name])
+            if name in searches
+            else self._member_row(name, scenario, seed, fits[name])
+            for name in names
+        ]
 
     def _members_trainer(self, callbacks: Sequence[L.Callback]) -> L.Trainer:
         return self._trainer(self.epochs, [self._cache(), *callbacks])

@@ -37,11 +37,13 @@ from kdlightning.data import (
     LabelSkewPartitioner,
     PartitionedDataModule,
     Partitioner,
+    QuantitySkewPartitioner,
 )
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
 from kdlightning.reporting import add_gains, error_line, plot_gains, read_csv, render_summary, write_csv
-from kdlightning.study.cells import TUNED_KD, TunedCells
+from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
+from kdlightning.study.parallel import Cell, check_ray, run_cells
 from kdlightning.study.record import check_and_record, describe
 from kdlightning.study.report import chosen_points, mean_validation_gains, plot_tuning
 from kdlightning.trainers import quiet
@@ -59,13 +61,14 @@ _UNCHECKED_TUNING = ("storage", "study_name", "heartbeat_interval", "logger", "t
 
 
 def default_scenarios() -> list[Partitioner]:
-    """IID; Dirichlet alpha 1.0, 0.5, 0.1; label skew with 2 classes per party."""
+    """IID; Dirichlet alpha 1.0, 0.5, 0.1; label skew with 2 classes per party; quantity skew (beta 1.0)."""
     return [
         IIDPartitioner(),
         DirichletPartitioner(alpha=1.0),
         DirichletPartitioner(alpha=0.5),
         DirichletPartitioner(alpha=0.1),
         LabelSkewPartitioner(classes_per_party=2),
+        QuantitySkewPartitioner(beta=1.0),
     ]
 
 
@@ -76,11 +79,13 @@ class Study(TunedCells):
         student: builds the student party's network.
         teacher: builds the teacher party's network.
         methods: the methods to compare, by name; each is called with ``(student, teacher copy, num_classes)``.
-        tuned_kd: also run tuned KD (``"tuned_kd"``): per scenario and seed, a search (:mod:`kdlightning.tuning`)
-            of :class:`~kdlightning.VanillaKD`'s values on the student's validation split, then the chosen
-            point's test accuracy.
+        tuned_kd: also run tuned KD: per scenario and seed, a search (:mod:`kdlightning.tuning`) of
+            :class:`~kdlightning.VanillaKD`'s values on a validation split, then the chosen point's test accuracy.
+            ``tuning.validation`` says where: ``own`` (the student party's own split; the row ``tuned_kd``),
+            ``public`` (the public split; the row ``tuned_kd_public``) or both (two rows).
         tuning: the search of tuned KD (default: the grid temperature {1, 2, 4, 8, 16} × alpha
-            {0.1, 0.25, 0.5, 0.75, 0.9}); its files go to ``<out>/tuning/<scenario>-seed<seed>/``.
+            {0.1, 0.25, 0.5, 0.75, 0.9}, validated on the own split); its files go to
+            ``<out>/tuning/<scenario>-seed<seed>[-public]/``.
         dataset: the data set (the bundled digits by default).
         scenarios: partitioners, one scenario each (default: :func:`default_scenarios`).
         seeds: seeds of the partition, the pre-training and the methods.
@@ -91,6 +96,9 @@ class Study(TunedCells):
         epochs: epochs of every method and of the control.
         batch_size: samples per batch.
         val_fraction: share of each party's data held out for validation.
+        public_fraction: with ``tuning.validation`` public: share of the training pool held out before
+            partitioning as the public validation split (drawn uniformly, like the test set; no party owns or
+            trains on it; every run of the study partitions the rest).
         control: name of the control run (the student alone, same epochs and data).
         out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
         trainer: ``lightning.Trainer`` settings for every fit (e.g. ``{"accelerator": "gpu", "precision":
@@ -101,6 +109,14 @@ class Study(TunedCells):
             its own fit would train it. Other methods (DML) are fitted apart. False fits every run apart.
         max_members: batched: members per fit (memory grows with it); None for a whole cell in one fit.
             Also tuned KD's ``tuning.batched`` and ``tuning.max_members``.
+        ray: run the cells (scenario × seed) in parallel, one Ray task each (the ``federated`` extra): false
+            runs them one after another here, true on a local Ray (``ray.init()``), an address (``auto``,
+            ``ray://host:10001``) on that cluster, whose nodes must see ``out`` at the same path. ``results.csv``
+            is the sequential study's, whatever order the cells finish in.
+        cpus_per_cell: with ``ray``: Ray's CPUs for each cell (its torch threads, rounded, at least 1): a
+            machine runs its CPUs / ``cpus_per_cell`` cells at once.
+        gpus_per_cell: with ``ray``: Ray's GPUs for each cell (a fraction: cells share a GPU). Ray hides the
+            GPUs from a cell that asks for none: it trains on the CPU.
 
     Attributes:
         configuration: what ``<out>/study.json`` records and a resume must match: ``settings`` shared by
@@ -128,15 +144,19 @@ class Study(TunedCells):
         epochs: int = 10,
         batch_size: int = 64,
         val_fraction: float = 0.15,
+        public_fraction: float = 0.05,
         control: str = "student_only",
         out: str = "runs/study",
         trainer: dict[str, Any] | None = None,
         batched: bool = True,
         max_members: int | None = 32,
+        ray: bool | str = False,
+        cpus_per_cell: float = 1.0,
+        gpus_per_cell: float = 0.0,
     ) -> None:
         if not methods and not tuned_kd:
             raise ValueError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
-        for reserved, role in ((control, "the control"), (TUNED_KD, "tuned KD")):
+        for reserved, role in ((control, "the control"), *((name, "tuned KD") for name in TUNED_NAMES.values())):
             if reserved in methods:
                 raise ValueError(f"`methods` must not use the name {reserved!r}: it is {role}'s.")
         if not seeds:
@@ -158,8 +178,13 @@ class Study(TunedCells):
         self.num_parties, self.student_party, self.teacher_party = num_parties, student_party, teacher_party
         self.pretrain_epochs, self.epochs = pretrain_epochs, epochs
         self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
+        if not 0.0 < public_fraction < 1.0:
+            raise ValueError(f"`public_fraction` must lie in (0, 1), got {public_fraction!r}.")
+        self.public_fraction = public_fraction if "public" in self.tuning.validations and tuned_kd else 0.0
         self.out = Path(out)
         self.trainer = check_trainer(trainer)
+        check_ray(ray, cpus_per_cell, gpus_per_cell, self.trainer)
+        self.ray, self.cpus_per_cell, self.gpus_per_cell = ray, cpus_per_cell, gpus_per_cell
         if max_members is not None and max_members < 1:
             raise ValueError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
         self.batched, self.max_members = batched, max_members
@@ -199,9 +224,10 @@ class Study(TunedCells):
                     "class": type(model).__name__,
                     "hyperparameters": describe(dict(model.hparams)),
                 }
-        if self.tuned_kd:
-            options = {k: v for k, v in dataclasses.asdict(self.tuning).items() if k not in _UNCHECKED_TUNING}
-            methods[TUNED_KD] = {"class": VanillaKD.__name__, "tuning": describe(options)}
+        options = {k: v for k, v in dataclasses.asdict(self.tuning).items() if k not in _UNCHECKED_TUNING}
+        for name in self.tuned_names:
+            tuning = {**options, "validation": self.validation_of(name)}
+            methods[name] = {"class": VanillaKD.__name__, "tuning": describe(tuning)}
         settings = {
             "dataset": {"class_path": describe(type(self.dataset)), "init_args": describe(vars(self.dataset))},
             "student": {"factory": describe(self.student), "network": digest(repr(student))},
@@ -211,6 +237,7 @@ class Study(TunedCells):
                 for name in ("num_parties", "student_party", "teacher_party", "pretrain_epochs", "epochs")
             },
             **{name: getattr(self, name) for name in ("batch_size", "val_fraction", "control")},
+            **({"public_fraction": self.public_fraction} if self.public_fraction else {}),
         }
         return json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read back from the file
 
@@ -223,6 +250,7 @@ class Study(TunedCells):
             num_parties=self.num_parties,
             partition_id=party,
             teacher_partition_id=self.teacher_party if party != self.teacher_party else self.student_party,
+            public_fraction=self.public_fraction,
             val_fraction=self.val_fraction,
             batch_size=self.batch_size,
             seed=seed,
@@ -230,7 +258,7 @@ class Study(TunedCells):
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
-        names = [self.control, *self.methods, *([TUNED_KD] if self.tuned_kd else [])]
+        names = [self.control, *self.methods, *self.tuned_names]
         return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
 
     def _key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
@@ -244,6 +272,7 @@ class Study(TunedCells):
             self.val_fraction,
             self.batch_size,
             self.pretrain_epochs,
+            *([self.public_fraction] if self.public_fraction else []),
             *parts,
         )
 
@@ -324,7 +353,7 @@ class Study(TunedCells):
         runners: dict[str, Callable[[str, Partitioner, int], dict[str, Any]]] = {
             self.control: functools.partial(self._fit, continue_alone),
             **{method: functools.partial(self._fit, factory) for method, factory in self.methods.items()},
-            TUNED_KD: self.run_tuned_kd,
+            **dict.fromkeys(self.tuned_names, self.run_tuned_kd),
         }
         return runners[name](name, scenario, seed)
 
@@ -368,7 +397,7 @@ class Study(TunedCells):
         Raises:
             ValueError: naming each difference and what to do, before any training.
         """
-        names = {TUNED_KD: "tuning", self.control: "control"}
+        names = {**dict.fromkeys(self.tuned_names, "tuning"), self.control: "control"}
         check_and_record(self.out, rows, self.configuration, names, list(self.methods))
 
     # ------------------------------------------------------------------ the pipeline
@@ -383,32 +412,36 @@ class Study(TunedCells):
             self.seconds["total"] = time.perf_counter() - start
 
     def _run(self, progress: bool) -> list[dict[str, Any]]:
-        results = self.out / "results.csv"
-        rows = read_csv(results)
+        rows: list[dict[str, Any]] = read_csv(self.out / "results.csv")
         self.check_resume(rows)
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}
         todo = [run for run in self.runs() if run not in done]
         scenarios = {str(s): s for s in self.scenarios}
+        cells: list[Cell] = [
+            (scenarios[scenario], seed, [method for s, sd, method in todo if (s, sd) == (scenario, seed)])
+            for scenario, seed in dict.fromkeys((scenario, seed) for scenario, seed, _ in todo)
+        ]
         fits = {method: self.fits(method) for method in {run[2] for run in self.runs()}}
         total, left = sum(fits[run[2]] for run in self.runs()), sum(fits[run[2]] for run in todo)
         bar = _progress(total=total, initial=total - left, enabled=progress)
         number = len(self.runs()) - len(todo)
-        for scenario, seed in dict.fromkeys((scenario, seed) for scenario, seed, _ in todo):
-            names = [method for s, sd, method in todo if (s, sd) == (scenario, seed)]
-            together = self.batched_runs(names)
-            steps = [together] if together else []
-            steps += [[name] for name in names if name not in together]
-            for step in steps:
-                number += len(step)
-                what = f"{len(step)} methods as batched members" if step is together else step[0]
-                bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {what}")
-                if step is together:
-                    rows.extend(self.run_cell(scenarios[scenario], seed, step))
-                else:
-                    rows.append(self.run_recorded(step[0], scenarios[scenario], seed))
-                write_csv(results, add_gains(rows, control=self.control))
-                write_text_atomic(self.out / "summary.md", self.summary(rows))
-                bar.update(sum(fits[method] for method in step))
+
+        def starting(scenario: Partitioner, seed: int, step: list[str], together: bool) -> None:
+            nonlocal number
+            number += len(step)
+            what = f"{len(step)} methods as batched members" if together else step[0]
+            bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {what}")
+
+        def finished(step_rows: list[dict[str, Any]]) -> None:
+            rows.extend(step_rows)
+            self.save(rows)
+            bar.update(sum(fits[row["method"]] for row in step_rows))
+
+        if self.ray is False:
+            for scenario, seed, names in cells:
+                self.run_missing(scenario, seed, names, starting, finished)
+        else:
+            rows = run_cells(self, cells, rows, bar)
         bar.close()
         if not todo and rows:  # a finished study: refresh the summary from the results
             write_text_atomic(self.out / "summary.md", self.summary(rows))
@@ -416,12 +449,48 @@ class Study(TunedCells):
             self.plot(rows)
         return add_gains(rows, control=self.control)
 
+    def run_missing(
+        self,
+        scenario: Partitioner,
+        seed: int,
+        names: Sequence[str],
+        starting: Callable[[Partitioner, int, list[str], bool], None] | None = None,
+        finished: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run the runs ``names`` of one cell (``scenario`` and ``seed``); return their rows.
+
+        The runs that train together (:meth:`batched_runs`) are one step, run first; each other run is a step of
+        its own. A step calls ``starting(scenario, seed, step, together)`` before it and ``finished(its rows)``
+        after: the sequential study writes its files there, a Ray task (``kdlightning.study.parallel``) waits
+        for the cell's rows.
+        """
+        together = self.batched_runs(names)
+        steps = [together] if together else []
+        steps += [[name] for name in names if name not in together]
+        rows: list[dict[str, Any]] = []
+        for step in steps:
+            if starting is not None:
+                starting(scenario, seed, step, step is together)
+            if step is together:
+                step_rows = self.run_cell(scenario, seed, step)
+            else:
+                step_rows = [self.run_recorded(step[0], scenario, seed)]
+            if finished is not None:
+                finished(step_rows)
+            rows += step_rows
+        return rows
+
+    def save(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rewrite ``results.csv`` (with the gains) and ``summary.md`` from ``rows``, atomically."""
+        write_csv(self.out / "results.csv", add_gains(rows, control=self.control))
+        write_text_atomic(self.out / "summary.md", self.summary(rows))
+
     def batched_runs(self, names: Sequence[str]) -> list[str]:
         """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
         if not self.batched:
             return []
         grid = self.tuning.sampler == "grid"
-        return [name for name in names if name in self.members or (name == TUNED_KD and grid)]
+        return [name for name in names if name in self.members or (name in self.tuned_names and grid)]
 
     def fits(self, method: str) -> int:
         """How many fits the run of ``method`` is: the progress bar's weight of it (tuned KD: one per trial).
@@ -433,44 +502,44 @@ class Study(TunedCells):
             >>> study.fits("tuned_kd"), study.fits("vanilla_kd")
             (25, 1)
         """
-        if method != TUNED_KD:
+        if method not in TUNED_NAMES.values():
             return 1
         if self.tuning.sampler == "grid":
             return math.prod(len(param.values or ()) for param in check_space(self.tuning, VanillaKD).values())
         return self.tuning.n_trials
 
     def plot(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write the study's plots: ``gains.png`` and, with tuned KD, ``tuning.png``.
+        """Write the study's plots: ``gains.png`` and, with tuned KD, ``tuning.png`` (``tuning_public.png``).
 
         ``gains.png`` shows the gain and the gain over the control per method × scenario; ``tuning.png`` the
-        validation gain over the grid per scenario, mean over seeds.
+        validation gain over the grid per scenario, mean over seeds (``tuning_public.png``: on the public split).
         """
         title = f"{type(self.dataset).__name__}, {self.num_parties} parties"
         plot_gains(rows, self.out / "gains.png", control=self.control, title=title)
-        if not self.tuned_kd:
-            return
-        space = check_space(self.tuning, VanillaKD)
-        panels = []
-        for scenario in self.scenarios:
-            trials = [self.tuning_dir(scenario, seed) / "trials.csv" for seed in self.seeds]
-            points = mean_validation_gains(trials, space)
-            if points:
-                panels.append((str(scenario), points, chosen_points(rows, str(scenario), TUNED_KD)))
-        tuning = self.tuning
-        plot_tuning(self.out / "tuning.png", panels, space, tuning.metric, tuning.direction, len(self.seeds))
+        space = check_space(self.tuning, VanillaKD) if self.tuned_kd else {}
+        for name in self.tuned_names:
+            validation = self.validation_of(name)
+            panels = []
+            for scenario in self.scenarios:
+                trials = [self.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in self.seeds]
+                points = mean_validation_gains(trials, space)
+                if points:
+                    panels.append((str(scenario), points, chosen_points(rows, str(scenario), name)))
+            tuning, file = self.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
+            plot_tuning(self.out / file, panels, space, tuning.metric, tuning.direction, len(self.seeds))
 
     def summary(self, rows: Sequence[dict[str, Any]]) -> str:
         """``summary.md`` of ``rows`` (with the seeds and methods of earlier runs of the study)."""
         seeds = list(dict.fromkeys([*self.seeds, *(int(row["seed"]) for row in rows)]))
         methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
-        untuned = [name for name in methods if name not in (self.control, TUNED_KD)]
+        untuned = [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
         header = (
             f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
             f"(student {self.student_party}, teacher {self.teacher_party}), seeds {seeds}, "
             f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
         )
         rows = add_gains(rows, control=self.control)
-        return header + render_summary(rows, tuned=TUNED_KD, untuned=untuned, control=self.control)
+        return header + render_summary(rows, tuned=self.tuned_names, untuned=untuned, control=self.control)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -61,6 +61,11 @@ class TuneOptions:
             trial; the trials, tables and chosen point are the same. A method that cannot be a member, or a
             network ``torch.func`` cannot vmap, falls back to one fit per point.
         max_members: batched: points trained in one fit (memory grows with it); None for the whole grid.
+        validation: where the search validates: ``own`` (the datamodule's split of the party's own data: all a
+            party has by itself) or ``public`` (a small labelled split held out before partitioning, never
+            trained on: the datamodule's ``validation="public"``, which needs its ``public_fraction`` > 0).
+            ``kdl study`` also takes both, ``[own, public]``: tuned KD then runs twice, as ``tuned_kd`` and
+            ``tuned_kd_public``.
     """
 
     sampler: Literal["grid", "tpe"] = "grid"
@@ -82,6 +87,7 @@ class TuneOptions:
     test: bool = True
     batched: bool = False
     max_members: int | None = 32
+    validation: Literal["own", "public"] | list[Literal["own", "public"]] = "own"
 
     def __post_init__(self) -> None:
         if self.sampler not in ("grid", "tpe"):
@@ -110,6 +116,11 @@ class TuneOptions:
                 f"`tune.metric` must be one of {list(BATCHED_METRICS)} with `tune.batched` (what each member logs), "
                 f"got {self.metric!r}."
             )
+        modes = [self.validation] if isinstance(self.validation, str) else list(self.validation)
+        if not modes or any(mode not in ("own", "public") for mode in modes) or len(set(modes)) < len(modes):
+            raise ValueError(
+                f"`tune.validation` must be 'own', 'public' or (a study) both, [own, public]; got {self.validation!r}."
+            )
         if self.reduction_factor < 2:
             raise ValueError(f"`tune.reduction_factor` must be >= 2, got {self.reduction_factor!r}.")
         if self.heartbeat_interval is not None and self.heartbeat_interval < 1:
@@ -131,6 +142,11 @@ class TuneOptions:
             raise ValueError(
                 f"`tune.log_scale` lists {unknown}, which are not keys of `tune.ranges` {sorted(self.ranges)}."
             )
+
+    @property
+    def validations(self) -> list[str]:
+        """``validation`` as a list: ``["own"]``, ``["public"]`` or ``["own", "public"]``."""
+        return [self.validation] if isinstance(self.validation, str) else list(self.validation)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from kdlightning.tuning.trials import (
     parse_search,
     share_dataset,
     validate,
+    validate_on,
 )
 
 __all__ = ["Search"]
@@ -399,6 +400,7 @@ class Search:
         """
         built = self.build({key[len(PREFIX) :]: float(v) for key, v in params.items()}, self.seed, list(callbacks))
         self._dataset = share_dataset(built, self._dataset)
+        validate_on(built.datamodule, self.options.validation)
         return built
 
     def _cache(self) -> list[L.Callback]:

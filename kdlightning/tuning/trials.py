@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from kdlightning.cache import CacheReferenceOutputs, check_deterministic_transfer
 from kdlightning.data import DatasetSource
+from kdlightning.data.datamodules import check_validation
 from kdlightning.lightning_cli import KDLightningCLI
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
@@ -32,6 +33,7 @@ __all__ = [
     "parse_search",
     "share_dataset",
     "validate",
+    "validate_on",
 ]
 
 
@@ -148,6 +150,29 @@ def share_dataset(built: Built, held: DatasetSource | None) -> DatasetSource | N
     if source is not held and type(source) is type(held) and _same_config(source, held):
         built.datamodule.dataset = held
     return held
+
+
+def validate_on(datamodule: Any, validation: Any) -> None:
+    """Point ``datamodule``'s validation split at ``validation`` (``tune.validation``), or raise ``ValueError``.
+
+    ``own`` leaves the datamodule as configured. ``public`` needs a datamodule with a public split held out before
+    partitioning (a :class:`~kdlightning.data.PartitionedDataModule` with ``public_fraction`` > 0); the trial then
+    validates there. A list of both is a study's (two searches), not one search's.
+    """
+    if not isinstance(validation, str):
+        raise ValueError(
+            f"`tune.validation` must be 'own' or 'public' for one search, got {validation!r} (a study runs both)."
+        )
+    if validation == "own":
+        return
+    if not hasattr(datamodule, "validation") or not getattr(datamodule, "public_fraction", 0.0):
+        raise ValueError(
+            "`tune.validation: public` needs a datamodule with a public split: a PartitionedDataModule with "
+            f"`public_fraction` > 0, got {type(datamodule).__name__}"
+            f" with public_fraction={getattr(datamodule, 'public_fraction', None)!r}."
+        )
+    check_validation("public", datamodule.public_fraction, getattr(datamodule, "transfer", "own"))
+    datamodule.validation = "public"
 
 
 def _same_config(a: object, b: object) -> bool:

@@ -74,6 +74,45 @@ def test_transfer_sets(transfer: str) -> None:
     assert len(dm.val_set) == len(own_val)  # validation is always the student party's own
 
 
+@pytest.mark.parametrize(
+    "partitioner", [IIDPartitioner(), DirichletPartitioner(alpha=0.1), LabelSkewPartitioner(classes_per_party=4)]
+)
+def test_public_validation_is_held_out_before_partitioning_and_never_trained_on(partitioner) -> None:
+    parties = [
+        make(partitioner=partitioner, partition_id=p, public_fraction=0.1, validation="public") for p in range(3)
+    ]
+    public = parties[0].public_index
+    for dm in parties:
+        np.testing.assert_array_equal(dm.public_index, public)  # one split, whichever party or method asks
+        assert indices(dm.val_set) == {dm.data.train_inputs[i].tobytes() for i in public}
+        for transfer in ("own", "teacher", "union"):
+            dm.transfer = transfer
+            assert not set(dm.transfer_index()) & set(public)  # never trained on
+        assert not set(np.concatenate(dm.parts)) & set(public)  # owned by no party: held out before partitioning
+    # the same public split under every partitioner: drawn from the pool before the partition, by seed alone
+    np.testing.assert_array_equal(make(partitioner=IIDPartitioner(), public_fraction=0.1).public_index, public)
+    # drawn like the test set: every class, in about the pool's proportions
+    labels = parties[0].data.train_labels
+    shares = np.bincount(labels[public], minlength=10) / len(public)
+    assert np.abs(shares - np.bincount(labels, minlength=10) / len(labels)).max() < 0.06
+    # `own` reads the party's held-out share instead
+    own = make(partitioner=partitioner, partition_id=1, public_fraction=0.1)
+    assert indices(own.val_set) == {own.data.train_inputs[i].tobytes() for i in own._train_val(1)[1]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"validation": "public"}, "public_fraction"),
+        ({"validation": "public", "public_fraction": 0.1, "transfer": "public"}, "validation"),
+        ({"validation": "theirs"}, "validation"),
+    ],
+)
+def test_bad_validation_names_itself(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PartitionedDataModule(**kwargs)
+
+
 def test_same_split_in_every_process_whatever_the_global_rng() -> None:
     """Two ranks build their datamodules independently; global RNG state must not matter."""
     np.random.seed(1)
