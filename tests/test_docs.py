@@ -18,3 +18,17 @@ def test_every_script_and_style_of_the_docs_is_served_with_them() -> None:
         assert not script.startswith(("http:", "https:", "//")), f"{script} needs the network"
         assert (ROOT / "docs" / script).is_file(), script
     assert "https://" not in (ROOT / "docs" / "javascripts" / "mathjax.js").read_text()
+
+
+def test_the_shipped_study_s_summary_and_guidance_are_what_its_results_give() -> None:
+    """``summary.md`` and ``guidance.md`` in the docs are generated from the committed ``results.csv``, not edited."""
+    from kdlightning.reporting import read_csv, render_guidance_page, render_summary
+
+    folder = ROOT / "docs" / "results" / "fashion_mnist_study"
+    rows = read_csv(folder / "results.csv")
+    tuned = ["tuned_kd", "tuned_kd_public"]
+    assert {row["method"] for row in rows} >= {"student_only", *tuned}
+    assert len({row["seed"] for row in rows}) >= 10  # the study's conclusions need 10 seeds
+    assert (folder / "guidance.md").read_text() == render_guidance_page(rows, tuned=tuned)
+    summary = render_summary(rows, tuned=tuned, untuned=["vanilla_kd", "dpkd", "dml"])
+    assert (folder / "summary.md").read_text().endswith(summary)

@@ -15,7 +15,7 @@ from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
 from kdlightning.data import Digits, DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
 from kdlightning.methods import member_error
 from kdlightning.models import MLP
-from kdlightning.reporting import read_csv, render_summary
+from kdlightning.reporting import read_csv, render_guidance_page, render_summary
 from kdlightning.study import Study
 from kdlightning.tuning import TuneOptions
 
@@ -61,6 +61,7 @@ def test_every_run_is_recorded_from_the_same_pretrained_start(tmp_path: Path) ->
     assert (
         (tmp_path / "summary.md").read_text().endswith(render_summary(written, untuned=["vanilla_kd", "dml", "dpkd"]))
     )
+    assert (tmp_path / "guidance.md").read_text() == render_guidance_page(written, tuned=[])
 
 
 @pytest.mark.parametrize("batched", [False, True])

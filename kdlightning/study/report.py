@@ -1,22 +1,35 @@
-"""What a study writes besides ``results.csv``: the summary's header and the tuning heatmaps.
+"""What a study writes from its rows: its results, summary, guidance, gains plot and tuning heatmaps.
 
-The tables themselves are :func:`kdlightning.reporting.render_summary`'s; the gains plot is
-:func:`kdlightning.reporting.plot_gains`'s.
+:class:`StudyReports`, a base class of :class:`~kdlightning.study.Study`, writes ``results.csv``,
+``summary.md``, ``guidance.md``, ``gains.png`` and ``tuning.png`` (``tuning_public.png``).
+
+The tables themselves are :func:`kdlightning.reporting.render_summary`'s and
+:func:`kdlightning.reporting.render_guidance_page`'s; the gains plot is :func:`kdlightning.reporting.plot_gains`'s.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlightning.atomic import atomic_path
-from kdlightning.reporting import is_failed, read_csv
-from kdlightning.tuning.options import Param
+from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.methods import VanillaKD
+from kdlightning.reporting import (
+    add_gains,
+    is_failed,
+    plot_gains,
+    read_csv,
+    render_guidance_page,
+    render_summary,
+    write_csv,
+)
+from kdlightning.study.cells import TUNED_NAMES
+from kdlightning.tuning.options import Param, TuneOptions, check_space
 from kdlightning.tuning.reports import draw_heatmap, short_names
 
-__all__ = ["chosen_points", "mean_validation_gains", "plot_tuning"]
+__all__ = ["StudyReports", "chosen_points", "mean_validation_gains", "plot_tuning"]
 
 
 def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) -> list[dict[str, Any]]:
@@ -69,3 +82,73 @@ def plot_tuning(
         draw_heatmap(axes, points, space, metric, direction=direction, title=scenario, chosen=chosen)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
+
+
+class StudyReports:
+    """What a :class:`~kdlightning.study.Study` writes from its rows.
+
+    ``results.csv``, ``summary.md``, ``guidance.md`` and the plots; a base class of the study, using its settings
+    (data set, parties, methods, tuned KD's searches).
+    """
+
+    out: Path
+    control: str
+    seeds: list[int]
+    methods: dict[str, Any]
+    scenarios: list[Any]
+    tuned_kd: bool
+    tuning: TuneOptions
+    num_parties: int
+    student_party: int
+    teacher_party: int
+    pretrain_epochs: int
+    epochs: int
+    dataset: Any
+    tuned_names: list[str]
+    validation_of: Callable[[str], str]
+    tuning_dir: Callable[..., Path]
+
+    def save(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite ``results.csv`` (with the gains), ``summary.md`` and ``guidance.md`` from ``rows``, atomically."""
+        write_csv(self.out / "results.csv", add_gains(rows, control=self.control))
+        write_text_atomic(self.out / "summary.md", self.summary(rows))
+        write_text_atomic(self.out / "guidance.md", self.guidance(rows))
+
+    def _untuned(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
+        return [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
+
+    def summary(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """``summary.md`` of ``rows`` (with the seeds and methods of earlier runs of the study)."""
+        seeds = list(dict.fromkeys([*self.seeds, *(int(row["seed"]) for row in rows)]))
+        header = (
+            f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
+            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {seeds}, "
+            f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
+        )
+        rows = add_gains(rows, control=self.control)
+        return header + render_summary(rows, tuned=self.tuned_names, untuned=self._untuned(rows), control=self.control)
+
+    def guidance(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """``guidance.md``: which method for which distribution, generated from ``rows`` (``results.csv``)."""
+        return render_guidance_page(add_gains(rows, control=self.control), tuned=self.tuned_names, control=self.control)
+
+    def plot(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write the study's plots: ``gains.png`` and, with tuned KD, ``tuning.png`` (``tuning_public.png``).
+
+        ``gains.png`` shows the gain and the gain over the control per method × scenario; ``tuning.png`` the
+        validation gain over the grid per scenario, mean over seeds (``tuning_public.png``: on the public split).
+        """
+        title = f"{type(self.dataset).__name__}, {self.num_parties} parties"
+        plot_gains(rows, self.out / "gains.png", control=self.control, title=title)
+        space = check_space(self.tuning, VanillaKD) if self.tuned_kd else {}
+        for name in self.tuned_names:
+            validation = self.validation_of(name)
+            panels = []
+            for scenario in self.scenarios:
+                trials = [self.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in self.seeds]
+                points = mean_validation_gains(trials, space)
+                if points:
+                    panels.append((str(scenario), points, chosen_points(rows, str(scenario), name)))
+            tuning, file = self.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
+            plot_tuning(self.out / file, panels, space, tuning.metric, tuning.direction, len(self.seeds))

@@ -27,7 +27,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from kdlightning.atomic import write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import (
     DatasetSource,
@@ -41,11 +40,11 @@ from kdlightning.data import (
 )
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
-from kdlightning.reporting import add_gains, error_line, plot_gains, read_csv, render_summary, write_csv
+from kdlightning.reporting import add_gains, error_line, read_csv
 from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
 from kdlightning.study.parallel import Cell, check_ray, run_cells
 from kdlightning.study.record import check_and_record, describe
-from kdlightning.study.report import chosen_points, mean_validation_gains, plot_tuning
+from kdlightning.study.report import StudyReports
 from kdlightning.trainers import quiet
 from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
@@ -72,7 +71,7 @@ def default_scenarios() -> list[Partitioner]:
     ]
 
 
-class Study(TunedCells):
+class Study(TunedCells, StudyReports):
     """Compare distillation methods across partition scenarios and seeds, from one pre-trained student each.
 
     Args:
@@ -443,8 +442,8 @@ class Study(TunedCells):
         else:
             rows = run_cells(self, cells, rows, bar)
         bar.close()
-        if not todo and rows:  # a finished study: refresh the summary from the results
-            write_text_atomic(self.out / "summary.md", self.summary(rows))
+        if not todo and rows:  # a finished study: refresh the summary and guidance from the results
+            self.save(rows)
         if rows:
             self.plot(rows)
         return add_gains(rows, control=self.control)
@@ -480,11 +479,6 @@ class Study(TunedCells):
             rows += step_rows
         return rows
 
-    def save(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rewrite ``results.csv`` (with the gains) and ``summary.md`` from ``rows``, atomically."""
-        write_csv(self.out / "results.csv", add_gains(rows, control=self.control))
-        write_text_atomic(self.out / "summary.md", self.summary(rows))
-
     def batched_runs(self, names: Sequence[str]) -> list[str]:
         """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
         if not self.batched:
@@ -507,39 +501,6 @@ class Study(TunedCells):
         if self.tuning.sampler == "grid":
             return math.prod(len(param.values or ()) for param in check_space(self.tuning, VanillaKD).values())
         return self.tuning.n_trials
-
-    def plot(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write the study's plots: ``gains.png`` and, with tuned KD, ``tuning.png`` (``tuning_public.png``).
-
-        ``gains.png`` shows the gain and the gain over the control per method × scenario; ``tuning.png`` the
-        validation gain over the grid per scenario, mean over seeds (``tuning_public.png``: on the public split).
-        """
-        title = f"{type(self.dataset).__name__}, {self.num_parties} parties"
-        plot_gains(rows, self.out / "gains.png", control=self.control, title=title)
-        space = check_space(self.tuning, VanillaKD) if self.tuned_kd else {}
-        for name in self.tuned_names:
-            validation = self.validation_of(name)
-            panels = []
-            for scenario in self.scenarios:
-                trials = [self.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in self.seeds]
-                points = mean_validation_gains(trials, space)
-                if points:
-                    panels.append((str(scenario), points, chosen_points(rows, str(scenario), name)))
-            tuning, file = self.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
-            plot_tuning(self.out / file, panels, space, tuning.metric, tuning.direction, len(self.seeds))
-
-    def summary(self, rows: Sequence[dict[str, Any]]) -> str:
-        """``summary.md`` of ``rows`` (with the seeds and methods of earlier runs of the study)."""
-        seeds = list(dict.fromkeys([*self.seeds, *(int(row["seed"]) for row in rows)]))
-        methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
-        untuned = [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
-        header = (
-            f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
-            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {seeds}, "
-            f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
-        )
-        rows = add_gains(rows, control=self.control)
-        return header + render_summary(rows, tuned=self.tuned_names, untuned=untuned, control=self.control)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -1,0 +1,46 @@
+"""Pure summaries of study results: accuracy gains per method and scenario with their uncertainty, and guidance.
+
+Nothing here trains or imports Lightning: a study's ``results.csv`` rows go in, numbers and Markdown
+come out, so ``summary.md`` and the guidance page can always be recomputed from ``results.csv``. Every
+statistic is :mod:`kdlightning.stats`'s. :mod:`kdlightning.reporting.rows` defines the rows and computes the
+gains' statistics; :mod:`kdlightning.reporting.render` writes them as Markdown tables and plots.
+"""
+
+from kdlightning.reporting.render import plot_gains, render_guidance, render_guidance_page, render_summary
+from kdlightning.reporting.rows import (
+    TUNED,
+    UNTUNED,
+    VALIDATIONS,
+    Cell,
+    TunedImprovement,
+    add_gains,
+    error_line,
+    is_failed,
+    paired_gains,
+    read_csv,
+    summarize,
+    tuned_improvement,
+    tuned_validation,
+    write_csv,
+)
+
+__all__ = [
+    "TUNED",
+    "UNTUNED",
+    "VALIDATIONS",
+    "Cell",
+    "TunedImprovement",
+    "add_gains",
+    "error_line",
+    "is_failed",
+    "paired_gains",
+    "plot_gains",
+    "read_csv",
+    "render_guidance",
+    "render_guidance_page",
+    "render_summary",
+    "summarize",
+    "tuned_improvement",
+    "tuned_validation",
+    "write_csv",
+]
