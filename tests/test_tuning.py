@@ -293,6 +293,8 @@ def test_a_trial_gets_the_held_source_only_when_it_is_the_same() -> None:
         ('--tune.grid={"temperature": [0.0, 2.0]}', r"model\.init_args\.temperature.*> 0"),
         ('--tune.ranges={"alpha": [0.1, 0.9]}', "tpe"),
         ("--tune.metric=test/acc", "validation"),
+        ("--tune.validation=public", "public_fraction"),
+        ("--tune.validation=[own, public]", "one search"),
     ],
 )
 def test_bad_search_input_fails_before_any_training(override: str, message: str, tmp_path: Path) -> None:
@@ -357,3 +359,29 @@ def test_kdl_tune_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Monke
     best = json.loads((tmp_path / "runs" / "tune" / "best.json").read_text())
     assert set(best["params"]) == set(DEFAULT_GRID) and 0.0 <= best["test_acc"] <= 1.0
     assert not (tmp_path / "runs" / "digits" / "vanilla_kd").exists()  # the config's checkpoint callback is dropped
+
+
+class SeesValidation(L.Callback):
+    """Records, at each fit's start, which split the trial's datamodule validates on and how large it is."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data = trainer.datamodule
+        self.seen.append((data.validation, len(data.val_set), len(data.public_index)))
+
+
+@pytest.mark.parametrize("validation", ["theirs", [], ["own", "own"]])
+def test_bad_tune_validation_names_itself(validation: object) -> None:
+    with pytest.raises(ValueError, match="tune.validation"):
+        TuneOptions(validation=validation)
+
+
+def test_tune_validation_public_validates_every_trial_on_the_held_out_split(tmp_path: Path) -> None:
+    grid = {"temperature": [1.0], "alpha": [0.1, 0.9]}
+    seen = SeesValidation()
+    args = [*planted_args(tmp_path, {"grid": grid, "validation": "public"}), "--data.init_args.public_fraction=0.2"]
+    result = tune(args, callbacks=[seen], verbose=False)
+    assert len(result.trials) == 2
+    assert seen.seen and all(v == "public" and n == public > 0 for v, n, public in seen.seen)

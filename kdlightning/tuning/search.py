@@ -134,13 +134,13 @@ class Search:
         """
         if extra and not self.options.batched:
             raise ValueError("`extra` methods are trained as batched members: they need `tune.batched: true`.")
-        self.out.mkdir(parents=True, exist_ok=True)
         extra_fits: dict[str, MemberFit] = {}
         with quiet():
+            probe = self._build({}, [])  # a datamodule that cannot serve `tune.validation` fails before any file
+            self.out.mkdir(parents=True, exist_ok=True)
             storage = open_storage(self.storage_url, self.options.heartbeat_interval)
             study = self._study(storage)
             recover(study, storage)
-            probe = self._build({}, [])
             self._cache_on = cache_supported(probe)
             if "val_before" not in study.user_attrs:
                 study.set_user_attr("val_before", validate(probe, self.options.metric))
