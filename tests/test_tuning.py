@@ -374,7 +374,7 @@ class SeesValidation(L.Callback):
 
 @pytest.mark.parametrize("validation", ["theirs", [], ["own", "own"]])
 def test_bad_tune_validation_names_itself(validation: object) -> None:
-    with pytest.raises(ValueError, match="tune.validation"):
+    with pytest.raises(ValueError, match=r"tune\.validation"):
         TuneOptions(validation=validation)
 
 
