@@ -131,9 +131,9 @@ def _study_parser(args: list[str]) -> ArgumentParser:
 
 
 def _federate_parser(args: list[str]) -> ArgumentParser:
-    from kdlightning.federated import Federation
+    from kdlightning.federated.experiment import study_parser
 
-    return command_parser(Federation, "kdl federate", DEFAULTS / "federated.yaml", args, formatter_class=HelpFormatter)
+    return study_parser(args, formatter_class=HelpFormatter)
 
 
 def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
@@ -159,9 +159,12 @@ def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
 
 
 def _run_federate(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
-    """``kdl federate``: run (or resume) the experiment and print its summary."""
+    """``kdl federate``: run (or resume) the experiment (a study with ``scenarios``/``seeds``); print its summary."""
     from kdlightning.federated import Federation, run
 
+    scenarios, seeds = init.pop("scenarios", None), init.pop("seeds", None)
+    if scenarios is not None or seeds is not None:
+        return _run_federated_study(init, args, scenarios, seeds)
     federation = Federation(**init)
     rounds = federation.out / "rounds.csv"
 
@@ -172,6 +175,23 @@ def _run_federate(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]
     with exit_on_signals("kdl federate", args, report):
         rows = run(federation)
     print((federation.out / "summary.md").read_text())
+    print(f"rounds: {rounds}")
+    return rows
+
+
+def _run_federated_study(init: dict[str, Any], args: list[str], scenarios: Any, seeds: Any) -> list[dict[str, Any]]:
+    """``kdl federate`` with ``scenarios`` or ``seeds``: run (or resume) a federation per cell and print the summary."""
+    from kdlightning.federated.experiment import FederatedStudy
+
+    study = FederatedStudy(scenarios=scenarios, seeds=seeds, **init)
+    rounds = study.out / "rounds.csv"
+
+    def report() -> str:
+        return f"{len(study.finished_cells(read_csv(rounds)))} of {len(study.cells)} cells are finished, in {rounds}."
+
+    with exit_on_signals("kdl federate", args, report):
+        rows = study.run()
+    print((study.out / "summary.md").read_text())
     print(f"rounds: {rounds}")
     return rows
 

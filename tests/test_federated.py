@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import time
 from functools import partial
 from pathlib import Path
 
@@ -95,7 +96,11 @@ def test_weighted_average_and_round_arithmetic() -> None:
     assert average["n"].dtype == torch.int64 and int(average["n"]) == 5
     with pytest.raises(ValueError, match="architecture"):
         weighted_average([states[0], {"w": torch.zeros(3), "n": torch.tensor(1)}], [1, 1])
-    assert rounds_to_target([0.2, 0.6, 0.9], 0.6) == 2
+    assert rounds_to_target([0.2, 0.6, 0.9], 0.6) == 1  # index 0 is round 0, the start before any FedAvg round
+    assert rounds_to_target([0.7, 0.8], 0.6) == 0
+    assert rounds_to_target([0.2, 0.5], 0.6) is None
+    assert round_reduction(4, 0, extra_rounds=1) == pytest.approx(75.0)  # met at round 0: the collection round only
+    assert round_reduction(0, 2) is None
     assert round_reduction(10, 3, extra_rounds=1) == pytest.approx(60.0)
     assert round_reduction(10, None) is None
 
@@ -245,12 +250,16 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(
 
 
 def test_every_federated_config_parses(tmp_path: Path) -> None:
+    from kdlightning.federated import load_study
+
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
-    assert len(paths) == 2
+    assert len(paths) == 4
     paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
     for path in paths:
-        federation = load_federation(["-c", str(path), "--out", str(tmp_path)])
-        assert federation.num_clients >= 2 and federation.starts
+        study = load_study(["-c", str(path), "--out", str(tmp_path)])
+        assert study.cells
+        for federation in study.cells.values():
+            assert federation.num_clients >= 2 and federation.starts
 
 
 def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
@@ -286,3 +295,177 @@ def test_the_deployed_apps_build_the_experiment_from_the_run_config(tmp_path: Pa
         _partition(federation, context)
     with pytest.raises(ValueError, match="kdl-config"):
         _resolve(None, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={}))
+
+
+def _rows(curves: dict[str, list[float]]) -> list[dict]:
+    return [
+        {"start": start, "round": r, "test_acc": acc, "test_loss": 0.0, "seconds": 0.0}
+        for start, accuracies in curves.items()
+        for r, acc in enumerate(accuracies)
+    ]
+
+
+def test_a_start_at_the_target_after_collection_is_charged_only_its_collection_round(tmp_path: Path) -> None:
+    """SPEC §7: a start that meets the target at round 0 needs only its collection round."""
+    federation = Federation(
+        SMALL, num_clients=2, rounds=3, target_accuracy=0.9, starts=["fresh", "consolidated"], out=str(tmp_path)
+    )
+    summary = federation.summary(_rows({"fresh": [0.1, 0.5, 0.8, 0.92], "consolidated": [0.95, 0.96, 0.97, 0.97]}))
+    assert "| fresh | 0.1000 | 0.9200 | 3 |" in summary  # fresh: three FedAvg rounds, no collection
+    assert "| consolidated | 0.9500 | 0.9700 | 1 (+66.7%) |" in summary  # 1 = the collection round alone
+    late = federation.summary(_rows({"fresh": [0.1, 0.5, 0.8, 0.92], "consolidated": [0.5, 0.91, 0.97, 0.97]}))
+    assert "| consolidated | 0.5000 | 0.9700 | 2 (+33.3%) |" in late
+
+
+def test_each_round_reshuffles_each_clients_batches_and_a_rerun_repeats_them(tmp_path: Path) -> None:
+    federation = Federation(SMALL, num_clients=2, out=str(tmp_path))
+    twin = Federation(SMALL, num_clients=2, out=str(tmp_path / "twin"))
+
+    def first_batch(fed: Federation, server_round: int) -> list[int]:
+        _, _, index = next(iter(fed.train_loader(0, server_round)))
+        return index.tolist()
+
+    assert first_batch(federation, 1) != first_batch(federation, 2)
+    assert first_batch(federation, 1) == first_batch(twin, 1) and first_batch(federation, 2) == first_batch(twin, 2)
+    assert sorted(federation.train_loader(0, 1).sampler) == sorted(federation.train_loader(0, 2).sampler)  # same data
+
+    start = federation.global_network().state_dict()  # a network with no randomness of its own: only the order differs
+    one, two, again = (federation.train_client(0, start, r)[0] for r in (1, 2, 1))
+    assert any(not torch.equal(one[k], two[k]) for k in one)
+    assert all(torch.equal(one[k], again[k]) for k in one)
+
+
+def test_fedprox_pulls_a_clients_local_model_towards_the_global_one(tmp_path: Path) -> None:
+    from kdlightning.federated.apps import Proximal
+
+    federation = Federation(SMALL, num_clients=2, local_epochs=3, out=str(tmp_path))
+    start = federation.global_network().state_dict()
+
+    def drift(callbacks: list) -> float:
+        state = federation.train_client(0, start, 1, callbacks)[0]
+        return sum(float((state[k] - start[k]).pow(2).sum()) for k in start) ** 0.5
+
+    free, pulled = drift([]), drift([Proximal(50.0)])
+    assert pulled < 0.5 * free
+    assert drift([Proximal(0.0)]) == pytest.approx(free)
+    with pytest.raises(ValueError, match="proximal_mu"):
+        Proximal(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ({"class_path": "flwr.serverapp.strategy.FedNope"}, "cannot import"),
+        ({"class_path": "no_such_module.FedAvg"}, "cannot import"),
+        ({"class_path": "torch.nn.Linear"}, "Flower strategy"),
+        ({"class_path": "FedProx", "init_args": {"mu": 0.1}}, "does not take"),
+        ({"class_path": "FedAvg", "init_args": {"fraction_train": 0.5}}, "fraction_train"),
+        ({"init_args": {"proximal_mu": 0.1}}, "class_path"),
+    ],
+)
+def test_a_bad_strategy_fails_before_any_client_trains(
+    strategy: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fit(*args, **kwargs) -> None:
+        raise AssertionError("a network was trained before the arguments were checked")
+
+    monkeypatch.setattr(L.Trainer, "fit", no_fit)
+    with pytest.raises(ValueError, match=rf"`strategy.*{message}|{message}.*`strategy"):
+        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+
+
+def test_strategies_by_class_path_and_on_the_command_line(tmp_path: Path) -> None:
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+    assert isinstance(Federation(SMALL, num_clients=2, out=str(tmp_path)).server_strategy(), FedAvg)
+    federation = Federation(
+        SMALL,
+        num_clients=4,
+        fraction_train=0.5,
+        strategy={"class_path": "flwr.serverapp.strategy.FedAdam", "init_args": {"eta": 0.01}},
+        out=str(tmp_path),
+    )
+    strategy = federation.server_strategy()
+    assert isinstance(strategy, FedAdam) and strategy.eta == 0.01
+    assert (strategy.fraction_train, strategy.min_train_nodes, strategy.min_available_nodes) == (0.5, 2, 4)
+    config = str(ROOT / "configs" / "federated" / "digits.yaml")
+    flags = ["--strategy.class_path=FedProx", "--strategy.proximal_mu=0.25", "--progress=false"]
+    federation = load_federation(["-c", config, "--out", str(tmp_path), *flags])
+    assert federation.strategy == {"class_path": "flwr.serverapp.strategy.FedProx", "init_args": {"proximal_mu": 0.25}}
+    assert isinstance(federation.server_strategy(), FedProx) and federation.progress is False
+
+
+def test_a_round_with_no_client_that_trained_stops_the_run_naming_the_round_and_the_start() -> None:
+    from flwr.app import Error, Message, MessageType, Metadata, RecordDict
+    from flwr.serverapp import Grid
+
+    from kdlightning.federated.apps import RoundFailures
+
+    class Replies(Grid):
+        """Answers the first ``ok`` messages, and the others with an error; a grid has nothing else to do here."""
+
+        def __init__(self, ok: int) -> None:
+            self.ok = ok
+
+        def send_and_receive(self, messages, *, timeout=None):
+            error = Error(0, "<class 'ValueError'>:<'boom'>")
+            return [
+                Message(RecordDict(), reply_to=m) if k < self.ok else Message(error, reply_to=m)
+                for k, m in enumerate(messages)
+            ]
+
+        set_run = run = create_message = get_node_ids = push_messages = pull_messages = None
+
+    def messages(n: int, kind: str = MessageType.TRAIN) -> list:
+        """What a strategy sends ``n`` clients (built here from its metadata: no run is in progress)."""
+        return [
+            Message(content=RecordDict(), metadata=Metadata(1, f"m{k}", 0, k + 1, "", "1", time.time(), 600.0, kind))
+            for k in range(n)
+        ]
+
+    grid = RoundFailures(Replies(ok=1), "consolidated")
+    assert len(list(grid.send_and_receive(messages(3), timeout=5))) == 3
+    assert grid.failures == {1: ["<class 'ValueError'>:<'boom'>"] * 2}
+    grid = RoundFailures(Replies(ok=0), "consolidated")
+    grid.send_and_receive(messages(2, MessageType.EVALUATE))  # not a training round: no failure counted
+    assert grid.failures == {}
+    with pytest.raises(RuntimeError, match=r"Round 1 of the `consolidated` start.*none of the 2.*ValueError: boom$"):
+        grid.send_and_receive(messages(2))
+
+
+def test_a_client_that_fails_a_round_is_reported_in_that_rounds_row(tmp_path: Path) -> None:
+    """Client 1 has no data, so its ClientApp raises in every round: the rows count it, the run goes on."""
+    from kdlightning.federated.federation import error_line
+
+    federation = Federation(
+        SMALL, partitioner=Starved(), num_clients=2, rounds=2, starts=["fresh"], progress=False, out=str(tmp_path)
+    )
+    rows = run(federation)
+    assert [(r["round"], r["failures"]) for r in rows] == [("0", "0"), ("1", "1"), ("2", "1")]
+    assert rows[0]["failure"] == "" and all("Party 1 has 0 samples" in r["failure"] for r in rows[1:])
+    assert (
+        error_line("\x1b[36mray::ClientAppActor.run()\x1b[39m\n  File ...\nValueError: boom\n\n") == "ValueError: boom"
+    )
+
+
+def test_kdl_federate_runs_fedprox_with_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    from kdlightning.cli import run as kdl
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    config = ROOT / "configs" / "federated" / "digits.yaml"
+    args = ["federate", "-c", str(config), "--out", str(tmp_path), "--num_clients=2", "--rounds=1", "--starts=[fresh]"]
+    args += ["--strategy.class_path=FedProx", "--strategy.proximal_mu=0.1", "--progress=false"]
+    rows = kdl([*args, "--logger={project: kdl-test, group: fedprox}"])
+    assert [(r["start"], r["round"], r["failures"]) for r in rows] == [("fresh", "0", "0"), ("fresh", "1", "0")]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_the_progress_bar_shows_only_when_asked_and_on_a_terminal() -> None:
+    from kdlightning.federated.apps import _progress
+
+    assert _progress(4, enabled=False).disable
+    assert _progress(4, enabled=True).disable  # pytest captures stderr: not a terminal

@@ -52,17 +52,20 @@ def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[f
 
 
 def rounds_to_target(accuracies: Sequence[float], target: float) -> int | None:
-    """The first round (1-based index into ``accuracies``, one per round) whose accuracy reaches ``target``.
+    """The first round whose accuracy reaches ``target``: an index into ``accuracies``, one per round from round 0.
 
-    ``accuracies[0]`` is the accuracy after round 1. None when no round reaches the target.
+    ``accuracies[0]`` is the start's own accuracy, before any FedAvg round, so a start that already meets the
+    target needs 0 rounds. None when no round reaches the target.
 
     Examples:
-        >>> rounds_to_target([0.5, 0.7, 0.8, 0.79], 0.75)
+        >>> rounds_to_target([0.3, 0.5, 0.7, 0.8, 0.79], 0.75)
         3
-        >>> rounds_to_target([0.5], 0.75) is None
+        >>> rounds_to_target([0.8, 0.9], 0.75)
+        0
+        >>> rounds_to_target([0.3, 0.5], 0.75) is None
         True
     """
-    for index, accuracy in enumerate(accuracies, start=1):
+    for index, accuracy in enumerate(accuracies):
         if accuracy >= target:
             return index
     return None
@@ -71,12 +74,15 @@ def rounds_to_target(accuracies: Sequence[float], target: float) -> int | None:
 def round_reduction(baseline_rounds: int | None, rounds: int | None, extra_rounds: int = 0) -> float | None:
     r"""The reduction in total communication rounds, in percent: :math:`100\,(1 - (r + e) / r_{base})`.
 
-    ``extra_rounds`` are the start's own communication (collecting the clients' models: 1 round).
-    None when either start never reached the target.
+    ``extra_rounds`` are the start's own communication (collecting the clients' models: 1 round), so a start
+    that meets the target at round 0 costs only those. None when either start never reached the target, or
+    when the baseline needs no round.
 
     Examples:
         >>> round_reduction(20, 7, extra_rounds=1)
         60.0
+        >>> round_reduction(4, 0, extra_rounds=1)
+        75.0
     """
     if baseline_rounds is None or rounds is None or baseline_rounds <= 0:
         return None

@@ -8,8 +8,10 @@ Flower) on Flower: the apps, the server loop (:func:`serve`, :func:`fedavg`), th
   on its partition first if it is not cached) and its number of training examples. ``train``: train the
   received global model for ``local_epochs`` with Lightning on the client's partition and send it back
   with its number of examples, FedAvg's weight.
-- The **ServerApp** collects the clients' models (one round), builds the starts and runs Flower's
-  ``FedAvg`` from each, testing the global model on the global test set after every round (:func:`serve`).
+- The **ServerApp** collects the clients' models (one round), builds the starts and runs the federation's
+  Flower strategy (``FedAvg`` by default) from each, testing the global model on the global test set after
+  every round (:func:`serve`). A client that fails in a round is counted in that round's row (``failures``,
+  ``failure``); a round in which no client trained stops the run with an error.
 
 A client finds its partition in its node config (``partition-id``, and ``num-partitions``, which must
 equal the experiment's ``num_clients``): Flower's simulation sets both; on a real SuperNode they are
@@ -27,16 +29,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import lightning as L
+import torch
 from torch import Tensor
 
-from kdlightning.federated.federation import COLLECTION_ROUNDS, Clients, Federation, load_federation
+from kdlightning.federated.federation import COLLECTION_ROUNDS, Clients, Federation, error_line, load_federation
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import quiet
 
 __all__ = [
+    "Proximal",
+    "RoundFailures",
     "client_app",
     "client_app_for",
     "fedavg",
@@ -53,7 +59,6 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU clients:
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 
 def _partition(federation: Federation, context: Context) -> int:
@@ -114,13 +119,45 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         fed = _resolve(federation, context)
         client = _partition(fed, context)
-        server_round = int(message.content["config"]["server-round"])
+        config = message.content["config"]
+        server_round = int(config["server-round"])
         state = message.content["arrays"].to_torch_state_dict()
+        mu = float(config.get("proximal-mu", 0.0))  # FedProx's strategy sends it
         with quiet():
-            trained, examples, loss = fed.train_client(client, state, server_round)
+            trained, examples, loss = fed.train_client(client, state, server_round, [Proximal(mu)] if mu else [])
         return _reply(message, trained, {"num-examples": examples, "train_loss": loss})
 
     return app
+
+
+class Proximal(L.Callback):
+    r"""FedProx's proximal term :math:`\frac{\mu}{2} \lVert w - w^t \rVert^2` in a client's local training.
+
+    Adds its gradient, :math:`\mu (w - w^t)`, to every trainable parameter's gradient before each optimizer
+    step, :math:`w^t` being the global model the fit started from (Li et al., "Federated Optimization in
+    Heterogeneous Networks", MLSys 2020). The logged training loss leaves the term out.
+
+    Args:
+        mu: the proximal weight, ``>= 0`` (FedProx's ``proximal_mu``).
+    """
+
+    def __init__(self, mu: float) -> None:
+        if mu < 0:
+            raise ValueError(f"`proximal_mu` must be >= 0, got {mu!r}.")
+        self.mu = mu
+        self.anchor: list[Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the global model the local training starts from."""
+        self.anchor = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        r"""Add :math:`\mu (w - w^t)` to the gradients (unscaled by now under mixed precision)."""
+        trainable = [p for p in pl_module.parameters() if p.requires_grad]
+        for parameter, anchor in zip(trainable, self.anchor, strict=True):
+            if parameter.grad is not None:
+                parameter.grad.add_(parameter - anchor, alpha=self.mu)
 
 
 def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clients:
@@ -156,32 +193,106 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
+class RoundFailures(Grid):
+    """``grid`` as the strategy sees it, noting the clients that fail each training round.
+
+    A client fails a round when its reply carries an error (its ClientApp raised) or when no reply comes
+    within the timeout. A round in which every sampled client failed raises ``RuntimeError`` naming the round
+    and ``start``: the strategy would keep the previous global model and count the round as run.
+
+    Args:
+        grid: the grid of the connected clients.
+        start: the start being run, named in the error.
+    """
+
+    def __init__(self, grid: Grid, start: str) -> None:
+        self.grid, self.start = grid, start
+        self.failures: dict[int, list[str]] = {}
+        """The errors of each training round's failed clients, by round (1-based)."""
+
+    def set_run(self, run: Any) -> None:
+        """Set the run of the wrapped grid."""
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        """The wrapped grid's run."""
+        return self.grid.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        """The wrapped grid's message."""
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The connected clients' node IDs."""
+        return self.grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:
+        """The connected clients."""
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push ``messages`` through the wrapped grid."""
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull replies through the wrapped grid."""
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Send ``messages`` and wait for the replies; a training round's failures are noted (see the class)."""
+        messages = list(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        if not any(message.metadata.message_type == MessageType.TRAIN for message in messages):
+            return replies
+        server_round = len(self.failures) + 1  # the strategy sends one training message set per round
+        errors = [reply.error.reason or f"error code {reply.error.code}" for reply in replies if reply.has_error()]
+        waited = "" if timeout is None else f" within {timeout:.0f} s"
+        errors += [f"no reply{waited}"] * max(0, len(messages) - len(replies))
+        self.failures[server_round] = errors
+        if len(errors) >= len(messages):
+            raise RuntimeError(
+                f"Round {server_round} of the `{self.start}` start: none of the {len(messages)} sampled clients "
+                f"trained. The first error: {error_line(errors[0]) if errors else 'none'}"
+            )
+        return replies
+
+
 def fedavg(
     federation: Federation,
     grid: Grid,
     state: dict[str, Tensor],
-    evaluate: Callable[[int, dict[str, Tensor]], float],
+    evaluate: Callable[..., float],
     timeout: float = 3600.0,
+    start: str = "",
 ) -> dict[str, Tensor]:
-    """Run Flower's FedAvg from ``state`` for ``federation.rounds`` rounds; ``evaluate`` tests each round's model.
+    """Run the federation's strategy from ``state`` for ``federation.rounds`` rounds, testing each round's model.
 
-    Returns the final global model's state.
+    Args:
+        federation: the experiment; its ``server_strategy()`` (Flower's ``FedAvg`` by default) runs the rounds.
+        grid: the grid of the connected clients.
+        state: the start's global model.
+        evaluate: called as ``evaluate(server_round, state, failures=[...])`` after every round (and for
+            round 0, the start itself), with the errors of the clients that failed the round; returns the
+            test accuracy.
+        timeout: seconds to wait for the clients in each round.
+        start: the start's name, for the error of a round in which no client trained.
+
+    Returns:
+        The final global model's state.
     """
     _wait_for_nodes(grid, federation.num_clients, timeout)
-    sampled = max(2, round(federation.fraction_train * federation.num_clients))
-    strategy = FedAvg(
-        fraction_train=federation.fraction_train,
-        fraction_evaluate=0.0,  # the server tests the global model on the global test set instead
-        min_train_nodes=min(sampled, federation.num_clients),
-        min_evaluate_nodes=0,
-        min_available_nodes=federation.num_clients,
-    )
+    strategy = federation.server_strategy()
+    observed = RoundFailures(grid, start)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        return MetricRecord({"test_acc": evaluate(server_round, arrays.to_torch_state_dict())})
+        failures = observed.failures.get(server_round, [])
+        return MetricRecord({"test_acc": evaluate(server_round, arrays.to_torch_state_dict(), failures=failures)})
 
     result = strategy.start(
-        grid=grid,
+        grid=observed,
         initial_arrays=ArrayRecord(state),
         num_rounds=federation.rounds,
         timeout=timeout,
@@ -192,7 +303,7 @@ def fedavg(
 
 
 def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | None = None) -> list[dict[str, Any]]:
-    """The server's work: build every start that has not finished and run FedAvg from it with ``grid``.
+    """The server's work: build every start that has not finished and run the strategy from it with ``grid``.
 
     Args:
         federation: the experiment.
@@ -201,7 +312,8 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
             message to every client.
 
     Returns:
-        The rows of ``rounds.csv``: each round's global model is tested and recorded as it comes.
+        The rows of ``rounds.csv``: each round's global model is tested and recorded as it comes (with a
+        progress bar over starts x rounds, and to W&B if ``federation.logger``).
     """
     finished = federation.finished_starts()
     rows: list[dict[str, Any]] = [row for start in federation.starts for row in finished.get(start, [])]
@@ -211,11 +323,77 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
     if collect is None:
         collect = functools.partial(_collect, federation, grid)
     clients = collect() if any(COLLECTION_ROUNDS[start] for start in todo) else []
-    for start, state in federation.build_starts(clients, todo).items():
-        evaluate = functools.partial(federation.record_round, rows, start, began=time.perf_counter())
-        federation.save_model(start, fedavg(federation, grid, state, evaluate))
+    bar = _progress(len(todo) * federation.rounds, federation.progress)
+    try:
+        for start, state in federation.build_starts(clients, todo).items():
+            tracker = _tracker(federation, start)
+            try:
+                evaluate = _recorder(federation, rows, start, bar, tracker)
+                federation.save_model(start, fedavg(federation, grid, state, evaluate, start=start))
+            finally:
+                if tracker is not None:
+                    tracker.experiment.finish()
+    finally:
+        bar.close()
     federation.plot(rows)
     return rows
+
+
+def _recorder(
+    federation: Federation, rows: list[dict[str, Any]], start: str, bar: Any, tracker: Any
+) -> Callable[..., float]:
+    """``start``'s ``evaluate`` for :func:`fedavg`: record the round's row, advance ``bar``, log to ``tracker``."""
+    began = time.perf_counter()
+
+    def evaluate(server_round: int, state: dict[str, Tensor], failures: Sequence[str] = ()) -> float:
+        accuracy = federation.record_round(rows, start, server_round, state, began=began, failures=failures)
+        row = rows[-1]
+        if tracker is not None:
+            metrics = {"test/acc": row["test_acc"], "test/loss": row["test_loss"], "failures": row["failures"]}
+            tracker.log_metrics(metrics, step=server_round)
+        if server_round > 0:
+            bar.set_postfix_str(f"{start} acc {accuracy:.3f}" + (f", {len(failures)} failed" if failures else ""))
+            bar.update(1)
+        return accuracy
+
+    return evaluate
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    """A bar over the rounds still to run; shown only when ``enabled`` and on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="round", desc="federate", disable=None if enabled else True, dynamic_ncols=True)
+
+
+def _tracker(federation: Federation, start: str) -> Any:
+    """A W&B logger for ``start`` when ``federation.logger`` asks for one (else None), grouped by the experiment."""
+    if federation.logger is False:
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    settings: dict[str, Any] = {
+        "project": "kdlightning",
+        "save_dir": str(federation.out),
+        "group": federation.out.name,
+        "job_type": "federate",
+        "name": start,
+    }
+    if isinstance(federation.logger, dict):
+        settings.update(federation.logger)
+    tracker = WandbLogger(**settings)
+    tracker.log_hyperparams(
+        {
+            "start": start,
+            "strategy": federation.strategy,
+            "num_clients": federation.num_clients,
+            "partitioner": str(federation.partitioner),
+            "rounds": federation.rounds,
+            "local_epochs": federation.local_epochs,
+            "seed": federation.seed,
+        }
+    )
+    return tracker
 
 
 def server_app_for(federation: Federation | None = None, errors: list[BaseException] | None = None) -> ServerApp:

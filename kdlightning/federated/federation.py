@@ -7,7 +7,12 @@ models in one communication round and builds the starts:
 - ``average``: the parameter average of the clients' models, weighted by their data sizes (only
   when every client has the global architecture);
 - ``consolidated``: the clients' models distilled into the global network by
-  :class:`~kdlightning.MultiTeacherKD` on the server's transfer set, a public split no client owns.
+  :class:`~kdlightning.MultiTeacherKD` on the server's transfer set, a public split no client owns;
+- ``best_client``: the single client model most accurate on that public split (clients of the global
+  architecture only).
+
+Clients of the global architecture all start their pre-training from one common initialisation, the
+global network's, as FedAvg's clients do, so that their parameter average averages aligned units.
 
 FedAvg (Flower's strategy) then runs from each start for ``rounds`` rounds, every client training
 with Lightning on its partition, and the global model is tested on the global test set after every
@@ -23,25 +28,35 @@ are :mod:`kdlightning.federated.apps`: ``kdl federate`` runs them in Flower's si
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import math
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from kdlightning import pipeline
-from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.cache import CacheReferenceOutputs
-from kdlightning.data import DatasetSource, Digits, DirichletPartitioner, PartitionedDataModule, Partitioner
-from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
+from kdlightning.data import (
+    DatasetSource,
+    Digits,
+    DirichletPartitioner,
+    EpochShuffleSampler,
+    PartitionedDataModule,
+    Partitioner,
+)
+from kdlightning.federated.aggregate import weighted_average
+from kdlightning.federated.records import COLLECTION_ROUNDS, STARTS, FederationRecords
+from kdlightning.federated.strategy import error_line, server_strategy, strategy_class, strategy_spec
 from kdlightning.methods import MultiTeacherKD, StudentOnly
 from kdlightning.pipeline import DEFAULTS, NetworkFactory
-from kdlightning.reporting import read_csv, write_csv
 
 __all__ = [
     "COLLECTION_ROUNDS",
@@ -50,6 +65,7 @@ __all__ = [
     "STARTS",
     "ConsolidationFactory",
     "Federation",
+    "error_line",
     "load_federation",
 ]
 
@@ -63,23 +79,18 @@ init_args: {temperature: 4.0, alpha: 1.0}}``.
 DEFAULT_CONSOLIDATION: ConsolidationFactory = functools.partial(MultiTeacherKD, temperature=4.0, alpha=1.0)
 """The consolidation when none is given: :class:`~kdlightning.MultiTeacherKD`, temperature 4, alpha 1 (no labels)."""
 
-STARTS = ("fresh", "average", "consolidated")
-"""The starting points FedAvg is run from."""
-
-COLLECTION_ROUNDS = {"fresh": 0, "average": 1, "consolidated": 1}
-"""Communication rounds a start costs before FedAvg: collecting the clients' models takes one."""
-
 Clients = Sequence[tuple[dict[str, Tensor], int]]
 """The clients' pre-trained models as ``(state, training examples)``, in client order."""
 
 
-class Federation:
-    """FedAvg from a fresh, an averaged and a KD-consolidated start: build it, then run it (``kdl federate``).
+class Federation(FederationRecords):
+    """FedAvg from fresh, averaged, KD-consolidated and best-client starts: build it, then run it (``kdl federate``).
 
     Args:
         network: builds the global model (and every client's model unless ``client_networks``).
         client_networks: the clients' architectures, assigned in turn (client ``k`` gets
-            ``client_networks[k % len]``); different architectures rule out the ``average`` start.
+            ``client_networks[k % len]``); different architectures rule out the ``average`` start, and
+            ``best_client`` chooses among the clients of the global architecture only.
         dataset: the data set (the bundled digits by default).
         partitioner: how the training pool is split across clients (Dirichlet alpha 0.5 by default).
         num_clients: number of clients ``K``.
@@ -101,13 +112,22 @@ class Federation:
         target_accuracy: a test accuracy to reach; None to use ``target_fractions`` instead.
         target_fractions: targets as fractions of the best test accuracy the ``fresh`` start reaches in
             ``rounds`` rounds (each in (0, 1]); used when ``target_accuracy`` is None.
-        starts: which starts to run, from ``fresh``, ``average``, ``consolidated``.
+        starts: which starts to run, from ``fresh``, ``average``, ``consolidated``, ``best_client``.
         cpus_per_client: CPU cores Flower's simulation gives each client (clients run in parallel
             as the machine's cores allow).
         trainer: ``lightning.Trainer`` settings of every fit (pre-training, local rounds, consolidation,
             evaluation), e.g. ``{precision: bf16-mixed}``; on top of the federation's own defaults
             (``accelerator: cpu``, ``limit_val_batches: 0``).
         out: directory of the results, the clients' pre-trained models and the teacher cache.
+        strategy: the server's Flower strategy, ``{class_path: ..., init_args: {...}}``; None for ``FedAvg``. A
+            class name alone is one of ``flwr.serverapp.strategy`` (``FedProx``, ``FedAdam``, ...). The federation
+            sets the sampling (``fraction_train``, ``min_*_nodes``) itself; ``FedProx``'s ``proximal_mu`` adds its
+            proximal term to every client's local training. Checked when the federation is built. On the command
+            line: ``--strategy.class_path=FedProx --strategy.proximal_mu=0.1``.
+        progress: show a progress bar over starts x rounds (only on a terminal).
+        logger: log each start's test accuracy and loss per round to Weights & Biases: True, or the
+            ``lightning.pytorch.loggers.WandbLogger`` arguments (``project``, ``group``, ``mode``, ...). One run per
+            start, named after it and grouped by the experiment (``out``'s name unless ``group`` is given).
     """
 
     def __init__(
@@ -134,6 +154,9 @@ class Federation:
         cpus_per_client: float = 1.0,
         trainer: dict[str, Any] | None = None,
         out: str = "runs/federated",
+        strategy: dict[str, Any] | None = None,
+        progress: bool = True,
+        logger: bool | dict[str, Any] = False,
     ) -> None:
         if num_clients < 2:
             raise ValueError(f"`num_clients` must be >= 2 (FedAvg needs two clients), got {num_clients!r}.")
@@ -177,6 +200,11 @@ class Federation:
         self.cpus_per_client = cpus_per_client
         self.trainer = pipeline.check_trainer(trainer)
         self.out = Path(out)
+        self.strategy = strategy_spec(strategy)
+        self.strategy_class()  # a bad class path or argument fails now, before any client trains
+        if logger is not False and importlib.util.find_spec("wandb") is None:
+            raise ValueError("`logger` needs `wandb` (pip install wandb), or `logger: false`.")
+        self.progress, self.logger = progress, logger
         # An impossible partition fails now, not after the pre-training of other clients.
         server = self.datamodule(None)
         server.setup()
@@ -191,6 +219,13 @@ class Federation:
                 raise ValueError(
                     "`starts` has only `average`, which needs every client to have the global architecture."
                 )
+        if "best_client" in self.starts and not any(self._global_architecture(k) for k in range(self._architectures())):
+            warnings.warn(
+                "No client has the global network's architecture: the `best_client` start is left out.", stacklevel=2
+            )
+            self.starts.remove("best_client")
+            if not self.starts:
+                raise ValueError("`starts` has only `best_client`, which needs a client of the global architecture.")
         if "consolidated" in self.starts:  # its values fail now, not after the pre-training of every client
             with torch.random.fork_rng():
                 teachers = [self.client_network(k) for k in range(self._architectures())]
@@ -203,6 +238,11 @@ class Federation:
             {k: v.shape for k, v in self.client_network(client).state_dict().items()} == reference
             for client in range(self._architectures())
         )
+
+    def _global_architecture(self, client: int) -> bool:
+        """Whether client ``client``'s network has the global network's parameters (names and shapes)."""
+        with torch.random.fork_rng():
+            return _shapes(self.client_network(client)) == _shapes(self.global_network())
 
     def _architectures(self) -> int:
         """How many clients it takes to meet every client architecture (client ``k`` has architecture ``k % len``)."""
@@ -250,18 +290,35 @@ class Federation:
         data = self.datamodule(client)
         data.setup()
         L.seed_everything(self.seed * 1000 + client, verbose=False)
-        network = self.client_network(client)
-        path = self.out / "clients" / f"client{client}-{self._key(client, self.pretrain_epochs, repr(network))}.pt"
+        network, common = self.initial_client_network(client), self._global_architecture(client)
+        key = self._key(client, self.pretrain_epochs, repr(network), "common-init" if common else "own-init")
+        path = self.out / "clients" / f"client{client}-{key}.pt"
 
         def pretrain(network: nn.Module) -> None:
             self._trainer(self.pretrain_epochs).fit(StudentOnly(network, self.num_classes), datamodule=data)
 
         return _cpu_state(pipeline.pretrain_once(path, network, pretrain)), len(data.train_set)
 
+    def initial_client_network(self, client: int) -> nn.Module:
+        """The network client ``client``'s pre-training starts from.
+
+        A client of the global architecture starts from the global network's initialisation
+        (:meth:`global_network`, by ``seed``): one initialisation common to all such clients, as in FedAvg, so that
+        the ``average`` start averages aligned units. A client of another architecture has its own (drawn from
+        the global random state, which :meth:`pretrained_client` seeds per client).
+        """
+        network = self.client_network(client)
+        if self._global_architecture(client):
+            network.load_state_dict(self.global_network().state_dict())
+        return network
+
     def train_client(
-        self, client: int, state: dict[str, Tensor], server_round: int
+        self, client: int, state: dict[str, Tensor], server_round: int, callbacks: Sequence[L.Callback] = ()
     ) -> tuple[dict[str, Tensor], int, float]:
         """One FedAvg round on client ``client``: ``local_epochs`` from the global ``state``.
+
+        The client's batches come in the round's own order (:meth:`train_loader`); ``callbacks`` join the fit
+        (e.g. FedProx's proximal term).
 
         Returns the trained state, the client's training examples (FedAvg's weight) and its last
         training loss.
@@ -272,10 +329,25 @@ class Federation:
         L.seed_everything(self.seed * 1_000_003 + server_round * 1009 + client, verbose=False)
         network = self.global_network()
         network.load_state_dict(state)
-        trainer = self._trainer(self.local_epochs)
-        trainer.fit(StudentOnly(network, self.num_classes), datamodule=data)
+        trainer = self._trainer(self.local_epochs, callbacks)
+        loader = self.train_loader(client, server_round, data)
+        trainer.fit(StudentOnly(network, self.num_classes), loader, data.val_dataloader())
         loss = trainer.callback_metrics.get("train/loss")
         return _cpu_state(network), len(data.train_set), float(loss) if loss is not None else math.nan
+
+    def train_loader(self, client: int, server_round: int, data: PartitionedDataModule | None = None) -> DataLoader:
+        """Client ``client``'s training batches in FedAvg round ``server_round`` (``data``: its set-up datamodule).
+
+        The shuffling seed is drawn from ``(seed, server_round, client)``: every round reshuffles the client's
+        batches, and a rerun repeats them. The partition and the splits stay those of ``seed``.
+        """
+        if data is None:
+            data = self.datamodule(client)
+            data.setup()
+        loader = data.train_dataloader()
+        if isinstance(loader.sampler, EpochShuffleSampler):
+            loader.sampler.seed = int(np.random.SeedSequence([self.seed, server_round, client]).generate_state(1)[0])
+        return loader
 
     def _check_client(self, client: int) -> None:
         if not 0 <= client < self.num_clients:
@@ -288,12 +360,40 @@ class Federation:
             "fresh": lambda _: self.global_network().state_dict(),
             "average": self.average,
             "consolidated": self.consolidate,
+            "best_client": self.best_client,
         }
         return {name: builders[name](clients) for name in (names if names is not None else self.starts)}
 
     def average(self, clients: Clients) -> dict[str, Tensor]:
         """The clients' parameter average, weighted by their training examples."""
         return weighted_average([state for state, _ in clients], [float(n) for _, n in clients])
+
+    def best_client(self, clients: Clients) -> dict[str, Tensor]:
+        """The model of the client most accurate on the server's public split (:meth:`client_accuracies`)."""
+        accuracies = self.client_accuracies(clients)
+        return clients[max(accuracies, key=accuracies.__getitem__)][0]  # a tie goes to the lowest client
+
+    def client_accuracies(self, clients: Clients) -> dict[int, float]:
+        """Accuracy of each client of the global architecture on the server's public split, by client.
+
+        The ``best_client`` start is chosen here, on the public split (held out before partitioning, drawn like
+        the test set, owned by no client): never on the test set, which only measures the starts. Each client's
+        own validation split would not do: it follows the client's skewed label shares, on which a client that
+        knows few classes looks best.
+        """
+        server = self.datamodule(None)
+        server.setup()
+        loader = DataLoader(server.train_set, batch_size=self.batch_size)
+        accuracies = {}
+        for client, (state, _) in enumerate(clients):
+            if self._global_architecture(client):
+                network = self.global_network()
+                network.load_state_dict(state)
+                metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), loader, verbose=False)
+                accuracies[client] = float(metrics[0]["test/acc"])
+        if not accuracies:
+            raise ValueError("No client has the global network's architecture: there is no `best_client` start.")
+        return accuracies
 
     def consolidate(self, clients: Clients) -> dict[str, Tensor]:
         """Distil the clients' models into a fresh global network on the public transfer set (``consolidation``)."""
@@ -325,151 +425,18 @@ class Federation:
         return float(metrics[0]["test/acc"]), float(metrics[0]["test/loss"])
 
     # ------------------------------------------------------------------ results
-    def finished_starts(self) -> dict[str, list[dict[str, str]]]:
-        """Rows of ``rounds.csv`` per start that ran all its rounds (a start cut short is run again)."""
-        rows = read_csv(self.out / "rounds.csv")
-        by_start: dict[str, list[dict[str, str]]] = {}
-        for row in rows:
-            by_start.setdefault(row["start"], []).append(row)
-        return {
-            start: group
-            for start, group in by_start.items()
-            if {int(r["round"]) for r in group} >= set(range(self.rounds + 1))
-        }
 
-    def finished_rows(self) -> list[dict[str, Any]] | None:
-        """The rows of ``rounds.csv`` when every start ran all its rounds (and the tables are rewritten), else None."""
-        finished = self.finished_starts()
-        if not all(start in finished for start in self.starts):
-            return None
-        rows: list[dict[str, Any]] = [row for start in self.starts for row in finished[start]]
-        self.record(rows)
-        self.plot(rows)
-        return rows
+    def strategy_class(self) -> type:
+        """The class of ``strategy``, checked to be a Flower strategy taking ``strategy``'s ``init_args``."""
+        return strategy_class(self.strategy)
 
-    def record(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``rounds.csv`` and ``summary.md`` atomically."""
-        write_csv(self.out / "rounds.csv", rows)
-        write_text_atomic(self.out / "summary.md", self.summary(rows))
+    def server_strategy(self) -> Any:
+        """A new ``strategy``: its ``init_args``, ``fraction_train`` of the clients sampled, no client evaluation."""
+        return server_strategy(self.strategy, self.fraction_train, self.num_clients)
 
-    def record_round(
-        self, rows: list[dict[str, Any]], start: str, server_round: int, state: dict[str, Tensor], began: float
-    ) -> float:
-        """Test round ``server_round``'s global ``state`` of ``start``, add its row to ``rows``, record them all.
 
-        Args:
-            rows: the rows so far; the new one is appended.
-            start: the start FedAvg runs from.
-            server_round: the FedAvg round (0: the start itself).
-            state: the global model after that round.
-            began: ``time.perf_counter()`` when this start's FedAvg began.
-
-        Returns:
-            The test accuracy.
-        """
-        accuracy, loss = self.evaluate(state)
-        rows.append(
-            {
-                "start": start,
-                "round": server_round,
-                "test_acc": accuracy,
-                "test_loss": loss,
-                "seconds": round(time.perf_counter() - began, 2),
-            }
-        )
-        self.record(rows)
-        return accuracy
-
-    def save_model(self, start: str, state: dict[str, Tensor]) -> None:
-        """Write ``start``'s final global model to ``models/<start>.pt`` (atomically)."""
-        with atomic_path(self.out / "models" / f"{start}.pt") as tmp:
-            torch.save(state, tmp)
-
-    def targets(self, curves: dict[str, dict[int, float]]) -> list[tuple[str, float]]:
-        """``(label, accuracy)`` of each target: ``target_accuracy``, or the fractions of the fresh start's best."""
-        if self.target_accuracy is not None:
-            return [("target", self.target_accuracy)]
-        fresh = [acc for r, acc in curves.get("fresh", {}).items() if r >= 1]
-        if not fresh:
-            return []
-        return [(f"{100 * f:g}% of fresh's best", f * max(fresh)) for f in self.target_fractions]
-
-    def summary(self, rows: Sequence[dict[str, Any]]) -> str:
-        """``summary.md``: per start and target, the total rounds to reach it and the reduction against ``fresh``."""
-        curves: dict[str, dict[int, float]] = {}
-        for row in rows:
-            curves.setdefault(str(row["start"]), {})[int(row["round"])] = float(row["test_acc"])
-        lines = [
-            f"# Federated: {type(self.dataset).__name__}, {self.num_clients} clients ({self.partitioner}), "
-            f"FedAvg {self.rounds} rounds x {self.local_epochs} local epoch(s), seed {self.seed}",
-            "",
-        ]
-        targets = self.targets(curves)
-        if not targets:
-            return "\n".join([*lines, "No target accuracy yet (the fresh start has not run).", ""])
-        lines += [
-            "Total communication rounds to reach each target test accuracy: FedAvg rounds plus the round that",
-            "collects the clients' models (average, consolidated), and in brackets the reduction against fresh.",
-            "",
-            "| start | accuracy at round 0 | final accuracy | "
-            + " | ".join(f"{label} ({value:.4f})" for label, value in targets)
-            + " |",
-            "|---|---|---|" + "---|" * len(targets),
-        ]
-        reductions: dict[str, list[float]] = {}
-        for start, curve in curves.items():
-            accuracies = [curve[r] for r in sorted(curve) if r >= 1]
-            cells = [f"{curve.get(0, math.nan):.4f}", f"{curve[max(curve)]:.4f}"]
-            for _, value in targets:
-                reached = rounds_to_target(accuracies, value)
-                extra = COLLECTION_ROUNDS[start]
-                if reached is None:
-                    cells.append(f"> {self.rounds + extra}")
-                    continue
-                cell = str(reached + extra)
-                fresh = rounds_to_target([curves["fresh"][r] for r in sorted(curves["fresh"]) if r >= 1], value)
-                reduction = round_reduction(fresh, reached, extra) if start != "fresh" and "fresh" in curves else None
-                if reduction is not None:
-                    cell += f" ({reduction:+.1f}%)"
-                    reductions.setdefault(start, []).append(reduction)
-                cells.append(cell)
-            lines.append(f"| {start} | " + " | ".join(cells) + " |")
-        lines.append("")
-        for start, values in reductions.items():
-            lines.append(
-                f"{start}: reduction in total rounds against fresh {sum(values) / len(values):+.1f}%, the mean over "
-                f"{len(values)} target(s) (the study reports 60.6% on average)."
-            )
-        return "\n".join([*lines, ""])
-
-    def plot(self, rows: Sequence[dict[str, Any]]) -> None:
-        """``accuracy.png``: test accuracy over rounds, one line per start, the target accuracies dashed."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(6.4, 4.2), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        for start in dict.fromkeys(str(r["start"]) for r in rows):
-            points = sorted((int(r["round"]), float(r["test_acc"])) for r in rows if r["start"] == start)
-            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=start)
-        curves: dict[str, dict[int, float]] = {}
-        for row in rows:
-            curves.setdefault(str(row["start"]), {})[int(row["round"])] = float(row["test_acc"])
-        targets = self.targets(curves)  # what rounds-to-target counts to; their values are in summary.md
-        for index, (_, value) in enumerate(targets):
-            label = "targets: " + ", ".join(label for label, _ in targets) if index == 0 else None
-            axes.axhline(value, color="gray", linestyle="--", linewidth=0.8, label=label)
-        axes.set_xlabel("FedAvg round")
-        axes.set_ylabel("global test accuracy")
-        axes.set_title(
-            f"{type(self.dataset).__name__}, {self.num_clients} clients ({self.partitioner}), seed {self.seed}",
-            fontsize=10,
-        )
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-        with atomic_path(self.out / "accuracy.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
+def _shapes(network: nn.Module) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in network.state_dict().items()}
 
 
 def _cpu_state(network: nn.Module) -> dict[str, Tensor]:

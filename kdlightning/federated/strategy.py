@@ -1,0 +1,108 @@
+"""The server strategy of a federation: any Flower strategy by ``class_path``, and the clients' error lines.
+
+Pure helpers of :class:`~kdlightning.federated.Federation` (they import a strategy's class only when asked):
+:func:`strategy_spec` checks and normalises the ``strategy`` argument, :func:`strategy_class` imports and checks
+the class, :func:`server_strategy` builds it with the federation's client sampling, and :func:`error_line` reads
+a failed client's error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["SAMPLING", "STRATEGIES", "error_line", "server_strategy", "strategy_class", "strategy_spec"]
+
+STRATEGIES = "flwr.serverapp.strategy"
+"""Where a ``strategy`` class name without a module is found: Flower's server strategies."""
+
+SAMPLING = ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
+"""Strategy arguments the federation sets itself (from ``fraction_train`` and ``num_clients``)."""
+
+
+def strategy_spec(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``strategy`` as ``{"class_path": "<module>.<Class>", "init_args": {...}}`` (None: Flower's ``FedAvg``).
+
+    Keys beside ``class_path`` and ``init_args`` are init_args too: ``--strategy.proximal_mu=0.1`` on the
+    command line gives ``{class_path: ..., proximal_mu: 0.1}``.
+    """
+    if strategy is None:
+        return {"class_path": f"{STRATEGIES}.FedAvg", "init_args": {}}
+    class_path = strategy.get("class_path") if isinstance(strategy, Mapping) else None
+    init_args = strategy.get("init_args") or {} if isinstance(strategy, Mapping) else None
+    if not isinstance(class_path, str) or not class_path or not isinstance(init_args, Mapping):
+        raise ValueError(
+            f"`strategy` must be {{class_path: <a Flower strategy>, init_args: {{...}}}} or None, got {strategy!r}."
+        )
+    loose = {key: value for key, value in strategy.items() if key not in ("class_path", "init_args")}
+    if set(loose) & set(init_args):
+        raise ValueError(f"`strategy` gives {sorted(set(loose) & set(init_args))} twice, in and beside `init_args`.")
+    init_args = {**init_args, **loose}
+    owned = sorted(set(init_args) & set(SAMPLING))
+    if owned:
+        raise ValueError(
+            f"`strategy.init_args` sets {owned}: the federation samples clients itself (set `fraction_train`)."
+        )
+    path = class_path if "." in class_path else f"{STRATEGIES}.{class_path}"
+    return {"class_path": path, "init_args": dict(init_args)}
+
+
+def strategy_class(spec: Mapping[str, Any]) -> type:
+    """The class of ``spec`` (:func:`strategy_spec`'s), checked to be a Flower strategy taking its ``init_args``."""
+    path, init_args = spec["class_path"], spec["init_args"]
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"`strategy`: cannot import {path!r} ({error}).") from error
+    if not isinstance(cls, type) or not all(callable(getattr(cls, m, None)) for m in ("start", "aggregate_train")):
+        raise ValueError(f"`strategy` must name a Flower strategy class, got {path!r}.")
+    try:
+        inspect.signature(cls).bind(**init_args)
+    except TypeError as error:
+        raise ValueError(f"`strategy`: {name} does not take init_args {init_args} ({error}).") from error
+    return cls
+
+
+def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients: int) -> Any:
+    """A new strategy of ``spec``: its ``init_args``, ``fraction_train`` of the clients sampled, no client evaluation.
+
+    The server tests the global model on the global test set instead of asking the clients.
+    """
+    cls = strategy_class(spec)
+    sampled = max(2, round(fraction_train * num_clients))
+    sampling = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": min(sampled, num_clients),
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": num_clients,
+    }
+    parameters = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        sampling = {key: value for key, value in sampling.items() if key in parameters}
+    return cls(**sampling, **spec["init_args"])
+
+
+def error_line(reason: str) -> str:
+    r"""The line of a client's error that names the exception: its last non-empty line, terminal colours removed.
+
+    Flower's ``"<class 'ValueError'>:<'message'>"`` form becomes ``"ValueError: message"``.
+
+    Examples:
+        >>> error_line("<class 'ValueError'>:<'Party 1 has 0 samples'>")
+        'ValueError: Party 1 has 0 samples'
+        >>> error_line("Traceback (most recent call last):\n  ...\nValueError: Party 1 has 0 samples\n")
+        'ValueError: Party 1 has 0 samples'
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    wrapped = re.fullmatch(r"<class '([^']*)'>:<'(.*)'>", text.strip(), flags=re.DOTALL)
+    if wrapped:
+        text = wrapped.group(2)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if wrapped and len(lines) == 1:
+        return f"{wrapped.group(1).rsplit('.', 1)[-1]}: {lines[0]}"
+    return lines[-1] if lines else ""

@@ -1,0 +1,219 @@
+"""Fair federated starts (one common initialisation, the best client), heterogeneous clients through `kdl federate`,
+and the experiment across scenarios and seeds with its intervals."""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlightning import pipeline
+from kdlightning.cli import run as kdl
+from kdlightning.data import DirichletPartitioner, IIDPartitioner, PartitionedDataModule
+from kdlightning.federated import FederatedStudy, Federation, load_federation, load_study, weighted_average
+from kdlightning.models import MLP
+from kdlightning.reporting import read_csv
+from kdlightning.stats import mean_interval
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
+WIDER = partial(MLP, in_features=64, hidden_sizes=(12,))
+
+
+def test_clients_of_the_global_architecture_pretrain_from_one_common_initialisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.warns(UserWarning, match="average"):
+        federation = Federation(
+            SMALL, client_networks=[SMALL, WIDER], num_clients=3, pretrain_epochs=1, seed=3, out=str(tmp_path)
+        )
+    initial = {}
+    pretrain_once = pipeline.pretrain_once
+
+    def record(path, network, train):
+        initial[len(initial)] = {k: v.clone() for k, v in network.state_dict().items()}
+        return pretrain_once(path, network, train)
+
+    monkeypatch.setattr(pipeline, "pretrain_once", record)
+    trained = [federation.pretrained_client(k)[0] for k in range(3)]
+    common = federation.global_network().state_dict()
+    for client in (0, 2):  # the global architecture: the global network's initialisation, whatever the client
+        assert all(torch.equal(initial[client][k], common[k]) for k in common)
+    assert initial[1]["net.1.weight"].shape != common["net.1.weight"].shape  # another architecture: its own
+    assert any(not torch.equal(trained[0][k], trained[2][k]) for k in common)  # then each trains on its own data
+
+    other_seed = Federation(SMALL, num_clients=2, seed=4, out=str(tmp_path / "other"))
+    assert all(
+        torch.equal(other_seed.initial_client_network(0).state_dict()[k], v)
+        for k, v in other_seed.initial_client_network(1).state_dict().items()
+    )
+    assert any(not torch.equal(other_seed.global_network().state_dict()[k], common[k]) for k in common)
+
+
+def test_the_average_start_averages_clients_from_the_common_initialisation(tmp_path: Path) -> None:
+    federation = Federation(SMALL, num_clients=3, pretrain_epochs=2, out=str(tmp_path))
+    clients = [federation.pretrained_client(k) for k in range(3)]
+    average = federation.build_starts(clients, ["average"])["average"]
+    expected = weighted_average([state for state, _ in clients], [float(n) for _, n in clients])
+    for key, value in expected.items():
+        torch.testing.assert_close(average[key], value)
+    accuracy, loss = federation.evaluate(average)
+    assert 0.0 <= accuracy <= 1.0 and math.isfinite(loss)
+
+
+def test_the_best_client_start_is_the_client_most_accurate_on_the_public_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    federation = Federation(SMALL, num_clients=3, pretrain_epochs=3, out=str(tmp_path))
+    trained, examples = federation.pretrained_client(1)
+    untrained = [federation.client_network(k).state_dict() for k in (0, 2)]
+    clients = [(untrained[0], examples), (trained, examples), (untrained[1], examples)]
+
+    def no_test_set(self):
+        raise AssertionError("the best client was chosen on the test set")
+
+    monkeypatch.setattr(PartitionedDataModule, "test_dataloader", no_test_set)
+    accuracies = federation.client_accuracies(clients)
+    assert set(accuracies) == {0, 1, 2} and max(accuracies, key=accuracies.__getitem__) == 1
+    best = federation.build_starts(clients, ["best_client"])["best_client"]
+    assert all(torch.equal(best[k], trained[k]) for k in trained)
+
+    monkeypatch.setattr(federation, "client_accuracies", lambda clients: {0: 0.5, 2: 0.9, 1: 0.9})
+    assert federation.best_client(clients) is clients[2][0]  # the highest; a tie goes to the first client
+
+
+def test_the_best_client_is_chosen_among_clients_of_the_global_architecture(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="average"):
+        federation = Federation(SMALL, client_networks=[WIDER, SMALL], num_clients=2, out=str(tmp_path))
+    assert federation.starts == ["fresh", "consolidated", "best_client"]
+    clients = [(federation.client_network(k).state_dict(), 10) for k in range(2)]
+    assert set(federation.client_accuracies(clients)) == {1}
+    with pytest.warns(UserWarning, match="best_client"):
+        others = Federation(
+            SMALL, client_networks=[WIDER], num_clients=2, starts=["fresh", "best_client"], out=str(tmp_path)
+        )
+    assert others.starts == ["fresh"]
+
+
+def _write_config(path: Path, body: str) -> Path:
+    path.write_text(
+        "network: {class_path: kdlightning.models.MLP, init_args: {in_features: 64, hidden_sizes: [8]}}\n"
+        "dataset: {class_path: kdlightning.data.Digits}\n"
+        "num_clients: 3\npretrain_epochs: 1\nconsolidation_epochs: 1\nrounds: 1\nbatch_size: 32\n" + body
+    )
+    return path
+
+
+def test_a_heterogeneous_consolidation_runs_end_to_end_through_kdl_federate(tmp_path: Path, capsys) -> None:
+    config = _write_config(
+        tmp_path / "heterogeneous.yaml",
+        "client_networks:\n"
+        "  - {class_path: kdlightning.models.MLP, init_args: {in_features: 64, hidden_sizes: [8]}}\n"
+        "  - {class_path: kdlightning.models.MLP, init_args: {in_features: 64, hidden_sizes: [16]}}\n"
+        "  - {class_path: kdlightning.models.SmallCNN, init_args: {channels: [4, 8]}}\n"
+        "starts: [fresh, average, consolidated, best_client]\n",
+    )
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="average"):
+        rows = kdl(["federate", "-c", str(config), "--out", str(out)])
+    starts = ["fresh", "consolidated", "best_client"]
+    assert {(r["start"], r["round"]) for r in rows} == {(s, str(n)) for s in starts for n in (0, 1)}
+    assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
+    printed = capsys.readouterr().out
+    for start in starts:
+        assert f"| {start} |" in printed
+    assert "| average |" not in printed
+    assert len(list((out / "clients").glob("*.pt"))) == 3  # each architecture pre-trained, the CNN too
+
+
+def _by_hand(rows: list[dict[str, str]], fraction: float) -> dict[tuple[str, str], dict[int, float]]:
+    """Per (scenario, start), per seed: the reduction in total rounds against fresh, from the rows alone."""
+    curves: dict[tuple[str, int], dict[str, dict[int, float]]] = {}
+    for row in rows:
+        cell = curves.setdefault((row["scenario"], int(row["seed"])), {})
+        cell.setdefault(row["start"], {})[int(row["round"])] = float(row["test_acc"])
+    values: dict[tuple[str, str], dict[int, float]] = {}
+    for (scenario, seed), cell in curves.items():
+        target = fraction * max(acc for r, acc in cell["fresh"].items() if r >= 1)
+        fresh = next((r for r in sorted(cell["fresh"]) if cell["fresh"][r] >= target), None)
+        for start, curve in cell.items():
+            reached = next((r for r in sorted(curve) if curve[r] >= target), None)
+            if start != "fresh" and reached is not None and fresh:
+                values.setdefault((scenario, start), {})[seed] = 100.0 * (1 - (reached + 1) / fresh)
+    return values
+
+
+def test_the_study_runs_every_scenario_and_seed_resumes_and_reports_intervals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = ["fresh", "average", "consolidated", "best_client"]
+    arguments = {
+        "scenarios": [IIDPartitioner(), DirichletPartitioner(alpha=1.0)],
+        "seeds": [0, 1],
+        "network": SMALL,
+        "num_clients": 2,
+        "pretrain_epochs": 3,
+        "consolidation_epochs": 2,
+        "rounds": 2,
+        "batch_size": 16,
+        "target_fractions": [0.9],
+        "starts": starts,
+        "out": str(tmp_path),
+    }
+    study = FederatedStudy(**arguments)
+    rows = study.run()
+    cells = [("iid", 0), ("iid", 1), ("dirichlet(alpha=1)", 0), ("dirichlet(alpha=1)", 1)]
+    expected = {(s, str(seed), start, str(r)) for s, seed in cells for start in starts for r in range(3)}
+    written = read_csv(tmp_path / "rounds.csv")
+    assert {(r["scenario"], r["seed"], r["start"], r["round"]) for r in written} == expected
+    assert len(written) == len(expected) == len(rows)
+    assert (tmp_path / "cells" / "dirichlet_alpha_1-seed1" / "rounds.csv").is_file()
+
+    from kdlightning.federated import apps
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(apps, "run", no_run)
+    resumed = FederatedStudy(**arguments)
+    assert [r["test_acc"] for r in resumed.run()] == [r["test_acc"] for r in written]
+
+    summary = (tmp_path / "summary.md").read_text()
+    assert "60.6%" in summary and "4 of 4 cells finished" in summary
+    by_hand = _by_hand(written, 0.9)
+    per_seed = study.per_seed(written)
+    checked = 0
+    for (scenario, start), values in by_hand.items():
+        assert {seed: r for seed, (_, r) in per_seed[(scenario, start)].items() if not math.isnan(r)} == pytest.approx(
+            values
+        )
+        section = summary.split(f"## {scenario}\n")[1].split("## ")[0]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {start} |"))
+        assert mean_interval(list(values.values())).format(1, "%") in line
+        checked += len(values) >= 2
+    assert checked, "no start reached the target on both seeds of a scenario"
+    assert re.search(r"consolidated - average: [+-]\d", summary)
+
+
+def test_the_shipped_heterogeneous_and_scenario_configs_parse(tmp_path: Path) -> None:
+    configs = ROOT / "configs" / "federated"
+    federation = load_federation(["-c", str(configs / "fashion_mnist_heterogeneous.yaml"), "--out", str(tmp_path)])
+    assert federation.starts == ["fresh", "consolidated", "best_client"] and len(federation.client_networks) == 4
+    study = load_study(["-c", str(configs / "fashion_mnist_scenarios.yaml"), "--out", str(tmp_path)])
+    assert len(study.scenarios) == 5 and len(study.seeds) >= 5 and len(study.cells) == 25
+    assert {str(s) for s in study.scenarios} >= {"iid", "dirichlet(alpha=0.1)", "label_skew(classes_per_party=2)"}
+    single = load_study(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path)])
+    assert list(single.cells) == [("dirichlet(alpha=0.5)", 0)]
+
+
+def test_a_study_with_duplicate_cells_or_empty_lists_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="twice"):
+        FederatedStudy(scenarios=[IIDPartitioner(), IIDPartitioner()], network=SMALL, num_clients=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="seeds"):
+        FederatedStudy(seeds=[], network=SMALL, num_clients=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="scenarios"):
+        FederatedStudy(scenarios=[], network=SMALL, num_clients=2, out=str(tmp_path))
