@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-__all__ = ["Interrupted", "exit_on_signals"]
+__all__ = ["Interrupted", "exit_on_signals", "raise_if_stopped"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,6 +54,7 @@ def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]
         return
     received: list[int] = []
     raised: list[bool] = []
+    _PENDING.append(received)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if raised:  # already stopping: let the clean-up finish
@@ -80,10 +81,26 @@ def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]
             raise
         raise exit_stopped() from None
     finally:
+        _PENDING.remove(received)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:  # a signal whose Interrupted something swallowed: the command was stopped all the same
         raise exit_stopped()
+
+
+_PENDING: list[list[int]] = []
+"""The signals received by each active :func:`exit_on_signals` block (empty lists until one arrives)."""
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Interrupted` again if a stop signal arrived and something swallowed the first one.
+
+    Long loops call it between their steps (a search's trials, a study's runs): a stop that Lightning or
+    Optuna caught on its way out then ends the command at the next step instead of after the last one.
+    """
+    for received in _PENDING:
+        if received:
+            raise Interrupted(received[0])
 
 
 def _in_finalizer(frame: FrameType | None) -> bool:

@@ -16,7 +16,7 @@ from conftest import NUM_CLASSES, SyntheticDataModule, TinyNet, tiny_trainer
 from test_tuning import planted_args
 
 from kdlightning import StudentOnly
-from kdlightning.interrupt import exit_on_signals
+from kdlightning.interrupt import Interrupted, exit_on_signals, raise_if_stopped
 from kdlightning.reporting import read_csv
 from kdlightning.tuning import tune
 
@@ -82,7 +82,7 @@ def _stop_when(process: subprocess.Popen, ready, signum: int, limit: float = 120
 
 def test_kdl_tune_stopped_by_sigterm_exits_143_and_resumes(tmp_path: Path) -> None:
     grid = {"grid": {"temperature": [1.0, 4.0], "alpha": [0.1, 0.5, 0.9]}}
-    args = planted_args(tmp_path, grid, max_epochs=3)
+    args = planted_args(tmp_path, grid, max_epochs=8)  # trials long enough that the stop lands mid-search
     trials = tmp_path / "search" / "trials.csv"
     status, err = _stop_when(_start(["tune", *args], tmp_path), trials.is_file, signal.SIGTERM)
     assert status == 143, err
@@ -143,3 +143,25 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(capsys) -> N
     assert stopped.value.code == 130
     assert len(steps) < 100
     assert "kdl study: stopped by SIGINT. 0 runs." in capsys.readouterr().err
+
+
+def test_a_swallowed_stop_is_raised_again_at_the_next_step(capsys) -> None:
+    steps: list[int] = []
+
+    def loop() -> None:
+        with exit_on_signals("kdl loop", [], lambda: "1 step finished."):
+            raise_if_stopped()  # no signal yet
+            for step in range(3):
+                try:  # a library that catches the stop on its way out and carries on
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1.0)
+                except Interrupted:
+                    pass
+                steps.append(step)
+                raise_if_stopped()  # the loop's boundary: the stop is raised again
+
+    raise_if_stopped()  # no block, no signal: nothing happens
+    with pytest.raises(SystemExit) as stopped:
+        loop()
+    assert stopped.value.code == 143 and steps == [0]
+    assert "kdl loop: stopped by SIGTERM. 1 step finished." in capsys.readouterr().err

@@ -38,6 +38,7 @@ from kdlightning.data import (
     Partitioner,
     QuantitySkewPartitioner,
 )
+from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
 from kdlightning.reporting import add_gains, error_line, read_csv
@@ -435,6 +436,7 @@ class Study(TunedCells, StudyReports):
             rows.extend(step_rows)
             self.save(rows)
             bar.update(sum(fits[row["method"]] for row in step_rows))
+            raise_if_stopped()  # a stop signal swallowed during the step ends the study here
 
         if self.ray is False:
             for scenario, seed, names in cells:

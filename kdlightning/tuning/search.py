@@ -22,6 +22,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
+from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule
 from kdlightning.reporting import error_line, write_csv
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
@@ -281,6 +282,7 @@ class Search:
         trials = study.get_trials(deepcopy=False)
         rows = trial_rows(trials, self.keys, self.options.metric, self.val_before)
         write_csv(self.out / "trials.csv", rows)
+        raise_if_stopped()  # a stop signal swallowed during the trial ends the search here
         if self.verbose:
             row = next(r for r in rows if r["number"] == trial.number)
             print(f"trial {trial.number:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
