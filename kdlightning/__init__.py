@@ -6,6 +6,7 @@ from kdlightning.methods import (
     DeepMutualLearning,
     DistillationModule,
     MultiTeacherKD,
+    OwnDataMembers,
     StudentOnly,
     VanillaKD,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "DeepMutualLearning",
     "DistillationModule",
     "MultiTeacherKD",
+    "OwnDataMembers",
     "StudentOnly",
     "VanillaKD",
     "__version__",

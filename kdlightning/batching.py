@@ -1,4 +1,8 @@
-"""Fit many methods of one student as batched members (:func:`fit_members`), in chunks, or apart when they cannot be.
+"""Many fits as one: methods of one student as batched members, parties' networks each on its own data.
+
+:func:`fit_members` fits many methods of one student as batched members, in chunks, or apart when they cannot
+be; :func:`pretrain_together` pre-trains many parties' networks of one architecture, each on its own data, in
+one fit.
 
 The pipelines (``kdl tune``'s grid, ``kdl study``'s cells) train what shares a student, its data and its
 epochs as :class:`~kdlightning.methods.BatchedMembers`: ``max_members`` at a time, each member trained as
@@ -15,11 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
+from torch import nn
 
-from kdlightning.methods import BatchedMembers, DistillationModule, NotBatchable, member_error
+from kdlightning.data import ClassificationDataModule, MemberStreams
+from kdlightning.methods import (
+    BatchedMembers,
+    DistillationModule,
+    NotBatchable,
+    OwnDataMembers,
+    StudentOnly,
+    member_error,
+)
 from kdlightning.reporting import error_line
 
-__all__ = ["MemberFit", "ValidationHistory", "fit_members"]
+__all__ = ["MemberFit", "ValidationHistory", "fit_members", "pretrain_together"]
 
 
 @dataclass
@@ -156,3 +169,43 @@ def _fit_alone(
         results = {key: float(value) for key, value in metrics.items() if key.startswith("test/")}
     seconds = time.perf_counter() - start
     return MemberFit(model, history.history, results, None, seconds, False, fitting.current_epoch)
+
+
+def pretrain_together(
+    parties: Mapping[str, tuple[nn.Module, ClassificationDataModule]],
+    epochs: int,
+    trainer: Callable[[], L.Trainer],
+    *,
+    max_members: int | None = 32,
+) -> Iterator[list[str]]:
+    """Pre-train networks of one architecture, each with :class:`~kdlightning.StudentOnly` on its own data, together.
+
+    ``max_members`` networks a fit (:class:`~kdlightning.methods.OwnDataMembers` on a
+    :class:`~kdlightning.data.MemberStreams`), each trained as its own fit of ``epochs`` epochs would train it.
+    Each network is trained in place; after each fit, the names of those that trained are yielded. A network whose
+    loss turned non-finite is left out (its own fit reports the divergence). A network ``torch.func`` cannot
+    vmap ends the pre-training here with one warning: fit the rest apart.
+
+    Args:
+        parties: by name, a fresh network and the data module it trains on.
+        epochs: epochs of each network.
+        trainer: builds a fresh trainer of one epoch (the fit's epoch holds every network's ``epochs``).
+        max_members: networks per fit (memory grows with it); None for all in one.
+    """
+    names = list(parties)
+    size = len(names) if max_members is None else max(int(max_members), 1)
+    for start in range(0, len(names), size):
+        chunk = names[start : start + size]
+        members = {name: StudentOnly(parties[name][0], parties[name][1].num_classes) for name in chunk}
+        try:
+            model = OwnDataMembers(members)
+            trainer().fit(model, datamodule=MemberStreams([parties[name][1] for name in chunk], epochs))
+        except NotBatchable as error:
+            warnings.warn(f"{error}. These networks pre-train one at a time instead.", stacklevel=2)
+            return
+        except FloatingPointError:  # every member diverged
+            yield []
+            continue
+        for name in chunk:
+            parties[name][0].load_state_dict(model.member_state_dict(name))
+        yield [name for name in chunk if name not in model.failed]

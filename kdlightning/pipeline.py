@@ -34,6 +34,7 @@ __all__ = [
     "from_args",
     "has_config",
     "pretrain_once",
+    "save_weights",
     "trainer",
 ]
 
@@ -72,9 +73,14 @@ def pretrain_once(path: str | Path, network: nn.Module, train: Callable[[nn.Modu
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return network
     train(network)
-    with atomic_path(path) as tmp:
-        torch.save({key: value.detach().cpu() for key, value in network.state_dict().items()}, tmp)
+    save_weights(path, network)
     return network
+
+
+def save_weights(path: str | Path, network: nn.Module) -> None:
+    """Save ``network``'s ``state_dict`` (on the CPU) to ``path`` atomically, as :func:`pretrain_once` reads it."""
+    with atomic_path(Path(path)) as tmp:
+        torch.save({key: value.detach().cpu() for key, value in network.state_dict().items()}, tmp)
 
 
 def check_trainer(settings: Mapping[str, Any] | None) -> dict[str, Any]:

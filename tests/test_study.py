@@ -17,6 +17,7 @@ from kdlightning.methods import member_error
 from kdlightning.models import MLP
 from kdlightning.reporting import read_csv, render_guidance_page, render_summary
 from kdlightning.study import Study
+from kdlightning.study.pretraining import ROLES
 from kdlightning.tuning import TuneOptions
 
 QUICK = ["--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false"]
@@ -102,6 +103,32 @@ def test_a_batched_study_gives_the_rows_of_separate_fits(tmp_path: Path) -> None
     tuned = [json.loads(rows["tuned_kd"]["hyperparameters"]) for rows in (apart, together)]
     assert [t["trials"] for t in tuned] == [4, 4]
     assert (tmp_path / "batched" / "tuning" / "dirichlet-alpha-0.5-seed0" / "trials.csv").is_file()
+
+
+def test_a_batched_study_pretrains_each_role_in_one_fit_as_separate_fits_would(tmp_path: Path, monkeypatch) -> None:
+    fitted: list[str] = []
+    fit = L.Trainer.fit
+
+    def recording(self, model, *args, **kwargs):
+        fitted.append(type(model).__name__)
+        return fit(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording)
+    cells = [(scenario, seed) for scenario in SCENARIOS for seed in (0, 1)]
+    together = study(tmp_path / "batched", pretrain_epochs=3)
+    together.pretrain_cells(cells)
+    assert fitted == ["OwnDataMembers", "OwnDataMembers"]  # the 4 students, then the 4 teachers
+    assert len(list((tmp_path / "batched" / "pretrained").glob("*.pt"))) == 2 * len(cells)
+    apart = study(tmp_path / "apart", pretrain_epochs=3, batched=False)
+    for role in ROLES:
+        for scenario, seed in cells:
+            expected = apart.pretrained(role, scenario, seed).state_dict()
+            got = together.pretrained(role, scenario, seed).state_dict()  # read back from its file
+            for key, value in expected.items():
+                assert (got[key] - value).abs().max() <= 1e-5, (role, str(scenario), seed, key)
+    assert fitted.count("StudentOnly") == 2 * len(cells)  # the separate study's own fits; the batched one made none
+    together.pretrain_cells(cells)
+    assert fitted.count("OwnDataMembers") == 2  # every network saved: nothing trained again
 
 
 def test_a_method_with_its_own_optimizer_or_scheduler_is_fitted_apart(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from kdlightning.data.strategies import (
     Partitioner,
     QuantitySkewPartitioner,
 )
+from kdlightning.data.streams import MemberStreams
 from kdlightning.data.text import TokenizeCollate
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "IIDPartitioner",
     "LabelSkewPartitioner",
     "LabelledData",
+    "MemberStreams",
     "PartitionedDataModule",
     "Partitioner",
     "QuantitySkewPartitioner",

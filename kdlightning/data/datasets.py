@@ -8,7 +8,9 @@ Nothing here downloads at import or in a constructor: :meth:`DatasetSource.load`
 from __future__ import annotations
 
 import gzip
+import json
 import os
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ __all__ = [
     "load_digits_arrays",
     "read_idx",
 ]
+
+_IN_USE: weakref.WeakValueDictionary[str, LabelledData] = weakref.WeakValueDictionary()
+"""Loaded data sets by source class and configuration, while some source holds them (see ``DatasetSource.data``)."""
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
@@ -86,11 +91,19 @@ class DatasetSource(ABC):
     def data(self) -> LabelledData:
         """The loaded data set: :meth:`load`'s result, kept on this instance after the first call.
 
-        The arrays are shared by every caller: treat them as read-only.
+        The arrays are shared by every caller: treat them as read-only. Copies of a source (an unpickled one: a
+        federation's client in a Ray worker gets a fresh copy with every message) share the arrays another source
+        of the same class and configuration (``vars``) loaded in this process, while that one is still in use:
+        each copy loading its own would cost a load per message, and memory until the garbage collector runs.
         """
         loaded = getattr(self, "_loaded", None)
         if loaded is None:
-            loaded = self._loaded = self.load()
+            configuration = json.dumps(getattr(self, "__dict__", {}), sort_keys=True, default=str)
+            key = f"{type(self).__module__}.{type(self).__qualname__}:{configuration}"
+            loaded = _IN_USE.get(key)
+            if loaded is None:
+                loaded = _IN_USE[key] = self.load()
+            self._loaded = loaded
         return loaded
 
     @property

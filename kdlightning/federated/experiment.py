@@ -66,8 +66,8 @@ class FederatedStudy:
         self.seeds = [int(s) for s in seeds] if seeds is not None else [int(federation.get("seed", 0))]
         self.out = Path(federation.get("out", "runs/federated"))
         self.cells: dict[tuple[str, int], Federation] = {}
-        for scenario in self.scenarios:
-            for seed in self.seeds:
+        for seed in self.seeds:  # seed by seed: a study cut short has every scenario at its first seeds
+            for scenario in self.scenarios:
                 cell = Federation(**{**federation, "partitioner": scenario, "seed": seed})
                 name = str(cell.partitioner)
                 if (name, seed) in self.cells:

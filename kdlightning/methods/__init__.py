@@ -7,6 +7,7 @@ from kdlightning.methods.dml import DeepMutualLearning
 from kdlightning.methods.dpkd import DataPartitioningKD
 from kdlightning.methods.kd import VanillaKD
 from kdlightning.methods.members import BatchedMembers, NotBatchable, member_error
+from kdlightning.methods.own_data import OwnDataMembers
 
 __all__ = [
     "Batch",
@@ -16,6 +17,7 @@ __all__ = [
     "DistillationModule",
     "MultiTeacherKD",
     "NotBatchable",
+    "OwnDataMembers",
     "StudentOnly",
     "VanillaKD",
     "member_error",

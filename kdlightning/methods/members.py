@@ -263,8 +263,14 @@ class BatchedMembers(DistillationModule):
                 return logits_of(functional_call(self.student, (p, b), args=(), kwargs=dict(inputs)))
             return logits_of(functional_call(self.student, (p, b), (inputs,)))
 
+        logits = self.vmapped(one, params, buffers)
+        self.check_logits("student", logits)
+        return logits
+
+    def vmapped(self, function: Any, *args: Any) -> Any:
+        """``vmap(function)(*args)`` over members (dropout draws per member); :class:`NotBatchable` if it cannot."""
         try:
-            logits = vmap(one, randomness="different")(params, buffers)
+            return vmap(function, randomness="different")(*args)
         except (RuntimeError, NotImplementedError) as error:
             text = str(error)
             if "vmap" in text or "Batching rule" in text or "batched" in text.lower():
@@ -273,8 +279,6 @@ class BatchedMembers(DistillationModule):
                     f"{text.splitlines()[0] if text else type(error).__name__}"
                 ) from error
             raise
-        self.check_logits("student", logits)
-        return logits
 
     def forward(self, inputs: Any) -> Tensor:
         """Every member's logits ``(K, N, C)``."""

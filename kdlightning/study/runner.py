@@ -40,10 +40,11 @@ from kdlightning.data import (
 )
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
-from kdlightning.pipeline import NetworkFactory, check_trainer, digest, pretrain_once, trainer
+from kdlightning.pipeline import NetworkFactory, check_trainer, digest, trainer
 from kdlightning.reporting import add_gains, error_line, read_csv
 from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
 from kdlightning.study.parallel import Cell, check_ray, run_cells
+from kdlightning.study.pretraining import PartyPretraining
 from kdlightning.study.record import check_and_record, describe
 from kdlightning.study.report import StudyReports
 from kdlightning.trainers import quiet
@@ -72,7 +73,7 @@ def default_scenarios() -> list[Partitioner]:
     ]
 
 
-class Study(TunedCells, StudyReports):
+class Study(TunedCells, PartyPretraining, StudyReports):
     """Compare distillation methods across partition scenarios and seeds, from one pre-trained student each.
 
     Args:
@@ -276,27 +277,6 @@ class Study(TunedCells, StudyReports):
             *parts,
         )
 
-    def pretrained(self, role: str, scenario: Partitioner, seed: int) -> nn.Module:
-        """The ``role`` ("student" or "teacher") party's pre-trained network, trained once per configuration."""
-        factory, party = (self.student, self.student_party) if role == "student" else (self.teacher, self.teacher_party)
-        data = self.datamodule(scenario, seed, party)
-        L.seed_everything(seed, verbose=False)
-        network = factory(data.num_classes)
-        path = self.out / "pretrained" / f"{role}-{self._key(scenario, seed, party, repr(network))}.pt"
-
-        def train(network: nn.Module) -> None:
-            start = time.perf_counter()
-            try:
-                # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
-                trainer = self._trainer(self.pretrain_epochs, limit_val_batches=0)
-                trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
-            except FloatingPointError as error:
-                raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
-            finally:
-                self.seconds["pretraining"] += time.perf_counter() - start
-
-        return pretrain_once(path, network, train)
-
     def _trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = (), **defaults: Any) -> L.Trainer:
         """A quiet trainer with the study's ``trainer`` settings (over the pipeline's ``defaults``)."""
         return trainer(max_epochs, callbacks, self.trainer, **defaults)
@@ -438,6 +418,7 @@ class Study(TunedCells, StudyReports):
             bar.update(sum(fits[row["method"]] for row in step_rows))
             raise_if_stopped()  # a stop signal swallowed during the step ends the study here
 
+        self.pretrain_cells([(scenario, seed) for scenario, seed, _ in cells])
         if self.ray is False:
             for scenario, seed, names in cells:
                 self.run_missing(scenario, seed, names, starting, finished)

@@ -155,7 +155,8 @@ def test_a_source_loads_once_and_its_datamodules_share_the_arrays() -> None:
     assert source.loads == 1
     assert first.data is second.data is source.data()
     assert vars(source) == {"seed": 0, "loads": 1}  # the loaded data is not part of the source's configuration
-    assert CountingSource().data() is not source.data()  # another source instance loads its own
+    assert CountingSource(seed=1).data() is not source.data()  # a source of another configuration loads its own
+    assert CountingSource().data() is source.data()  # one of the same configuration shares the arrays in use
 
 
 def test_num_classes_does_not_load_a_source_that_knows_it() -> None:

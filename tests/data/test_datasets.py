@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
+import pickle
 import struct
 from pathlib import Path
 
@@ -62,6 +64,30 @@ def test_fashion_mnist_reads_idx_files(tmp_path: Path, compress: bool) -> None:
     np.testing.assert_array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte"])
     assert data.num_classes == 10
     assert data.class_names[9] == "Ankle boot"
+
+
+def test_copies_of_a_source_share_the_arrays_one_of_them_loaded(tmp_path: Path, monkeypatch) -> None:
+    """An unpickled source (a federation's client in a Ray worker, per message) does not load the data again."""
+    for name, n_train in (("a", 30), ("b", 40)):
+        (tmp_path / name).mkdir()
+        make_fashion_dir(tmp_path / name, n_train=n_train)
+    loads = []
+    load = FashionMNIST.load
+
+    def counting(self):
+        loads.append(self.root.name)
+        return load(self)
+
+    monkeypatch.setattr(FashionMNIST, "load", counting)
+    source = FashionMNIST(root=str(tmp_path / "a"))
+    data = source.data()
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy.data() is data and loads == ["a"]
+    other = FashionMNIST(root=str(tmp_path / "b")).data()  # another configuration loads its own
+    assert len(other.train_labels) == 40 and loads == ["a", "b"]
+    del source, copy, data
+    gc.collect()  # no source holds the arrays any more: they are freed, and a new source loads again
+    assert len(FashionMNIST(root=str(tmp_path / "a")).data().train_labels) == 30 and loads == ["a", "b", "a"]
 
 
 def test_fashion_mnist_missing_directory_says_how_to_install(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Pre-training a study's parties: each network in its own fit, or every cell's networks of one role in one fit.
+
+Every cell (scenario and seed) starts from its student party's and its teacher party's networks, each pre-trained
+once on that party's data and saved under ``<out>/pretrained/``. With ``batched``, the study pre-trains, before
+its first cell, every network it still needs of one role (the students, then the teachers: each role is one
+architecture) as members of one fit (:func:`~kdlightning.batching.pretrain_together`), each on its own party's
+data and as its own fit would train it; a cell then finds its networks saved.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from kdlightning.batching import pretrain_together
+from kdlightning.data import PartitionedDataModule, Partitioner
+from kdlightning.methods import StudentOnly
+from kdlightning.pipeline import pretrain_once, save_weights
+
+__all__ = ["ROLES", "PartyPretraining"]
+
+ROLES = ("student", "teacher")
+"""The parties a cell pre-trains, each of its own architecture."""
+
+
+class PartyPretraining:
+    """The pre-training of a :class:`~kdlightning.study.Study`'s parties.
+
+    A base class of the study, using its pieces (the parties' data modules, the configuration's key, the trainer).
+    """
+
+    student: Any
+    teacher: Any
+    student_party: int
+    teacher_party: int
+    pretrain_epochs: int
+    batched: bool
+    max_members: int | None
+    out: Path
+    seconds: dict[str, float]
+
+    def pretraining(self, role: str, scenario: Partitioner, seed: int) -> tuple[Path, nn.Module, PartitionedDataModule]:
+        """Where ``role``'s network of a cell is saved once pre-trained, a fresh one (seeded by ``seed``), its data."""
+        factory, party = (self.student, self.student_party) if role == "student" else (self.teacher, self.teacher_party)
+        data = self.datamodule(scenario, seed, party)
+        L.seed_everything(seed, verbose=False)
+        network = factory(data.num_classes)
+        path = self.out / "pretrained" / f"{role}-{self._key(scenario, seed, party, repr(network))}.pt"
+        return path, network, data
+
+    def pretrained(self, role: str, scenario: Partitioner, seed: int) -> nn.Module:
+        """The ``role`` ("student" or "teacher") party's pre-trained network, trained once per configuration."""
+        path, network, data = self.pretraining(role, scenario, seed)
+
+        def train(network: nn.Module) -> None:
+            start = time.perf_counter()
+            try:
+                # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
+                trainer = self._trainer(self.pretrain_epochs, limit_val_batches=0)
+                trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
+            except FloatingPointError as error:
+                raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
+            finally:
+                self.seconds["pretraining"] += time.perf_counter() - start
+
+        return pretrain_once(path, network, train)
+
+    def pretrain_cells(self, cells: Sequence[tuple[Partitioner, int]]) -> None:
+        """With ``batched``: pre-train the networks ``cells`` need and no file holds, one fit per role (and chunk).
+
+        Each network trains on its own party's data as its own fit would (``max_members`` networks a fit) and is
+        saved where :meth:`pretrained` finds it. A network that diverged is not saved: its cell's own fit reports it.
+        """
+        if not self.batched:
+            return
+        for role in ROLES:
+            pending: dict[Path, tuple[nn.Module, PartitionedDataModule]] = {}
+            for scenario, seed in cells:
+                path, network, data = self.pretraining(role, scenario, seed)
+                if not path.is_file():
+                    pending.setdefault(path, (network, data))
+            if len(pending) < 2:  # one network is its own fit
+                continue
+            parties = {f"{role}{k}": value for k, value in enumerate(pending.values())}
+            paths = dict(zip(parties, pending, strict=True))
+            start = time.perf_counter()
+            try:
+                one_epoch = functools.partial(self._trainer, 1, limit_val_batches=0)  # it holds every network's epochs
+                chunks = pretrain_together(parties, self.pretrain_epochs, one_epoch, max_members=self.max_members)
+                for trained in chunks:
+                    for name in trained:
+                        save_weights(paths[name], parties[name][0])
+            finally:
+                self.seconds["pretraining"] += time.perf_counter() - start
