@@ -20,6 +20,7 @@ KEYS = (
     "pruned_best_gap_pp",
     "grid_batched_over_one_run",
     "grid_batched_speedup",
+    "pretraining_speedup",
     "demo_seconds",
 )
 

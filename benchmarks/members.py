@@ -12,9 +12,11 @@ StudentOnly and a one-epoch warm-up of the batched grid (first-call costs, on a 
 for the digits MLP (64-32-10, CNN teacher, batch 32: ``configs/study/digits.yaml``) and the Fashion-MNIST
 MLP (784-128-10, MLP teacher 512-256, batch 128: ``configs/study/fashion_mnist.yaml``), and prints
 ``grid_batched_over_one_run`` (batched grid ÷ one run, target ≤ 3.0) and ``grid_batched_speedup``
-(sequential grid ÷ batched grid, expected ≥ 8). It then runs ``kdl study`` with the embedded default in a
-fresh process and directory (``demo_seconds``, target ≤ 120 s on 2 idle cores), with the share spent
-pre-training.
+(sequential grid ÷ batched grid, expected ≥ 8). It then pre-trains the embedded study's 18 cells' networks,
+each role (the MLP students, the CNN teachers) one network a fit and then all in one fit
+(:class:`~kdlightning.methods.OwnDataMembers`, each on its own party's data: ``pretraining_speedup``), and runs
+``kdl study`` with the embedded default in a fresh process and directory (``demo_seconds``, target ≤ 120 s on
+2 idle cores), with the share spent pre-training.
 
 Run ``python -m benchmarks.members [--quick] [--json PATH] [--accelerator gpu] [--precision bf16-mixed]``.
 """
@@ -54,7 +56,7 @@ STUDENTS: dict[str, dict[str, Any]] = {
     "digits": {
         "dataset": Digits,
         "student": lambda: MLP(in_features=64, hidden_sizes=[32], num_classes=10),
-        "teacher": lambda: SmallCNN(num_classes=10, channels=[32, 64]),
+        "teacher": lambda: SmallCNN(num_classes=10, channels=[16, 32]),
         "batch_size": 32,
     },
     "fashion": {
@@ -152,6 +154,39 @@ def measure_demo() -> dict[str, Any]:
     return {"demo_seconds": round(seconds, 1), "demo_runs": runs, "demo_pretraining_seconds": pretraining}
 
 
+def measure_pretraining(settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The embedded study's pre-training, per role: one network a fit, then every cell's networks in one fit."""
+    from kdlightning.cli import parser
+    from kdlightning.study import Study
+
+    argv = ["study"]
+    top = parser(argv)
+    init = top.instantiate(top.parse_args(argv))["study"].as_dict()
+    init = {k: v for k, v in init.items() if k not in ("config", "progress")}
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        for role in ("student", "teacher"):
+            seconds = {}
+            for batched in (False, True):
+                out = str(Path(tmp) / f"{role}-{batched}")
+                study = Study(**{**init, "batched": batched, "out": out, "trainer": settings})
+                cells = [(scenario, seed) for scenario in study.scenarios for seed in study.seeds]
+                start = time.perf_counter()
+                if batched:
+                    study.pretrain_cells(cells, roles=[role])
+                else:
+                    for scenario, seed in cells:
+                        study.pretrained(role, scenario, seed)
+                seconds[batched] = time.perf_counter() - start
+            figures[f"pretraining_{role}s_apart_s"] = round(seconds[False], 2)
+            figures[f"pretraining_{role}s_together_s"] = round(seconds[True], 2)
+        figures["pretraining_networks"] = 2 * len(cells)
+    apart = figures["pretraining_students_apart_s"] + figures["pretraining_teachers_apart_s"]
+    together = figures["pretraining_students_together_s"] + figures["pretraining_teachers_together_s"]
+    figures["pretraining_speedup"] = round(apart / together, 3)
+    return figures
+
+
 def run(quick: bool = False, demo: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every figure of this benchmark.
 
@@ -172,6 +207,7 @@ def run(quick: bool = False, demo: bool = True, settings: dict[str, Any] | None 
     figures["grid_batched_over_one_run"] = max(s["grid_batched_over_one_run"] for s in measured)
     figures["grid_batched_speedup"] = min(s["grid_batched_speedup"] for s in measured)
     if demo and not quick:
+        figures.update(measure_pretraining(settings))
         figures.update(measure_demo())
     return figures
 
@@ -202,6 +238,14 @@ def format_table(figures: dict[str, Any]) -> str:
         lines.append(
             f"{name:<10}{s['epochs']:>7}{s['one_run_s']:>11.2f}{s['batched_grid_s']:>11.2f}"
             f"{s['sequential_grid_s']:>14.2f}{s['grid_batched_over_one_run']:>13.2f}{s['grid_batched_speedup']:>10.1f}"
+        )
+    if "pretraining_speedup" in figures:
+        f = figures
+        lines.append(
+            f"pre-training the embedded study's {f['pretraining_networks']} networks: students "
+            f"{f['pretraining_students_apart_s']:.1f} s apart, {f['pretraining_students_together_s']:.1f} s "
+            f"together; teachers {f['pretraining_teachers_apart_s']:.1f} s apart, "
+            f"{f['pretraining_teachers_together_s']:.1f} s together; speed-up {f['pretraining_speedup']:.2f}"
         )
     if "demo_seconds" in figures:
         lines.append(

@@ -71,15 +71,19 @@ class PartyPretraining:
 
         return pretrain_once(path, network, train)
 
-    def pretrain_cells(self, cells: Sequence[tuple[Partitioner, int]]) -> None:
+    def pretrain_cells(self, cells: Sequence[tuple[Partitioner, int]], roles: Sequence[str] = ROLES) -> None:
         """With ``batched``: pre-train the networks ``cells`` need and no file holds, one fit per role (and chunk).
 
         Each network trains on its own party's data as its own fit would (``max_members`` networks a fit) and is
         saved where :meth:`pretrained` finds it. A network that diverged is not saved: its cell's own fit reports it.
+
+        Args:
+            cells: the ``(scenario, seed)`` cells to pre-train for.
+            roles: which parties (``student``, ``teacher``).
         """
         if not self.batched:
             return
-        for role in ROLES:
+        for role in roles:
             pending: dict[Path, tuple[nn.Module, PartitionedDataModule]] = {}
             for scenario, seed in cells:
                 path, network, data = self.pretraining(role, scenario, seed)
