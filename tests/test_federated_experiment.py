@@ -172,6 +172,13 @@ def test_the_study_runs_every_scenario_and_seed_resumes_and_reports_intervals(
     assert {(r["scenario"], r["seed"], r["start"], r["round"]) for r in written} == expected
     assert len(written) == len(expected) == len(rows)
     assert (tmp_path / "cells" / "dirichlet_alpha_1-seed1" / "rounds.csv").is_file()
+    assert [(r["scenario"], r["seed"]) for r in written[:: len(starts) * 3]] == [
+        ("iid", "0"),
+        ("dirichlet(alpha=1)", "0"),
+        ("iid", "1"),
+        ("dirichlet(alpha=1)", "1"),
+    ]  # seed by seed: a study cut short has every scenario at its first seeds
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
 
     from kdlightning.federated import apps
 
@@ -217,3 +224,35 @@ def test_a_study_with_duplicate_cells_or_empty_lists_fails_at_construction(tmp_p
         FederatedStudy(seeds=[], network=SMALL, num_clients=2, out=str(tmp_path))
     with pytest.raises(ValueError, match="scenarios"):
         FederatedStudy(scenarios=[], network=SMALL, num_clients=2, out=str(tmp_path))
+
+
+def test_a_study_s_w_and_b_runs_are_grouped_by_the_experiment_and_named_by_cell(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    import lightning.pytorch.loggers as loggers
+
+    from kdlightning.federated.apps import _tracker
+
+    made: list[dict] = []
+
+    class Recording:
+        def __init__(self, **settings) -> None:
+            made.append(settings)
+
+        def log_hyperparams(self, params) -> None:
+            made[-1]["hyperparameters"] = params
+
+    monkeypatch.setattr(loggers, "WandbLogger", Recording)
+    study = FederatedStudy(seeds=[0, 1], network=SMALL, num_clients=2, logger=True, out=str(tmp_path / "experiment"))
+    for cell in study.cells.values():
+        _tracker(cell, "consolidated")
+    assert [(m["group"], m["name"]) for m in made] == [
+        ("experiment", "dirichlet_alpha_0.5-seed0/consolidated"),
+        ("experiment", "dirichlet_alpha_0.5-seed1/consolidated"),
+    ]
+    assert [m["hyperparameters"]["seed"] for m in made] == [0, 1]
+    chosen = FederatedStudy(network=SMALL, num_clients=2, logger={"group": "mine"}, out=str(tmp_path / "other"))
+    _tracker(next(iter(chosen.cells.values())), "fresh")
+    assert (made[-1]["group"], made[-1]["name"]) == ("mine", "dirichlet_alpha_0.5-seed0/fresh")
+    alone = Federation(SMALL, num_clients=2, logger=True, out=str(tmp_path / "alone"))
+    _tracker(alone, "fresh")
+    assert (made[-1]["group"], made[-1]["name"]) == ("alone", "fresh")

@@ -381,6 +381,8 @@ def _tracker(federation: Federation, start: str) -> Any:
     }
     if isinstance(federation.logger, dict):
         settings.update(federation.logger)
+    if settings["group"] != federation.out.name:  # a cell of a larger experiment: its runs carry the cell's name
+        settings["name"] = f"{federation.out.name}/{start}"
     tracker = WandbLogger(**settings)
     tracker.log_hyperparams(
         {

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlightning import pipeline
-from kdlightning.atomic import write_text_atomic
+from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.data import Partitioner
 from kdlightning.federated.aggregate import round_reduction, rounds_to_target
 from kdlightning.federated.federation import COLLECTION_ROUNDS, DEFAULT_CONFIG, Federation
@@ -73,6 +73,8 @@ class FederatedStudy:
                 if (name, seed) in self.cells:
                     raise ValueError(f"Scenario {name!r} with seed {seed} is given twice (`scenarios`, `seeds`).")
                 cell.out = self.out / "cells" / f"{_slug(name)}-seed{seed}"  # written to only when it runs
+                if cell.logger is not False:  # W&B: every cell's runs in the experiment's group
+                    cell.logger = {"group": self.out.name, **(cell.logger if isinstance(cell.logger, dict) else {})}
                 self.cells[(name, seed)] = cell
 
     def finished_cells(self, rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, int]]:
@@ -116,9 +118,79 @@ class FederatedStudy:
         return {key: value for key, value in grouped.items() if value}
 
     def record(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Write ``rounds.csv`` and ``summary.md`` atomically."""
+        """Write ``rounds.csv``, ``summary.md`` and ``accuracy.png`` atomically."""
         write_csv(self.out / "rounds.csv", rows)
         write_text_atomic(self.out / "summary.md", self.summary(rows))
+        if rows:
+            self.plot(rows)
+
+    def plot(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``accuracy.png``: per scenario, each start's test accuracy over rounds, and the targets.
+
+        A start's line is its mean over the seeds, with the 95% t-interval shaded; each target (dashed) is the
+        mean over seeds of that seed's target.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        by_cell = self._rows_by_cell(rows)
+        scenarios = [
+            name
+            for name in dict.fromkeys(name for name, _ in self.cells)
+            if any(by_cell.get((name, seed)) for seed in self.seeds)
+        ]
+        columns = min(3, len(scenarios))
+        lines = math.ceil(len(scenarios) / columns)
+        figure = Figure(figsize=(4.6 * columns, 3.6 * lines), layout="constrained")
+        FigureCanvasAgg(figure)
+        for index, scenario in enumerate(scenarios):
+            axes = figure.add_subplot(lines, columns, index + 1)
+            curves: dict[str, dict[int, list[float]]] = {}
+            targets: dict[str, list[float]] = {}
+            for seed in self.seeds:
+                cell_rows = by_cell.get((scenario, seed), [])
+                cell: dict[str, dict[int, float]] = {}
+                for row in cell_rows:
+                    cell.setdefault(str(row["start"]), {})[int(row["round"])] = _number(row["test_acc"])
+                for start, curve in cell.items():
+                    for number, accuracy in curve.items():
+                        curves.setdefault(start, {}).setdefault(number, []).append(accuracy)
+                for label, value in self.cells[(scenario, seed)].targets(cell):
+                    targets.setdefault(label, []).append(value)
+            for start, curve in curves.items():
+                numbers = sorted(curve)
+                intervals = [mean_interval(curve[n]) for n in numbers]
+                (line,) = axes.plot(numbers, [i.mean for i in intervals], label=start, linewidth=1.2)
+                bounded = [(n, i) for n, i in zip(numbers, intervals, strict=True) if i.has_bounds]
+                if bounded:
+                    axes.fill_between(
+                        [n for n, _ in bounded],
+                        [i.low for _, i in bounded],
+                        [i.high for _, i in bounded],
+                        color=line.get_color(),
+                        alpha=0.15,
+                        linewidth=0,
+                    )
+            for number, values in enumerate(targets.values()):
+                axes.axhline(
+                    _mean(values),
+                    color="gray",
+                    linestyle="--",
+                    linewidth=0.8,
+                    label="targets: " + ", ".join(targets) if number == 0 else None,
+                )
+            later = [_mean(values) for curve in curves.values() for n, values in curve.items() if n >= 1]
+            if later:  # the target region, not fresh's round 0 near chance
+                axes.set_ylim(max(0.0, min(later) - 0.02), min(1.0, max(later) + 0.01))
+            seeds = sum(1 for seed in self.seeds if by_cell.get((scenario, seed)))
+            axes.set_title(f"{scenario} ({seeds} seed(s))", fontsize=9)
+            axes.set_xlabel("FedAvg round", fontsize=8)
+            axes.set_ylabel("global test accuracy", fontsize=8)
+            axes.grid(alpha=0.3)
+            if index == 0:
+                axes.legend(fontsize=7)
+        with atomic_path(self.out / "accuracy.png") as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
 
     def per_seed(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
         """Per (scenario, start), per seed: ``(total rounds, reduction in %)`` of :func:`cell_results` (nan: none).
