@@ -256,3 +256,31 @@ def test_a_study_s_w_and_b_runs_are_grouped_by_the_experiment_and_named_by_cell(
     alone = Federation(SMALL, num_clients=2, logger=True, out=str(tmp_path / "alone"))
     _tracker(alone, "fresh")
     assert (made[-1]["group"], made[-1]["name"]) == ("alone", "fresh")
+
+
+def test_rounds_of_another_configuration_are_never_resumed(tmp_path: Path) -> None:
+    from kdlightning.federated import apps
+
+    def federation(**changes) -> Federation:
+        settings = {"num_clients": 2, "rounds": 1, "starts": ["fresh"], "out": str(tmp_path / "one")}
+        return Federation(SMALL, **{**settings, **changes})
+
+    first = federation()
+    first.check_resume()  # nothing to resume: the configuration is recorded
+    first.record([{"start": "fresh", "round": r, "test_acc": 0.5, "test_loss": 1.0} for r in (0, 1)])
+    federation().check_resume()  # the same configuration resumes
+    federation(rounds=3).check_resume()  # more rounds extend the starts
+    with pytest.raises(ValueError, match=r"another configuration(.|\n)*`local_epochs`: 1 in .*, 2 now"):
+        apps.run(federation(local_epochs=2))  # before Flower starts
+    with pytest.raises(ValueError, match="`networks`"):
+        Federation(WIDER, num_clients=2, rounds=1, starts=["fresh"], out=str(tmp_path / "one")).check_resume()
+
+    arguments = {"seeds": [0], "network": SMALL, "num_clients": 2, "rounds": 1, "starts": ["fresh"]}
+    study = FederatedStudy(out=str(tmp_path / "study"), **arguments)
+    rows = [
+        {"scenario": "dirichlet(alpha=0.5)", "seed": 0, "start": "fresh", "round": r, "test_acc": 0.5} for r in (0, 1)
+    ]
+    study.record(rows)  # rows written before the configuration was recorded: the next run records its own
+    assert [r["test_acc"] for r in FederatedStudy(out=str(tmp_path / "study"), **arguments).run()] == ["0.5", "0.5"]
+    with pytest.raises(ValueError, match="`batch_size`"):  # its finished cell would be kept, so it is refused
+        FederatedStudy(out=str(tmp_path / "study"), batch_size=8, **arguments).run()

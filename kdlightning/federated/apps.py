@@ -315,6 +315,7 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
         The rows of ``rounds.csv``: each round's global model is tested and recorded as it comes (with a
         progress bar over starts x rounds, and to W&B if ``federation.logger``).
     """
+    federation.check_resume()
     finished = federation.finished_starts()
     rows: list[dict[str, Any]] = [row for start in federation.starts for row in finished.get(start, [])]
     todo = [start for start in federation.starts if start not in finished]
@@ -456,6 +457,7 @@ def run(federation: Federation, verbose: bool = False) -> list[dict[str, Any]]:
 
     Starts that ran all their rounds are kept; when every start has, nothing runs.
     """
+    federation.check_resume()
     rows = federation.finished_rows()
     return rows if rows is not None else run_simulation(federation, verbose=verbose)
 

@@ -28,6 +28,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.data import Partitioner
 from kdlightning.federated.aggregate import round_reduction, rounds_to_target
 from kdlightning.federated.federation import COLLECTION_ROUNDS, DEFAULT_CONFIG, Federation
+from kdlightning.federated.records import check_record
 from kdlightning.reporting import read_csv, write_csv
 from kdlightning.stats import Interval, mean_interval, paired_difference
 
@@ -100,6 +101,7 @@ class FederatedStudy:
 
         by_cell = self._rows_by_cell(read_csv(self.out / "rounds.csv"))
         finished = self.finished_cells([row for rows in by_cell.values() for row in rows])
+        check_record(self.out, self.configuration(), has_rows=bool(finished))
         for key, federation in self.cells.items():
             if key in finished:
                 continue
@@ -109,6 +111,11 @@ class FederatedStudy:
         rows = [row for key in self.cells for row in by_cell.get(key, [])]
         self.record(rows)
         return rows
+
+    def configuration(self) -> dict[str, Any]:
+        """What every cell's rows depend on beside its scenario and seed (:meth:`Federation.configuration`)."""
+        first = next(iter(self.cells.values()))
+        return {k: v for k, v in first.configuration().items() if k not in ("partitioner", "seed")}
 
     def _rows_by_cell(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
         """``rows`` grouped by cell, in the order of :attr:`cells` (rows of other cells are kept after them)."""

@@ -7,7 +7,9 @@ communication rounds against the ``fresh`` start, the collection round counted i
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +24,10 @@ from kdlightning.federated.aggregate import round_reduction, rounds_to_target
 from kdlightning.federated.strategy import error_line
 from kdlightning.reporting import read_csv, write_csv
 
-__all__ = ["COLLECTION_ROUNDS", "STARTS", "FederationRecords"]
+__all__ = ["COLLECTION_ROUNDS", "RECORD", "STARTS", "FederationRecords", "check_record"]
+
+RECORD = "federation.json"
+"""The configuration a federation's (or an experiment's) ``rounds.csv`` was made with, in its ``out``."""
 
 STARTS = ("fresh", "average", "consolidated", "best_client")
 """The starting points FedAvg is run from."""
@@ -57,6 +62,50 @@ class FederationRecords:
             for start, group in by_start.items()
             if {int(r["round"]) for r in group} >= set(range(self.rounds + 1))
         }
+
+    def configuration(self) -> dict[str, Any]:
+        """What the rows of ``rounds.csv`` depend on, as JSON: a resumed federation must have the same.
+
+        The data, partition and splits, the networks, the pre-training and consolidation, the local training and
+        the strategy; not ``rounds`` (more rounds extend the starts), the targets (read from the rows), ``starts``,
+        the output, progress or logger.
+        """
+        settings = {
+            "dataset": [type(self.dataset).__qualname__, vars(self.dataset)],
+            "networks": self._network_texts(),
+            **{
+                name: getattr(self, name)
+                for name in (
+                    "partitioner",
+                    "num_clients",
+                    "public_fraction",
+                    "val_fraction",
+                    "batch_size",
+                    "seed",
+                    "pretrain_epochs",
+                    "consolidation_epochs",
+                    "consolidation",
+                    "weight_by_size",
+                    "local_epochs",
+                    "fraction_train",
+                    "strategy",
+                    "trainer",
+                )
+            },
+        }
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return json.loads(re.sub(r" at 0x[0-9a-fA-F]+", "", text))  # a function's address is not its meaning
+
+    def check_resume(self) -> None:
+        """Refuse to keep finished starts of another configuration (:func:`check_record`); record this one."""
+        check_record(self.out, self.configuration(), has_rows=bool(self.finished_starts()))
+
+    def _network_texts(self) -> list[str]:
+        """The global network's and each client architecture's ``repr``."""
+        with torch.random.fork_rng():  # building them draws initial weights
+            networks = [self.global_network()]  # type: ignore[attr-defined]
+            networks += [self.client_network(k) for k in range(self._architectures())]  # type: ignore[attr-defined]
+        return [repr(network) for network in networks]
 
     def finished_rows(self) -> list[dict[str, Any]] | None:
         """The rows of ``rounds.csv`` when every start ran all its rounds (and the tables are rewritten), else None."""
@@ -202,3 +251,31 @@ class FederationRecords:
         axes.legend(fontsize=8)
         with atomic_path(self.out / "accuracy.png") as tmp:
             figure.savefig(tmp, format="png", dpi=100)
+
+
+def check_record(out: Path, configuration: dict[str, Any], has_rows: bool) -> None:
+    """Refuse to resume rows of ``out`` made with another configuration; record ``configuration`` there.
+
+    Args:
+        out: the folder of ``rounds.csv`` and :data:`RECORD`.
+        configuration: what the rows depend on (:meth:`FederationRecords.configuration`).
+        has_rows: whether ``out`` holds rows this run would keep.
+
+    Raises:
+        ValueError: naming every setting that differs, before any client trains.
+    """
+    path = out / RECORD
+    if has_rows and path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        differences = [
+            f"  `{key}`: {json.dumps(recorded.get(key))} in {path}, {json.dumps(configuration.get(key))} now"
+            for key in sorted(set(recorded) | set(configuration))
+            if recorded.get(key) != configuration.get(key)
+        ]
+        if differences:
+            raise ValueError(
+                f"{out} holds rounds of another configuration: resuming would mix both in rounds.csv and "
+                "summary.md.\n" + "\n".join(differences) + "\nPass another `--out`, or the recorded values to resume."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(configuration, indent=2, sort_keys=True) + "\n")
