@@ -234,7 +234,7 @@ class FederatedStudy:
             lines += [
                 f"## {scenario}",
                 "",
-                "| start | total rounds to target | reduction vs fresh | seeds that reached a target |",
+                "| start | total rounds to target | reduction vs fresh | finished seeds that reached a target |",
                 "|---|---|---|---|",
             ]
             for start in starts:
@@ -246,7 +246,8 @@ class FederatedStudy:
                     reduction_cell = "(reference)"
                 else:
                     reduction_cell = mean_interval(reductions).format(1, "%") if reductions else "n/a"
-                lines.append(f"| {start} | {rounds_cell} | {reduction_cell} | {len(values)} of {len(self.seeds)} |")
+                ran = sum(1 for seed in self.seeds if (scenario, seed) in done)
+                lines.append(f"| {start} | {rounds_cell} | {reduction_cell} | {len(values)} of {ran} |")
             lines += ["", *self._paired_lines(per_seed, scenario, starts), ""]
         lines += self._overall_lines(per_seed, starts)
         return "\n".join([*lines, ""])
