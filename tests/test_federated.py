@@ -148,19 +148,24 @@ def test_bad_experiments_fail_at_construction(kwargs: dict, message: str, tmp_pa
         Federation(SMALL, out=str(tmp_path), **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("option", "message"),
-    [("--consolidation.init_args.temperature=-1", "`temperature`"), ("--consolidation.alpha=1.5", "`alpha`")],
-)
-def test_bad_distillation_values_fail_before_any_client_trains(
-    option: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SPEC §9: `kdl federate --consolidation.temperature=-1` fails at construction, not after pre-training ten clients."""
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any `Trainer.fit` fails the test: the arguments must be checked before a network trains."""
 
     def no_fit(*args, **kwargs) -> None:
         raise AssertionError("a network was trained before the arguments were checked")
 
     monkeypatch.setattr(L.Trainer, "fit", no_fit)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--consolidation.init_args.temperature=-1", "`temperature`"), ("--consolidation.alpha=1.5", "`alpha`")],
+)
+def test_bad_distillation_values_fail_before_any_client_trains(
+    option: str, message: str, tmp_path: Path, no_training
+) -> None:
+    """SPEC §9: `kdl federate --consolidation.temperature=-1` fails at construction, not after pre-training ten clients."""
     with pytest.raises(ValueError, match=message):
         load_federation(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), option])
     assert not (tmp_path / "clients").exists()
@@ -364,12 +369,8 @@ def test_fedprox_pulls_a_clients_local_model_towards_the_global_one(tmp_path: Pa
     ],
 )
 def test_a_bad_strategy_fails_before_any_client_trains(
-    strategy: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    strategy: dict, message: str, tmp_path: Path, no_training
 ) -> None:
-    def no_fit(*args, **kwargs) -> None:
-        raise AssertionError("a network was trained before the arguments were checked")
-
-    monkeypatch.setattr(L.Trainer, "fit", no_fit)
     with pytest.raises(ValueError, match=rf"`strategy.*{message}|{message}.*`strategy"):
         Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
 
