@@ -42,6 +42,8 @@ class MemberFit:
     Attributes:
         model: the member's method, trained (its student holds the member's weights).
         history: per validation of ``fit`` (one per epoch): ``{"val/acc": ..., "val/loss": ...}``.
+        histories: :attr:`history` of each validation loader (the first is :attr:`history`), when the datamodule
+            validates on several splits.
         test: the member's test metrics (``{"test/acc": ..., "test/loss": ...}``) if it was tested.
         error: why the member failed (its loss turned non-finite), or None.
         seconds: its share of the fit's wall time.
@@ -56,6 +58,11 @@ class MemberFit:
     seconds: float = 0.0
     batched: bool = True
     epochs: int = 0
+    histories: list[list[dict[str, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.histories:  # one validation loader
+            self.histories = [self.history]
 
 
 class ValidationHistory(L.Callback):
@@ -80,6 +87,7 @@ def fit_members(
     max_members: int | None = 32,
     test: Sequence[str] = (),
     batched: bool = True,
+    fallback: bool = True,
 ) -> Iterator[dict[str, MemberFit]]:
     """Fit ``members`` as batched members, ``max_members`` per fit; yield each chunk's results as it ends.
 
@@ -90,6 +98,8 @@ def fit_members(
         max_members: members per fit (memory grows with it); None for all in one.
         test: members to evaluate on the test set after training.
         batched: False fits every member apart (the sequential path).
+        fallback: fit members apart, with one warning, when they cannot be batched; False raises
+            :class:`~kdlightning.methods.NotBatchable` instead (a caller with its own way out).
 
     Raises:
         ValueError: ``max_members`` below 1.
@@ -105,6 +115,8 @@ def fit_members(
                 yield _fit_batched(chunk, datamodule, trainer, test)
                 continue
             except NotBatchable as error:
+                if not fallback:
+                    raise
                 warnings.warn(
                     f"{error}. These members are fitted one at a time instead (the same results, without batching).",
                     stacklevel=2,
@@ -138,13 +150,17 @@ def _fit_batched(
     fits = {}
     for name, member in models.items():
         member.student.load_state_dict(model.member_state_dict(name))
-        history = [{"val/acc": epoch[name][0], "val/loss": epoch[name][1]} for epoch in model.validation_history]
+        histories = [
+            [{"val/acc": epoch[name][0], "val/loss": epoch[name][1]} for epoch in split]
+            for split in model.validation_histories
+        ]
         results = {
             f"test/{metric}": float(tested[f"test/{metric}_{name}"])
             for metric in ("acc", "loss")
             if name in test and f"test/{metric}_{name}" in tested
         }
-        fits[name] = MemberFit(member, history, results, model.failed.get(name), share, True, fitting.current_epoch)
+        error = model.failed.get(name)
+        fits[name] = MemberFit(member, histories[0], results, error, share, True, fitting.current_epoch, histories)
     return fits
 
 

@@ -283,6 +283,39 @@ def test_tuned_kd_validates_on_the_own_or_the_public_split_as_two_rows(tmp_path:
     assert (tmp_path / "tuning_public.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_batched_cell_trains_one_grid_for_both_validations_with_each_search_s_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Own and public validation search the same trials: one fit trains them, each split ranks them as alone."""
+    from kdlightning import BatchedMembers
+
+    fits = kill_at_fit(monkeypatch, BatchedMembers, 0)  # counts the fits
+    tuning = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}, validation=["own", "public"])
+    options = {"methods": {}, "tuned_kd": True, "scenarios": [IIDPartitioner()], "seeds": [0], "public_fraction": 0.1}
+    together = study(tmp_path / "batched", tuning=tuning, **options).run(progress=False)
+    assert fits["n"] == 1  # the control and the 4 points, validated on both splits
+    apart = study(tmp_path / "apart", tuning=tuning, batched=False, **options).run(progress=False)  # a fit a trial
+    assert fits["n"] == 1
+    for folder, name in (("iid-seed0", "tuned_kd"), ("iid-seed0-public", "tuned_kd_public")):
+        joint, alone = (
+            sorted(
+                read_csv(tmp_path / run / "tuning" / folder / "trials.csv"),
+                key=lambda t: (t["temperature"], t["alpha"]),
+            )
+            for run in ("batched", "apart")
+        )
+        assert [(t["temperature"], t["alpha"]) for t in joint] == [(t["temperature"], t["alpha"]) for t in alone]
+        assert [float(t["val/acc"]) for t in joint] == pytest.approx([float(t["val/acc"]) for t in alone], abs=0.02)
+        assert [float(t["val_loss"]) for t in joint] == pytest.approx([float(t["val_loss"]) for t in alone], rel=1e-3)
+        rows = [next(r for r in run if r["method"] == name) for run in (together, apart)]
+        assert json.loads(rows[0]["hyperparameters"])["trials"] == 4
+        assert float(rows[0]["acc_after"]) == pytest.approx(float(rows[1]["acc_after"]), abs=0.01)
+    public, own = (
+        read_csv(tmp_path / "batched" / "tuning" / f / "trials.csv") for f in ("iid-seed0-public", "iid-seed0")
+    )
+    assert [t["val_loss"] for t in public] != [t["val_loss"] for t in own]  # validated on different splits
+
+
 class Killed(BaseException):
     """A kill: no handler of Lightning or Optuna swallows it."""
 

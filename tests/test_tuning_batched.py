@@ -10,7 +10,7 @@ import pytest
 from test_tuning import FlippedTeacher, KillAt, Killed, planted_args, states
 
 from kdlightning.data import PartitionedDataModule
-from kdlightning.tuning import tune
+from kdlightning.tuning import Search, tune
 
 GRID = {"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}
 
@@ -70,3 +70,21 @@ def test_a_killed_batched_search_redoes_only_its_unfinished_chunk(tmp_path: Path
 def test_batched_options_that_cannot_hold_are_refused(tmp_path: Path, section: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tune(planted_args(tmp_path, {"grid": GRID, **section}), verbose=False)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"grid": GRID, "batched": True},  # validates on the same split
+        {"grid": {"temperature": [2.0], "alpha": [0.5]}, "batched": True},  # another space
+    ],
+)
+def test_a_search_beside_another_must_differ_only_in_its_validation(tmp_path: Path, other: dict) -> None:
+    first = Search.from_args(planted_args(tmp_path, {"grid": GRID, "batched": True}, name="first"), verbose=False)
+    second = Search.from_args(planted_args(tmp_path, other, name="second"), verbose=False)
+    with pytest.raises(ValueError, match=r"must differ from it only in `tune.validation`"):
+        first.run(beside=[second])
+    assert not (tmp_path / "first" / "trials.csv").exists()  # refused before any training
+    sequential = Search.from_args(planted_args(tmp_path, {"grid": GRID}, name="sequential"), verbose=False)
+    with pytest.raises(ValueError, match=r"need `tune.batched: true`"):
+        sequential.run(beside=[second])

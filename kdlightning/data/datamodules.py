@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -180,6 +180,8 @@ class PartitionedDataModule(ClassificationDataModule):
     - ``val_set``: ``validation="own"``: ``val_fraction`` of the party's own partition, held out from its
       training data; ``validation="public"``: the public split (``public_fraction`` of the pool held out before
       partitioning, drawn uniformly like the test set, the same for every party and method, never trained on);
+      ``validation=["own", "public"]``: both, as two validation loaders in that order (``val_sets``), for
+      :class:`~kdlightning.methods.BatchedMembers`, which validates every member on each;
     - ``test_set``: the data set's global, unpartitioned test set.
 
     Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
@@ -202,7 +204,8 @@ class PartitionedDataModule(ClassificationDataModule):
         public_fraction: share of the pool held out as public data before partitioning, in ``[0, 1)``.
         val_fraction: share of the party's partition held out for validation, in ``(0, 1)``.
         validation: which split ``val_dataloader`` reads: ``"own"`` (the party's held-out share) or
-            ``"public"`` (the public split; needs ``public_fraction`` > 0 and a transfer set other than it).
+            ``"public"`` (the public split; needs ``public_fraction`` > 0 and a transfer set other than it),
+            or a list of both: one validation loader each, in the list's order.
         batch_size: samples per batch.
         num_workers: data loader worker processes.
         seed: seed of the partition, the held-out splits and the shuffling.
@@ -227,7 +230,7 @@ class PartitionedDataModule(ClassificationDataModule):
         teacher_partition_id: int = 1,
         public_fraction: float = 0.0,
         val_fraction: float = 0.1,
-        validation: Literal["own", "public"] = "own",
+        validation: Literal["own", "public"] | list[Literal["own", "public"]] = "own",
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -341,9 +344,21 @@ class PartitionedDataModule(ClassificationDataModule):
             data.train_inputs, data.train_labels, train, transform=self.train_transform, with_index=True
         )
         check_validation(self.validation, self.public_fraction, self.transfer)
-        val = self.public_index if self.validation == "public" else own_val
-        self.val_set = _ArrayDataset(data.train_inputs, data.train_labels, val)
+        splits = {"own": own_val, "public": self.public_index}
+        self.val_sets = [_ArrayDataset(data.train_inputs, data.train_labels, splits[name]) for name in self.validations]
+        self.val_set = self.val_sets[0]
         self.test_set = _ArrayDataset(data.test_inputs, data.test_labels)
+
+    @property
+    def validations(self) -> list[str]:
+        """``validation`` as a list: the splits the validation loaders read, in order."""
+        return [self.validation] if isinstance(self.validation, str) else list(self.validation)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches: of one split, or a loader per split when ``validation`` lists several."""
+        if isinstance(self.validation, str):
+            return super().val_dataloader()
+        return [self._loader(dataset, shuffle=False) for dataset in self.val_sets]
 
     @property
     def pool_size(self) -> int:
@@ -356,16 +371,26 @@ class PartitionedDataModule(ClassificationDataModule):
         return partition_stats(data.train_labels, self.parts, num_classes=data.num_classes)
 
 
-def check_validation(validation: str, public_fraction: float, transfer: str) -> None:
+def check_validation(validation: str | Sequence[str], public_fraction: float, transfer: str) -> None:
     """Raise ``ValueError`` unless ``validation`` is ``"own"``, or ``"public"`` with a public split no one trains on.
+
+    A list names several splits (each checked; none twice).
 
     Examples:
         >>> check_validation("public", 0.05, "own")
+        >>> check_validation(["own", "public"], 0.05, "own")
         >>> check_validation("public", 0.0, "own")
         Traceback (most recent call last):
         ...
         ValueError: `validation='public'` needs `public_fraction` > 0: the split held out before partitioning.
     """
+    if not isinstance(validation, str):
+        names = list(validation)
+        if not names or len(set(names)) < len(names):
+            raise ValueError(f"`validation` must list distinct splits of 'own' and 'public', got {validation!r}.")
+        for name in names:
+            check_validation(name, public_fraction, transfer)
+        return
     if validation not in ("own", "public"):
         raise ValueError(f"`validation` must be 'own' or 'public', got {validation!r}.")
     if validation == "public" and public_fraction == 0.0:

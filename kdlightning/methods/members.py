@@ -202,7 +202,11 @@ class BatchedMembers(DistillationModule):
         self.failed: dict[str, str] = {}
         """Members whose loss turned non-finite, with the error (step, components)."""
         self.validation_history: list[dict[str, tuple[float, float]]] = []
-        """Per validation of ``fit``: each member's ``(val/acc, val/loss)``."""
+        """Per validation of ``fit``: each member's ``(val/acc, val/loss)`` (on the first validation loader)."""
+        self.validation_histories: list[list[dict[str, tuple[float, float]]]] = [self.validation_history]
+        """:attr:`validation_history` of each validation loader, in order (several when the datamodule
+        validates on several splits, e.g. ``PartitionedDataModule(validation=["own", "public"])``)."""
+        self._split_metrics: dict[int, MemberMetrics] = {}  # validation loaders after the first
         for reference, module in shared_references(members).items():
             self.add_frozen(reference, module)
         self._groups = self._group(members)
@@ -430,9 +434,17 @@ class BatchedMembers(DistillationModule):
         return optimizer
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate every member's accuracy and loss."""
-        self.metrics["val"]["student"].update(self.member_logits(batch), self.labels(batch))
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Accumulate every member's accuracy and loss (per validation loader)."""
+        self._val_metric(dataloader_idx).update(self.member_logits(batch), self.labels(batch))
+
+    def _val_metric(self, dataloader_idx: int) -> MemberMetrics:
+        """The validation metric of loader ``dataloader_idx`` (the logged one for the first)."""
+        if dataloader_idx == 0:
+            return self.metrics["val"]["student"]
+        if dataloader_idx not in self._split_metrics:
+            self._split_metrics[dataloader_idx] = MemberMetrics(self.num_members).to(self.device)
+        return self._split_metrics[dataloader_idx]
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Accumulate every member's accuracy and loss."""
@@ -440,18 +452,21 @@ class BatchedMembers(DistillationModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log each member's ``val/acc_<member>`` and ``val/loss_<member>``, and ``val/acc_best``; keep the history."""
-        values = self._log_stage("val")
+        values = [self._log_stage("val")]
+        # further loaders: kept in the history, not logged
+        values += [self._by_member(*_computed(self._split_metrics[index])) for index in sorted(self._split_metrics)]
         if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            self.validation_history.append(values)
+            while len(self.validation_histories) < len(values):
+                self.validation_histories.append([])
+            for history, epoch in zip(self.validation_histories, values, strict=False):
+                history.append(epoch)
 
     def on_test_epoch_end(self) -> None:
         """Log ``test/acc_<member>`` and ``test/loss_<member>``."""
         self._log_stage("test")
 
     def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
-        metric = self.metrics[stage]["student"]
-        accuracy, loss = (value.reshape(-1) for value in metric.compute())  # torchmetrics squeezes one member's
-        metric.reset()
+        accuracy, loss = _computed(self.metrics[stage]["student"])
         live = [k for k, name in enumerate(self.member_names) if name not in self.failed]
         if live:
             self.log(f"{stage}/acc_best", accuracy[live].max().float(), prog_bar=stage == "val")
@@ -464,6 +479,9 @@ class BatchedMembers(DistillationModule):
             self.log_dict(logged)
         else:
             self._log_members(stage, {"acc": accuracy, "loss": loss})
+        return self._by_member(accuracy, loss)
+
+    def _by_member(self, accuracy: Tensor, loss: Tensor) -> dict[str, tuple[float, float]]:
         return {name: (float(accuracy[k]), float(loss[k])) for k, name in enumerate(self.member_names)}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -472,6 +490,13 @@ class BatchedMembers(DistillationModule):
 
 
 # ---------------------------------------------------------------------- helpers
+def _computed(metric: MemberMetrics) -> tuple[Tensor, Tensor]:
+    """``metric``'s ``(accuracy, loss)`` per member, each ``(K,)``; the metric is reset."""
+    accuracy, loss = (value.reshape(-1) for value in metric.compute())  # torchmetrics squeezes one member's
+    metric.reset()
+    return accuracy, loss
+
+
 def _group_key(method: DistillationModule) -> tuple[Any, ...]:
     """Members of one group: the same class and the same non-numeric settings (``selection``)."""
     return type(method), tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))

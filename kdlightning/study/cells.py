@@ -151,10 +151,16 @@ class TunedCells:
         searches: dict[str, tuple[TuneResult, float]] = {}
         fits: dict[str, MemberFit] = {}
         try:
-            for name in tuned:  # the other members train beside the first search's grid
+            # one grid for every validation: the first search trains it (the other members beside it),
+            # each search records its points validated on its own split, then tests its chosen point
+            grids = {
+                name: self.tuned_search(scenario, seed, batched=True, validation=self.validation_of(name))
+                for name in tuned
+            }
+            for index, (name, search) in enumerate(grids.items()):
                 start = time.perf_counter()
-                search = self.tuned_search(scenario, seed, batched=True, validation=self.validation_of(name))
-                result = search.run(extra=builders if not searches else None)
+                beside = list(grids.values())[1:] if index == 0 else []
+                result = search.run(extra=builders if index == 0 else None, beside=beside)
                 fits.update(result.extra)
                 spent = time.perf_counter() - start - sum(fit.seconds for fit in result.extra.values())
                 searches[name] = (result, spent)

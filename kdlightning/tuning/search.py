@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import itertools
 import json
@@ -15,16 +14,16 @@ from typing import Any
 import lightning as L
 import optuna
 import torch
-from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.atomic import atomic_path, write_text_atomic
-from kdlightning.batching import MemberFit, fit_members
+from kdlightning.batching import MemberFit
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule
 from kdlightning.reporting import error_line, write_csv
+from kdlightning.tuning.grid import BatchedGrid
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
 from kdlightning.tuning.reports import describe_row, format_best, format_table, plot_heatmap, short_names, trial_rows
@@ -45,7 +44,7 @@ from kdlightning.tuning.trials import (
 __all__ = ["Search"]
 
 
-class Search:
+class Search(BatchedGrid):
     """A tuned-KD search over any method, datamodule and trainer: validate the space now, train in :meth:`run`.
 
     ``kdl tune`` builds its search from configs with :meth:`from_args`; a Python caller (the study) passes
@@ -125,31 +124,34 @@ class Search:
         return cls(**vars(parse_search(args)), callbacks=callbacks, verbose=verbose)
 
     # ------------------------------------------------------------------ the search
-    def run(self, extra: Mapping[str, Callable[[], DistillationModule]] | None = None) -> TuneResult:
+    def run(
+        self, extra: Mapping[str, Callable[[], DistillationModule]] | None = None, beside: Sequence[Search] = ()
+    ) -> TuneResult:
         """Run (or resume) the search, evaluate the chosen point on the test set, write the outputs.
 
         Args:
             extra: ``tune.batched`` only: other methods of the same student, data and epochs (by name, each
                 built by its function) trained as members beside the grid's points, and tested; their fits
                 are in the result's ``extra``. A study trains a cell's methods and tuned KD's grid this way.
+            beside: ``tune.batched`` only: searches of the same trials that validate on other splits
+                (``tune.validation``). The grid is trained once, every member validated on each split, and
+                each search records its trials in its own storage; run each of them afterwards for its
+                chosen point (it finds its grid finished). The datamodule must serve each split
+                (:class:`~kdlightning.data.PartitionedDataModule`'s ``validation`` list).
+
+        Raises:
+            ValueError: ``extra`` or ``beside`` without ``tune.batched``; a search ``beside`` that differs
+                from this one in more than its validation.
         """
-        if extra and not self.options.batched:
-            raise ValueError("`extra` methods are trained as batched members: they need `tune.batched: true`.")
+        if (extra or beside) and not self.options.batched:
+            raise ValueError(
+                "`extra` methods and searches `beside` are trained as batched members: they need `tune.batched: true`."
+            )
         extra_fits: dict[str, MemberFit] = {}
         with quiet():
-            probe = self._build({}, [])  # a datamodule that cannot serve `tune.validation` fails before any file
-            self.out.mkdir(parents=True, exist_ok=True)
-            storage = open_storage(self.storage_url, self.options.heartbeat_interval)
-            study = self._study(storage)
-            recover(study, storage)
-            self._cache_on = cache_supported(probe)
-            if "val_before" not in study.user_attrs:
-                study.set_user_attr("val_before", validate(probe, self.options.metric))
-            self.val_before = float(study.user_attrs["val_before"])
-            datamodule = probe.datamodule  # the data every trial reads; the probe's networks can go
-            del probe
+            study, datamodule = self._open()
             if self.options.batched:
-                extra_fits = self._run_batched(study, extra or {}, datamodule)
+                extra_fits = self._run_batched(study, extra or {}, datamodule, beside)
             callbacks: list[Any] = [self._after_trial]
             if self.options.sampler == "tpe":  # the budget is the study's, shared by every worker (`_todo`: this one's)
                 states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -174,6 +176,19 @@ class Search:
             print(format_table(result.trials, self.names, self.options.metric))
             print(format_best(result, self.options.metric), flush=True)
         return result
+
+    def _open(self) -> tuple[optuna.Study, L.LightningDataModule]:
+        """Open (or create) the search's study; measure the start's validation metric once; the trials' data."""
+        probe = self._build({}, [])  # a datamodule that cannot serve `tune.validation` fails before any file
+        self.out.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(self.storage_url, self.options.heartbeat_interval)
+        study = self._study(storage)
+        recover(study, storage)
+        self._cache_on = cache_supported(probe)
+        if "val_before" not in study.user_attrs:
+            study.set_user_attr("val_before", validate(probe, self.options.metric))
+        self.val_before = float(study.user_attrs["val_before"])
+        return study, probe.datamodule  # the data every trial reads; the probe's networks can go
 
     def _study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
         fingerprint = search_fingerprint(self.description, self.space, self.options)
@@ -286,112 +301,6 @@ class Search:
         if self.verbose:
             row = next(r for r in rows if r["number"] == trial.number)
             print(f"trial {trial.number:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
-
-    # ------------------------------------------------------------------ batched
-    def _run_batched(
-        self,
-        study: optuna.Study,
-        extra: Mapping[str, Callable[[], DistillationModule]],
-        datamodule: L.LightningDataModule,
-    ) -> dict[str, MemberFit]:
-        """Train the grid's unfinished points (and ``extra``) as batched members; add each point as a trial.
-
-        Points are recorded chunk by chunk (``tune.max_members`` per fit), so a killed search resumes with
-        the chunks it had not finished.
-        """
-        done = {self._point(t.params) for t in study.get_trials(deepcopy=False) if is_done(t)}
-        points = {self._member_name(point): point for point in self._grid_points() if point not in done}
-        members = {**extra, **{name: functools.partial(self._member, point) for name, point in points.items()}}
-        if not members:
-            return {}
-        if self.verbose and points:
-            print(
-                f"kdl tune: {len(points)} points to train as batched members, up to {self.options.max_members} "
-                f"per fit ({len(done)} finished) -> {self.out}",
-                flush=True,
-            )
-
-        def trainer(callbacks: Sequence[L.Callback]) -> L.Trainer:
-            return self._build({}, [*self._cache(), *self.callbacks, *callbacks]).trainer
-
-        fits: dict[str, MemberFit] = {}
-        chunks = fit_members(
-            members, datamodule, trainer, max_members=self.options.max_members, test=list(extra), batched=True
-        )
-        for chunk in chunks:
-            fits.update({name: fit for name, fit in chunk.items() if name not in points})
-            self._record(study, {points[name]: fit for name, fit in chunk.items() if name in points})
-        return fits
-
-    def _member_name(self, point: Sequence[float]) -> str:
-        """A grid point as a member's name: ``temperature=4,alpha=0.5``."""
-        return ",".join(f"{name}={value:g}" for name, value in zip(self.names, point, strict=True))
-
-    def _member(self, point: Sequence[float]) -> DistillationModule:
-        """The method at grid ``point``, as its trial would start."""
-        return self._build(dict(zip(self.keys, point, strict=True)), []).model
-
-    def _record(self, study: optuna.Study, fits: Mapping[tuple[float, ...], MemberFit]) -> None:
-        """Add a chunk's fits to the study as the trials of their points (as sequential trials record them).
-
-        The chunk's best point saves its weights (``best_model.pt``) if it beats every completed trial;
-        ``trials.csv`` is rewritten once per chunk.
-        """
-        if not fits:
-            return
-        metric = self.options.metric
-        trials, best = [], None
-        for number, (point, fit) in enumerate(fits.items(), start=len(study.get_trials(deepcopy=False))):
-            params = dict(zip(self.keys, map(float, point), strict=True))
-            curve = [epoch[metric] for epoch in fit.history if metric in epoch]
-            attrs: dict[str, Any] = {"worker": worker(), "batched": fit.batched, "epochs": fit.epochs}
-            value, state = None, TrialState.FAIL
-            if fit.error is not None:
-                attrs["error"] = fit.error
-            elif not curve:
-                raise ValueError(
-                    f"The batched search recorded no {metric}: members are ranked on the validation after their "
-                    "last epoch, so the trainer must validate (`limit_val_batches`, `check_val_every_n_epoch`)."
-                )
-            else:
-                value, state = curve[-1], TrialState.COMPLETE
-                attrs.update(val_curve=curve, val_loss=fit.history[-1].get("val/loss"))
-                mine = rank(value, attrs["val_loss"], params, self.keys, self.options.direction)
-                if best is None or mine < best[0]:
-                    best = (mine, number, params, fit, value, attrs["val_loss"])
-            end = datetime.datetime.now()
-            trials.append(
-                FrozenTrial(
-                    number=-1,
-                    state=state,
-                    value=value,
-                    datetime_start=end - datetime.timedelta(seconds=fit.seconds),
-                    datetime_complete=end,
-                    params=params,
-                    distributions=self._distributions(),
-                    user_attrs=attrs,
-                    system_attrs={},
-                    intermediate_values={},  # as a sequential trial without a pruner: the curve is in val_curve
-                    trial_id=-1,
-                )
-            )
-        if best is not None:
-            _, number, params, fit, value, val_loss = best
-            if self._beats_completed(study, value, val_loss, params):
-                state_dict = {"trial": number, "params": params, "state_dict": fit.model.state_dict()}
-                with atomic_path(self.out / "best_model.pt") as path:
-                    torch.save(state_dict, path)
-        study.add_trials(trials)
-        recorded = study.get_trials(deepcopy=False)
-        rows = trial_rows(recorded, self.keys, metric, self.val_before)
-        write_csv(self.out / "trials.csv", rows)
-        if self.verbose:
-            for row in rows[-len(trials) :]:
-                print(f"trial {row['number']:>3}  {describe_row(row, self.names, metric)}", flush=True)
-
-    def _distributions(self) -> dict[str, FloatDistribution]:
-        """The grid's distributions, as :meth:`_suggest` declares them."""
-        return {key: FloatDistribution(min(p.values or ()), max(p.values or ())) for key, p in self.space.items()}
 
     # ------------------------------------------------------------------ trials
     def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:

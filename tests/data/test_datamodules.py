@@ -106,11 +106,27 @@ def test_public_validation_is_held_out_before_partitioning_and_never_trained_on(
         ({"validation": "public"}, "public_fraction"),
         ({"validation": "public", "public_fraction": 0.1, "transfer": "public"}, "validation"),
         ({"validation": "theirs"}, "validation"),
+        ({"validation": ["own", "own"], "public_fraction": 0.1}, "distinct splits"),
+        ({"validation": ["own", "public"]}, "public_fraction"),
+        ({"validation": []}, "distinct splits"),
     ],
 )
 def test_bad_validation_names_itself(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PartitionedDataModule(**kwargs)
+
+
+def test_validation_on_both_splits_gives_a_loader_per_split_in_order() -> None:
+    both = make(
+        partitioner=DirichletPartitioner(alpha=0.5), partition_id=1, public_fraction=0.1, validation=["public", "own"]
+    )
+    loaders = both.val_dataloader()
+    assert isinstance(loaders, list) and len(loaders) == 2
+    for split, loader in zip(("public", "own"), loaders, strict=True):
+        alone = make(partitioner=DirichletPartitioner(alpha=0.5), partition_id=1, public_fraction=0.1, validation=split)
+        assert indices(loader.dataset) == indices(alone.val_set)
+    assert indices(both.val_set) == indices(loaders[0].dataset)  # `val_set`: the first split
+    assert not isinstance(make(public_fraction=0.1, validation="public").val_dataloader(), list)
 
 
 def test_same_split_in_every_process_whatever_the_global_rng() -> None:
