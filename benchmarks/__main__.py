@@ -22,6 +22,7 @@ KEYS = (
     "grid_batched_speedup",
     "pretraining_speedup",
     "demo_seconds",
+    "fashion_study_seconds",
 )
 
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer batches, epochs and repeats (under 2 minutes)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--no-flwr", action="store_true", help="skip flwr-datasets (and its virtual environment)")
+    parser.add_argument(
+        "--fashion-study", type=Path, metavar="DIR", help="also time the shipped Fashion-MNIST study, its files in DIR"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     train = training.run(quick=args.quick)
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(partitioning.format_table(parts), end="\n\n")
     search = tuning.run(quick=args.quick)
     print(tuning.format_table(search), end="\n\n")
-    batched = members.run(quick=args.quick)
+    batched = members.run(quick=args.quick, fashion_study=args.fashion_study)
     print(members.format_table(batched), end="\n\n")
     figures = {key: source[key] for source in (train, parts, search, batched) for key in KEYS if key in source}
     met = training.targets_met(train)
