@@ -1,9 +1,11 @@
-"""The docs work offline: every script and style they load is served with them."""
+"""The docs work offline, and the results they show are what their committed data give."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +34,19 @@ def test_the_shipped_study_s_summary_and_guidance_are_what_its_results_give() ->
     assert (folder / "guidance.md").read_text() == render_guidance_page(rows, tuned=tuned)
     summary = render_summary(rows, tuned=tuned, untuned=["vanilla_kd", "dpkd", "dml"])
     assert (folder / "summary.md").read_text().endswith(summary)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"), [("scenarios", []), ("heterogeneous", ["--seeds=[0, 1, 2, 3, 4]"])], ids=["scenarios", "hetero"]
+)
+def test_the_federated_summaries_in_the_docs_are_what_their_rounds_give(tmp_path, name: str, args: list) -> None:
+    """Each committed federated ``summary.md`` is generated from its ``rounds.csv`` by its config's experiment."""
+    from kdlightning.federated import load_study
+    from kdlightning.reporting import read_csv
+
+    folder = ROOT / "docs" / "results" / "fashion_mnist_federated" / name
+    config = ROOT / "configs" / "federated" / f"fashion_mnist_{name}.yaml"
+    study = load_study(["-c", str(config), *args, "--out", str(tmp_path)])
+    rows = read_csv(folder / "rounds.csv")
+    assert len({row["seed"] for row in rows}) >= 2
+    assert (folder / "summary.md").read_text() == study.summary(rows)
