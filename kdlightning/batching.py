@@ -42,7 +42,7 @@ class MemberFit:
     Attributes:
         model: the member's method, trained (its student holds the member's weights).
         history: per validation of ``fit`` (one per epoch): ``{"val/acc": ..., "val/loss": ...}``.
-        histories: :attr:`history` of each validation loader (the first is :attr:`history`), when the datamodule
+        histories: the ``history`` of each validation loader (the first is ``history``), when the datamodule
             validates on several splits.
         test: the member's test metrics (``{"test/acc": ..., "test/loss": ...}``) if it was tested.
         error: why the member failed (its loss turned non-finite), or None.
