@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
@@ -124,13 +125,16 @@ class ClassificationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        collate_fn = self.collate_fn
+        if collate_fn is None and isinstance(dataset, _ArrayDataset) and dataset.gathers:
+            dataset, collate_fn = _WholeBatches(dataset), _as_read  # each batch read whole, not sample by sample
         if not shuffle:
             return DataLoader(
                 dataset,
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
-                collate_fn=self.collate_fn,
+                collate_fn=collate_fn,
             )
         return ResumableDataLoader(
             dataset,
@@ -138,7 +142,7 @@ class ClassificationDataModule(L.LightningDataModule):
             sampler=EpochShuffleSampler(len(dataset), self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate_fn,
+            collate_fn=collate_fn,
             position=self._training_position,
         )
 
@@ -463,9 +467,48 @@ class _ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def gathers(self) -> bool:
+        """Whether a batch can be read whole (:meth:`gather`): numeric inputs with no per-sample transform."""
+        return not self.text and self.transform is None
+
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         j = int(self.index[i])
         x = self.inputs[j]
         if self.transform is not None:
             x = self.transform(x)
         return (x, self.labels[j], j) if self.with_index else (x, self.labels[j])
+
+    def gather(self, indices: Sequence[int]) -> list[Tensor]:
+        """The batch of samples ``indices`` as PyTorch's ``default_collate`` builds it, in one gather per field.
+
+        For numeric inputs with no transform (:attr:`gathers`).
+        """
+        rows = torch.from_numpy(self.index[np.asarray(indices, dtype=np.int64)])
+        batch = [self.inputs[rows], self.labels[rows], rows]
+        return batch if self.with_index else batch[:2]
+
+
+class _WholeBatches(Dataset):
+    """An :class:`_ArrayDataset` whose loader reads each batch whole (it must :attr:`~_ArrayDataset.gathers`).
+
+    With :func:`_as_read` as the loader's collate, ``DataLoader`` hands ``__getitems__`` a batch's indices and
+    takes the batch as it is read.
+    """
+
+    def __init__(self, dataset: _ArrayDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        return self.dataset[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Tensor]:
+        return self.dataset.gather(indices)
+
+
+def _as_read(batch: list[Tensor]) -> list[Tensor]:
+    """The collate of :class:`_WholeBatches`: the batch is already whole."""
+    return batch

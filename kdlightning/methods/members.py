@@ -16,34 +16,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torchmetrics import Metric
 
 from kdlightning.methods.base import Batch, DistillationModule, logits_of
-from kdlightning.methods.stacking import builds_the_same, shared_factory, shared_references, stack_networks, unstacked
-
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]
-
-ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
-    torch.optim.SGD,
-    torch.optim.Adam,
-    torch.optim.AdamW,
-    torch.optim.Adamax,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,
-    torch.optim.Adadelta,
-    torch.optim.Rprop,
+from kdlightning.methods.member_metrics import MemberMetrics, computed
+from kdlightning.methods.stacking import (
+    ELEMENTWISE_OPTIMIZERS,
+    builds_the_same,
+    check_uncoupled,
+    optimizer_over_members,
+    shared_factory,
+    shared_references,
+    stack_networks,
+    unstacked,
 )
-"""Optimizers whose update of each parameter element reads only that element's gradient and state: over
-stacked parameters they are K independent optimizers."""
 
-_FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
-"""Optimizers with a fused implementation (``fused=True``) on CPU and CUDA."""
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]  # the first: from stacking
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.,=+\-\[\]]+$")
 """A member's name ends its metric keys (``val/acc_<name>``)."""
@@ -99,30 +89,6 @@ class _Group:
         if device not in self.placed:
             self.placed[device] = tuple(value.to(device) for value in self.values)
         return self.placed[device]
-
-
-class MemberMetrics(Metric):
-    """Accuracy and cross-entropy of K members on the same samples (one state per member, summed across ranks)."""
-
-    full_state_update = False
-
-    def __init__(self, members: int) -> None:
-        super().__init__()
-        self.add_state("correct", default=torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("loss", default=torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        """Add a batch: ``logits`` ``(K, N, C)``, ``target`` ``(N,)``."""
-        members, n = logits.shape[0], logits.shape[1]
-        self.correct += (logits.argmax(dim=-1) == target).sum(dim=-1).double()
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.repeat(members), reduction="none")
-        self.loss += ce.view(members, n).sum(dim=-1).double()
-        self.count += n
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        """``(accuracy, mean cross-entropy)``, each ``(K,)``."""
-        return self.correct / self.count, self.loss / self.count
 
 
 class BatchedMembers(DistillationModule):
@@ -399,39 +365,16 @@ class BatchedMembers(DistillationModule):
             g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
 
     def configure_optimizers(self) -> Any:
-        """One optimizer over the stacked parameters; refused if it (or the scheduler) would couple members.
+        """One optimizer over the stacked parameters, fused where it may be.
 
-        An Adam, AdamW, SGD or Adagrad left to choose its implementation (``foreach`` and ``fused`` unset) runs
-        fused: the same update in one pass over each stacked tensor, which K members make large (on 2 CPU
-        cores, Adam over 25 stacked MLPs of 100k parameters: 1.4 ms a step fused, 14 ms element-wise).
+        See :func:`~kdlightning.methods.stacking.optimizer_over_members`; refused if the optimizer or the
+        scheduler would couple the members (:func:`~kdlightning.methods.stacking.check_uncoupled`).
         """
-        config = self.build_optimizer(self._optimizer_over_members, list(self.trainable_parameters()))
-        if not isinstance(config["optimizer"], ELEMENTWISE_OPTIMIZERS):
-            allowed = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
-            raise ValueError(
-                f"BatchedMembers' `optimizer` {type(config['optimizer']).__name__} is not known to update each "
-                f"parameter element on its own, so members could be coupled; use one of {allowed}."
-            )
-        scheduler = config.get("lr_scheduler", {}).get("scheduler")
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            raise ValueError(
-                "BatchedMembers' `lr_scheduler` is ReduceLROnPlateau, which would step every member on one shared "
-                "metric; use a schedule that does not read a metric (StepLR, CosineAnnealingLR, ...)."
-            )
+        config = self.build_optimizer(
+            lambda parameters: optimizer_over_members(self.optimizer, parameters), list(self.trainable_parameters())
+        )
+        check_uncoupled(config["optimizer"], config.get("lr_scheduler", {}).get("scheduler"))
         return config
-
-    def _optimizer_over_members(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-        optimizer = self.optimizer(parameters)
-        defaults = optimizer.defaults
-        fusable = isinstance(optimizer, _FUSABLE) and "fused" in defaults and defaults.get("foreach") is None
-        if (
-            fusable
-            and defaults["fused"] is None
-            and not defaults.get("differentiable")
-            and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
-        ):
-            return type(optimizer)(parameters, **{**defaults, "fused": True})
-        return optimizer
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -454,7 +397,7 @@ class BatchedMembers(DistillationModule):
         """Log each member's ``val/acc_<member>`` and ``val/loss_<member>``, and ``val/acc_best``; keep the history."""
         values = [self._log_stage("val")]
         # further loaders: kept in the history, not logged
-        values += [self._by_member(*_computed(self._split_metrics[index])) for index in sorted(self._split_metrics)]
+        values += [self._by_member(*computed(self._split_metrics[index])) for index in sorted(self._split_metrics)]
         if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             while len(self.validation_histories) < len(values):
                 self.validation_histories.append([])
@@ -466,7 +409,7 @@ class BatchedMembers(DistillationModule):
         self._log_stage("test")
 
     def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
-        accuracy, loss = _computed(self.metrics[stage]["student"])
+        accuracy, loss = computed(self.metrics[stage]["student"])
         live = [k for k, name in enumerate(self.member_names) if name not in self.failed]
         if live:
             self.log(f"{stage}/acc_best", accuracy[live].max().float(), prog_bar=stage == "val")
@@ -490,13 +433,6 @@ class BatchedMembers(DistillationModule):
 
 
 # ---------------------------------------------------------------------- helpers
-def _computed(metric: MemberMetrics) -> tuple[Tensor, Tensor]:
-    """``metric``'s ``(accuracy, loss)`` per member, each ``(K,)``; the metric is reset."""
-    accuracy, loss = (value.reshape(-1) for value in metric.compute())  # torchmetrics squeezes one member's
-    metric.reset()
-    return accuracy, loss
-
-
 def _group_key(method: DistillationModule) -> tuple[Any, ...]:
     """Members of one group: the same class and the same non-numeric settings (``selection``)."""
     return type(method), tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))

@@ -129,6 +129,36 @@ def test_validation_on_both_splits_gives_a_loader_per_split_in_order() -> None:
     assert not isinstance(make(public_fraction=0.1, validation="public").val_dataloader(), list)
 
 
+def sample_by_sample(loader) -> list:
+    """``loader``'s batches as PyTorch's default collate builds them from one sample at a time."""
+    from torch.utils.data import default_collate
+
+    dataset, batches = loader.dataset, []
+    for rows in loader.batch_sampler:
+        batches.append(default_collate([dataset[i] for i in rows]))
+    return batches
+
+
+@pytest.mark.parametrize("transform", [None, lambda x: x * 2.0])
+def test_a_batch_read_whole_is_the_batch_read_sample_by_sample(transform) -> None:
+    """The loaders read a batch of numeric untransformed samples in one gather per field: the same batch."""
+    dm = make(train_transform=transform, batch_size=16)
+    train = dm.train_dataloader()
+    for loader, dataset in (
+        (train, dm.train_set),
+        (dm.val_dataloader(), dm.val_set),
+        (dm.test_dataloader(), dm.test_set),
+    ):
+        whole = transform is None or loader is not train  # a transform is per sample
+        assert dataset.gathers == whole and (loader.dataset is not dataset) == whole
+        loader_batches, expected = list(loader), sample_by_sample(loader)
+        assert len(loader_batches) == len(expected) > 1
+        for batch, reference in zip(loader_batches, expected, strict=True):
+            assert type(batch) is type(reference) and len(batch) == len(reference)
+            for got, want in zip(batch, reference, strict=True):
+                assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_same_split_in_every_process_whatever_the_global_rng() -> None:
     """Two ranks build their datamodules independently; global RNG state must not matter."""
     np.random.seed(1)
