@@ -8,6 +8,8 @@ StudentOnly and a one-epoch warm-up of the batched grid (first-call costs, on a 
 - the 25-point grid (``VanillaKD`` at temperature {1, 2, 4, 8, 16} x alpha {0.1, 0.25, 0.5, 0.75, 0.9}) as
   one batched fit (the median of the repeats) (:class:`~kdlightning.methods.BatchedMembers`, 25 members);
 - the same 25 points as 25 separate fits (what the sequential search trains);
+- one ``StudentOnly`` fit on the same data read sample by sample (PyTorch's default collate), as the loaders
+  read it before they read each batch whole (``whole_batches_speedup``);
 
 for the digits MLP (64-32-10, CNN teacher, batch 32: ``configs/study/digits.yaml``) and the Fashion-MNIST
 MLP (784-128-10, MLP teacher 512-256, batch 128), and prints
@@ -44,6 +46,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import default_collate
 
 from benchmarks.training import described, trainer_settings
 from kdlightning import BatchedMembers, StudentOnly, VanillaKD
@@ -108,9 +111,12 @@ def measure_grid(
     torch.manual_seed(0)
     student, teacher = spec["student"](), spec["teacher"]()
 
-    def one_run() -> None:
+    by_sample = _datamodule(spec)  # the same data read as PyTorch's default collate reads it: sample by sample
+    by_sample.collate_fn = default_collate
+
+    def one_run(datamodule: PartitionedDataModule = data) -> None:
         L.seed_everything(0, verbose=False)
-        trainer(epochs, settings=settings).fit(StudentOnly(copy.deepcopy(student), 10), datamodule=data)
+        trainer(epochs, settings=settings).fit(StudentOnly(copy.deepcopy(student), 10), datamodule=datamodule)
 
     def kd(t: float, a: float) -> VanillaKD:
         return VanillaKD(copy.deepcopy(student), teacher, 10, temperature=t, alpha=a)
@@ -129,13 +135,17 @@ def measure_grid(
 
     one_run()  # warm-up: data loading, first-call costs (on a GPU, each new kernel's first launch)
     batched(1, "warm-up")
-    runs, batched_runs = [], []
-    for _ in range(repeats):  # interleaved, so a busy moment of the machine falls on both
+    one_run(by_sample)
+    runs, batched_runs, by_sample_runs = [], [], []
+    for _ in range(repeats):  # interleaved, so a busy moment of the machine falls on each
         runs.append(_timed(one_run))
+        by_sample_runs.append(_timed(lambda: one_run(by_sample)))
         batched_runs.append(_timed(batched))
         runs.append(_timed(one_run))
+        by_sample_runs.append(_timed(lambda: one_run(by_sample)))
     sequential_s = _timed(sequential)
     one, batched_s = statistics.median(runs), statistics.median(batched_runs)
+    one_by_sample = statistics.median(by_sample_runs)
     return {
         "epochs": epochs,
         "train_samples": len(data.train_set),
@@ -144,6 +154,8 @@ def measure_grid(
         "sequential_grid_s": round(sequential_s, 3),
         "grid_batched_over_one_run": round(batched_s / one, 3),
         "grid_batched_speedup": round(sequential_s / batched_s, 3),
+        "one_run_sample_by_sample_s": round(one_by_sample, 3),
+        "whole_batches_speedup": round(one_by_sample / one, 3),
     }
 
 
@@ -267,7 +279,7 @@ def format_table(figures: dict[str, Any]) -> str:
         f"Batched members ({figures['threads']} threads{described(figures.get('settings'))}): "
         "the 25-point grid as one fit",
         f"{'student':<10}{'epochs':>7}{'one run s':>11}{'batched s':>11}{'sequential s':>14}"
-        f"{'batched/one':>13}{'speed-up':>10}",
+        f"{'batched/one':>13}{'speed-up':>10}{'by sample s':>13}{'whole/by sample':>17}",
     ]
     for name, s in figures["students"].items():
         if "skipped" in s:
@@ -276,6 +288,7 @@ def format_table(figures: dict[str, Any]) -> str:
         lines.append(
             f"{name:<10}{s['epochs']:>7}{s['one_run_s']:>11.2f}{s['batched_grid_s']:>11.2f}"
             f"{s['sequential_grid_s']:>14.2f}{s['grid_batched_over_one_run']:>13.2f}{s['grid_batched_speedup']:>10.1f}"
+            f"{s['one_run_sample_by_sample_s']:>13.2f}{s['whole_batches_speedup']:>17.2f}"
         )
     if "pretraining_speedup" in figures:
         f = figures
