@@ -1,12 +1,6 @@
 """Data: partitioners and their strategy classes (pure numpy), data set sources and LightningDataModules."""
 
-from kdlightning.data.datamodules import (
-    ClassificationDataModule,
-    DigitsDataModule,
-    EpochShuffleSampler,
-    PartitionedDataModule,
-    ResumableDataLoader,
-)
+from kdlightning.data.datamodules import ClassificationDataModule, DigitsDataModule, PartitionedDataModule
 from kdlightning.data.datasets import (
     DatasetSource,
     Digits,
@@ -15,6 +9,7 @@ from kdlightning.data.datasets import (
     LabelledData,
     load_digits_arrays,
 )
+from kdlightning.data.loading import EpochShuffleSampler, ResumableDataLoader
 from kdlightning.data.partitioners import (
     dirichlet,
     iid,

@@ -33,7 +33,7 @@ from kdlightning.methods.stacking import (
     unstacked,
 )
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]  # the first: from stacking
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.,=+\-\[\]]+$")
 """A member's name ends its metric keys (``val/acc_<name>``)."""

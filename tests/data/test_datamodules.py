@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_trainer
+from torch.utils.data import default_collate
 
 from kdlightning import StudentOnly
 from kdlightning.cache import check_deterministic_transfer
@@ -131,8 +132,6 @@ def test_validation_on_both_splits_gives_a_loader_per_split_in_order() -> None:
 
 def sample_by_sample(loader) -> list:
     """``loader``'s batches as PyTorch's default collate builds them from one sample at a time."""
-    from torch.utils.data import default_collate
-
     dataset, batches = loader.dataset, []
     for rows in loader.batch_sampler:
         batches.append(default_collate([dataset[i] for i in rows]))
