@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "at_least_float32",
     "check_alpha",
     "check_temperature",
     "distillation_loss",
@@ -41,6 +42,19 @@ def _as_float(value: object, name: str) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+
+
+def at_least_float32(logits: Tensor) -> Tensor:
+    """``logits`` in float32, or as they are when wider (float64): the precision every loss is computed in.
+
+    Under bf16 autocast a KL of two log-softmaxes loses most digits; a float64 run stays float64 throughout.
+
+    Examples:
+        >>> import torch
+        >>> [at_least_float32(torch.zeros(2, dtype=dtype)).dtype for dtype in (torch.bfloat16, torch.float64)]
+        [torch.float32, torch.float64]
+    """
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def check_temperature(temperature: float, name: str = "temperature") -> float:
@@ -95,9 +109,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
         1.3113
     """
     temperature = check_temperature(temperature)
-    # Compute in at least float32: under bf16 autocast a KL of two log-softmaxes loses most digits.
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
     # KL(p_t || p_s) summed over classes and divided by N: F.kl_div(..., log_target=True, reduction="batchmean"),
     # written out because torch.func.vmap has no batching rule for kl_div (batched members evaluate it vmapped).
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum() / log_p_s.shape[0]
@@ -136,7 +149,7 @@ def distillation_terms(
         0.5493
     """
     alpha = check_alpha(alpha)
-    ce = F.cross_entropy(student_logits.float(), targets)
+    ce = F.cross_entropy(at_least_float32(student_logits), targets)
     kd = kd_loss(student_logits, teacher_logits, temperature)
     return {"loss": (1.0 - alpha) * ce + alpha * kd, "loss_ce": ce, "loss_kd": kd}
 
@@ -201,8 +214,8 @@ def teacher_selection_mask(
         tensor([ True, False])
     """
     temperature = check_temperature(temperature)
-    p_t = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    p_ref = F.softmax(reference_logits.detach().float() / temperature, dim=-1)
+    p_t = F.softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
+    p_ref = F.softmax(at_least_float32(reference_logits.detach()) / temperature, dim=-1)
     if targets is None:
         return p_t.amax(dim=-1) > p_ref.amax(dim=-1)
     index = targets.long().unsqueeze(-1)  # (N, 1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kdlightning.losses import at_least_float32
 from kdlightning.methods.base import Batch, DistillationModule
 
 __all__ = ["StudentOnly"]
@@ -36,4 +37,4 @@ class StudentOnly(DistillationModule):
 
     def training_losses(self, batch: Batch) -> dict[str, Tensor]:
         """``{"loss": CE(z_s, y)}``."""
-        return {"loss": F.cross_entropy(self.logits("student", batch).float(), self.labels(batch))}
+        return {"loss": F.cross_entropy(at_least_float32(self.logits("student", batch)), self.labels(batch))}

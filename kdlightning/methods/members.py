@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from kdlightning.losses import at_least_float32
 from kdlightning.methods.base import Batch, DistillationModule, logits_of
 from kdlightning.methods.member_metrics import MemberMetrics, computed
 from kdlightning.methods.stacking import (
@@ -34,6 +35,9 @@ from kdlightning.methods.stacking import (
 )
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "BatchedMembers", "NotBatchable", "member_error"]
+
+_MEMBERS_KEY = "kdlightning_members"
+"""Checkpoint key of the members' training record (validation histories, failed members)."""
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.,=+\-\[\]]+$")
 """A member's name ends its metric keys (``val/acc_<name>``)."""
@@ -269,6 +273,44 @@ class BatchedMembers(DistillationModule):
         """A standalone copy of member ``name``'s student (its own parameters and buffers)."""
         return unstacked(self.student, self.member_index(name))
 
+    # ------------------------------------------------------------------ trainer state and checkpoints
+    def setup(self, stage: str) -> None:
+        """Attach the members' methods to the trainer: they read its ``current_epoch``, ``global_step``."""
+        for group in self._groups:
+            group.prototype.trainer = self.members_trainer()
+
+    def teardown(self, stage: str) -> None:
+        """Detach the members' methods from the trainer."""
+        for group in self._groups:
+            group.prototype.trainer = None
+
+    def members_trainer(self) -> Any:
+        """What the members' methods see as their trainer: this fit's, whose epochs and steps are each member's own."""
+        return self.trainer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the members' validation histories and failures beside the weights (a resume continues them)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[_MEMBERS_KEY] = self.members_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the members' validation histories and failures saved by :meth:`on_save_checkpoint`."""
+        super().on_load_checkpoint(checkpoint)
+        if _MEMBERS_KEY in checkpoint:
+            self.load_members_state(checkpoint[_MEMBERS_KEY])
+
+    def members_state(self) -> dict[str, Any]:
+        """The training record a checkpoint keeps: validation histories (of every loader) and failed members."""
+        return {"validation_histories": [list(h) for h in self.validation_histories], "failed": dict(self.failed)}
+
+    def load_members_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`members_state`."""
+        histories = [list(history) for history in state.get("validation_histories", [[]])] or [[]]
+        self.validation_history[:] = histories[0]
+        self.validation_histories[:] = [self.validation_history, *histories[1:]]
+        self.failed.clear()
+        self.failed.update(state.get("failed", {}))
+
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every member's loss components, each ``(K,)`` (NaN where a member's method has no such component)."""
@@ -287,12 +329,13 @@ class BatchedMembers(DistillationModule):
         if len(parts) == 1:
             return dict(parts[0][1])
         components = dict.fromkeys(component for _, result in parts for component in result)
+        dtype = at_least_float32(logits).dtype
         return {
             component: torch.cat(
                 [
-                    result[component].float()
+                    result[component].to(dtype)
                     if component in result
-                    else torch.full((group.stop - group.start,), math.nan, device=logits.device)
+                    else torch.full((group.stop - group.start,), math.nan, device=logits.device, dtype=dtype)
                     for group, result in parts
                 ]
             )
@@ -350,16 +393,21 @@ class BatchedMembers(DistillationModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip by value as configured; clip by norm per member (a global norm would couple the members)."""
+        """Clip by value as configured; clip by norm (Lightning's default algorithm) per member.
+
+        One norm over the stacked parameters would couple the members: each member's gradients are scaled by
+        its own norm, as ``torch.nn.utils.clip_grad_norm_`` scales them in its own fit, in the gradients' dtype.
+        """
         if not gradient_clip_val:
             return
-        if gradient_clip_algorithm != "norm":
+        if (gradient_clip_algorithm or "norm").lower() != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         if not grads:
             return
-        norms = torch.stack([g.detach().flatten(1).float().pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        per_tensor = torch.stack([torch.linalg.vector_norm(g.detach().flatten(1), dim=1) for g in grads])
+        norms = torch.linalg.vector_norm(per_tensor, dim=0)  # (K,)
         scale = (float(gradient_clip_val) / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))

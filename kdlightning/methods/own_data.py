@@ -83,7 +83,21 @@ class OwnDataMembers(BatchedMembers):
             raise ValueError(
                 "OwnDataMembers trains with `accumulate_grad_batches=1` only: members end at different steps."
             )
-        self.finished = {}
+        if self.trainer.ckpt_path is None:  # a resumed fit keeps the members that had finished
+            self.finished = {}
+
+    def members_trainer(self) -> Any:
+        """A trainer the members' methods may not read: here a member's epochs and steps are its own, not the fit's."""
+        return _OwnProgress()
+
+    def members_state(self) -> dict[str, Any]:
+        """:meth:`BatchedMembers.members_state`, and the weights of the members whose data had run out."""
+        return {**super().members_state(), "finished": {name: dict(state) for name, state in self.finished.items()}}
+
+    def load_members_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`members_state`."""
+        super().load_members_state(state)
+        self.finished = {name: dict(weights) for name, weights in state.get("finished", {}).items()}
 
     def part_losses(self, members: Tensor, batch: Any) -> dict[str, Tensor]:
         """The loss components of the members at positions ``members``, each on its own batch (stacked, member 1st)."""
@@ -162,6 +176,21 @@ class OwnDataMembers(BatchedMembers):
 
     validation_step = L.LightningModule.validation_step  # nothing to validate here: see the class's docstring
     """Not defined: members have no shared validation data (validate each on its own data module)."""
+
+
+class _OwnProgress:
+    """The trainer of members on their own data: reading it is an error (the fit's progress is not theirs)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ValueError(
+            f"A member of OwnDataMembers reads the trainer's `{name}` in its training_losses, but members on their own "
+            "data each have their own epochs and steps, not the fit's. Fit that method on its own."
+        )
 
 
 def _spread(values: Tensor, members: Tensor, total: int) -> Tensor:

@@ -32,6 +32,7 @@ class TinyCNN(nn.Module):
 
 OPTIMIZERS = {
     "adam": functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4),
+    "adamw": functools.partial(torch.optim.AdamW, lr=0.01, weight_decay=0.05),
     "sgd": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
 }
 
@@ -77,18 +78,98 @@ def test_each_member_has_the_weights_of_its_own_fit_in_float64(tmp_path, network
     assert any(not torch.equal(batched.member_state_dict("control")[k], v) for k, v in start.items())
 
 
-def test_gradient_norm_clipping_is_per_member(tmp_path) -> None:
+def assert_members_match(batched: BatchedMembers, separate: dict, tolerance: float = 1e-9) -> None:
+    """Each member of ``batched`` holds the weights (and buffers) of its own fit in ``separate``."""
+    for name, method in separate.items():
+        got = batched.member_state_dict(name)
+        for key, value in method.student.state_dict().items():
+            assert (got[key].double() - value.double()).abs().max() <= tolerance, (name, key)
+
+
+@pytest.mark.parametrize("algorithm", ["norm", None])  # None: Lightning's default, which is "norm"
+def test_gradient_norm_clipping_is_per_member(tmp_path, algorithm) -> None:
     torch.manual_seed(2)
     student, teacher = TinyNet().double(), TinyNet().double()
-    clip = {"gradient_clip_val": 0.05, "gradient_clip_algorithm": "norm", "precision": "64-true"}
+    clip = {"gradient_clip_val": 0.05, "gradient_clip_algorithm": algorithm, "precision": "64-true"}
     separate = methods(student, teacher, OPTIMIZERS["sgd"])
     for name, method in separate.items():
         fit(tmp_path / name, method, epochs=1, **clip)
     batched = BatchedMembers(methods(student, teacher, OPTIMIZERS["sgd"]))
     fit(tmp_path / "batched", batched, epochs=1, **clip)
+    assert_members_match(batched, separate, tolerance=1e-12)  # the norms in float64, as in each member's own fit
+
+
+def first_layer_frozen_by_its_group(optimizer):
+    """An optimizer factory whose first parameter group (the first layer) has learning rate 0."""
+
+    def build(parameters):
+        parameters = list(parameters)
+        return optimizer([{"params": parameters[:2], "lr": 0.0}, {"params": parameters[2:]}])
+
+    return build
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_optimizer_s_parameter_groups_and_their_settings_are_kept(tmp_path, optimizer) -> None:
+    torch.manual_seed(4)
+    student, teacher = TinyNet().double(), TinyNet().double()
+    factory = first_layer_frozen_by_its_group(OPTIMIZERS[optimizer])
+    separate = methods(student, teacher, factory)
     for name, method in separate.items():
-        for key, value in method.student.state_dict().items():
-            assert (batched.member_state_dict(name)[key] - value).abs().max() <= 1e-9, (name, key)
+        fit(tmp_path / name, method, epochs=1, precision="64-true")
+    batched = BatchedMembers(methods(student, teacher, factory))
+    fit(tmp_path / "batched", batched, epochs=1, precision="64-true")
+    assert_members_match(batched, separate)
+    for name in separate:  # the group with lr 0 did not move; the rest did
+        trained = batched.member_state_dict(name)
+        assert torch.equal(trained["net.0.weight"], student.state_dict()["net.0.weight"]), name
+        assert not torch.equal(trained["net.3.weight"], student.state_dict()["net.3.weight"]), name
+
+
+class RampedKD(VanillaKD):
+    """VanillaKD whose weight on distillation ramps up with the epoch, and whose temperature follows the step."""
+
+    def training_losses(self, batch):
+        alpha, temperature = self.alpha, self.temperature
+        ramp = min(1.0, (self.current_epoch + 1) / self.trainer.max_epochs)
+        with self.given({}, alpha=alpha * ramp, temperature=temperature + 0.01 * self.global_step):
+            return super().training_losses(batch)
+
+
+def test_members_read_the_trainer_s_epoch_and_step_as_their_own_fits_do(tmp_path) -> None:
+    torch.manual_seed(5)
+    student, teacher = TinyNet().double(), TinyNet().double()
+
+    def members():
+        s = functools.partial(copy.deepcopy, student)
+        sgd = OPTIMIZERS["sgd"]
+        return {
+            "ramp_a0.9": RampedKD(s(), teacher, NUM_CLASSES, temperature=2.0, alpha=0.9, optimizer=sgd),
+            "ramp_a0.5": RampedKD(s(), teacher, NUM_CLASSES, temperature=4.0, alpha=0.5, optimizer=sgd),
+        }
+
+    separate = members()
+    for name, method in separate.items():
+        fit(tmp_path / name, method, epochs=3, precision="64-true")
+    batched = BatchedMembers(members())
+    fit(tmp_path / "batched", batched, epochs=3, precision="64-true")
+    assert_members_match(batched, separate)
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):  # detached once the fit is over
+        batched._groups[0].prototype.trainer
+
+
+def test_a_member_on_its_own_data_may_not_read_the_fit_s_progress(tmp_path) -> None:
+    from kdlightning.data import MemberStreams
+    from kdlightning.methods import OwnDataMembers
+
+    class EpochAware(StudentOnly):
+        def training_losses(self, batch):
+            return {"loss": super().training_losses(batch)["loss"] * (1 + self.current_epoch)}
+
+    parties = OwnDataMembers({f"p{k}": EpochAware(TinyNet(), NUM_CLASSES) for k in range(2)})
+    streams = MemberStreams([SyntheticDataModule(num_samples=32), SyntheticDataModule(num_samples=48)], epochs=1)
+    with pytest.raises(ValueError, match="reads the trainer's `current_epoch`.*Fit that method on its own"):
+        tiny_trainer(tmp_path, max_epochs=1).fit(parties, datamodule=streams)
 
 
 def test_float32_members_reach_the_accuracy_of_their_own_fits(tmp_path) -> None:
@@ -122,11 +203,12 @@ def test_dropout_draws_per_member(tmp_path) -> None:
     assert not torch.equal(a["0.weight"], b["0.weight"])
 
 
-def test_a_diverging_member_is_set_aside_and_the_others_train_on(tmp_path) -> None:
-    class Diverging(StudentOnly):
-        def training_losses(self, batch):
-            return {"loss": super().training_losses(batch)["loss"] * math.inf}
+class Diverging(StudentOnly):
+    def training_losses(self, batch):
+        return {"loss": super().training_losses(batch)["loss"] * math.inf}
 
+
+def test_a_diverging_member_is_set_aside_and_the_others_train_on(tmp_path) -> None:
     student = TinyNet().double()
     members = {"ok": StudentOnly(copy.deepcopy(student), NUM_CLASSES), "bad": Diverging(student, NUM_CLASSES)}
     alone = StudentOnly(copy.deepcopy(student), NUM_CLASSES)
@@ -254,3 +336,28 @@ def test_batched_members_train_under_bf16_mixed(tmp_path) -> None:
     trained = batched.member_state_dict("kd_T2_a0.3")["net.0.weight"]
     assert trained.dtype == torch.float32 and not torch.equal(trained, start["net.0.weight"])
     assert all(math.isfinite(acc) for acc, _ in batched.validation_history[-1].values())
+
+
+def test_a_resumed_fit_continues_the_members_history_and_failures(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(6)
+    student = TinyNet()
+
+    def members():
+        return BatchedMembers(
+            {"ok": StudentOnly(copy.deepcopy(student), NUM_CLASSES), "bad": Diverging(student, NUM_CLASSES)}
+        )
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    whole = members()
+    fit(tmp_path / "whole", whole, epochs=3, callbacks=[checkpoints], enable_checkpointing=True)
+    first = sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))
+    assert len(first) == 1 and len(whole.validation_history) == 3
+    resumed = members()
+    L.seed_everything(0, verbose=False)
+    tiny_trainer(tmp_path / "resumed", max_epochs=3).fit(
+        resumed, datamodule=SyntheticDataModule(num_samples=96), ckpt_path=first[0]
+    )
+    assert str(resumed.validation_history) == str(whole.validation_history)  # nan: the diverged member's loss
+    assert resumed.failed == whole.failed and "global step 0" in resumed.failed["bad"]
