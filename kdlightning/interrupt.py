@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
+from typing import Any
 
 __all__ = ["Interrupted", "exit_on_signals", "raise_if_stopped"]
 
@@ -60,13 +61,19 @@ def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]
         if raised:  # already stopping: let the clean-up finish
             return
         received[:] = received or [signum]
-        if _in_finalizer(frame):  # raised in a __del__ it would be ignored (printed) and the command go on
-            threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()  # deliver it again, outside
-            return
         raised.append(True)
         raise Interrupted(received[0])
 
+    def ignored(unraisable: Any) -> None:
+        """Python ignores an exception raised in ``__del__`` or a weakref callback: deliver the stop again, outside."""
+        if not (isinstance(unraisable.exc_value, Interrupted) and received):
+            hook(unraisable)
+            return
+        raised.clear()
+        threading.Timer(0.01, _thread.interrupt_main, args=(received[0],)).start()
+
     previous = {signum: signal.signal(signum, stop) for signum in _SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, ignored
 
     def exit_stopped() -> SystemExit:
         name = signal.Signals(received[0]).name
@@ -82,6 +89,7 @@ def exit_on_signals(command: str, args: Sequence[str], report: Callable[[], str]
         raise exit_stopped() from None
     finally:
         _PENDING.remove(received)
+        sys.unraisablehook = hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:  # a signal whose Interrupted something swallowed: the command was stopped all the same
@@ -101,12 +109,3 @@ def raise_if_stopped() -> None:
     for received in _PENDING:
         if received:
             raise Interrupted(received[0])
-
-
-def _in_finalizer(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an object's ``__del__`` (where Python prints and drops any exception)."""
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,7 +16,7 @@ import kdlightning.data  # noqa: F401  (its datamodules become known by short na
 from kdlightning.callbacks import FitSummary, ModelSummary
 from kdlightning.methods.base import DistillationModule
 
-__all__ = ["HelpFormatter", "KDLightningCLI", "LogConfig"]
+__all__ = ["HelpFormatter", "KDLightningCLI", "LogConfig", "check_ckpt_path"]
 
 _ROLE = re.compile(r":(?:class|meth|func|mod|data|attr|obj):`~?(?:[\w.]+\.)?([\w]+)`")
 _LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
@@ -89,6 +91,13 @@ class KDLightningCLI(LightningCLI):
         kwargs.setdefault("formatter_class", HelpFormatter)
         return super().init_parser(**kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse the arguments; check ``--ckpt_path`` before anything reads it (:func:`check_ckpt_path`)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
     def before_instantiate_classes(self) -> None:
         """Name a W&B run after its config: name, group, job type and tags, unless the config sets them."""
         config = self.config.get(str(self.subcommand), self.config)
@@ -98,6 +107,31 @@ class KDLightningCLI(LightningCLI):
         for key, value in wandb_run_info(config, str(self.subcommand or "fit")).items():
             if not logger.init_args.get(key):
                 logger.init_args[key] = value
+
+
+def check_ckpt_path(ckpt_path: Any) -> None:
+    """Raise a clear error, before anything is built, if ``--ckpt_path`` names a file that is not a checkpoint.
+
+    Lightning's own names (``last``, ``best``, ``hpc``, ``registry...``) and remote paths are left to Lightning.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint (``torch.save`` writes a zip archive; this is truncated or of
+            another kind).
+    """
+    if ckpt_path is None:
+        return
+    text = str(ckpt_path)
+    if text in ("last", "best", "hpc") or text.startswith("registry") or "://" in text:
+        return
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"`--ckpt_path` '{text}' does not exist: give a checkpoint (.ckpt) a run wrote.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"`--ckpt_path` '{text}' is not a checkpoint: a Lightning checkpoint (.ckpt) is the zip archive "
+            "torch.save writes, and this file is not one (it may be truncated or of another kind)."
+        )
 
 
 def wandb_run_info(config: Any, job_type: str) -> dict[str, Any]:

@@ -2,18 +2,24 @@
 
 - :data:`NetworkFactory`: how a pipeline is given a network (in YAML a ``class_path`` with ``init_args``);
 - :func:`digest`: a short, stable key of a configuration (names cached files);
-- :func:`pretrain_once`: a network trained once per configuration, then read back from its file;
+- :func:`pretrain_once`: a network trained once per configuration, then read back from its file
+  (:func:`load_weights`; an unreadable file is trained again);
 - :func:`check_trainer` and :func:`trainer`: the quiet single-device trainer of a pipeline's many short
-  fits, with the settings a user may override (accelerator, precision, ...);
+  fits, with the settings a user may override (accelerator, precision, ...); :func:`check_trainer_for`: the
+  settings a method cannot train with;
+- :func:`check_writable`: an output directory the pipeline can write, before it writes anything;
 - :func:`command_parser` and :func:`from_args`: a pipeline class as a command line (``-c`` configs,
   ``--<argument>`` overrides), with an embedded default config that an explicit ``-c`` replaces.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
+import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,17 +28,20 @@ import lightning as L
 import torch
 from torch import nn
 
-from kdlightning.atomic import atomic_path
+from kdlightning.atomic import UNREADABLE, atomic_path
 from kdlightning.trainers import quiet_trainer
 
 __all__ = [
     "DEFAULTS",
     "NetworkFactory",
     "check_trainer",
+    "check_trainer_for",
+    "check_writable",
     "command_parser",
     "digest",
     "from_args",
     "has_config",
+    "load_weights",
     "pretrain_once",
     "save_weights",
     "trainer",
@@ -63,18 +72,41 @@ def digest(*parts: Any) -> str:
 def pretrain_once(path: str | Path, network: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
     """``network`` with the weights in ``path``, or trained by ``train(network)`` and saved there (atomically).
 
+    A file that cannot be read (:func:`load_weights`) is derived data: the network is trained and the file
+    written over.
+
     Args:
         path: the file of this configuration's pre-trained weights (name it with :func:`digest`).
         network: a fresh network of the configured architecture.
         train: trains ``network`` in place.
     """
     path = Path(path)
-    if path.is_file():
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if path.is_file() and load_weights(path, network):
         return network
     train(network)
     save_weights(path, network)
     return network
+
+
+def load_weights(path: str | Path, network: nn.Module) -> bool:
+    """Load the weights :func:`save_weights` wrote in ``path`` into ``network``; whether it could.
+
+    A file that cannot be read (truncated, garbage, another network's weights) leaves ``network`` as it was and
+    returns False, with a warning that names the file.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        copy.deepcopy(network).load_state_dict(state)  # a failed load may have copied part of the weights
+    except (*UNREADABLE, KeyError, TypeError, AttributeError) as error:
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        warnings.warn(
+            f"Ignoring the pre-trained weights '{path}': they cannot be read ({type(error).__name__}: {problem}). "
+            "The network is trained again and the file written over.",
+            stacklevel=3,
+        )
+        return False
+    network.load_state_dict(state)
+    return True
 
 
 def save_weights(path: str | Path, network: nn.Module) -> None:
@@ -112,6 +144,48 @@ def trainer(
         **kwargs: the pipeline's own defaults for this fit (e.g. ``limit_val_batches=0``); ``settings`` win.
     """
     return quiet_trainer(max_epochs, list(callbacks), **{**kwargs, **dict(settings or {})})
+
+
+def check_trainer_for(model: Any, settings: Mapping[str, Any], where: str) -> None:
+    """Raise ``ValueError`` if ``model`` (built once from the configuration) cannot train with ``settings``.
+
+    Lightning refuses gradient clipping and accumulation for a method that optimizes manually
+    (:class:`~kdlightning.DeepMutualLearning`): found here, before a pipeline trains anything.
+
+    Args:
+        model: the method.
+        settings: the pipeline's ``trainer`` settings.
+        where: the argument that configures the method (``methods.dml``), named in the error.
+    """
+    if getattr(model, "automatic_optimization", True):
+        return
+    refused = {"gradient_clip_val": lambda v: bool(v), "accumulate_grad_batches": lambda v: v not in (None, 1)}
+    for key, is_set in refused.items():
+        if is_set(settings.get(key)):
+            raise ValueError(
+                f"`trainer.{key}: {settings[key]}` cannot apply to `{where}`: {type(model).__name__} optimizes "
+                f"manually, and Lightning supports `{key}` only under automatic optimization. Remove it from "
+                "`trainer`, or leave that method out."
+            )
+
+
+def check_writable(directory: str | Path, argument: str) -> None:
+    """Create ``directory`` if needed and make sure files can be written there, before anything is.
+
+    Raises:
+        OSError: of the kind the file system gave (``PermissionError``, ...), naming ``argument``, the directory
+            and why.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise type(error)(
+            error.errno,
+            f"`{argument}` '{directory}' cannot be written: {error.strerror or error}. Give another `--{argument}`.",
+        ) from error
 
 
 def command_parser(

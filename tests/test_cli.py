@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,24 @@ def test_each_default_config_has_one_copy(shipped: str, packaged: str) -> None:
 
     assert (ROOT / "configs" / shipped).resolve() == (DEFAULTS / packaged).resolve()
     assert (DEFAULTS / packaged).is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"garbage text\n", r"ValueError: `--ckpt_path` '.*bad.ckpt' is not a checkpoint"),
+        (None, r"FileNotFoundError: `--ckpt_path` '.*bad.ckpt' does not exist"),
+    ],
+)
+def test_a_ckpt_path_that_is_no_checkpoint_is_named(content, message, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.ckpt"
+    if content is not None:
+        bad.write_bytes(content)
+    args = ["-c", str(TRAINER), "-c", str(ROOT / "configs" / "digits" / "student_only.yaml")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["test", *args, "--ckpt_path", str(bad)])
+    assert stopped.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 2 and re.match(f"kdl test: {message}", err[0]), err
+    assert "weights_only" not in err[0]

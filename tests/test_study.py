@@ -175,12 +175,67 @@ def test_the_same_seed_gives_the_same_results(tmp_path: Path) -> None:
         ({"scenarios": [IIDPartitioner(), IIDPartitioner()]}, "`scenarios`.*iid"),
         ({"methods": {"kd": partial(VanillaKD, temperature=-1.0)}}, "`temperature`"),
         ({"methods": {"dml": partial(DeepMutualLearning, alpha=2.0)}}, "`alpha`"),
+        (
+            {"tuned_kd": True, "tuning": TuneOptions(grid={"temperature": [0.0, 1.0]})},
+            r"`tuning\.grid\.temperature` must be a finite number > 0, got 0\.0",
+        ),
+        (
+            {"tuned_kd": True, "tuning": TuneOptions(grid={"alpha": [0.5, 1.5]})},
+            r"`tuning\.grid\.alpha` must lie in \[0, 1\]",
+        ),
+        ({"batch_size": 0}, "`batch_size` must be >= 1"),
+        ({"val_fraction": 1.5}, r"`val_fraction` must lie in \(0, 1\)"),
+        ({"trainer": {"gradient_clip_val": 0.5}}, r"`trainer\.gradient_clip_val: 0\.5` cannot apply to `methods\.dml`"),
+        (
+            {"trainer": {"accumulate_grad_batches": 2}},
+            r"`trainer\.accumulate_grad_batches: 2` cannot apply to `methods.dml`",
+        ),
     ],
 )
 def test_bad_studies_fail_before_any_training(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        study(tmp_path, **kwargs)
-    assert not (tmp_path / "pretrained").exists()
+        study(tmp_path / "out", **kwargs).run(progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written: no study.json, no pre-trained network
+
+
+def test_a_text_data_set_is_refused_before_any_training(tmp_path: Path) -> None:
+    from kdlightning.data import HFDataset
+
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,label\n" + "".join(f"sample {i} words,{i % 2}\n" for i in range(40)))
+    dataset = HFDataset("csv", data_files={"train": str(texts)}, input_column="text", test_split=None)
+    with pytest.raises(ValueError, match="`dataset` HFDataset holds text.*tokenizer"):
+        study(tmp_path / "out", dataset=dataset)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_out_is_named_before_anything_is_written(tmp_path: Path) -> None:
+    from kdlightning.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match=r"`out` '.*a-file/study' cannot be written: .*Give another `--out`"):
+        study(blocker / "study", methods={"vanilla_kd": VanillaKD}).run(progress=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["study", "--out", str(blocker / "study"), *QUICK])
+    assert exited.value.code == 1  # one line, no traceback (the message is checked above)
+
+
+def test_a_corrupt_pretrained_network_is_named_and_trained_again(tmp_path: Path) -> None:
+    first = study(tmp_path, methods={"vanilla_kd": VanillaKD}, seeds=[0], scenarios=[IIDPartitioner()])
+    rows = first.run(progress=False)
+    saved = sorted((tmp_path / "pretrained").glob("student-*.pt"))
+    assert len(saved) == 1
+    good = torch.load(saved[0], weights_only=True)
+    data = saved[0].read_bytes()
+    saved[0].write_bytes(data[: len(data) // 2])  # truncated
+    (tmp_path / "results.csv").unlink()  # the runs are redone: they read the pre-trained student again
+    again = study(tmp_path, methods={"vanilla_kd": VanillaKD}, seeds=[0], scenarios=[IIDPartitioner()])
+    with pytest.warns(UserWarning, match=f"Ignoring the pre-trained weights '.*{saved[0].name}'.*trained again"):
+        rerun = again.run(progress=False)
+    retrained = torch.load(saved[0], weights_only=True)  # retrained as it was first trained, and written over
+    assert all(torch.equal(retrained[key], value) for key, value in good.items())
+    assert [r["acc_after"] for r in rerun] == [r["acc_after"] for r in rows]
 
 
 def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, capsys) -> None:
@@ -413,6 +468,8 @@ def test_a_resumed_study_refuses_another_configuration(tmp_path: Path, monkeypat
         ({"dataset": Digits(test_fraction=0.3)}, "`dataset`"),
         ({"methods": {"vanilla_kd": partial(VanillaKD, temperature=2.0)}}, "`methods.vanilla_kd`.*temperature"),
         ({"tuning": TuneOptions(grid={"temperature": [4.0], "alpha": [0.9]})}, "`tuning`.*grid"),
+        ({"trainer": {"gradient_clip_val": 0.1}}, r"`trainer`: absent in .*, \{\"gradient_clip_val\": 0.1\} now"),
+        ({"trainer": {"precision": "bf16-mixed"}}, "`trainer`.*bf16-mixed"),
     ]
     for change, message in changes:
         with pytest.raises(ValueError, match=message) as refused:

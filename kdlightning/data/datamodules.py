@@ -260,6 +260,12 @@ class PartitionedDataModule(ClassificationDataModule):
                 f"`tokenizers` is set but the data set's inputs are not text (dtype {data.train_inputs.dtype}); "
                 "drop `tokenizers`, or choose a text column with `input_column`."
             )
+        if data.is_text and self.collate_fn is None:
+            raise ValueError(
+                "The data set's inputs are text, which a network reads as token ids: set `tokenizers` (one "
+                "tokenizer, one per network role, or a TokenizeCollate), e.g. `class_path: "
+                "kdlightning.hf.load_tokenizer` with the model's directory."
+            )
         if not self.parts:
             self.parts, self.public_index = self.split_pool()
         own_train, own_val = self._train_val(self.partition_id)

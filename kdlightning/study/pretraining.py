@@ -21,7 +21,7 @@ from torch import nn
 from kdlightning.batching import pretrain_together
 from kdlightning.data import PartitionedDataModule, Partitioner
 from kdlightning.methods import StudentOnly
-from kdlightning.pipeline import pretrain_once, save_weights
+from kdlightning.pipeline import load_weights, pretrain_once, save_weights
 
 __all__ = ["ROLES", "PartyPretraining"]
 
@@ -87,8 +87,8 @@ class PartyPretraining:
             pending: dict[Path, tuple[nn.Module, PartitionedDataModule]] = {}
             for scenario, seed in cells:
                 path, network, data = self.pretraining(role, scenario, seed)
-                if not path.is_file():
-                    pending.setdefault(path, (network, data))
+                if path not in pending and not (path.is_file() and load_weights(path, network)):
+                    pending[path] = (network, data)  # not saved yet, or unreadable: trained (again)
             if len(pending) < 2:  # one network is its own fit
                 continue
             parties = {f"{role}{k}": value for k, value in enumerate(pending.values())}

@@ -87,12 +87,6 @@ def _show(value: Any, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _show(value: Any, width: int = 80) -> str:
-    """``value`` in an error message: JSON, shortened to ``width`` characters."""
-    text = "absent" if value is _ABSENT else json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def legacy_record(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], is_failed: Any) -> dict[str, Any]:
     """What results written before ``study.json`` was kept tell of their configuration.
 

@@ -40,7 +40,7 @@ from kdlightning.data import (
 )
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
-from kdlightning.pipeline import NetworkFactory, check_trainer, digest, trainer
+from kdlightning.pipeline import NetworkFactory, check_trainer, check_trainer_for, check_writable, digest, trainer
 from kdlightning.reporting import add_gains, error_line, read_csv
 from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
 from kdlightning.study.parallel import Cell, check_ray, run_cells
@@ -171,7 +171,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         self.student, self.teacher, self.methods = student, teacher, dict(methods)
         self.tuned_kd, self.tuning = tuned_kd, tuning if tuning is not None else TuneOptions()
         if tuned_kd:
-            check_space(self.tuning, VanillaKD)  # a bad search space fails now
+            check_space(self.tuning, VanillaKD, section="tuning")  # a bad search space fails now
         self.dataset = dataset if dataset is not None else Digits()
         self.scenarios = scenarios if scenarios is not None else default_scenarios()
         _check_unique("scenarios", [str(s) for s in self.scenarios], "results name a scenario by this text")
@@ -199,6 +199,13 @@ class Study(TunedCells, PartyPretraining, StudyReports):
             if not 0 <= party < num_parties:
                 raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
         data = self.dataset.data()
+        if data.is_text:
+            raise ValueError(
+                f"`dataset` {type(self.dataset).__name__} holds text, which the study's networks cannot read without "
+                "a tokenizer: `kdl study` takes numeric inputs (images, arrays). Distil on text with `kdl fit` or "
+                "`kdl tune` and their datamodule's `tokenizers`."
+            )
+        self.datamodule(self.scenarios[0], self.seeds[0], student_party)  # bad data settings fail now
         for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
             scenario.partition(data.train_labels, num_parties, self.seeds[0])
         self.configuration = self._configuration(data.num_classes)
@@ -218,6 +225,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
                     model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
                 except ValueError as error:
                     raise ValueError(f"`methods.{name}`: {error}") from error
+                check_trainer_for(model, self.trainer, f"methods.{name}")
                 if member_error(model, like=control) is None:  # trains as the control does: one fit with it
                     self.members.add(name)
                 methods[name] = {
@@ -239,6 +247,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
             },
             **{name: getattr(self, name) for name in ("batch_size", "val_fraction", "control")},
             **({"public_fraction": self.public_fraction} if self.public_fraction else {}),
+            **({"trainer": describe(self.trainer)} if self.trainer else {}),
         }
         return json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read back from the file
 
@@ -392,6 +401,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
             self.seconds["total"] = time.perf_counter() - start
 
     def _run(self, progress: bool) -> list[dict[str, Any]]:
+        check_writable(self.out, "out")
         rows: list[dict[str, Any]] = read_csv(self.out / "results.csv")
         self.check_resume(rows)
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}

@@ -166,12 +166,14 @@ class Param:
     log: bool = False
 
 
-def check_space(options: TuneOptions, method: type) -> dict[str, Param]:
+def check_space(options: TuneOptions, method: type, section: str = "tune") -> dict[str, Param]:
     """The search space of ``options`` for ``method``, by full key, in search order.
 
     Args:
         options: the search.
         method: the method's class, whose float constructor arguments may be searched.
+        section: where the user wrote ``options``, named in the errors: ``tune`` (``kdl tune``) or ``tuning``
+            (a study's tuned KD).
 
     Raises:
         ValueError: an empty grid, an argument ``method`` does not have or that is not a float, a value out
@@ -183,7 +185,7 @@ def check_space(options: TuneOptions, method: type) -> dict[str, Param]:
         keys += [key for key in options.ranges if key not in options.grid]
     if not keys:
         raise ValueError(
-            "`tune.grid` is empty: give at least one argument and its values, e.g. temperature: [1, 2, 4]."
+            f"`{section}.grid` is empty: give at least one argument and its values, e.g. temperature: [1, 2, 4]."
         )
     space: dict[str, Param] = {}
     for key in keys:
@@ -192,25 +194,27 @@ def check_space(options: TuneOptions, method: type) -> dict[str, Param]:
         if name not in floats:
             known = sorted(floats) or "none"
             raise ValueError(
-                f"`tune.{where}` key {key!r}: {method.__name__} has no float argument {name!r} (its float "
+                f"`{section}.{where}` key {name!r}: {method.__name__} has no float argument {name!r} (its float "
                 f"arguments: {known})."
             )
         if key in options.ranges:
             low, high = options.ranges[key]
-            low, high = _check_value(key, name, low, where), _check_value(key, name, high, where)
+            low, high = (_check_value(name, value, f"{section}.{where}") for value in (low, high))
             if not low < high:
-                raise ValueError(f"`tune.ranges` of {key!r} must be [low, high] with low < high, got [{low}, {high}].")
+                raise ValueError(
+                    f"`{section}.ranges` of {name!r} must be [low, high] with low < high, got [{low}, {high}]."
+                )
             log = key in options.log_scale
             if log and low <= 0:
-                raise ValueError(f"`tune.log_scale` needs a positive range for {key!r}, got [{low}, {high}].")
+                raise ValueError(f"`{section}.log_scale` needs a positive range for {name!r}, got [{low}, {high}].")
             space[key] = Param(None, low, high, log)
             continue
         values = options.grid[key]
         if not values:
-            raise ValueError(f"`tune.grid` lists no values for {key!r}.")
-        checked = tuple(_check_value(key, name, value, where) for value in values)
+            raise ValueError(f"`{section}.grid` lists no values for {name!r}.")
+        checked = tuple(_check_value(name, value, f"{section}.{where}") for value in values)
         if len(set(checked)) != len(checked):
-            raise ValueError(f"`tune.grid` lists a value of {key!r} twice: {list(checked)}.")
+            raise ValueError(f"`{section}.grid` lists a value of {name!r} twice: {list(checked)}.")
         space[key] = Param(checked)
     return space
 
@@ -227,16 +231,14 @@ def _full_key(key: str, where: str) -> str:
     return key
 
 
-def _check_value(key: str, name: str, value: Any, where: str) -> float:
+def _check_value(name: str, value: Any, where: str) -> float:
+    """``value`` of argument ``name`` listed in ``where`` (``tune.grid``), as a float in the argument's range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"`tune.{where}` value {value!r} of {key!r} is not a finite number.")
-    try:
-        if name == "alpha" or name.endswith("_alpha"):
-            return check_alpha(value, name=key)
-        if name == "temperature" or name.endswith("_temperature"):
-            return check_temperature(value, name=key)
-    except ValueError as error:
-        raise ValueError(f"`tune.{where}`: {error}") from None
+        raise ValueError(f"`{where}` value {value!r} of {name!r} is not a finite number.")
+    if name == "alpha" or name.endswith("_alpha"):
+        return check_alpha(value, name=f"{where}.{name}")
+    if name == "temperature" or name.endswith("_temperature"):
+        return check_temperature(value, name=f"{where}.{name}")
     return float(value)
 
 

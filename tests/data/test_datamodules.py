@@ -431,3 +431,14 @@ def test_a_declaration_is_trusted_without_probing() -> None:
     check_deterministic_transfer(DigitsDataModule(train_transform=coin))  # declared: not probed
     with pytest.raises(ValueError, match=r"Scale.* is random .*declares deterministic = False"):
         check_deterministic_transfer(DigitsDataModule(train_transform=scale))
+
+
+def test_text_without_tokenizers_is_refused_naming_the_argument(tmp_path: Path) -> None:
+    from kdlightning.data import HFDataset
+
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text,label\n" + "".join(f"sample {i} words,{i % 2}\n" for i in range(40)))
+    dataset = HFDataset("csv", data_files={"train": str(texts)}, input_column="text", test_split=None)
+    data = PartitionedDataModule(dataset=dataset, num_parties=2)
+    with pytest.raises(ValueError, match="inputs are text.*set `tokenizers`"):
+        data.setup("fit")
