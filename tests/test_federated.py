@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -373,6 +374,126 @@ def test_a_bad_strategy_fails_before_any_client_trains(
 ) -> None:
     with pytest.raises(ValueError, match=rf"`strategy.*{message}|{message}.*`strategy"):
         Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "named"),
+    [
+        ({"class_path": "FedProx", "init_args": {"proximal_mu": -1}}, "`strategy.init_args.proximal_mu`"),
+        ({"class_path": "FedProx", "proximal_mu": -0.5}, "`strategy.proximal_mu`"),
+        ({"class_path": "FedProx", "init_args": {"proximal_mu": "strong"}}, "`strategy.init_args.proximal_mu`"),
+    ],
+)
+def test_a_negative_proximal_mu_fails_at_construction_naming_it_and_its_range(
+    strategy: dict, named: str, tmp_path: Path, no_training
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(named) + r" must be a finite number >= 0"):
+        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+    flags = ["--strategy.class_path=FedProx", "--strategy.proximal_mu=-1"]
+    with pytest.raises(ValueError, match=r"`strategy\.proximal_mu` must be a finite number >= 0"):
+        load_federation(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), *flags])
+    assert not (tmp_path / "clients").exists()
+
+
+@pytest.mark.parametrize(
+    ("class_path", "says"),
+    [
+        ("FedNope", "cannot import 'flwr.serverapp.strategy.FedNope'"),
+        ("FedProxx", "Did you mean `FedProx`?"),
+        ("no_such_module.MyStrategy", "cannot import 'no_such_module.MyStrategy'"),
+        ("flwr.server.strategy.FedAvg", "legacy strategies: use `flwr.serverapp.strategy.FedAvg`"),
+        ("Strategy", "is an abstract Flower strategy"),
+        ("torch.nn.Linear", "'torch.nn.Linear' is not a Flower strategy class"),
+        (".FedAvg", "must be a dotted path to a class"),
+    ],
+)
+def test_kdl_federate_names_strategy_and_what_it_allows_for_a_class_that_is_not_one(
+    class_path: str, says: str, tmp_path: Path, capsys, no_training
+) -> None:
+    from kdlightning.cli import main
+
+    config = str(ROOT / "configs" / "federated" / "digits.yaml")
+    with pytest.raises(SystemExit):
+        main(["federate", "-c", config, "--out", str(tmp_path), f"--strategy.class_path={class_path}"])
+    error = capsys.readouterr().err
+    assert error.startswith("kdl federate: ValueError: `strategy.class_path`") and says in error
+    assert "a concrete subclass of `flwr.serverapp.strategy.Strategy`" in error
+    assert "(FedAvg, FedProx, FedAdam, ...)" in error
+    assert not (tmp_path / "clients").exists()
+
+
+def test_a_strategy_that_refuses_its_init_args_fails_at_construction(tmp_path: Path, no_training) -> None:
+    strategy = {"class_path": "FedTrimmedAvg", "init_args": {"beta": 0.7}}
+    with pytest.raises(ValueError, match=r"^`strategy`: FedTrimmedAvg\(\*\*\{'beta': 0\.7\}\) refused .*`beta`"):
+        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+
+
+def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clients_reply_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The strategy sums the clients' float32 models, so their order decides the last bits: it is the clients'."""
+    from flwr.app import Context, RecordDict
+    from flwr.serverapp import Grid
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from kdlightning.federated.apps import client_app_for, fedavg
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # the server's task, as in a run
+        monkeypatch.setattr(TaskIdentity, name, value)
+    federation = Federation(SMALL, num_clients=4, rounds=1, starts=["fresh"], progress=False, out=str(tmp_path))
+    start = federation.global_network().state_dict()
+    generator = torch.Generator().manual_seed(3)
+    trained = [
+        {key: value + torch.randn(value.shape, generator=generator) for key, value in start.items()} for _ in range(4)
+    ]
+    examples = [37, 52, 61, 29]
+
+    def train_client(client: int, state: dict, server_round: int, callbacks=()) -> tuple:
+        return trained[client], examples[client], 0.5
+
+    monkeypatch.setattr(federation, "train_client", train_client)
+    client_app = client_app_for(federation)
+    nodes = {101 + client: client for client in range(4)}
+
+    class Arrival(Grid):
+        """Four connected clients whose ClientApps reply in the order of ``arrival`` (their partition ids)."""
+
+        def __init__(self, arrival: list[int]) -> None:
+            self.arrival = arrival
+
+        def get_node_ids(self) -> list[int]:
+            return list(nodes)
+
+        def send_and_receive(self, messages, *, timeout=None) -> list:
+            replies = {}
+            for message in messages:
+                client = nodes[message.metadata.dst_node_id]
+                config = {"partition-id": client, "num-partitions": 4}
+                context = Context(
+                    run_id=1,
+                    node_id=message.metadata.dst_node_id,
+                    node_config=config,
+                    state=RecordDict(),
+                    run_config={},
+                )
+                replies[client] = client_app(message, context)
+            return [replies[client] for client in self.arrival if client in replies]
+
+        set_run = run = create_message = get_nodes = push_messages = pull_messages = None
+
+    def one_round(arrival: list[int]) -> tuple[dict, float]:
+        losses = []
+
+        def evaluate(server_round: int, state: dict, failures=()) -> float:
+            accuracy, loss = federation.evaluate(state)
+            losses.append(loss)
+            return accuracy
+
+        return fedavg(federation, Arrival(arrival), start, evaluate, timeout=60), losses[-1]
+
+    (model, loss), *others = [one_round(arrival) for arrival in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])]
+    assert [other_loss for _, other_loss in others] == [loss, loss]  # exactly, not approximately
+    assert all(torch.equal(model[key], other[key]) for other, _ in others for key in model)
 
 
 def test_strategies_by_class_path_and_on_the_command_line(tmp_path: Path) -> None:

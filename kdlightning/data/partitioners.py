@@ -40,6 +40,44 @@ _UINT16_LIMIT = 1 << 16
 # Validation
 # ----------------------------------------------------------------------------------------------
 
+_MAX_RETRIES = 100
+"""Redraws :func:`dirichlet` allows by default."""
+
+_ALPHA = " (the Dirichlet concentration of each class's shares over the parties)"
+"""What a partition's ``alpha`` is, said in its errors: not a distillation weight."""
+
+_BETA = " (the Dirichlet concentration of the party sizes)"
+"""What a partition's ``beta`` is, said in its errors."""
+
+
+class _Names:
+    """How a partition's errors name its arguments: as the function's keywords, or as a strategy class's YAML keys.
+
+    Args:
+        owner: the function (``"dirichlet"``) or the class (``"DirichletPartitioner"``) the arguments go to.
+        configured: for a class, its own parameters, which a config gives under ``partitioner``
+            (``partitioner.alpha``); the others (``num_parties``, ``seed``, ``labels``) come from the caller and
+            keep their names. None for a function: every argument is one of its keywords
+            (``dirichlet(alpha=...)``).
+
+    Examples:
+        >>> _Names("dirichlet")("alpha"), _Names("DirichletPartitioner", ("alpha",))("alpha")
+        ('`dirichlet(alpha=...)`', '`partitioner.alpha`')
+    """
+
+    def __init__(self, owner: str, configured: tuple[str, ...] | None = None) -> None:
+        self.owner, self.configured = owner, configured
+
+    def __call__(self, argument: str) -> str:
+        """``argument`` as an error names it on its own."""
+        if self.configured is None:
+            return f"`{self.owner}({argument}=...)`"
+        return f"`{self.key(argument)}`"
+
+    def key(self, argument: str) -> str:
+        """``argument`` as an error names it beside its value (``key=value``)."""
+        return f"partitioner.{argument}" if self.configured and argument in self.configured else argument
+
 
 def _check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
     """Return ``value`` as an ``int`` if it is an integer in ``[low, high]``, else raise ``ValueError``."""
@@ -52,40 +90,43 @@ def _check_int(name: str, value: object, low: int, high: int | None = None, why:
     return number
 
 
-def _check_positive(name: str, value: object) -> float:
-    """Return ``value`` as a ``float`` if it is finite and > 0, else raise ``ValueError``."""
+def _check_positive(name: str, value: object, what: str = "") -> float:
+    """Return ``value`` as a ``float`` if it is finite and > 0, else raise ``ValueError`` (``what`` says what it is)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0{what}, got {value!r}")
     number = float(value)
     if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {number}")
+        raise ValueError(f"{name} must be a finite number > 0{what}, got {number}")
     return number
 
 
-def _check_labels(labels: npt.ArrayLike) -> npt.NDArray[np.integer]:
+def _check_labels(labels: npt.ArrayLike, names: _Names) -> npt.NDArray[np.integer]:
     """Return ``labels`` as a 1-D non-negative integer array, else raise ``ValueError``."""
+    name = names("labels")
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of class ids, got shape {array.shape}")
+        raise ValueError(f"{name} must be a 1-D array of class ids, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError("labels must be non-empty (size >= 1), got an empty array")
+        raise ValueError(f"{name} must be non-empty (size >= 1), got an empty array")
     if array.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class ids (dtype int or uint), got dtype {array.dtype}")
+        raise ValueError(f"{name} must be integer class ids (dtype int or uint), got dtype {array.dtype}")
     if array.dtype.kind == "i" and array.min() < 0:
-        raise ValueError(f"labels must be class ids >= 0, got a minimum of {array.min()}")
+        raise ValueError(f"{name} must be class ids >= 0, got a minimum of {array.min()}")
     if array.dtype == np.uint64:
         # np.bincount refuses uint64; class ids beyond int64 make no sense.
         if array.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"labels must be class ids < 2**63, got a maximum of {array.max()}")
+            raise ValueError(f"{name} must be class ids < 2**63, got a maximum of {array.max()}")
         array = array.astype(np.int64)
     return array
 
 
-def _check_common(labels: npt.ArrayLike, num_parties: object, seed: object) -> tuple[npt.NDArray[np.integer], int]:
+def _check_common(
+    labels: npt.ArrayLike, num_parties: object, seed: object, names: _Names
+) -> tuple[npt.NDArray[np.integer], int]:
     """Validate the arguments every partitioner takes; return the labels and ``num_parties``."""
-    array = _check_labels(labels)
-    _check_int("seed", seed, 0)
-    parties = _check_int("num_parties", num_parties, 1, array.size, " (at most one party per sample)")
+    array = _check_labels(labels, names)
+    _check_int(names("seed"), seed, 0)
+    parties = _check_int(names("num_parties"), num_parties, 1, array.size, " (at most one party per sample)")
     return array, parties
 
 
@@ -214,7 +255,12 @@ def iid(labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         >>> np.array_equal(np.sort(np.concatenate(parts)), np.arange(10))
         True
     """
-    array, parties = _check_common(labels, num_parties, seed)
+    return _iid(labels, num_parties, seed, _Names("iid"))
+
+
+def _iid(labels: npt.ArrayLike, num_parties: int, seed: int, names: _Names) -> list[IndexArray]:
+    """:func:`iid`, its errors naming the arguments by ``names``."""
+    array, parties = _check_common(labels, num_parties, seed, names)
     base, extra = divmod(array.size, parties)
     sizes = np.full(parties, base, dtype=np.int64)
     sizes[:extra] += 1
@@ -227,7 +273,7 @@ def dirichlet(
     alpha: float,
     seed: int,
     min_size: int = 1,
-    max_retries: int = 100,
+    max_retries: int = _MAX_RETRIES,
 ) -> list[IndexArray]:
     r"""Split each class across parties by Dirichlet(alpha) shares (label-distribution skew).
 
@@ -266,14 +312,27 @@ def dirichlet(
         >>> np.array_equal(np.sort(np.concatenate(parts)), np.arange(200))
         True
     """
-    array, parties = _check_common(labels, num_parties, seed)
-    concentration = _check_positive("alpha", alpha)
-    smallest = _check_int("min_size", min_size, 0)
-    retries = _check_int("max_retries", max_retries, 0)
+    return _dirichlet(labels, num_parties, alpha, seed, min_size, max_retries, _Names("dirichlet"))
+
+
+def _dirichlet(
+    labels: npt.ArrayLike,
+    num_parties: int,
+    alpha: float,
+    seed: int,
+    min_size: int,
+    max_retries: int,
+    names: _Names,
+) -> list[IndexArray]:
+    """:func:`dirichlet`, its errors naming the arguments by ``names``."""
+    array, parties = _check_common(labels, num_parties, seed, names)
+    concentration = _check_positive(names("alpha"), alpha, _ALPHA)
+    smallest = _check_int(names("min_size"), min_size, 0)
+    retries = _check_int(names("max_retries"), max_retries, 0)
     if parties * smallest > array.size:
         raise ValueError(
-            f"min_size must be in [0, N // num_parties = {array.size // parties}] for N={array.size} samples and "
-            f"num_parties={parties}, got {smallest}"
+            f"{names('min_size')} must be in [0, N // num_parties = {array.size // parties}] for N={array.size} "
+            f"samples and {names.key('num_parties')}={parties}, got {smallest}"
         )
     rng = np.random.default_rng(seed)
     dense, class_sizes, _ = _dense(array)  # (N,), (C,)
@@ -287,10 +346,12 @@ def dirichlet(
         if best_sizes is None or sizes.min() > best_sizes.min():
             best_sizes = sizes
     assert best_sizes is not None
+    alpha_, min_size_, parties_ = names.key("alpha"), names.key("min_size"), names.key("num_parties")
+    redraws = " or raise max_retries" if names.configured is None else ""  # a strategy class keeps the default
     raise ValueError(
-        f"dirichlet: no draw in {retries + 1} gave every party at least min_size={smallest} samples with "
-        f"alpha={concentration} and num_parties={parties} (N={array.size}); the best draw's smallest party sizes "
-        f"were {np.sort(best_sizes)[:5].tolist()}. Raise alpha, lower min_size or num_parties, or raise max_retries."
+        f"{names.owner}: no draw in {retries + 1} gave every party at least {min_size_}={smallest} samples with "
+        f"{alpha_}={concentration} and {parties_}={parties} (N={array.size}); the best draw's smallest party sizes "
+        f"were {np.sort(best_sizes)[:5].tolist()}. Raise {alpha_}, lower {min_size_} or {parties_}{redraws}."
     )
 
 
@@ -330,14 +391,22 @@ def label_skew(labels: npt.ArrayLike, num_parties: int, classes_per_party: int, 
         >>> np.array_equal(np.sort(np.concatenate(parts)), np.arange(100))
         True
     """
-    array, parties = _check_common(labels, num_parties, seed)
+    return _label_skew(labels, num_parties, classes_per_party, seed, _Names("label_skew"))
+
+
+def _label_skew(
+    labels: npt.ArrayLike, num_parties: int, classes_per_party: int, seed: int, names: _Names
+) -> list[IndexArray]:
+    """:func:`label_skew`, its errors naming the arguments by ``names``."""
+    array, parties = _check_common(labels, num_parties, seed, names)
     dense, sizes, present = _dense(array)  # (N,), (C,), (C,)
     num_classes = present.size
-    k = _check_int("classes_per_party", classes_per_party, 1, num_classes, " (the number of classes in labels)")
+    k = _check_int(names("classes_per_party"), classes_per_party, 1, num_classes, " (the number of classes in labels)")
+    parties_, per_party = names.key("num_parties"), names.key("classes_per_party")
     if parties * k < num_classes:
         raise ValueError(
-            f"num_parties * classes_per_party must be >= the number of classes ({num_classes}) so that every class "
-            f"is held by some party, got num_parties={parties} * classes_per_party={k} = {parties * k}"
+            f"{names.owner}: {parties_} * {per_party} must be >= the number of classes ({num_classes}) so that "
+            f"every class is held by some party, got {parties_}={parties} * {per_party}={k} = {parties * k}"
         )
     rng = np.random.default_rng(seed)
     # Random keys pick each party's classes; forced classes get key -1 so they are picked first.
@@ -353,8 +422,8 @@ def label_skew(labels: npt.ArrayLike, num_parties: int, classes_per_party: int, 
     if short.size:
         c = short[0]
         raise ValueError(
-            f"label_skew: class {present[c]} has {sizes[c]} samples but is held by {holders[c]} parties; lower "
-            f"num_parties={parties} or classes_per_party={k} so that every holder gets at least one sample"
+            f"{names.owner}: class {present[c]} has {sizes[c]} samples but is held by {holders[c]} parties; lower "
+            f"{parties_}={parties} or {per_party}={k} so that every holder gets at least one sample"
         )
     # Even split of each class among its holders: the r-th holder gets one extra while r < N_c % m_c.
     rank = np.cumsum(held, axis=0) - 1  # (P, C), the party's rank among the class's holders
@@ -390,8 +459,13 @@ def quantity_skew(labels: npt.ArrayLike, num_parties: int, beta: float, seed: in
         >>> sum(len(part) for part in parts), min(len(part) for part in parts) >= 1
         (1000, True)
     """
-    array, parties = _check_common(labels, num_parties, seed)
-    concentration = _check_positive("beta", beta)
+    return _quantity_skew(labels, num_parties, beta, seed, _Names("quantity_skew"))
+
+
+def _quantity_skew(labels: npt.ArrayLike, num_parties: int, beta: float, seed: int, names: _Names) -> list[IndexArray]:
+    """:func:`quantity_skew`, its errors naming the arguments by ``names``."""
+    array, parties = _check_common(labels, num_parties, seed, names)
+    concentration = _check_positive(names("beta"), beta, _BETA)
     rng = np.random.default_rng(seed)
     shares = rng.dirichlet(np.full(parties, concentration))[None, :]  # (1, P)
     sizes = 1 + _split_counts(np.array([array.size - parties], dtype=np.int64), shares)[0]  # (P,)
@@ -427,11 +501,12 @@ def partition_stats(
         array([[1, 1, 0],
                [1, 0, 3]])
     """
-    array = _check_labels(labels)
+    names = _Names("partition_stats")
+    array = _check_labels(labels, names)
     top = int(array.max())
-    classes = top + 1 if num_classes is None else _check_int("num_classes", num_classes, top + 1)
+    classes = top + 1 if num_classes is None else _check_int(names("num_classes"), num_classes, top + 1)
     if len(parts) == 0:
-        raise ValueError("parts must hold at least 1 index array, got an empty list")
+        raise ValueError(f"{names('parts')} must hold at least 1 index array, got an empty list")
     lengths = np.array([len(part) for part in parts], dtype=np.int64)
     indices = np.concatenate([np.asarray(part, dtype=np.int64).ravel() for part in parts])
     party = np.repeat(np.arange(len(parts), dtype=np.int64), lengths)

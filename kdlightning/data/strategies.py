@@ -11,13 +11,17 @@ from abc import ABC, abstractmethod
 import numpy.typing as npt
 
 from kdlightning.data.partitioners import (
+    _ALPHA,
+    _BETA,
+    _MAX_RETRIES,
     IndexArray,
     _check_int,
     _check_positive,
-    dirichlet,
-    iid,
-    label_skew,
-    quantity_skew,
+    _dirichlet,
+    _iid,
+    _label_skew,
+    _Names,
+    _quantity_skew,
 )
 
 __all__ = [
@@ -33,7 +37,8 @@ class Partitioner(ABC):
     """A partition strategy with its parameters, for a YAML ``class_path``.
 
     Subclasses validate their parameters in ``__init__`` and implement :meth:`partition` by calling
-    one of the functions of :mod:`kdlightning.data.partitioners`.
+    one of the functions of :mod:`kdlightning.data.partitioners`. Their errors name their own parameters as a
+    config gives them, under ``partitioner`` (``partitioner.alpha``): a partition's ``alpha`` is not KD's.
     """
 
     @property
@@ -77,7 +82,7 @@ class IIDPartitioner(Partitioner):
 
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`iid`."""
-        return iid(labels, num_parties, seed)
+        return _iid(labels, num_parties, seed, _Names(type(self).__name__, ()))
 
 
 class DirichletPartitioner(Partitioner):
@@ -97,8 +102,13 @@ class DirichletPartitioner(Partitioner):
     """
 
     def __init__(self, alpha: float, min_size: int = 1) -> None:
-        self.alpha = _check_positive("alpha", alpha)
-        self.min_size = _check_int("min_size", min_size, 0)
+        names = self._names()
+        self.alpha = _check_positive(names("alpha"), alpha, _ALPHA)
+        self.min_size = _check_int(names("min_size"), min_size, 0)
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("alpha", "min_size"))
 
     @property
     def name(self) -> str:
@@ -108,7 +118,7 @@ class DirichletPartitioner(Partitioner):
 
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`dirichlet`."""
-        return dirichlet(labels, num_parties, self.alpha, seed, min_size=self.min_size)
+        return _dirichlet(labels, num_parties, self.alpha, seed, self.min_size, _MAX_RETRIES, self._names())
 
 
 class LabelSkewPartitioner(Partitioner):
@@ -124,7 +134,11 @@ class LabelSkewPartitioner(Partitioner):
     """
 
     def __init__(self, classes_per_party: int) -> None:
-        self.classes_per_party = _check_int("classes_per_party", classes_per_party, 1)
+        self.classes_per_party = _check_int(self._names()("classes_per_party"), classes_per_party, 1)
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("classes_per_party",))
 
     @property
     def name(self) -> str:
@@ -133,7 +147,7 @@ class LabelSkewPartitioner(Partitioner):
 
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`label_skew`."""
-        return label_skew(labels, num_parties, self.classes_per_party, seed)
+        return _label_skew(labels, num_parties, self.classes_per_party, seed, self._names())
 
 
 class QuantitySkewPartitioner(Partitioner):
@@ -148,7 +162,11 @@ class QuantitySkewPartitioner(Partitioner):
     """
 
     def __init__(self, beta: float) -> None:
-        self.beta = _check_positive("beta", beta)
+        self.beta = _check_positive(self._names()("beta"), beta, _BETA)
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("beta",))
 
     @property
     def name(self) -> str:
@@ -157,4 +175,4 @@ class QuantitySkewPartitioner(Partitioner):
 
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`quantity_skew`."""
-        return quantity_skew(labels, num_parties, self.beta, seed)
+        return _quantity_skew(labels, num_parties, self.beta, seed, self._names())

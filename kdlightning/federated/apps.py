@@ -7,7 +7,8 @@ Flower) on Flower: the apps, the server loop (:func:`serve`, :func:`fedavg`), th
 - The **ClientApp** answers two messages. ``query``: send the client's pre-trained model (pre-training it
   on its partition first if it is not cached) and its number of training examples. ``train``: train the
   received global model for ``local_epochs`` with Lightning on the client's partition and send it back
-  with its number of examples, FedAvg's weight.
+  with its number of examples, FedAvg's weight. Every reply names the client (its ``partition-id``): the
+  server hands a round's replies to the strategy in client order, whatever order they arrive in.
 - The **ServerApp** collects the clients' models (one round), builds the starts and runs the federation's
   Flower strategy (``FedAvg`` by default) from each, testing the global model on the global test set after
   every round (:func:`serve`). A client that fails in a round is counted in that round's row (``failures``,
@@ -98,9 +99,23 @@ def _resolve(federation: Federation | None, context: Context) -> Federation:
     return _federation_from(str(run["kdl-config"]), str(run.get("kdl-out", "runs/federated")))
 
 
-def _reply(message: Message, state: dict[str, Tensor], metrics: dict[str, float]) -> Message:
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+def _reply(message: Message, state: dict[str, Tensor], metrics: dict[str, float], client: int) -> Message:
+    """The reply of client ``client``: its model, its metrics and, apart from the metrics, its ``partition-id``."""
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord(metrics),
+            "client": ConfigRecord({"partition-id": client}),
+        }
+    )
     return Message(content, reply_to=message)
+
+
+def _client_order(reply: Message) -> tuple[int, int, int]:
+    """Sort key of a training reply: the clients' in client order (``partition-id``), then the others by node."""
+    if reply.has_error() or "client" not in reply.content.config_records:
+        return (1, 0, reply.metadata.src_node_id)
+    return (0, int(reply.content.config_records["client"]["partition-id"]), reply.metadata.src_node_id)
 
 
 def client_app_for(federation: Federation | None = None) -> ClientApp:
@@ -113,7 +128,7 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
         client = _partition(fed, context)
         with quiet():
             state, examples = fed.pretrained_client(client)
-        return _reply(message, state, {"num-examples": examples, "partition-id": client})
+        return _reply(message, state, {"num-examples": examples, "partition-id": client}, client)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -125,7 +140,7 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
         mu = float(config.get("proximal-mu", 0.0))  # FedProx's strategy sends it
         with quiet():
             trained, examples, loss = fed.train_client(client, state, server_round, [Proximal(mu)] if mu else [])
-        return _reply(message, trained, {"num-examples": examples, "train_loss": loss})
+        return _reply(message, trained, {"num-examples": examples, "train_loss": loss}, client)
 
     return app
 
@@ -200,6 +215,10 @@ class RoundFailures(Grid):
     within the timeout. A round in which every sampled client failed raises ``RuntimeError`` naming the round
     and ``start``: the strategy would keep the previous global model and count the round as run.
 
+    A training round's replies reach the strategy in client order (the ``partition-id`` each client sends),
+    whatever order they arrive in: the strategy sums the clients' float32 models in that order, so the
+    global model (to the last bit) and its test loss do not depend on which client finished first.
+
     Args:
         grid: the grid of the connected clients.
         start: the start being run, named in the error.
@@ -242,11 +261,15 @@ class RoundFailures(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Send ``messages`` and wait for the replies; a training round's failures are noted (see the class)."""
+        """Send ``messages`` and wait for the replies: a training round's in client order, its failures noted.
+
+        See the class.
+        """
         messages = list(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         if not any(message.metadata.message_type == MessageType.TRAIN for message in messages):
             return replies
+        replies.sort(key=_client_order)
         server_round = len(self.failures) + 1  # the strategy sends one training message set per round
         errors = [reply.error.reason or f"error code {reply.error.code}" for reply in replies if reply.has_error()]
         waited = "" if timeout is None else f" within {timeout:.0f} s"

@@ -121,9 +121,10 @@ class Federation(FederationRecords):
         out: directory of the results, the clients' pre-trained models and the teacher cache.
         strategy: the server's Flower strategy, ``{class_path: ..., init_args: {...}}``; None for ``FedAvg``. A
             class name alone is one of ``flwr.serverapp.strategy`` (``FedProx``, ``FedAdam``, ...). The federation
-            sets the sampling (``fraction_train``, ``min_*_nodes``) itself; ``FedProx``'s ``proximal_mu`` adds its
-            proximal term to every client's local training. Checked when the federation is built. On the command
-            line: ``--strategy.class_path=FedProx --strategy.proximal_mu=0.1``.
+            sets the sampling (``fraction_train``, ``min_*_nodes``) itself; ``FedProx``'s ``proximal_mu`` (``>= 0``)
+            adds its proximal term to every client's local training. Built once when the federation is built, so a
+            bad class path or argument fails before any client trains. On the command line:
+            ``--strategy.class_path=FedProx --strategy.proximal_mu=0.1``.
         progress: show a progress bar over starts x rounds (only on a terminal).
         logger: log each start's test accuracy and loss per round to Weights & Biases: True, or the
             ``lightning.pytorch.loggers.WandbLogger`` arguments (``project``, ``group``, ``mode``, ...). One run per
@@ -201,7 +202,7 @@ class Federation(FederationRecords):
         self.trainer = pipeline.check_trainer(trainer)
         self.out = Path(out)
         self.strategy = strategy_spec(strategy)
-        self.strategy_class()  # a bad class path or argument fails now, before any client trains
+        self.server_strategy()  # a bad class path or argument fails now, before any client trains
         if logger is not False and importlib.util.find_spec("wandb") is None:
             raise ValueError("`logger` needs `wandb` (pip install wandb), or `logger: false`.")
         self.progress, self.logger = progress, logger

@@ -8,16 +8,26 @@ a failed client's error.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import logging
+import math
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SAMPLING", "STRATEGIES", "error_line", "server_strategy", "strategy_class", "strategy_spec"]
+__all__ = ["ALLOWED", "SAMPLING", "STRATEGIES", "error_line", "server_strategy", "strategy_class", "strategy_spec"]
 
 STRATEGIES = "flwr.serverapp.strategy"
 """Where a ``strategy`` class name without a module is found: Flower's server strategies."""
+
+ALLOWED = (
+    "`strategy` takes a concrete subclass of `flwr.serverapp.strategy.Strategy`: a class name of "
+    "`flwr.serverapp.strategy` (FedAvg, FedProx, FedAdam, ...) or a full path (`my_package.MyStrategy`)."
+)
+"""What ``strategy.class_path`` allows, said in its errors."""
 
 SAMPLING = ("fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
 """Strategy arguments the federation sets itself (from ``fraction_train`` and ``num_clients``)."""
@@ -40,6 +50,9 @@ def strategy_spec(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
     loose = {key: value for key, value in strategy.items() if key not in ("class_path", "init_args")}
     if set(loose) & set(init_args):
         raise ValueError(f"`strategy` gives {sorted(set(loose) & set(init_args))} twice, in and beside `init_args`.")
+    for given, where in ((init_args, "strategy.init_args"), (loose, "strategy")):
+        if "proximal_mu" in given:
+            _check_proximal_mu(given["proximal_mu"], f"{where}.proximal_mu")
     init_args = {**init_args, **loose}
     owned = sorted(set(init_args) & set(SAMPLING))
     if owned:
@@ -47,24 +60,65 @@ def strategy_spec(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
             f"`strategy.init_args` sets {owned}: the federation samples clients itself (set `fraction_train`)."
         )
     path = class_path if "." in class_path else f"{STRATEGIES}.{class_path}"
+    if not all(part.isidentifier() for part in path.split(".")):
+        raise ValueError(f"`strategy.class_path` must be a dotted path to a class, got {class_path!r}. {ALLOWED}")
     return {"class_path": path, "init_args": dict(init_args)}
 
 
+def _check_proximal_mu(value: Any, where: str) -> None:
+    """Refuse a FedProx proximal weight that is not a finite number ``>= 0``, naming it as ``where``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`{where}` must be a finite number >= 0 (the weight of FedProx's proximal term; 0 is FedAvg), "
+            f"got {value!r}."
+        )
+
+
 def strategy_class(spec: Mapping[str, Any]) -> type:
-    """The class of ``spec`` (:func:`strategy_spec`'s), checked to be a Flower strategy taking its ``init_args``."""
+    """The class of ``spec`` (:func:`strategy_spec`'s), checked to be a Flower strategy taking its ``init_args``.
+
+    Raises:
+        ValueError: naming ``strategy`` and what it allows, if the class cannot be imported, is not a concrete
+            ``flwr.serverapp.strategy.Strategy`` subclass, or does not take the ``init_args``.
+    """
     path, init_args = spec["class_path"], spec["init_args"]
     module, _, name = path.rpartition(".")
+    cls, problem = None, ""
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"`strategy`: cannot import {path!r} ({error}).") from error
-    if not isinstance(cls, type) or not all(callable(getattr(cls, m, None)) for m in ("start", "aggregate_train")):
-        raise ValueError(f"`strategy` must name a Flower strategy class, got {path!r}.")
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError as error:
+        problem = f"{type(error).__name__}: {error}"
+    if cls is None:  # raised here, outside the handler, so the error a user sees is this one
+        why = problem or f"{module} has no {name!r}"
+        raise ValueError(f"`strategy.class_path`: cannot import {path!r} ({why}).{_suggestion(path)} {ALLOWED}")
+    from flwr.serverapp.strategy import Strategy
+
+    if not isinstance(cls, type) or not issubclass(cls, Strategy):
+        legacy = (
+            f" `flwr.server.strategy` holds Flower's legacy strategies: use `{STRATEGIES}.{name}`."
+            if path.startswith("flwr.server.strategy.")
+            else ""
+        )
+        raise ValueError(f"`strategy.class_path` {path!r} is not a Flower strategy class.{legacy} {ALLOWED}")
+    if inspect.isabstract(cls):
+        raise ValueError(f"`strategy.class_path` {path!r} is an abstract Flower strategy. {ALLOWED}")
     try:
         inspect.signature(cls).bind(**init_args)
     except TypeError as error:
-        raise ValueError(f"`strategy`: {name} does not take init_args {init_args} ({error}).") from error
+        problem = str(error)
+    if problem:
+        raise ValueError(f"`strategy`: {name} does not take init_args {init_args} ({problem}).")
     return cls
+
+
+def _suggestion(path: str) -> str:
+    """`` Did you mean `FedProx`?`` for a misspelt strategy of :data:`STRATEGIES`, else ``""``."""
+    module, _, name = path.rpartition(".")
+    if module != STRATEGIES:
+        return ""
+    strategies = importlib.import_module(STRATEGIES)
+    close = difflib.get_close_matches(name, getattr(strategies, "__all__", []), n=1)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients: int) -> Any:
@@ -84,7 +138,17 @@ def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients:
     parameters = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         sampling = {key: value for key, value in sampling.items() if key in parameters}
-    return cls(**sampling, **spec["init_args"])
+    flower = logging.getLogger("flwr")
+    level = flower.level
+    flower.setLevel(max(level, logging.ERROR))  # FedAvg's notice that the clients do not evaluate is intended
+    problem = ""
+    try:
+        return cls(**sampling, **spec["init_args"])
+    except (TypeError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    finally:
+        flower.setLevel(level)
+    raise ValueError(f"`strategy`: {cls.__name__}(**{spec['init_args']}) refused its init_args ({problem}).")
 
 
 def error_line(reason: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -355,12 +356,56 @@ def test_bad_input_raises_value_error_naming_the_argument(call: Callable[[], obj
 
 
 def test_error_messages_give_the_allowed_range() -> None:
-    with pytest.raises(ValueError, match=r"num_parties must be an integer \[1, 100\]"):
+    with pytest.raises(ValueError, match=r"`iid\(num_parties=\.\.\.\)` must be an integer \[1, 100\]"):
         iid(LABELS, 0, 0)
-    with pytest.raises(ValueError, match=r"classes_per_party must be an integer \[1, 10\]"):
+    with pytest.raises(ValueError, match=r"`label_skew\(classes_per_party=\.\.\.\)` must be an integer \[1, 10\]"):
         label_skew(LABELS, 5, 11, 0)
-    with pytest.raises(ValueError, match=r"alpha must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"`partitioner\.alpha` must be a finite number > 0"):
         DirichletPartitioner(alpha=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda: DirichletPartitioner(alpha=0), "`partitioner.alpha` must be a finite number > 0 (the Dirichlet"),
+        (lambda: DirichletPartitioner(alpha=0.5, min_size=-1), "`partitioner.min_size` must be an integer >= 0"),
+        (lambda: QuantitySkewPartitioner(beta=0), "`partitioner.beta` must be a finite number > 0 (the Dirichlet"),
+        (lambda: LabelSkewPartitioner(classes_per_party=0), "`partitioner.classes_per_party` must be an integer >= 1"),
+        (
+            lambda: LabelSkewPartitioner(classes_per_party=11).partition(LABELS, 5, 0),
+            "`partitioner.classes_per_party` must be an integer [1, 10]",
+        ),
+        (
+            lambda: LabelSkewPartitioner(classes_per_party=2).partition(LABELS, 4, 0),
+            "num_parties * partitioner.classes_per_party must be >=",
+        ),
+        (
+            lambda: DirichletPartitioner(alpha=0.5, min_size=21).partition(LABELS, 5, 0),
+            "`partitioner.min_size` must be in [0, N // num_parties = 20]",
+        ),
+        (lambda: IIDPartitioner().partition(LABELS, 0, 0), "`num_parties` must be an integer [1, 100]"),
+        (lambda: dirichlet(LABELS, 5, 0.0, 0), "`dirichlet(alpha=...)` must be a finite number > 0 (the Dirichlet"),
+        (lambda: dirichlet(LABELS, 5, 0.5, 0, min_size=-1), "`dirichlet(min_size=...)` must be an integer >= 0"),
+        (lambda: quantity_skew(LABELS, 5, 0.0, 0), "`quantity_skew(beta=...)` must be a finite number > 0"),
+        (lambda: label_skew(LABELS, 5, 0, 0), "`label_skew(classes_per_party=...)` must be an integer [1, 10]"),
+        (lambda: quantity_skew(LABELS, 0, 0.5, 0), "`quantity_skew(num_parties=...)` must be an integer [1, 100]"),
+        (lambda: iid(LABELS, 5, -1), "`iid(seed=...)` must be an integer >= 0"),
+        (lambda: partition_stats(LABELS, []), "`partition_stats(parts=...)` must hold"),
+    ],
+)
+def test_errors_name_a_partitions_arguments_as_the_user_gives_them(call: Callable[[], object], named: str) -> None:
+    """A partition's ``alpha`` is not KD's: a strategy class names its own parameters as a config gives them
+    (``partitioner.alpha``), a function names its keywords (``dirichlet(alpha=...)``)."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        call()
+
+
+def test_a_strategy_classs_failed_redraws_name_its_config_keys() -> None:
+    with pytest.raises(ValueError, match=r"^DirichletPartitioner: no draw in 101 .* partitioner\.min_size=30") as info:
+        DirichletPartitioner(alpha=0.01, min_size=30).partition(make_labels(1000), 30, 0)
+    assert "partitioner.alpha=0.01" in str(info.value) and "max_retries" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^dirichlet: .*or raise max_retries\.$"):
+        dirichlet(make_labels(1000), 30, 0.01, seed=0, min_size=30)
 
 
 # --------------------------------------------------------------------------------------------
