@@ -12,6 +12,11 @@ repetitions, so every statistic here is taken over seeds.
   :func:`bootstrap_average_improvement` averages it over scenarios.
 - :func:`rank`: methods ordered by mean, with neighbours whose intervals overlap marked as no clear
   difference.
+
+An interval is evidence only where it rests on at least :data:`MIN_SEEDS` seeds and has some spread
+(:attr:`Interval.why_not_evidence`): two seeds give a t-interval whose width rests on a single degree of freedom,
+and identical values give one of no width, which says nothing about the spread over seeds. Such an interval never
+excludes 0 and never tells two methods apart.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy.typing as npt
 from scipy import stats as scipy_stats
 
 __all__ = [
+    "MIN_SEEDS",
     "Interval",
     "PairedDifference",
     "Ranked",
@@ -37,6 +43,12 @@ __all__ = [
     "paired_difference",
     "rank",
 ]
+
+MIN_SEEDS = 3
+"""The fewest values (seeds) an interval must rest on to count as evidence."""
+
+NO_SPREAD = 1e-9
+"""An interval narrower than this, relative to its mean (at least 1), has no spread: its values were all alike."""
 
 Values = npt.ArrayLike
 """Per-seed values: a sequence of numbers (strings of numbers too, as read from a CSV file)."""
@@ -74,12 +86,41 @@ class Interval:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
     @property
+    def why_not_evidence(self) -> str:
+        """Why the interval is no evidence, in words; ``""`` where it is.
+
+        An interval is evidence where it rests on at least :data:`MIN_SEEDS` values and has some spread.
+
+        Examples:
+            >>> Interval(2.0, math.nan, math.nan, 1).why_not_evidence
+            'one seed: no interval'
+            >>> Interval(2.0, 1.0, 3.0, 2).why_not_evidence
+            '2 seeds: too few for an interval'
+            >>> Interval(2.0, 2.0, 2.0, 5).why_not_evidence
+            'no spread across seeds: not evidence'
+            >>> Interval(2.0, 1.0, 3.0, 3).why_not_evidence
+            ''
+        """
+        if not self.has_bounds:
+            return "one seed: no interval" if self.n <= 1 else "no interval"
+        if self.n < MIN_SEEDS:
+            return f"{self.n} seeds: too few for an interval"
+        if self.high - self.low <= NO_SPREAD * max(1.0, abs(self.mean)):
+            return "no spread across seeds: not evidence"
+        return ""
+
+    @property
+    def is_evidence(self) -> bool:
+        """Whether the interval is evidence: from at least :data:`MIN_SEEDS` values, with some spread."""
+        return not self.why_not_evidence
+
+    @property
     def excludes_zero(self) -> bool:
         """Whether 0 lies outside ``[low, high]``: the estimate is clearly positive or clearly negative.
 
-        False without an interval.
+        False where the interval is no evidence (:attr:`why_not_evidence`).
         """
-        return self.has_bounds and (self.low > 0 or self.high < 0)
+        return self.is_evidence and (self.low > 0 or self.high < 0)
 
     def overlaps(self, other: Interval) -> bool:
         """Whether the two intervals share a point; True where either has no interval (nothing tells them apart)."""
@@ -130,9 +171,9 @@ class Ranked:
     """Its interval."""
     group: int
     """1 for the first method; one more than the previous method's where this one is clearly below it (their
-    intervals do not overlap), the same group where there is no clear difference."""
+    intervals do not overlap, and both are evidence), the same group where there is no clear difference."""
     clearly_ahead_of_next: bool | None
-    """Whether its interval lies wholly above the next method's; None for the last."""
+    """Whether its interval lies wholly above the next method's, both being evidence; None for the last."""
 
 
 def _check_confidence(confidence: float) -> float:
@@ -341,7 +382,9 @@ def bootstrap_average_improvement(
 
     Scenarios are independent (their own partitions and students), so each one's seeds are resampled on their
     own, from a child of ``np.random.SeedSequence(seed)``; every resample averages the scenarios' resampled
-    figures. Without an interval (nan bounds) where a scenario has a single seed.
+    figures. The average of a single scenario is that scenario's figure, with the very interval
+    :func:`bootstrap_relative_improvement` gives it (the same ``seed``). Without an interval (nan bounds) where a
+    scenario has a single seed.
 
     Args:
         scenarios: per scenario, ``(tuned, untuned)`` as :func:`bootstrap_relative_improvement` takes them.
@@ -370,6 +413,9 @@ def bootstrap_average_improvement(
         raise ValueError("`scenarios` must hold at least one scenario.")
     if average not in ("mean", "median"):
         raise ValueError(f"`average` must be 'mean' or 'median', got {average!r}.")
+    if len(scenarios) == 1:
+        alone = bootstrap_relative_improvement(*scenarios[0], n_resamples, confidence, seed)
+        return Interval(alone.mean, alone.low, alone.high, 1)
     reduce = np.mean if average == "mean" else np.median
     children = np.random.SeedSequence(seed).spawn(len(scenarios))
     results = [
@@ -386,7 +432,8 @@ def bootstrap_average_improvement(
 def rank(intervals: Mapping[str, Interval]) -> list[Ranked]:
     """Order methods by mean, highest first, and mark which neighbours are told apart.
 
-    Two neighbours are *clearly* apart where their intervals do not overlap; where they overlap there is no clear
+    Two neighbours are *clearly* apart where their intervals do not overlap and both are evidence (at least
+    :data:`MIN_SEEDS` seeds, some spread: :attr:`Interval.why_not_evidence`); otherwise there is no clear
     difference, and they share a :attr:`Ranked.group`. Groups chain along neighbours: with ``A ≈ B`` and
     ``B ≈ C``, all three share a group even where ``A``'s and ``C``'s intervals do not overlap. Overlap is a
     cautious reading: two 95% intervals that do not overlap mean a difference at well below the 5% level, but
@@ -409,12 +456,15 @@ def rank(intervals: Mapping[str, Interval]) -> list[Ranked]:
         name, interval = item
         return (math.isnan(interval.mean), 0.0 if math.isnan(interval.mean) else -interval.mean, name)
 
+    def apart(upper: Interval, lower: Interval) -> bool:
+        return upper.is_evidence and lower.is_evidence and not upper.overlaps(lower)
+
     ordered = sorted(intervals.items(), key=order)
     ranked: list[Ranked] = []
     group = 1
     for index, (name, interval) in enumerate(ordered):
-        if index and not ordered[index - 1][1].overlaps(interval):
+        if index and apart(ordered[index - 1][1], interval):
             group += 1
-        ahead = None if index == len(ordered) - 1 else not interval.overlaps(ordered[index + 1][1])
+        ahead = None if index == len(ordered) - 1 else apart(interval, ordered[index + 1][1])
         ranked.append(Ranked(name, interval, group, ahead))
     return ranked

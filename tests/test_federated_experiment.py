@@ -131,7 +131,10 @@ def test_a_heterogeneous_consolidation_runs_end_to_end_through_kdl_federate(tmp_
 
 
 def _by_hand(rows: list[dict[str, str]], fraction: float) -> dict[tuple[str, str], dict[int, float]]:
-    """Per (scenario, start), per seed: the reduction in total rounds against fresh, from the rows alone."""
+    """Per (scenario, start), per seed: the reduction in total rounds against fresh, from the rows alone.
+
+    A start that never reaches the target counts as reaching it at the first round not run.
+    """
     curves: dict[tuple[str, int], dict[str, dict[int, float]]] = {}
     for row in rows:
         cell = curves.setdefault((row["scenario"], int(row["seed"])), {})
@@ -139,10 +142,10 @@ def _by_hand(rows: list[dict[str, str]], fraction: float) -> dict[tuple[str, str
     values: dict[tuple[str, str], dict[int, float]] = {}
     for (scenario, seed), cell in curves.items():
         target = fraction * max(acc for r, acc in cell["fresh"].items() if r >= 1)
-        fresh = next((r for r in sorted(cell["fresh"]) if cell["fresh"][r] >= target), None)
+        fresh = next((r for r in sorted(cell["fresh"]) if cell["fresh"][r] >= target), len(cell["fresh"]))
         for start, curve in cell.items():
-            reached = next((r for r in sorted(curve) if curve[r] >= target), None)
-            if start != "fresh" and reached is not None and fresh:
+            reached = next((r for r in sorted(curve) if curve[r] >= target), len(curve))
+            if start != "fresh" and fresh:
                 values.setdefault((scenario, start), {})[seed] = 100.0 * (1 - (reached + 1) / fresh)
     return values
 
@@ -195,15 +198,90 @@ def test_the_study_runs_every_scenario_and_seed_resumes_and_reports_intervals(
     per_seed = study.per_seed(written)
     checked = 0
     for (scenario, start), values in by_hand.items():
-        assert {seed: r for seed, (_, r) in per_seed[(scenario, start)].items() if not math.isnan(r)} == pytest.approx(
-            values
-        )
+        found = {seed: result.reduction for seed, result in per_seed[(scenario, start)].items()}
+        assert found == pytest.approx(values)
         section = summary.split(f"## {scenario}\n")[1].split("## ")[0]
         line = next(line for line in section.splitlines() if line.startswith(f"| {start} |"))
         assert mean_interval(list(values.values())).format(1, "%") in line
         checked += len(values) >= 2
-    assert checked, "no start reached the target on both seeds of a scenario"
+    assert checked, "no start has a reduction on both seeds of a scenario"
     assert re.search(r"consolidated - average: [+-]\d", summary)
+
+
+def _curves_rows(curves: dict[tuple[int, str], list[float]], scenario: str = "iid") -> list[dict]:
+    """Rows of ``rounds.csv`` from accuracy curves per (seed, start), one accuracy per round from round 0."""
+    return [
+        {"scenario": scenario, "seed": seed, "start": start, "round": number, "test_acc": accuracy, "test_loss": 1.0}
+        for (seed, start), curve in curves.items()
+        for number, accuracy in enumerate(curve)
+    ]
+
+
+FRESH = [0.1, 0.5, 0.8, 0.9]  # 3 rounds; its best after round 0 is 0.9: the target 0.81 is met at round 3
+
+
+def test_a_start_that_never_reaches_a_target_counts_at_the_first_round_not_run_in_the_experiment(
+    tmp_path: Path,
+) -> None:
+    starts = ["fresh", "consolidated"]
+    study = FederatedStudy(
+        scenarios=[IIDPartitioner()],
+        seeds=range(5),
+        network=SMALL,
+        num_clients=2,
+        rounds=3,
+        target_fractions=[0.9],
+        starts=starts,
+        out=str(tmp_path),
+    )
+    curves = {(seed, "fresh"): FRESH for seed in range(5)}
+    curves |= {(seed, "consolidated"): [0.85, 0.86, 0.87, 0.88] for seed in range(4)}  # met as it is: 1 round
+    curves[(4, "consolidated")] = [0.5, 0.6, 0.7, 0.75]  # never: counted at round 4, 5 rounds with the collection
+    summary = study.summary(_curves_rows(curves))
+    # 4 seeds save 100 (1 - 1 / 3) = 66.7%; the censored one 100 (1 - 5 / 3) = -66.7%: +40.0% over the 5
+    expected = mean_interval([100 * (1 - 1 / 3)] * 4 + [100 * (1 - 5 / 3)])
+    assert expected.mean == pytest.approx(40.0)
+    assert f"| consolidated | 1.8 [-0.4, 4.0] | {expected.format(1, '%')} | 5 | 1 |" in summary
+    assert (
+        f"- consolidated: reduction in total rounds against fresh {expected.format(1, '%')} over 5 seed(s), "
+        "1 censored at 4 FedAvg rounds" in summary
+    )
+    assert "counts as reaching it at round 4, the first round not run (censored)" in summary
+    assert "| fresh | 3.0 [3.0, 3.0] | (reference) | 5 | 0 |" in summary
+
+
+def test_a_fresh_start_that_never_reaches_the_target_is_censored_the_same_way(tmp_path: Path) -> None:
+    from kdlightning.federated.experiment import cell_results
+
+    federation = Federation(
+        SMALL, num_clients=2, rounds=3, target_accuracy=0.95, starts=["fresh", "consolidated"], out=str(tmp_path)
+    )
+    rows = _curves_rows({(0, "fresh"): FRESH, (0, "consolidated"): [0.9, 0.96, 0.97, 0.97]})
+    results = cell_results(federation, rows)
+    # fresh never reaches 0.95 in 3 rounds: counted at round 4; consolidated at round 1, 2 rounds with the collection
+    (fresh_rounds, *_), (rounds, reduction, *_) = results["fresh"], results["consolidated"]
+    assert (fresh_rounds, rounds) == (4, 2)
+    assert reduction == pytest.approx(100 * (1 - 2 / 4))
+    assert results["fresh"].censored and results["consolidated"].censored  # its reduction rests on fresh's count
+
+
+def test_a_single_federation_s_summary_counts_a_missed_target_at_the_first_round_not_run(tmp_path: Path) -> None:
+    federation = Federation(
+        SMALL,
+        num_clients=2,
+        rounds=3,
+        target_fractions=[0.9, 1.0],
+        starts=["fresh", "consolidated"],
+        out=str(tmp_path),
+    )
+    rows = _curves_rows({(0, "fresh"): FRESH, (0, "consolidated"): [0.85, 0.86, 0.87, 0.88]})
+    summary = federation.summary(rows)
+    # targets 0.81 (consolidated: 1 round against 3, +66.7%) and 0.9 (missed: counted at 4 + 1 against 3, -66.7%)
+    assert "| consolidated | 0.8500 | 0.8800 | 1 (+66.7%) | > 4 (-66.7%) |" in summary
+    assert "consolidated: reduction in total rounds against fresh +0.0%, the mean over 2 target(s), 1 of them" in (
+        summary
+    )
+    assert "reached at round 4, the first round not run (censored)" in summary
 
 
 def test_the_shipped_heterogeneous_and_scenario_configs_parse(tmp_path: Path) -> None:

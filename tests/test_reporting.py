@@ -307,8 +307,69 @@ def test_guidance_says_when_no_method_beats_the_control() -> None:
     rows = [
         {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after + seed / 1000}
         for seed in range(3)
-        for method, after in (("student_only", 0.60), ("vanilla_kd", 0.55))
+        for method, after in (("student_only", 0.60), ("vanilla_kd", 0.55 - seed / 500))
     ]
     line = render_guidance_page(rows).splitlines()[-1]
-    assert line.startswith("| iid | vanilla_kd | -5.00 [") and "interval below 0 (the control does better)" in line
+    assert line.startswith("| iid | none: no method beats the control here | best: vanilla_kd -5.20 [")
+    assert "interval below 0 (the control does better)" in line
     assert math.isclose(paired_gains(rows)[("iid", "vanilla_kd")].win_rate, 0.0)
+
+
+def _gains_rows(gains: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Rows from per scenario, per method, one gain (pp) per seed; the control is ``student_only``, gaining 1 pp."""
+    out = []
+    for scenario, methods in gains.items():
+        seeds = len(next(iter(methods.values())))
+        for method, values in {"student_only": [1.0] * seeds, **methods}.items():
+            out += [
+                {"scenario": scenario, "seed": seed, "method": method, "acc_before": 0.5, "acc_after": 0.5 + g / 100}
+                for seed, g in enumerate(values)
+            ]
+    return out
+
+
+def test_guidance_recommends_no_method_whose_gain_over_the_control_is_not_shown_above_0() -> None:
+    rows = _gains_rows(
+        {
+            "quantity": {  # the best mean is below the control's: -0.04 pp
+                "tuned_kd": [1.1, 0.9, 1.0, 0.88, 0.92, 1.05, 0.95, 1.0, 0.9, 1.0],
+                "dpkd": [0.9, 0.7, 0.8, 0.85, 0.75, 0.8, 0.9, 0.7, 0.8, 0.8],
+            },
+            "dirichlet": {  # above the control's on average, but its interval holds 0
+                "dpkd": [1.5, 0.8, 1.6, 0.7, 1.4, 0.9, 1.3, 0.6, 1.2, 1.0],
+                "dml": [1.0, 0.9, 1.1, 1.0, 0.9, 1.1, 1.0, 0.9, 1.1, 1.0],
+            },
+            "iid": {"dpkd": [2.0, 2.5, 1.8, 2.2, 2.4, 2.1, 1.9, 2.3, 2.0, 2.2], "dml": [1.0] * 10},
+        }
+    )
+    lines = {line.split(" | ")[0][2:]: line for line in render_guidance_page(rows).splitlines() if "|" in line}
+    assert lines["quantity"].startswith("| quantity | none: no method beats the control here | best: tuned_kd -0.03 [")
+    assert "interval includes 0" in lines["quantity"]
+    assert lines["dirichlet"].startswith("| dirichlet | none: no method beats the control here | best: dpkd +0.10 [")
+    assert lines["iid"].startswith("| iid | dpkd | +1.14 [") and "interval above 0" in lines["iid"]
+    assert "recommended only where that interval lies above 0 and is evidence" in render_guidance_page(rows)
+
+
+def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence() -> None:
+    for seeds, why in ((2, "2 seeds: too few for an interval"), (3, "no spread across seeds: not evidence")):
+        rows = [  # every seed: dpkd 2 pp above the control, vanilla_kd 1 pp
+            {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after + seed / 100}
+            for seed in range(seeds)
+            for method, after in (("student_only", 0.60), ("dpkd", 0.62), ("vanilla_kd", 0.61))
+        ]
+        text = render_summary(rows, tuned=[])
+        guidance = text.splitlines()[-1]
+        assert guidance.startswith("| iid | none: no method beats the control here | best: dpkd +2.00 [+2.00, +2.00]")
+        assert f"| {why}; no clear difference from vanilla_kd (+1.00); wins 100% of {seeds} seeds |" in guidance
+        ranking = next(line for line in text.splitlines() if line.startswith("- iid: "))
+        assert "clearly ahead" not in guidance and " > " not in ranking
+        assert ranking.startswith(f"- iid: dpkd +2.00 [+2.00, +2.00] ({why}) ≈ vanilla_kd +1.00 [")
+
+
+def test_the_average_over_a_single_non_iid_scenario_shows_that_scenario_s_interval() -> None:
+    rows = [row for row in tuned_rows() if row["method"] != "tuned_kd_public"]
+    text = render_summary(rows, tuned=["tuned_kd"])
+    row = next(line for line in text.splitlines() if line.startswith("| dirichlet(alpha=0.1) | 3 | vanilla_kd |"))
+    figure = row.split(" | ")[-1].rstrip(" |")  # the scenario's improvement with its interval
+    assert "[no interval]" not in figure
+    assert f"Non-IID average: {figure}, median {figure} over 1 scenario " in text

@@ -42,6 +42,20 @@ def test_an_interval_without_bounds_overlaps_everything_and_excludes_nothing() -
     assert single.overlaps(Interval(100.0, 99.0, 101.0, 5))
 
 
+def test_an_interval_from_fewer_than_3_seeds_or_without_spread_is_no_evidence() -> None:
+    two = mean_interval([1.0, 3.0])
+    flat = mean_interval([0.62 - 0.60, 0.63 - 0.61, 0.64 - 0.62])  # one difference three times, up to rounding
+    assert not flat.excludes_zero and not Interval(2.0, 1.9, 2.1, 2).excludes_zero
+    assert Interval(2.0, 1.9, 2.1, 3).excludes_zero
+    # never clearly ahead on such intervals, though they do not overlap
+    for weak in (Interval(5.0, 5.0, 5.0, 5), Interval(5.0, 4.5, 5.5, 2)):
+        ranking = rank({"a": weak, "b": Interval(1.0, 0.5, 1.5, 5)})
+        assert [(r.name, r.group, r.clearly_ahead_of_next) for r in ranking] == [("a", 1, False), ("b", 1, None)]
+    assert two.why_not_evidence == "2 seeds: too few for an interval" and not two.is_evidence
+    assert flat.why_not_evidence == "no spread across seeds: not evidence" and not flat.is_evidence
+    assert Interval(2.0, 1.9, 2.1, 3).is_evidence and Interval(2.0, 1.9, 2.1, 3).why_not_evidence == ""
+
+
 # ----------------------------------------------------------------------------------------------------- mean_interval
 
 
@@ -181,6 +195,15 @@ def test_the_average_over_scenarios_and_its_median() -> None:
     assert not bootstrap_average_improvement([*scenarios, ([1.0], {"a": [0.5]})]).has_bounds  # one seed: no interval
     with pytest.raises(ValueError, match="average"):
         bootstrap_average_improvement(scenarios, "mode")  # type: ignore[arg-type]
+
+
+def test_the_average_over_one_scenario_is_that_scenario_s_figure_with_its_interval() -> None:
+    scenario = ([1.2, 1.0, 1.4], {"a": [1.0, 0.9, 1.1], "b": [0.5, 1.2, 0.7]})
+    alone = bootstrap_relative_improvement(*scenario)
+    for average in ("mean", "median"):
+        interval = bootstrap_average_improvement([scenario], average)
+        assert interval.has_bounds
+        assert (interval.mean, interval.low, interval.high) == (alone.mean, alone.low, alone.high)
 
 
 # ------------------------------------------------------------------------------------------------------------ rank

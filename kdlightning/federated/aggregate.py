@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-__all__ = ["round_reduction", "rounds_to_target", "weighted_average"]
+__all__ = ["censored_rounds_to_target", "round_reduction", "rounds_to_target", "weighted_average"]
 
 
 def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
@@ -71,12 +71,32 @@ def rounds_to_target(accuracies: Sequence[float], target: float) -> int | None:
     return None
 
 
+def censored_rounds_to_target(accuracies: Sequence[float], target: float) -> tuple[int, bool]:
+    """:func:`rounds_to_target`, censored: ``(rounds, censored)``, a start that never reaches ``target`` counted.
+
+    ``accuracies`` runs from round 0 to the last round run, R. A start that reaches ``target`` in none of them
+    counts as reaching it at round R + 1, the first round not run, and is marked censored: it needs at least that
+    many, so the count is the least it could be. Leaving such a start out would keep only the seeds where it did
+    well; counting it at R + 1 keeps every seed.
+
+    Examples:
+        >>> censored_rounds_to_target([0.3, 0.5, 0.7, 0.8], 0.75)
+        (3, False)
+        >>> censored_rounds_to_target([0.3, 0.5, 0.7], 0.75)  # rounds 0 to 2 run: censored at round 3
+        (3, True)
+    """
+    reached = rounds_to_target(accuracies, target)
+    return (len(accuracies), True) if reached is None else (reached, False)
+
+
 def round_reduction(baseline_rounds: int | None, rounds: int | None, extra_rounds: int = 0) -> float | None:
     r"""The reduction in total communication rounds, in percent: :math:`100\,(1 - (r + e) / r_{base})`.
 
     ``extra_rounds`` are the start's own communication (collecting the clients' models: 1 round), so a start
     that meets the target at round 0 costs only those. None when either start never reached the target, or
-    when the baseline needs no round.
+    when the baseline needs no round. A start that never reached it within the rounds run can be counted at the
+    first round not run (:func:`censored_rounds_to_target`): a censored ``rounds`` makes the reduction the most it
+    could be, a censored ``baseline_rounds`` the least.
 
     Examples:
         >>> round_reduction(20, 7, extra_rounds=1)

@@ -10,6 +10,9 @@ interval over seeds (:mod:`kdlightning.stats`): a reduction read from one seed m
 - ``<out>/summary.md``: per scenario and start, the total rounds to the target and the reduction in total
   rounds against ``fresh`` (the collection round counted in), each a mean with its t-interval over seeds;
   the consolidated start against each other start as a difference paired by seed; beside the paper's 60.6%.
+  Every finished seed counts: a start that does not reach a target within the rounds run counts as reaching it
+  at the first round not run (censored, :func:`~kdlightning.federated.aggregate.censored_rounds_to_target`),
+  fresh as well, and the censored seeds are counted beside each figure.
 - ``<out>/cells/<scenario>-seed<seed>/``: each cell's own outputs (:class:`Federation`'s).
 
 ``kdl federate`` runs a study when its config (or the command line) gives ``scenarios`` or ``seeds``.
@@ -21,21 +24,34 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdlightning import pipeline
 from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.data import Partitioner
-from kdlightning.federated.aggregate import round_reduction, rounds_to_target
+from kdlightning.federated.aggregate import censored_rounds_to_target, round_reduction
 from kdlightning.federated.federation import COLLECTION_ROUNDS, DEFAULT_CONFIG, Federation
 from kdlightning.federated.records import check_record
 from kdlightning.reporting import read_csv, write_csv
 from kdlightning.stats import Interval, mean_interval, paired_difference
 
-__all__ = ["PAPER_REDUCTION", "FederatedStudy", "cell_results", "load_study", "study_parser"]
+__all__ = ["PAPER_REDUCTION", "FederatedStudy", "StartResult", "cell_results", "load_study", "study_parser"]
 
 PAPER_REDUCTION = 60.6
 """The paper's average reduction in total communication rounds of the KD-consolidated start, in percent."""
+
+
+class StartResult(NamedTuple):
+    """One start in one cell (``cell_results``): its total rounds and reduction, and whether a count was censored."""
+
+    rounds: float
+    """Total rounds to the targets (FedAvg rounds plus the collection round), the mean over the targets."""
+    reduction: float
+    """The reduction in total rounds against ``fresh``, in %, the mean over the targets; nan for ``fresh`` itself,
+    without a ``fresh`` start, or where fresh meets every target at round 0."""
+    censored: bool
+    """Whether a target was not reached within the rounds run, by this start or by ``fresh`` (its reference), and
+    counted at the first round not run."""
 
 
 class FederatedStudy:
@@ -199,16 +215,20 @@ class FederatedStudy:
         with atomic_path(self.out / "accuracy.png") as tmp:
             figure.savefig(tmp, format="png", dpi=100)
 
-    def per_seed(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
-        """Per (scenario, start), per seed: ``(total rounds, reduction in %)`` of :func:`cell_results` (nan: none).
+    def per_seed(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[int, StartResult]]:
+        """Per (scenario, start), per seed of a finished cell: its :func:`cell_results`.
 
-        Only the cells of this study are read; a start that reached no target has no entry for that seed.
+        Only the finished cells of this study are read (a start cut short has not run all its rounds, so a target
+        it has not reached yet is not censored). A start without a target (no ``fresh`` start) has no entry.
         """
         by_cell = self._rows_by_cell(rows)
-        values: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+        done = self.finished_cells(rows)
+        values: dict[tuple[str, str], dict[int, StartResult]] = {}
         for (scenario, seed), federation in self.cells.items():
+            if (scenario, seed) not in done:
+                continue
             for start, result in cell_results(federation, by_cell.get((scenario, seed), [])).items():
-                if not math.isnan(result[0]):
+                if not math.isnan(result.rounds):
                     values.setdefault((scenario, start), {})[seed] = result
         return values
 
@@ -218,6 +238,7 @@ class FederatedStudy:
         starts = first.starts
         per_seed = self.per_seed(rows)
         done = self.finished_cells(rows)
+        censored_at = first.rounds + 1
         lines = [
             f"# Federated across scenarios and seeds: {type(first.dataset).__name__}, {first.num_clients} clients, "
             f"FedAvg {first.rounds} rounds x {first.local_epochs} local epoch(s)",
@@ -225,82 +246,102 @@ class FederatedStudy:
             f"{len(done)} of {len(self.cells)} cells finished ({len(self.scenarios)} scenario(s) x seeds "
             f"{self.seeds}). Per seed, a start's total rounds are the FedAvg rounds to each target plus the round "
             "that collects the clients' models, and its reduction is against fresh FedAvg on the same seed, both "
-            "averaged over the targets it reached (as each cell's summary.md reports them). Each cell is a mean over "
+            "averaged over the targets (as each cell's summary.md reports them). Each cell is a mean over "
             "the seeds with its 95% t-interval in brackets: the interval holds the mean a study with many more seeds "
             f"would find, 95 times in 100. The paper reports a {PAPER_REDUCTION}% reduction on average.",
+            "",
+            f"Every finished seed counts. A start that does not reach a target within the {first.rounds} rounds run "
+            f"counts as reaching it at round {censored_at}, the first round not run (censored): it needs at least "
+            "that many, so a censored start's figure is the best it could be. Fresh FedAvg, the reference, is "
+            "censored the same way, which makes the reductions against it the least they could be. Beside each "
+            "figure, the seeds where it rests on a censored count.",
             "",
         ]
         for scenario in dict.fromkeys(name for name, _ in self.cells):
             lines += [
                 f"## {scenario}",
                 "",
-                "| start | total rounds to target | reduction vs fresh | finished seeds that reached a target |",
-                "|---|---|---|---|",
+                "| start | total rounds to target | reduction vs fresh | finished seeds | censored seeds |",
+                "|---|---|---|---|---|",
             ]
             for start in starts:
                 values = per_seed.get((scenario, start), {})
-                rounds = [total for total, _ in values.values()]
-                reductions = [reduction for _, reduction in values.values() if not math.isnan(reduction)]
-                rounds_cell = _rounds_text(mean_interval(rounds)) if rounds else "none reached"
+                rounds = [result.rounds for result in values.values()]
+                reductions = [result.reduction for result in values.values() if not math.isnan(result.reduction)]
+                rounds_cell = _rounds_text(mean_interval(rounds)) if rounds else "-"
                 if start == "fresh":
                     reduction_cell = "(reference)"
                 else:
                     reduction_cell = mean_interval(reductions).format(1, "%") if reductions else "n/a"
-                ran = sum(1 for seed in self.seeds if (scenario, seed) in done)
-                lines.append(f"| {start} | {rounds_cell} | {reduction_cell} | {len(values)} of {ran} |")
+                censored = sum(result.censored for result in values.values())
+                lines.append(f"| {start} | {rounds_cell} | {reduction_cell} | {len(values)} | {censored} |")
             lines += ["", *self._paired_lines(per_seed, scenario, starts), ""]
-        lines += self._overall_lines(per_seed, starts)
+        lines += self._overall_lines(per_seed, starts, censored_at)
         return "\n".join([*lines, ""])
 
     def _paired_lines(
-        self, per_seed: Mapping[tuple[str, str], Mapping[int, tuple[float, float]]], scenario: str, starts: list[str]
+        self, per_seed: Mapping[tuple[str, str], Mapping[int, StartResult]], scenario: str, starts: list[str]
     ) -> list[str]:
         """The consolidated start's reduction against each other start's, paired by seed."""
-        ours = {seed: r for seed, (_, r) in per_seed.get((scenario, "consolidated"), {}).items() if not math.isnan(r)}
+        ours = {s: r for s, r in per_seed.get((scenario, "consolidated"), {}).items() if not math.isnan(r.reduction)}
         lines = []
         for other in (s for s in starts if s not in ("fresh", "consolidated")):
-            theirs = {seed: r for seed, (_, r) in per_seed.get((scenario, other), {}).items() if not math.isnan(r)}
+            theirs = {s: r for s, r in per_seed.get((scenario, other), {}).items() if not math.isnan(r.reduction)}
             seeds = [seed for seed in self.seeds if seed in ours and seed in theirs]
             if not seeds:
                 continue
-            paired = paired_difference([ours[s] for s in seeds], [theirs[s] for s in seeds])
+            paired = paired_difference([ours[s].reduction for s in seeds], [theirs[s].reduction for s in seeds])
             p_value = "no test" if math.isnan(paired.p_value) else f"Wilcoxon p = {paired.p_value:.3g}"
+            censored = sum(ours[s].censored or theirs[s].censored for s in seeds)
+            reason = paired.difference.why_not_evidence
             lines.append(
                 f"- consolidated - {other}: {paired.difference.format(1, ' pp')} in reduction, paired over "
-                f"{len(seeds)} seed(s) ({p_value}; consolidated ahead on {100 * paired.win_rate:.0f}% of them)"
+                f"{len(seeds)} seed(s), {censored} censored ({p_value}; consolidated ahead on "
+                f"{100 * paired.win_rate:.0f}% of them)"
                 + ("" if paired.difference.excludes_zero else ": no clear difference")
+                + (f" ({reason})" if reason and paired.difference.has_bounds else "")
                 + "."
             )
         return lines
 
     def _overall_lines(
-        self, per_seed: Mapping[tuple[str, str], Mapping[int, tuple[float, float]]], starts: list[str]
+        self, per_seed: Mapping[tuple[str, str], Mapping[int, StartResult]], starts: list[str], censored_at: int
     ) -> list[str]:
-        """Per start: its reduction averaged over the scenarios within each seed, then over seeds."""
+        """Per start: its reduction averaged over the scenarios within each seed, then over seeds.
+
+        A seed counts where every scenario's cell of it finished with a reduction; it is censored where one of them
+        rests on a censored count.
+        """
         scenarios = list(dict.fromkeys(name for name, _ in self.cells))
         lines = ["## All scenarios", ""]
         for start in (s for s in starts if s != "fresh"):
-            averages = []
+            averages, censored = [], 0
             for seed in self.seeds:
-                found = [per_seed.get((name, start), {}).get(seed, (math.nan, math.nan))[1] for name in scenarios]
-                if not any(math.isnan(value) for value in found):
-                    averages.append(sum(found) / len(found))
+                found = [per_seed.get((name, start), {}).get(seed) for name in scenarios]
+                results = [result for result in found if result is not None and not math.isnan(result.reduction)]
+                if len(results) == len(scenarios):
+                    averages.append(sum(result.reduction for result in results) / len(results))
+                    censored += any(result.censored for result in results)
             if averages:
                 lines.append(
-                    f"- {start}: reduction in total rounds against fresh {mean_interval(averages).format(1, '%')}, "
-                    f"the mean over scenarios within each of {len(averages)} seed(s) (the paper: {PAPER_REDUCTION}%)."
+                    f"- {start}: reduction in total rounds against fresh {mean_interval(averages).format(1, '%')} "
+                    f"over {len(averages)} seed(s), {censored} censored at {censored_at} FedAvg rounds: the mean over "
+                    f"scenarios within each seed (the paper: {PAPER_REDUCTION}%)."
                 )
         return lines if len(lines) > 2 else []
 
 
-def cell_results(federation: Federation, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Per start of one cell: ``(total rounds, reduction in %)``, each the mean over the targets the start reached.
+def cell_results(federation: Federation, rows: Sequence[Mapping[str, Any]]) -> dict[str, StartResult]:
+    """Per start of one finished cell: its total rounds and reduction, each the mean over the targets.
 
     The targets are ``federation``'s (:meth:`Federation.targets`); a start's total rounds to a target are its
     FedAvg rounds (from round 0: a start may meet it as it is) plus its collection round
     (:data:`~kdlightning.federated.federation.COLLECTION_ROUNDS`); its reduction is
-    :func:`~kdlightning.federated.aggregate.round_reduction` against ``fresh``. nan where no target was reached (the
-    reduction also where there is no ``fresh``, and for ``fresh`` itself).
+    :func:`~kdlightning.federated.aggregate.round_reduction` against ``fresh``. A target not reached within the rounds
+    in ``rows`` counts as reached at the first round not run, and the result is marked censored
+    (:func:`~kdlightning.federated.aggregate.censored_rounds_to_target`); so is fresh's count, which censors the
+    reductions against it. The rounds are nan without a target (no ``fresh`` start); the reduction is nan for
+    ``fresh`` itself, without ``fresh``, or where fresh meets every target at round 0.
     """
     curves: dict[str, dict[int, float]] = {}
     for row in rows:
@@ -310,18 +351,18 @@ def cell_results(federation: Federation, rows: Sequence[Mapping[str, Any]]) -> d
     results = {}
     for start, curve in curves.items():
         extra = COLLECTION_ROUNDS.get(start, 1)
-        totals, reductions = [], []
+        totals, reductions, censored = [], [], False
         for value in targets:
-            reached = rounds_to_target([curve[r] for r in sorted(curve)], value)
-            if reached is None:
-                continue
+            reached, missed = censored_rounds_to_target([curve[r] for r in sorted(curve)], value)
             totals.append(reached + extra)
+            censored |= missed
             if fresh is not None and start != "fresh":
-                baseline = rounds_to_target([fresh[r] for r in sorted(fresh)], value)
+                baseline, fresh_missed = censored_rounds_to_target([fresh[r] for r in sorted(fresh)], value)
                 reduction = round_reduction(baseline, reached, extra)
                 if reduction is not None:
                     reductions.append(reduction)
-        results[start] = (_mean(totals), _mean(reductions))
+                    censored |= fresh_missed
+        results[start] = StartResult(_mean(totals), _mean(reductions), censored)
     return results
 
 

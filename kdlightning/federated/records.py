@@ -2,7 +2,8 @@
 
 A base class of :class:`~kdlightning.federated.Federation`: each round's row (the global model tested on the
 global test set, the clients that failed), the rounds to each target accuracy and the reduction in total
-communication rounds against the ``fresh`` start, the collection round counted in.
+communication rounds against the ``fresh`` start, the collection round counted in. A start that ran all its rounds
+without reaching a target counts as reaching it at the first round not run (censored), fresh as well.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.data import DatasetSource, Partitioner
-from kdlightning.federated.aggregate import round_reduction, rounds_to_target
+from kdlightning.federated.aggregate import censored_rounds_to_target, round_reduction
 from kdlightning.federated.strategy import error_line
 from kdlightning.reporting import read_csv, write_csv
 
@@ -197,29 +198,44 @@ class FederationRecords:
             "|---|---|---|" + "---|" * len(targets),
         ]
         reductions: dict[str, list[float]] = {}
+        censored: dict[str, int] = {}
+        fresh_curve = curves.get("fresh", {})
+        fresh_accuracies = [fresh_curve[r] for r in sorted(fresh_curve)]
         for start, curve in curves.items():
             accuracies = [curve[r] for r in sorted(curve)]  # from round 0: a start may meet the target as it is
             cells = [f"{curve.get(0, math.nan):.4f}", f"{curve[max(curve)]:.4f}"]
+            extra = COLLECTION_ROUNDS[start]
             for _, value in targets:
-                reached = rounds_to_target(accuracies, value)
-                extra = COLLECTION_ROUNDS[start]
-                if reached is None:
-                    cells.append(f"> {self.rounds + extra}")
+                reached, missed = censored_rounds_to_target(accuracies, value)
+                cell = f"> {self.rounds + extra}" if missed else str(reached + extra)
+                baseline, fresh_missed = censored_rounds_to_target(fresh_accuracies, value)
+                running = (missed and len(accuracies) <= self.rounds) or (
+                    fresh_missed and len(fresh_accuracies) <= self.rounds
+                )  # a start still running has not missed the target yet
+                if start == "fresh" or not fresh_accuracies or running:
+                    cells.append(cell)
                     continue
-                cell = str(reached + extra)
-                fresh_curve = curves.get("fresh", {})
-                fresh = rounds_to_target([fresh_curve[r] for r in sorted(fresh_curve)], value)
-                reduction = round_reduction(fresh, reached, extra) if start != "fresh" and "fresh" in curves else None
+                reduction = round_reduction(baseline, reached, extra)
                 if reduction is not None:
                     cell += f" ({reduction:+.1f}%)"
                     reductions.setdefault(start, []).append(reduction)
+                    censored[start] = censored.get(start, 0) + (missed or fresh_missed)
                 cells.append(cell)
             lines.append(f"| {start} | " + " | ".join(cells) + " |")
         lines.append("")
+        if any(censored.values()):
+            lines += [
+                f"`> N`: the target was not reached within the {self.rounds} rounds run. Its reduction counts it as "
+                f"reached at round {self.rounds + 1}, the first round not run (censored): the most the reduction "
+                "could be (for fresh, the least).",
+                "",
+            ]
         for start, values in reductions.items():
+            count = censored.get(start, 0)
             lines.append(
                 f"{start}: reduction in total rounds against fresh {sum(values) / len(values):+.1f}%, the mean over "
-                f"{len(values)} target(s) (the study reports 60.6% on average)."
+                f"{len(values)} target(s)" + (f", {count} of them censored" if count else "") + " (the study reports "
+                "60.6% on average)."
             )
         return "\n".join([*lines, ""])
 

@@ -28,7 +28,7 @@ from kdlightning.reporting.rows import (
     tuned_improvement,
     tuned_validation,
 )
-from kdlightning.stats import Interval, Ranked, bootstrap_average_improvement, rank
+from kdlightning.stats import MIN_SEEDS, Interval, Ranked, bootstrap_average_improvement, rank
 
 __all__ = ["plot_gains", "render_guidance", "render_guidance_page", "render_summary"]
 
@@ -122,7 +122,11 @@ def render_summary(
             ranking = rank({m: p.difference for (s, m), p in paired.items() if s == scenario})
             if ranking:
                 lines.append(f"- {scenario}: {_ranking_text(ranking)}")
-        lines += ["", "`>`: the method before is clearly ahead, their intervals do not overlap; `≈`: they overlap."]
+        lines += [
+            "",
+            f"`>`: the method before is clearly ahead, their intervals do not overlap and both rest on at least "
+            f"{MIN_SEEDS} seeds with some spread; `≈`: they overlap, or one of them is no evidence.",
+        ]
     for name in tuned:
         lines += ["", *_render_improvement(rows, name, untuned, iid_scenarios, control, confidence, n_resamples, seed)]
     lines += ["", *render_guidance(rows, tuned, control, confidence), *_render_failures(rows)]
@@ -134,6 +138,8 @@ def _ranking_text(ranking: Sequence[Ranked]) -> str:
     text = ""
     for place in ranking:
         text += f"{place.name} {place.interval}"
+        if place.interval.has_bounds and not place.interval.is_evidence:
+            text += f" ({place.interval.why_not_evidence})"
         if place.clearly_ahead_of_next is not None:
             text += " > " if place.clearly_ahead_of_next else " ≈ "
     if any(place.clearly_ahead_of_next is False for place in ranking):
@@ -186,12 +192,8 @@ def _render_improvement(
     iid = [scenario for scenario in finite if scenario in iid_scenarios]
     non_iid = [scenario for scenario in finite if scenario not in iid_scenarios]
     lines.append("")
-    if iid:
-        figure = (
-            improvements[iid[0]].relative  # type: ignore[union-attr]
-            if len(iid) == 1
-            else bootstrap_average_improvement([data[s] for s in iid], "mean", n_resamples, confidence, seed)
-        )
+    if iid:  # over one scenario, the average is that scenario's figure, with its interval
+        figure = bootstrap_average_improvement([data[s] for s in iid], "mean", n_resamples, confidence, seed)
         lines.append(f"IID: {figure.format(1, '%')} (the study reports +16%).")
     if non_iid:
         cells = [data[scenario] for scenario in non_iid]
@@ -254,9 +256,18 @@ def _chosen_settings(rows: Sequence[Mapping[str, Any]], scenario: str, tuned: st
     return f"temperature {temperature:g}, alpha {alpha:g} ({count} of {len(points)} seeds)"
 
 
+NO_WINNER = "none: no method beats the control here"
+"""The guidance's recommendation where the best method's gain over the control is not shown above 0."""
+
+
+def _beats_control(interval: Interval) -> bool:
+    """Whether a gain over the control is shown above 0: an interval that is evidence, wholly above 0."""
+    return interval.is_evidence and interval.low > 0
+
+
 def _against_zero(interval: Interval) -> str:
-    if not interval.has_bounds:
-        return "one seed: no interval"
+    if not interval.is_evidence:
+        return interval.why_not_evidence
     if interval.low > 0:
         return "interval above 0"
     if interval.high < 0:
@@ -272,10 +283,13 @@ def _guidance_table(
     tuned = [name for name in tuned if any(str(row["method"]) == name for row in rows)]
     columns = [f"{name} ({tuned_validation(rows, name)} validation): chosen settings" for name in tuned]
     lines = [
-        f"The recommended method has the highest mean gain over the control ({control}), paired by seed; its "
-        f"{confidence:.0%} interval. How sure: whether that interval excludes 0; whether it is clearly ahead of the "
-        "runner-up (their intervals do not overlap); the share of seeds where it gained more than the control. "
-        "Tuned KD's settings: the (temperature, alpha) its search chose on most seeds.",
+        f"The recommended method has the highest mean gain over the control ({control}), paired by seed, with its "
+        f"{confidence:.0%} interval; it is recommended only where that interval lies above 0 and is evidence: "
+        f"from at least {MIN_SEEDS} seeds, with some spread across them. Otherwise the row says no method beats "
+        "the control here and names the best one. How sure: whether the interval excludes 0 (or why it is no "
+        "evidence); whether the method is clearly ahead of the runner-up (their intervals do not overlap, both "
+        "evidence); the share of seeds where it gained more than the control. Tuned KD's settings: the "
+        "(temperature, alpha) its search chose on most seeds.",
         "",
         "| " + " | ".join(["scenario", "recommended", "gain over the control (pp)", "how sure", *columns]) + " |",
         "|---|---|---|---|" + "---|" * len(columns),
@@ -291,7 +305,10 @@ def _guidance_table(
                 relation = "clearly ahead of" if top.clearly_ahead_of_next else "no clear difference from"
                 sure.append(f"{relation} {runner.name} ({runner.interval.mean:+.2f})")
             sure.append(f"wins {result.win_rate:.0%} of {result.n} seeds")
-            cells = [top.name, str(top.interval), "; ".join(sure)]
+            if _beats_control(top.interval):
+                cells = [top.name, str(top.interval), "; ".join(sure)]
+            else:
+                cells = [NO_WINNER, f"best: {top.name} {top.interval}", "; ".join(sure)]
         cells += [_chosen_settings(rows, scenario, name) for name in tuned]
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines
@@ -305,15 +322,21 @@ def render_guidance(
 ) -> list[str]:
     """Markdown lines: per scenario, the method with the highest mean gain over the control, how sure, tuned settings.
 
-    The table of :func:`render_guidance_page`, under a heading for ``summary.md``.
+    The table of :func:`render_guidance_page`, under a heading for ``summary.md``. A method is recommended only
+    where its gain over the control, paired by seed, has an interval wholly above 0 that is evidence (from at
+    least :data:`~kdlightning.stats.MIN_SEEDS` seeds, with some spread); otherwise the row says no method beats the
+    control here, and names the best one with its gain.
 
     Examples:
         >>> rows = [
         ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.5, "acc_after": 0.6},
         ...     {"scenario": "iid", "seed": 0, "method": "dpkd", "acc_before": 0.5, "acc_after": 0.65},
         ... ]
-        >>> render_guidance(rows)[-1]
-        '| iid | dpkd | +5.00 [no interval] | one seed: no interval; wins 100% of 1 seeds |'
+        >>> for cell in render_guidance(rows)[-1].split(" | ")[1:]:  # one seed is no evidence: no recommendation
+        ...     print(cell)
+        none: no method beats the control here
+        best: dpkd +5.00 [no interval]
+        one seed: no interval; wins 100% of 1 seeds |
     """
     rows = _with_gains(rows, control)
     return ["## Which method here", "", *_guidance_table(rows, _tuned_names(tuned), control, confidence)]
@@ -327,10 +350,10 @@ def render_guidance_page(
 ) -> str:
     """A Markdown page: which method for which distribution, generated from a study's ``results.csv`` rows.
 
-    One row per scenario: the recommended method (the highest mean gain over the control, paired by seed), that
-    gain with its interval, how sure (whether the interval excludes 0, whether it is clearly ahead of the
-    runner-up, its win rate), and the settings each tuned method's search chose on most seeds, with its
-    validation.
+    One row per scenario: the recommended method (the highest mean gain over the control, paired by seed, where
+    its interval lies above 0 and is evidence; else "no method beats the control here"), that gain with its
+    interval, how sure (whether the interval excludes 0, whether it is clearly ahead of the runner-up, its win
+    rate), and the settings each tuned method's search chose on most seeds, with its validation.
 
     Examples:
         >>> rows = [
