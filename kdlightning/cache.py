@@ -7,11 +7,14 @@ an :class:`OutputStore` keyed by sample index, filled on first sight and, with `
 to disk under a key made of what determines them: the reference (its classes, weights, forward
 settings and dtype, see :func:`~kdlightning.fingerprint.module_fingerprint`), the trainer's precision
 and the data set's inputs, transform and tokenizers (:func:`transfer_fingerprint`). An unreadable
-store file counts as a miss: it is recomputed and overwritten.
+store file (truncated, text, garbage, another format) counts as a miss with a warning naming it: it
+is recomputed and overwritten.
 
-The cache only serves a transfer set whose transform is deterministic; it refuses a random one
-(augmentation would make yesterday's teacher output wrong for today's input), found by
-:func:`check_deterministic_transform`.
+Transforms, collate functions and a reference's forward settings are keyed by their state, never by
+their ``repr``; one whose state cannot be read is refused with a ``ValueError`` that names it
+(:func:`~kdlightning.fingerprint.transform_fingerprint`). The cache only serves a transfer set whose
+transform is deterministic; it refuses a random one (augmentation would make yesterday's teacher
+output wrong for today's input), found by :func:`check_deterministic_transform`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kdlightning.fingerprint import (
     check_deterministic_transform,
     module_fingerprint,
     transfer_fingerprint,
+    transform_fingerprint,
 )
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "check_deterministic_transform",
     "module_fingerprint",
     "transfer_fingerprint",
+    "transform_fingerprint",
 ]
 
 
@@ -93,8 +98,9 @@ class OutputStore:
     def load(self, path: str | Path) -> bool:
         """Merge the rows stored in ``path`` if it exists, is readable and matches this store's shape.
 
-        An unreadable file (truncated, garbage, another format) is a miss with a warning naming it: the
-        store is derived data, recomputed and written over the file at the end of ``fit``.
+        An unreadable file (truncated, text, garbage, another format: whatever ``torch.load`` raises,
+        :data:`~kdlightning.atomic.UNREADABLE`) is a miss with a warning naming it: the store is derived
+        data, recomputed and written over the file at the end of ``fit``.
         """
         path = Path(path)
         if not path.is_file():
@@ -142,13 +148,14 @@ def cache_key(reference: nn.Module, data_key: str, precision: str) -> str:
     """SHA-256 naming a reference's stored outputs: the reference, its dtype, the precision and the data.
 
     Args:
-        reference: the frozen network (hashed with :func:`module_fingerprint`).
+        reference: the frozen network (hashed with :func:`module_fingerprint`, ``strict``: a public
+            attribute whose state cannot be read raises ``ValueError``).
         data_key: the transfer set's :func:`transfer_fingerprint` (inputs, transform, tokenizers).
         precision: the trainer's precision (``trainer.precision``, e.g. ``"32-true"``, ``"bf16-mixed"``):
             the same weights give other logits under another precision.
     """
     dtypes = sorted({str(p.dtype) for p in reference.parameters()})
-    parts = (module_fingerprint(reference), ",".join(dtypes), str(precision), data_key)
+    parts = (module_fingerprint(reference, strict=True), ",".join(dtypes), str(precision), data_key)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -164,11 +171,13 @@ class CacheReferenceOutputs(L.Callback):
     It needs a datamodule whose training batches carry sample indices, ``(x, y, index)``, and that
     exposes its training pool as ``pool_size`` and ``data`` (with ``train_transform`` and
     ``collate_fn``), as :class:`~kdlightning.data.PartitionedDataModule` does. At the start of ``fit``
-    it refuses a random ``train_transform`` (:func:`check_deterministic_transfer`) and keys the data
-    with :func:`transfer_fingerprint`. Epoch one computes and stores the
-    references' logits as samples come; later epochs read them. With ``cache_dir`` the stores are
-    saved at the end of ``fit`` (atomically, gathered over DDP ranks) and loaded by the next run with
-    the same reference weights and data: the trials of a search and the methods of a study.
+    it refuses a random ``train_transform`` (:func:`check_deterministic_transfer`); with ``cache_dir``
+    it also refuses a transform or collate function whose state cannot be keyed, and keys the data
+    with :func:`transfer_fingerprint` and each reference with :func:`module_fingerprint`. Epoch one
+    computes and stores the references' logits as samples come; later epochs read them. With
+    ``cache_dir`` the stores are saved at the end of ``fit`` (atomically, gathered over DDP ranks) and
+    loaded by the next run with the same reference weights and data: the trials of a search and the
+    methods of a study.
 
     Args:
         cache_dir: directory for the stores; None keeps them in memory for this run only.
@@ -195,18 +204,24 @@ class CacheReferenceOutputs(L.Callback):
                 "CacheReferenceOutputs needs a datamodule whose training batches carry sample indices (x, y, index) "
                 "and that has `pool_size` and `data`, such as kdlightning.data.PartitionedDataModule."
             )
-        check_deterministic_transfer(datamodule)
+        on_disk = self.cache_dir is not None
+        check_deterministic_transfer(datamodule, keyed=on_disk)  # a store kept in memory for this fit needs no key
         names = self.references if self.references is not None else list(pl_module.frozen_names)
         unknown = sorted(set(names) - set(pl_module.frozen_names))
         if unknown:
             raise ValueError(
                 f"`references` {unknown} are not frozen references of the method {pl_module.frozen_names}."
             )
-        data_key = transfer_fingerprint(datamodule)
+        data_key = transfer_fingerprint(datamodule) if on_disk else ""
         for name in names:
             store = OutputStore(datamodule.pool_size, pl_module.num_classes)
             if self.cache_dir is not None:
-                key = cache_key(getattr(pl_module, name), data_key, trainer.precision)
+                try:
+                    key = cache_key(getattr(pl_module, name), data_key, trainer.precision)
+                except ValueError as error:
+                    raise ValueError(
+                        f"The teacher-output cache cannot key the frozen reference `{name}`. {error}"
+                    ) from error
                 self.paths[name] = self.cache_dir / f"{key[:32]}.pt"
                 store.load(self.paths[name])
             self.stores[name] = store.to(pl_module.device)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 import random
 import re
+import threading
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -227,13 +231,20 @@ def test_the_key_covers_the_precision(tmp_path: Path) -> None:
     assert computed == [128, 128, 0]  # the second 32-true run reads the first's outputs
 
 
-def test_an_unreadable_cache_file_is_a_miss_that_gets_rewritten(tmp_path: Path) -> None:
+DAMAGE = {
+    "truncated": lambda data: data[:100],  # as by a full disk
+    "text": lambda data: b"hello world, this is a text file\n",  # torch.load: KeyError
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_an_unreadable_cache_file_is_a_miss_that_gets_rewritten(damage: str, tmp_path: Path) -> None:
     student, teacher = networks()
     cache = tmp_path / "cache"
     first = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
     fit(first, tmp_path / "a", epochs=1, callbacks=[CacheReferenceOutputs(cache_dir=str(cache))])
     (path,) = cache.glob("*.pt")
-    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    path.write_bytes(DAMAGE[damage](path.read_bytes()))
 
     again = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
     with pytest.warns(UserWarning, match=rf"cache file '{re.escape(str(path))}'.*recomputed"):
@@ -250,3 +261,137 @@ def test_a_store_file_of_another_kind_is_a_miss(tmp_path: Path) -> None:
     torch.save({"values": torch.zeros(4, 3)}, path)  # no 'filled' mask
     with pytest.warns(UserWarning, match=rf"'{re.escape(str(path))}'.*'filled'"):
         assert not OutputStore(4, 3).load(path)
+
+
+def saved(store: dict, legacy: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(store, buffer, _use_new_zipfile_serialization=not legacy)
+    return buffer.getvalue()
+
+
+STORE = {"values": torch.arange(12.0).reshape(4, 3), "filled": torch.ones(4, dtype=torch.bool)}
+
+FOREIGN = {
+    "text": b"hello world, this is a text file\n",  # KeyError
+    "csv": b"text,label\ngood movie,1\n",  # IndexError
+    "markdown": b"# notes\n",  # UnpicklingError
+    "latin-1 text": "h\xe9llo w\xf6rld".encode("latin-1"),  # KeyError
+    "empty": b"",  # EOFError
+    "random bytes": bytes(random.Random(0).randrange(256) for _ in range(256)),
+    "truncated store": saved(STORE)[:-100],  # RuntimeError
+    "truncated legacy store": saved(STORE, legacy=True)[:18],  # struct.error
+    "a pickle of something else": pickle.dumps({"values": [1, 2, 3]}, protocol=2),  # RuntimeError
+    "a tensor file of something else": saved({"weights": torch.zeros(3)}),
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_a_foreign_store_file_is_a_miss_with_a_warning(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "store.pt"
+    path.write_bytes(FOREIGN[kind])
+    store = OutputStore(4, 3)
+    with pytest.warns(UserWarning, match=rf"Ignoring the teacher-output cache file '{re.escape(str(path))}'"):
+        assert not store.load(path)
+    assert store.fraction_filled == 0
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_store_file_cut_short_or_corrupted_anywhere_is_a_hit_or_a_miss(legacy: bool, tmp_path: Path) -> None:
+    """Cut short, or one byte flipped, all along the file: ``load`` merges a store or warns, and never raises."""
+    data = saved(STORE, legacy)
+    places = range(0, len(data), len(data) // 250 + 1)  # some 250 places: a few seconds
+    damaged = [data[:n] for n in places] + [data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :] for i in places]
+    path = tmp_path / "store.pt"
+    for variant in damaged:
+        path.write_bytes(variant)
+        store = OutputStore(4, 3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hit = store.load(path)
+        assert hit or any("Ignoring the teacher-output cache file" in str(w.message) for w in caught)
+
+
+class Lambda:
+    """torchvision's ``Lambda``: wraps a function, and its repr names no parameter."""
+
+    def __init__(self, function) -> None:
+        self.lambd = function
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lambd(x)
+
+    def __repr__(self) -> str:
+        return "Lambda()"
+
+
+def shifted_by(amount: float) -> Lambda:
+    return Lambda(lambda x: x + amount)
+
+
+def test_a_transform_parameter_its_repr_leaves_out_changes_the_key(tmp_path: Path) -> None:
+    """Stored logits are the teacher's on the inputs the transform now gives, not on yesterday's."""
+    student, teacher = networks()
+    cache = tmp_path / "cache"
+    for amount in (0.0, 1.0):
+        model = VanillaKD(copy.deepcopy(student), Counting(copy.deepcopy(teacher)), 10)
+        callback = CacheReferenceOutputs(cache_dir=str(cache))
+        trainer = fit(model, tmp_path / str(amount), epochs=1, callbacks=[callback], train_transform=shifted_by(amount))
+        assert model.teacher.samples > 0  # computed, not read from the other shift's file
+    assert len(list(cache.glob("*.pt"))) == 2
+    store = callback.stores["teacher"]
+    inputs = torch.from_numpy(trainer.datamodule.data.train_inputs)[store.filled]
+    with torch.no_grad():
+        expected = teacher.eval()(inputs + 1.0)
+    torch.testing.assert_close(store.values[store.filled], expected, rtol=1e-4, atol=1e-5)
+
+
+class Offset(nn.Module):
+    """A teacher whose logits are shifted by a tensor that is neither parameter nor buffer."""
+
+    def __init__(self, network: nn.Module, offset: float) -> None:
+        super().__init__()
+        self.network = network
+        self.offset = torch.tensor(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x) + self.offset
+
+
+def test_a_tensor_setting_of_the_teacher_changes_the_key(tmp_path: Path) -> None:
+    student, teacher = networks()
+    cache = tmp_path / "cache"
+    computed = []
+    for offset in (0.0, 5.0, 5.0):
+        model = VanillaKD(copy.deepcopy(student), Counting(Offset(copy.deepcopy(teacher), offset)), 10)
+        fit(model, tmp_path / str(len(computed)), epochs=1, callbacks=[CacheReferenceOutputs(cache_dir=str(cache))])
+        computed.append(model.teacher.samples)
+    assert computed[0] == computed[1] > 0 == computed[2]  # another offset, another key; the same offset, a hit
+
+
+def test_a_transform_that_cannot_be_keyed_is_refused_on_disk(tmp_path: Path) -> None:
+    student, teacher = networks()
+    lock = threading.Lock()
+
+    def negate(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            return -x
+
+    on_disk = [CacheReferenceOutputs(cache_dir=str(tmp_path / "cache"))]
+    refused = r"train_transform Lambda\(\) cannot be keyed.*<closure lock>.*fingerprint\(\)"
+    with pytest.raises(ValueError, match=refused):
+        fit(
+            VanillaKD(student, teacher, 10), tmp_path / "a", epochs=1, callbacks=on_disk, train_transform=Lambda(negate)
+        )
+    # a store kept in memory for one fit needs no key
+    model = VanillaKD(student, Counting(teacher), 10)
+    trainer = fit(model, tmp_path / "b", epochs=2, callbacks=[CacheReferenceOutputs()], train_transform=Lambda(negate))
+    assert model.teacher.samples == len(trainer.datamodule.train_set)
+
+
+def test_a_teacher_setting_that_cannot_be_keyed_is_refused_on_disk(tmp_path: Path) -> None:
+    student, teacher = networks()
+    teacher.guard = threading.Lock()
+    on_disk = [CacheReferenceOutputs(cache_dir=str(tmp_path / "cache"))]
+    refused = r"frozen reference `teacher`\. The attribute 'guard' of SmallCNN cannot be keyed.*'_guard'"
+    with pytest.raises(ValueError, match=refused):
+        fit(VanillaKD(student, teacher, 10), tmp_path, epochs=1, callbacks=on_disk)

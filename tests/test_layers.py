@@ -17,6 +17,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: (  # pure: tensors, arrays, files, signals; no Lightning module or callback
         "kdlightning.losses",
         "kdlightning.fingerprint",
+        "kdlightning.statekey",
         "kdlightning.atomic",
         "kdlightning.interrupt",
         "kdlightning.reporting",
