@@ -115,6 +115,38 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device"),  # what Python's own writes raise
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),  # torch.save's
+    ],
+)
+def test_a_write_to_a_full_device_says_so_and_keeps_the_old_file(tmp_path: Path, monkeypatch, failure) -> None:
+    import shutil
+
+    import torch
+
+    target = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, target)
+    full = shutil.disk_usage(tmp_path)._replace(free=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+
+    def full_device_mid_write() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise failure
+
+    with pytest.raises(OSError, match=rf"No space left on the device at '{tmp_path}' to write 'weights.pt'") as error:
+        full_device_mid_write()
+    assert error.value.errno == 28
+    assert torch.equal(torch.load(target)["w"], torch.zeros(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
+    monkeypatch.undo()  # with free space, another RuntimeError is what it was
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(target):
+        raise RuntimeError("killed")
+
+
 def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path: Path) -> None:
     failed = {"scenario": "iid", "seed": 2, "method": "vanilla_kd", "acc_before": 0.80, "acc_after": None}
     failed["error"] = "FloatingPointError: Non-finite training loss at global step 3"

@@ -17,14 +17,21 @@ Four layers, each importing only the ones before it:
 
 from typing import Any
 
-from kdlightning.federated.aggregate import round_reduction, rounds_to_target, weighted_average
-from kdlightning.federated.experiment import FederatedStudy, load_study
+from kdlightning.federated.aggregate import (
+    censored_rounds_to_target,
+    round_reduction,
+    rounds_to_target,
+    weighted_average,
+)
+from kdlightning.federated.experiment import FederatedStudy, StartResult, load_study
 from kdlightning.federated.federation import STARTS, Federation, load_federation
 
 __all__ = [
     "STARTS",
     "FederatedStudy",
     "Federation",
+    "StartResult",
+    "censored_rounds_to_target",
     "load_federation",
     "load_study",
     "round_reduction",
