@@ -385,3 +385,21 @@ def test_tune_validation_public_validates_every_trial_on_the_held_out_split(tmp_
     result = tune(args, callbacks=[seen], verbose=False)
     assert len(result.trials) == 2
     assert seen.seen and all(v == "public" and n == public > 0 for v, n, public in seen.seen)
+
+
+def test_a_teacher_the_cache_cannot_key_turns_the_cache_off_with_a_warning() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from kdlightning import VanillaKD
+    from kdlightning.data import PartitionedDataModule
+    from kdlightning.models import MLP
+    from kdlightning.tuning.trials import cache_supported
+
+    teacher = MLP(in_features=64, num_classes=10)
+    built = SimpleNamespace(model=VanillaKD(MLP(in_features=64, num_classes=10), teacher, 10), datamodule=None)
+    built.datamodule = PartitionedDataModule(num_parties=2)
+    assert cache_supported(built)
+    teacher.guard = threading.Lock()  # a public attribute whose state cannot be read
+    with pytest.warns(UserWarning, match="cache is off.*guard"):
+        assert not cache_supported(built)

@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser
 
-from kdlightning.cache import CacheReferenceOutputs, check_deterministic_transfer
+from kdlightning.cache import CacheReferenceOutputs, check_deterministic_transfer, module_fingerprint
 from kdlightning.data import DatasetSource
 from kdlightning.data.datamodules import check_validation
 from kdlightning.lightning_cli import KDLightningCLI
@@ -127,6 +127,8 @@ def cache_supported(built: Built) -> bool:
     else:
         try:
             check_deterministic_transfer(datamodule)
+            for name in built.model.frozen_names:  # what the cache keys on disk must be readable
+                module_fingerprint(getattr(built.model, name), strict=True)
         except ValueError as error:
             reason = str(error)
     if reason is not None:
