@@ -204,7 +204,7 @@ def test_a_text_data_set_is_refused_before_any_training(tmp_path: Path) -> None:
     texts = tmp_path / "texts.csv"
     texts.write_text("text,label\n" + "".join(f"sample {i} words,{i % 2}\n" for i in range(40)))
     dataset = HFDataset("csv", data_files={"train": str(texts)}, input_column="text", test_split=None)
-    with pytest.raises(ValueError, match="`dataset` HFDataset holds text.*tokenizer"):
+    with pytest.raises(ValueError, match=r"`dataset` HFDataset holds text.*tokenizer"):
         study(tmp_path / "out", dataset=dataset)
     assert not (tmp_path / "out").exists()
 

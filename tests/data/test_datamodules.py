@@ -440,5 +440,5 @@ def test_text_without_tokenizers_is_refused_naming_the_argument(tmp_path: Path) 
     texts.write_text("text,label\n" + "".join(f"sample {i} words,{i % 2}\n" for i in range(40)))
     dataset = HFDataset("csv", data_files={"train": str(texts)}, input_column="text", test_split=None)
     data = PartitionedDataModule(dataset=dataset, num_parties=2)
-    with pytest.raises(ValueError, match="inputs are text.*set `tokenizers`"):
+    with pytest.raises(ValueError, match=r"inputs are text.*set `tokenizers`"):
         data.setup("fit")

@@ -155,7 +155,7 @@ def test_members_read_the_trainer_s_epoch_and_step_as_their_own_fits_do(tmp_path
     fit(tmp_path / "batched", batched, epochs=3, precision="64-true")
     assert_members_match(batched, separate)
     with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):  # detached once the fit is over
-        batched._groups[0].prototype.trainer
+        _ = batched._groups[0].prototype.trainer
 
 
 def test_a_member_on_its_own_data_may_not_read_the_fit_s_progress(tmp_path) -> None:
@@ -168,7 +168,7 @@ def test_a_member_on_its_own_data_may_not_read_the_fit_s_progress(tmp_path) -> N
 
     parties = OwnDataMembers({f"p{k}": EpochAware(TinyNet(), NUM_CLASSES) for k in range(2)})
     streams = MemberStreams([SyntheticDataModule(num_samples=32), SyntheticDataModule(num_samples=48)], epochs=1)
-    with pytest.raises(ValueError, match="reads the trainer's `current_epoch`.*Fit that method on its own"):
+    with pytest.raises(ValueError, match=r"reads the trainer's `current_epoch`.*Fit that method on its own"):
         tiny_trainer(tmp_path, max_epochs=1).fit(parties, datamodule=streams)
 
 
