@@ -11,8 +11,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["UNREADABLE", "atomic_path", "write_text_atomic"]
+from kdlightning.errors import StorageError
+
+__all__ = ["UNREADABLE", "atomic_path", "save_figure", "write_text_atomic"]
 
 UNREADABLE = (
     OSError,
@@ -46,7 +49,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     When the block fails the temporary file is removed and ``path`` keeps its old content. A block that
     fails because the device is full (an ``OSError`` with ``ENOSPC``, or ``torch.save``'s ``RuntimeError``
-    with no space left) raises ``OSError(ENOSPC)`` naming the device's path.
+    with no space left) raises :class:`~kdlightning.errors.StorageError` (an ``OSError`` with ``ENOSPC``)
+    naming the device's path.
 
     Examples:
         >>> import tempfile, pathlib
@@ -70,7 +74,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except (OSError, RuntimeError) as error:
         if not _device_full(error, path.parent):
             raise
-        raise OSError(
+        raise StorageError(
             errno.ENOSPC,
             f"No space left on the device at '{path.parent}' to write '{path.name}'; nothing was "
             "written (the previous file, if any, is kept). Free some space and run the same command again.",
@@ -94,3 +98,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Write a matplotlib ``figure`` to ``path`` as a PNG (100 dpi), atomically; return ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path

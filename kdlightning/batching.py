@@ -22,6 +22,7 @@ import lightning as L
 from torch import nn
 
 from kdlightning.data import ClassificationDataModule, MemberStreams
+from kdlightning.errors import ConfigurationError
 from kdlightning.methods import (
     BatchedMembers,
     DistillationModule,
@@ -105,7 +106,7 @@ def fit_members(
         ValueError: ``max_members`` below 1.
     """
     if max_members is not None and max_members < 1:
-        raise ValueError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
+        raise ConfigurationError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
     names = list(members)
     size = len(names) if max_members is None else max_members
     for start in range(0, len(names), max(size, 1)):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlightning.atomic import UNREADABLE, atomic_path
+from kdlightning.errors import ConfigurationError, InputTypeError
 from kdlightning.fingerprint import (
     check_deterministic_transfer,
     check_deterministic_transform,
@@ -195,12 +196,12 @@ class CacheReferenceOutputs(L.Callback):
         from kdlightning.methods.base import DistillationModule
 
         if not isinstance(pl_module, DistillationModule):
-            raise TypeError(
+            raise InputTypeError(
                 f"CacheReferenceOutputs works with DistillationModule methods, got {type(pl_module).__name__}."
             )
         datamodule = trainer.datamodule
         if not _cacheable(datamodule):
-            raise ValueError(
+            raise ConfigurationError(
                 "CacheReferenceOutputs needs a datamodule whose training batches carry sample indices (x, y, index) "
                 "and that has `pool_size` and `data`, such as kdlightning.data.PartitionedDataModule."
             )
@@ -209,7 +210,7 @@ class CacheReferenceOutputs(L.Callback):
         names = self.references if self.references is not None else list(pl_module.frozen_names)
         unknown = sorted(set(names) - set(pl_module.frozen_names))
         if unknown:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`references` {unknown} are not frozen references of the method {pl_module.frozen_names}."
             )
         data_key = transfer_fingerprint(datamodule) if on_disk else ""
@@ -219,7 +220,7 @@ class CacheReferenceOutputs(L.Callback):
                 try:
                     key = cache_key(getattr(pl_module, name), data_key, trainer.precision)
                 except ValueError as error:
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"The teacher-output cache cannot key the frozen reference `{name}`. {error}"
                     ) from error
                 self.paths[name] = self.cache_dir / f"{key[:32]}.pt"

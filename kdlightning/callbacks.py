@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.model_summary import get_formatted_model_size, 
 
 from kdlightning.data.partitioners import plot_partition
 from kdlightning.data.text import TokenizeCollate
+from kdlightning.errors import InputTypeError
 
 __all__ = ["FitSummary", "LogPartition", "ModelSummary", "SavePretrained"]
 
@@ -217,7 +218,7 @@ class SavePretrained(L.Callback):
         """Write the network (and its tokenizer) on rank zero."""
         module = getattr(pl_module, self.network, None)
         if not hasattr(module, "save_pretrained"):
-            raise TypeError(
+            raise InputTypeError(
                 f"SavePretrained: `{self.network}` is a {type(module).__name__}, which has no `save_pretrained` (a "
                 "transformers model has); its weights are in the checkpoints' state_dict."
             )

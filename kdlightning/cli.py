@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
 
+from kdlightning.errors import KDLightningError
 from kdlightning.interrupt import exit_on_signals
 from kdlightning.lightning_cli import HelpFormatter, KDLightningCLI
 from kdlightning.pipeline import DEFAULTS, command_parser
@@ -69,8 +68,8 @@ def parser(args: Sequence[str] = ()) -> ArgumentParser:
 def main(args: Sequence[str] | None = None) -> None:
     """The ``kdl`` console script: run ``kdl`` with ``args`` (None: ``sys.argv``); :func:`run` returns results.
 
-    An error that kdlightning raised on purpose (a bad value, a missing file, a diverging loss: anything raised
-    from the package's own code, however deep in the argument parser's error chain) is printed as one message
+    An error that kdlightning raised on purpose (a :class:`~kdlightning.errors.KDLightningError`: a bad value, a
+    missing file, a diverging loss, however deep in the argument parser's error chain) is printed as one message
     and exits with status 1; ``KDL_TRACEBACK=1`` shows the traceback instead. Other errors propagate as they are.
     """
     argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
@@ -85,18 +84,19 @@ def main(args: Sequence[str] | None = None) -> None:
         raise SystemExit(1) from None
 
 
-def _own_error(error: BaseException) -> BaseException | None:
-    """The deepest exception in ``error``'s chain that kdlightning's own code raised (not this module), if any."""
-    package = Path(__file__).resolve().parent
-    found, seen, current = None, set(), error
+def _own_error(error: BaseException) -> KDLightningError | None:
+    """The outermost :class:`~kdlightning.errors.KDLightningError` in ``error``'s chain (causes and contexts), if any.
+
+    The argument parser wraps an error raised while it builds a class in errors of its own: the one to show is
+    kdlightning's, and of kdlightning's the outermost, which says the most.
+    """
+    seen, current = set(), error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        frames = traceback.extract_tb(current.__traceback__)
-        origin = Path(frames[-1].filename).resolve() if frames else None
-        if origin is not None and package in origin.parents and origin != Path(__file__).resolve():
-            found = current
+        if isinstance(current, KDLightningError):
+            return current
         current = current.__cause__ or current.__context__
-    return found
+    return None
 
 
 def run(args: Sequence[str]) -> Any:

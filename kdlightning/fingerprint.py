@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdlightning.statekey import Keyer, Unkeyable, describe, qualified, tag
+from kdlightning.errors import ConfigurationError
+from kdlightning.statekey import Keyer, Unkeyable, qualified, short_repr, tag
 
 __all__ = [
     "check_deterministic_transfer",
@@ -137,7 +138,7 @@ def module_fingerprint(module: nn.Module, strict: bool = False) -> str:
                 key = keyer.key(value, path)
             except Unkeyable as error:
                 if strict:
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"The attribute '{path}' of {type(module).__name__} cannot be keyed: {error}. Make it private "
                         f"('_{attribute}') if it does not change the outputs, or give its class a `fingerprint()` "
                         "method that returns a string of what determines them; or train without "
@@ -178,8 +179,8 @@ def transform_fingerprint(transform: Any, role: str = "train_transform") -> str:
     try:
         return Keyer(strict=True).key(transform, role).hex()
     except Unkeyable as error:
-        raise ValueError(
-            f"The transfer set's {role} {describe(transform)} cannot be keyed for the teacher-output cache: "
+        raise ConfigurationError(
+            f"The transfer set's {role} {short_repr(transform)} cannot be keyed for the teacher-output cache: "
             f"{error}. Make it an object whose class has a `fingerprint()` method returning a string of what "
             "determines its outputs, or train without CacheReferenceOutputs."
         ) from None
@@ -294,7 +295,7 @@ def check_deterministic_transform(
             if declared is False
             else "gives a sample different outputs under different seeds of torch, numpy and Python's random"
         )
-        raise ValueError(
+        raise ConfigurationError(
             f"The transfer set's train_transform {transform!r} is random (it {how}), so cached teacher outputs "
             "would not match the inputs the student sees. Remove the random transform, or train without "
             "CacheReferenceOutputs."

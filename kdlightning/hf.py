@@ -21,6 +21,8 @@ from typing import Any
 from jsonargparse import class_from_function
 from torch import nn
 
+from kdlightning.errors import ConfigurationError, MissingFileError
+
 __all__ = ["SequenceClassifier", "load_tokenizer", "resolve_pretrained", "sequence_classifier"]
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -38,7 +40,7 @@ def resolve_pretrained(path: str | os.PathLike) -> str:
     if local.exists():
         return str(local)
     if text.startswith(_LOCAL_PREFIXES) or text.count("/") > 1 or "\\" in text:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No model directory at '{local}'. Write one with `model.save_pretrained('{text}')` and "
             f"`tokenizer.save_pretrained('{text}')`, download one with `hf download <hub id> --local-dir {text}`, "
             "or pass a Hugging Face hub id such as 'sentence-transformers/all-MiniLM-L6-v2'."
@@ -61,7 +63,7 @@ def _from_pretrained(load: Callable[..., Any], path: str | os.PathLike, what: st
             if _offline() or kwargs.get("local_files_only")
             else "the hub could not be reached or has no such model"
         )
-        raise OSError(
+        raise MissingFileError(
             f"Could not load the {what} '{path}' ({where}): {error}\nGet it where there is a network with "
             f"`hf download {path} --local-dir <dir>` and pass that directory, or pass a directory written by "
             "`save_pretrained`."
@@ -112,7 +114,7 @@ def sequence_classifier(
         ValueError: ``num_labels < 2``.
     """
     if int(num_labels) < 2:
-        raise ValueError(f"`num_labels` must be >= 2, got {num_labels!r}.")
+        raise ConfigurationError(f"`num_labels` must be >= 2, got {num_labels!r}.")
     from transformers import AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"revision": revision} if revision is not None else {}

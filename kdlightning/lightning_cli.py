@@ -14,6 +14,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 import kdlightning.data  # noqa: F401  (its datamodules become known by short name: --data.help PartitionedDataModule)
 from kdlightning.callbacks import FitSummary, ModelSummary
+from kdlightning.errors import ConfigurationError, MissingFileError
 from kdlightning.methods.base import DistillationModule
 
 __all__ = ["HelpFormatter", "KDLightningCLI", "LogConfig", "check_ckpt_path"]
@@ -126,9 +127,9 @@ def check_ckpt_path(ckpt_path: Any) -> None:
         return
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"`--ckpt_path` '{text}' does not exist: give a checkpoint (.ckpt) a run wrote.")
+        raise MissingFileError(f"`--ckpt_path` '{text}' does not exist: give a checkpoint (.ckpt) a run wrote.")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise ConfigurationError(
             f"`--ckpt_path` '{text}' is not a checkpoint: a Lightning checkpoint (.ckpt) is the zip archive "
             "torch.save writes, and this file is not one (it may be truncated or of another kind)."
         )

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlightning.errors import ConfigurationError
+
 __all__ = [
     "at_least_float32",
     "check_alpha",
@@ -37,11 +39,11 @@ Selection = Literal["supervised", "unsupervised"]
 def _as_float(value: object, name: str) -> float:
     """``value`` as a float, or ``ValueError`` naming the argument (a string like ``"abc"``, a list, None)."""
     if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+        raise ConfigurationError(f"`{name}` must be a number, got {value!r}.")
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+        raise ConfigurationError(f"`{name}` must be a number, got {value!r}.") from None
 
 
 def at_least_float32(logits: Tensor) -> Tensor:
@@ -68,7 +70,7 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
         return temperature  # type: ignore[return-value]
     value = _as_float(temperature, name)
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {temperature!r}.")
+        raise ConfigurationError(f"`{name}` must be a finite number > 0, got {temperature!r}.")
     return value
 
 
@@ -78,7 +80,7 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
         return alpha  # type: ignore[return-value]
     value = _as_float(alpha, name)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must lie in [0, 1] (the weight on the distillation term), got {alpha!r}.")
+        raise ConfigurationError(f"`{name}` must lie in [0, 1] (the weight on the distillation term), got {alpha!r}.")
     return value
 
 
@@ -266,7 +268,7 @@ def dp_kd_terms(
         tensor(0.5000)
     """
     if selection not in ("supervised", "unsupervised"):
-        raise ValueError(f"`selection` must be 'supervised' or 'unsupervised', got {selection!r}.")
+        raise ConfigurationError(f"`selection` must be 'supervised' or 'unsupervised', got {selection!r}.")
     # Routing compares the unsoftened (T = 1) probabilities, as Roth et al. do; only the targets are softened,
     # so which source a sample learns from never depends on the temperature.
     mask = teacher_selection_mask(teacher_logits, reference_logits, targets if selection == "supervised" else None)
@@ -326,10 +328,10 @@ def ensemble_logits(
     """
     temperature = check_temperature(temperature)
     if len(teacher_logits) == 0:
-        raise ValueError("`teacher_logits` is empty: give at least one teacher's logits.")
+        raise ConfigurationError("`teacher_logits` is empty: give at least one teacher's logits.")
     shapes = {tuple(z.shape) for z in teacher_logits}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(
+        raise ConfigurationError(
             f"`teacher_logits` must all be (N, C) of one shape, got shapes {[tuple(z.shape) for z in teacher_logits]}."
         )
     stacked = torch.stack([z.detach().float() for z in teacher_logits])  # (K, N, C)
@@ -343,7 +345,7 @@ def ensemble_logits(
             or float(w.sum()) <= 0
             or not bool(torch.isfinite(w).all())
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`weights` must be {len(teacher_logits)} finite non-negative numbers, not all zero, got {w.tolist()}."
             )
         w = w / w.sum()
@@ -387,7 +389,7 @@ def multi_teacher_terms(
     """
     target = ensemble_logits(teacher_logits, temperature, weights)
     if student_logits.shape != target.shape:
-        raise ValueError(
+        raise ConfigurationError(
             f"The student's logits {tuple(student_logits.shape)} and the teachers' {tuple(target.shape)} differ in "
             "shape: every network must output the same number of classes."
         )

@@ -16,6 +16,7 @@ from jsonargparse import class_from_function
 from torch import Tensor, nn
 
 from kdlightning.atomic import UNREADABLE
+from kdlightning.errors import ConfigurationError, MissingFileError, NotFoundError
 
 __all__ = ["MLP", "Pretrained", "SmallCNN", "load_network", "load_student"]
 
@@ -35,7 +36,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout!r}.")
+            raise ConfigurationError(f"`dropout` must lie in [0, 1), got {dropout!r}.")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden_sizes:
@@ -106,7 +107,7 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No checkpoint at '{path}'. Train that network first, e.g. `kdl fit -c configs/_base/trainer.yaml "
             "-c configs/digits/teacher.yaml`, which writes runs/digits/teacher/checkpoints/last.ckpt; or pass the "
             "path of a checkpoint a kdlightning run wrote."
@@ -118,7 +119,9 @@ def load_network(checkpoint: str | Path, network: nn.Module, role: str = "studen
         roles = sorted(
             {key.split(".", 1)[0] for key in state if "." in key and not key.startswith(("val_", "test_", "_"))}
         )
-        raise KeyError(f"Checkpoint '{path}' holds no network '{role}'; it holds {roles}. Set `role` to one of them.")
+        raise NotFoundError(
+            f"Checkpoint '{path}' holds no network '{role}'; it holds {roles}. Set `role` to one of them."
+        )
     network.load_state_dict(weights)
     return network
 
@@ -132,13 +135,13 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE as error:
-        raise ValueError(
+        raise ConfigurationError(
             f"Could not read '{path}' as a checkpoint. Expected {expected}; the file may be truncated or of "
             f"another kind ({type(error).__name__}: {error})"
         ) from error
     state = state.get("state_dict", state) if isinstance(state, Mapping) else state
     if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
-        raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict. Expected {expected}.")
+        raise ConfigurationError(f"'{path}' holds a {type(state).__name__}, not a state dict. Expected {expected}.")
     return state
 
 

@@ -8,6 +8,8 @@
   fits, with the settings a user may override (accelerator, precision, ...); :func:`check_trainer_for`: the
   settings a method cannot train with;
 - :func:`check_writable`: an output directory the pipeline can write, before it writes anything;
+- :func:`describe`, :func:`differences`: a configuration as JSON that names it alike in every process, and where
+  two such records differ (what a resume is checked against);
 - :func:`command_parser` and :func:`from_args`: a pipeline class as a command line (``-c`` configs,
   ``--<argument>`` overrides), with an embedded default config that an explicit ``-c`` replaces.
 """
@@ -15,9 +17,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,22 +33,28 @@ import torch
 from torch import nn
 
 from kdlightning.atomic import UNREADABLE, atomic_path
+from kdlightning.errors import ConfigurationError, StorageError
 from kdlightning.trainers import quiet_trainer
 
 __all__ = [
+    "ABSENT",
     "DEFAULTS",
     "NetworkFactory",
     "check_trainer",
     "check_trainer_for",
     "check_writable",
     "command_parser",
+    "describe",
+    "differences",
     "digest",
     "from_args",
     "has_config",
     "load_weights",
     "pretrain_once",
     "save_weights",
+    "show",
     "trainer",
+    "without_addresses",
 ]
 
 NetworkFactory = Callable[[int], nn.Module]
@@ -67,6 +77,81 @@ def digest(*parts: Any) -> str:
         True
     """
     return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:24]
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+"""A memory address in a ``repr``: it changes from process to process and says nothing of the value."""
+
+ABSENT = object()
+"""A key one of two compared configurations does not have."""
+
+
+def describe(value: Any) -> Any:
+    """``value`` as JSON that names it the same way in every process (for ``study.json``).
+
+    Classes and functions become their import path; a ``functools.partial`` (a factory from Python, or from a
+    YAML ``class_path`` with ``init_args``) its target's path and arguments; anything else its ``repr``
+    without memory addresses.
+
+    Examples:
+        >>> from kdlightning import VanillaKD
+        >>> describe(functools.partial(VanillaKD, temperature=2.0))
+        {'class_path': 'kdlightning.methods.kd.VanillaKD', 'init_args': {'temperature': 2.0}}
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): describe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [describe(item) for item in value]
+    if isinstance(value, functools.partial):
+        parts = [value.func, *value.args]
+        if not value.args and not value.keywords:  # partial(VanillaKD) is VanillaKD
+            return describe(value.func)
+        # jsonargparse builds partial(<wrapper>, <instantiator>, cls, **init_args): the class is the target
+        target = next((i for i, part in enumerate(parts) if isinstance(part, type)), 0)
+        described: dict[str, Any] = {"class_path": describe(parts[target])}
+        if parts[target + 1 :]:
+            described["args"] = describe(parts[target + 1 :])
+        if value.keywords:
+            described["init_args"] = describe(value.keywords)
+        return described
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{value.__module__}.{value.__qualname__}"
+    return without_addresses(repr(value))
+
+
+def differences(old: Any, new: Any, only_old_keys: bool, path: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaves where ``old`` and ``new`` differ, as ``(dotted path, old value, new value)``.
+
+    Mappings are compared key by key (only ``old``'s keys with ``only_old_keys``); a missing key is ``ABSENT``.
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        keys = list(old) if only_old_keys else list(dict.fromkeys([*old, *new]))
+        return [
+            difference
+            for key in keys
+            for difference in differences(
+                old.get(key, ABSENT), new.get(key, ABSENT), only_old_keys, f"{path}.{key}" if path else str(key)
+            )
+        ]
+    return [] if old == new else [(path, old, new)]
+
+
+def show(value: Any, width: int = 80) -> str:
+    """``value`` in an error message: JSON, shortened to ``width`` characters."""
+    text = "absent" if value is ABSENT else json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without the memory addresses a ``repr`` holds (``<function f at 0x7f...>`` → ``<function f>``).
+
+    Examples:
+        >>> without_addresses("<object at 0x7f3a2b>")
+        '<object>'
+    """
+    return _ADDRESS.sub("", text)
 
 
 def pretrain_once(path: str | Path, network: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
@@ -125,7 +210,7 @@ def check_trainer(settings: Mapping[str, Any] | None) -> dict[str, Any]:
     known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", *_PIPELINE_OWNED}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigurationError(
             f"`trainer` keys {unknown} are not Trainer arguments a pipeline lets you set; choose from "
             f"{sorted(known)} (the pipeline sets {list(_PIPELINE_OWNED)} itself)."
         )
@@ -162,7 +247,7 @@ def check_trainer_for(model: Any, settings: Mapping[str, Any], where: str) -> No
     refused = {"gradient_clip_val": lambda v: bool(v), "accumulate_grad_batches": lambda v: v not in (None, 1)}
     for key, is_set in refused.items():
         if is_set(settings.get(key)):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`trainer.{key}: {settings[key]}` cannot apply to `{where}`: {type(model).__name__} optimizes "
                 f"manually, and Lightning supports `{key}` only under automatic optimization. Remove it from "
                 "`trainer`, or leave that method out."
@@ -173,8 +258,7 @@ def check_writable(directory: str | Path, argument: str) -> None:
     """Create ``directory`` if needed and make sure files can be written there, before anything is.
 
     Raises:
-        OSError: of the kind the file system gave (``PermissionError``, ...), naming ``argument``, the directory
-            and why.
+        StorageError: an ``OSError`` with the file system's ``errno``, naming ``argument``, the directory and why.
     """
     directory = Path(directory)
     try:
@@ -182,7 +266,7 @@ def check_writable(directory: str | Path, argument: str) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise type(error)(
+        raise StorageError(
             error.errno,
             f"`{argument}` '{directory}' cannot be written: {error.strerror or error}. Give another `--{argument}`.",
         ) from error

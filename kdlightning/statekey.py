@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Keyer", "Unkeyable", "describe", "qualified", "tag"]
+__all__ = ["Keyer", "Unkeyable", "qualified", "short_repr", "tag"]
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(...), type(NotImplemented))
 """Values keyed by their ``repr`` (bytes by themselves): the ``repr`` is the whole value."""
@@ -263,7 +263,7 @@ def _tensor_bytes(tensor: torch.Tensor, path: str) -> bytes:
         raise Unkeyable(path, tensor, f"has values that cannot be read ({error})") from None
 
 
-def describe(value: Any, limit: int = 200) -> str:
+def short_repr(value: Any, limit: int = 200) -> str:
     """``repr(value)``, cut to ``limit`` characters (the type's name if it has no usable ``repr``)."""
     try:
         text = repr(value)

@@ -32,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats as scipy_stats
 
+from kdlightning.errors import ConfigurationError
+
 __all__ = [
     "MIN_SEEDS",
     "Interval",
@@ -178,7 +180,7 @@ class Ranked:
 
 def _check_confidence(confidence: float) -> float:
     if isinstance(confidence, bool) or not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
-        raise ValueError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")
+        raise ConfigurationError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")
     return float(confidence)
 
 
@@ -186,7 +188,7 @@ def _as_array(values: Values, name: str) -> npt.NDArray[np.float64]:
     """``values`` as a 1-d float64 array with at least one element, or ``ValueError`` naming ``name``."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"`{name}` must be a non-empty sequence of numbers, got {values!r}.")
+        raise ConfigurationError(f"`{name}` must be a non-empty sequence of numbers, got {values!r}.")
     return array
 
 
@@ -256,7 +258,9 @@ def paired_difference(a: Values, b: Values, confidence: float = 0.95) -> PairedD
     """
     first, second = _as_array(a, "a"), _as_array(b, "b")
     if first.shape != second.shape:
-        raise ValueError(f"`a` and `b` must hold one value per seed each, got {first.size} and {second.size} values.")
+        raise ConfigurationError(
+            f"`a` and `b` must hold one value per seed each, got {first.size} and {second.size} values."
+        )
     differences = first - second
     interval = mean_interval(differences, confidence)
     wins = float(np.sum(differences > 0) + 0.5 * np.sum(differences == 0))
@@ -296,13 +300,15 @@ def _improvement_draws(
     """The relative improvement on the data, its ``(n_resamples,)`` bootstrap replicates, and the number of seeds."""
     gains = _as_array(tuned, "tuned")
     if not untuned:
-        raise ValueError("`untuned` must name at least one method.")
+        raise ConfigurationError("`untuned` must name at least one method.")
     others = np.stack([_as_array(values, f"untuned[{name!r}]") for name, values in untuned.items()])  # (M, n)
     if others.shape[1] != gains.size:
         sizes = {name: len(np.atleast_1d(values)) for name, values in untuned.items()}
-        raise ValueError(f"Every method needs one value per seed: `tuned` has {gains.size}, `untuned` has {sizes}.")
+        raise ConfigurationError(
+            f"Every method needs one value per seed: `tuned` has {gains.size}, `untuned` has {sizes}."
+        )
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"`n_resamples` must be an integer >= 1, got {n_resamples!r}.")
+        raise ConfigurationError(f"`n_resamples` must be an integer >= 1, got {n_resamples!r}.")
     point = float(_relative_improvement(np.asarray(gains.mean()), others.mean(axis=1).max()))
     picks = rng.integers(0, gains.size, size=(n_resamples, gains.size))  # (R, n): seeds, the same for every method
     # the best untuned method is chosen again in every resample: max over methods of (M, R) resampled means
@@ -410,9 +416,9 @@ def bootstrap_average_improvement(
     """
     confidence = _check_confidence(confidence)
     if not scenarios:
-        raise ValueError("`scenarios` must hold at least one scenario.")
+        raise ConfigurationError("`scenarios` must hold at least one scenario.")
     if average not in ("mean", "median"):
-        raise ValueError(f"`average` must be 'mean' or 'median', got {average!r}.")
+        raise ConfigurationError(f"`average` must be 'mean' or 'median', got {average!r}.")
     if len(scenarios) == 1:
         alone = bootstrap_relative_improvement(*scenarios[0], n_resamples, confidence, seed)
         return Interval(alone.mean, alone.low, alone.high, 1)

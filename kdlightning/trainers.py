@@ -1,4 +1,4 @@
-"""The quiet, single-device trainer that pipelines (study, federation) run their many short fits with."""
+"""The quiet, single-device trainer of the pipelines' many short fits (study, federation), and their progress bar."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 
-__all__ = ["NOTICES", "quiet", "quiet_trainer"]
+__all__ = ["NOTICES", "progress_bar", "quiet", "quiet_trainer"]
 
 NOTICES = (
     r".*LightningCLI's args parameter is intended.*",
@@ -74,3 +74,21 @@ def quiet_trainer(max_epochs: int, callbacks: list[L.Callback] | None = None, **
     }
     options.update(kwargs)
     return L.Trainer(max_epochs=max_epochs, callbacks=callbacks or [], **options)
+
+
+def progress_bar(
+    total: int, unit: str, enabled: bool | None = True, initial: int = 0, description: str | None = None
+) -> Any:
+    """A pipeline's progress bar (tqdm) over its ``total`` units of work (fits, rounds), ``initial`` already done.
+
+    Args:
+        total: units of work in all.
+        unit: what one unit is (``"fit"``, ``"round"``).
+        enabled: True shows the bar, False hides it, None shows it only on a terminal.
+        initial: units finished before (a resumed run).
+        description: the bar's label.
+    """
+    from tqdm.auto import tqdm
+
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, initial=initial, unit=unit, desc=description, disable=disable, dynamic_ncols=True)

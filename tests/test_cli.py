@@ -168,8 +168,8 @@ def test_console_script_and_module_entry_point() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("--model.init_args.alpha=1.5", "ValueError: `alpha` must lie in [0, 1]"),
-        (None, "FileNotFoundError: No checkpoint at"),
+        ("--model.init_args.alpha=1.5", "ConfigurationError: `alpha` must lie in [0, 1]"),
+        (None, "MissingFileError: No checkpoint at"),
     ],
 )
 def test_an_error_is_the_first_and_last_thing_the_user_sees(
@@ -216,8 +216,8 @@ def test_each_default_config_has_one_copy(shipped: str, packaged: str) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"garbage text\n", r"ValueError: `--ckpt_path` '.*bad.ckpt' is not a checkpoint"),
-        (None, r"FileNotFoundError: `--ckpt_path` '.*bad.ckpt' does not exist"),
+        (b"garbage text\n", r"ConfigurationError: `--ckpt_path` '.*bad.ckpt' is not a checkpoint"),
+        (None, r"MissingFileError: `--ckpt_path` '.*bad.ckpt' does not exist"),
     ],
 )
 def test_a_ckpt_path_that_is_no_checkpoint_is_named(content, message, tmp_path: Path, capsys) -> None:

@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import yaml
 from conftest import NUM_CLASSES, SyntheticDataModule, TinyNet, tiny_trainer
-from test_tuning import planted_args
+from planted import planted_args
 
 from kdlightning import StudentOnly
 from kdlightning.interrupt import Interrupted, exit_on_signals, raise_if_stopped

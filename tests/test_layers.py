@@ -18,6 +18,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "kdlightning.losses",
         "kdlightning.fingerprint",
         "kdlightning.statekey",
+        "kdlightning.errors",
         "kdlightning.atomic",
         "kdlightning.interrupt",
         "kdlightning.reporting",

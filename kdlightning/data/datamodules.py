@@ -14,6 +14,7 @@ from kdlightning.data.loading import ArrayDataset, EpochShuffleSampler, Resumabl
 from kdlightning.data.partitioners import partition_stats
 from kdlightning.data.strategies import IIDPartitioner, Partitioner
 from kdlightning.data.text import TokenizeCollate
+from kdlightning.errors import ConfigurationError
 
 __all__ = ["ClassificationDataModule", "DigitsDataModule", "PartitionedDataModule"]
 
@@ -38,9 +39,9 @@ class ClassificationDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size!r}.")
+            raise ConfigurationError(f"`batch_size` must be >= 1, got {batch_size!r}.")
         if num_workers < 0:
-            raise ValueError(f"`num_workers` must be >= 0, got {num_workers!r}.")
+            raise ConfigurationError(f"`num_workers` must be >= 0, got {num_workers!r}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -171,24 +172,28 @@ class PartitionedDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if num_parties < 1:
-            raise ValueError(f"`num_parties` must be >= 1, got {num_parties!r}.")
+            raise ConfigurationError(f"`num_parties` must be >= 1, got {num_parties!r}.")
         if not 0 <= partition_id < num_parties:
-            raise ValueError(f"`partition_id` must lie in [0, num_parties={num_parties}), got {partition_id!r}.")
+            raise ConfigurationError(
+                f"`partition_id` must lie in [0, num_parties={num_parties}), got {partition_id!r}."
+            )
         if transfer not in ("own", "teacher", "union", "public"):
-            raise ValueError(f"`transfer` must be 'own', 'teacher', 'union' or 'public', got {transfer!r}.")
+            raise ConfigurationError(f"`transfer` must be 'own', 'teacher', 'union' or 'public', got {transfer!r}.")
         if transfer in ("teacher", "union") and not (
             0 <= teacher_partition_id < num_parties and teacher_partition_id != partition_id
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`teacher_partition_id` must be another party in [0, {num_parties}) for transfer={transfer!r}, "
                 f"got {teacher_partition_id!r} (partition_id={partition_id})."
             )
         if not 0.0 <= public_fraction < 1.0:
-            raise ValueError(f"`public_fraction` must lie in [0, 1), got {public_fraction!r}.")
+            raise ConfigurationError(f"`public_fraction` must lie in [0, 1), got {public_fraction!r}.")
         if transfer == "public" and public_fraction == 0.0:
-            raise ValueError("`transfer='public'` needs `public_fraction` > 0 (the share of data no party owns).")
+            raise ConfigurationError(
+                "`transfer='public'` needs `public_fraction` > 0 (the share of data no party owns)."
+            )
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}.")
+            raise ConfigurationError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}.")
         check_validation(validation, public_fraction, transfer)
         self.dataset = dataset if dataset is not None else Digits(seed=seed)
         self.partitioner = partitioner if partitioner is not None else IIDPartitioner()
@@ -256,12 +261,12 @@ class PartitionedDataModule(ClassificationDataModule):
         """Load, partition and build the party's data sets (the same in every process)."""
         data = self.data
         if isinstance(self.collate_fn, TokenizeCollate) and not data.is_text:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tokenizers` is set but the data set's inputs are not text (dtype {data.train_inputs.dtype}); "
                 "drop `tokenizers`, or choose a text column with `input_column`."
             )
         if data.is_text and self.collate_fn is None:
-            raise ValueError(
+            raise ConfigurationError(
                 "The data set's inputs are text, which a network reads as token ids: set `tokenizers` (one "
                 "tokenizer, one per network role, or a TokenizeCollate), e.g. `class_path: "
                 "kdlightning.hf.load_tokenizer` with the model's directory."
@@ -270,13 +275,13 @@ class PartitionedDataModule(ClassificationDataModule):
             self.parts, self.public_index = self.split_pool()
         own_train, own_val = self._train_val(self.partition_id)
         if len(own_train) == 0 or len(own_val) == 0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"Party {self.partition_id} has {len(self.parts[self.partition_id])} samples, too few for a training "
                 f"and a validation split; use fewer parties or a partitioner with a larger min_size."
             )
         train = self.transfer_index()
         if len(train) == 0:
-            raise ValueError(f"The transfer set {self.transfer!r} of party {self.partition_id} is empty.")
+            raise ConfigurationError(f"The transfer set {self.transfer!r} of party {self.partition_id} is empty.")
         self.train_set = ArrayDataset(
             data.train_inputs, data.train_labels, train, transform=self.train_transform, with_index=True
         )
@@ -309,31 +314,37 @@ class PartitionedDataModule(ClassificationDataModule):
 
 
 def check_validation(validation: str | Sequence[str], public_fraction: float, transfer: str) -> None:
-    """Raise ``ValueError`` unless ``validation`` is ``"own"``, or ``"public"`` with a public split no one trains on.
+    """Raise ``ConfigurationError`` unless ``validation`` is ``"own"``, or ``"public"`` with a public split.
+
+    The public split is one no party trains on.
 
     A list names several splits (each checked; none twice).
 
     Examples:
         >>> check_validation("public", 0.05, "own")
         >>> check_validation(["own", "public"], 0.05, "own")
-        >>> check_validation("public", 0.0, "own")
+        >>> check_validation("public", 0.0, "own")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `validation='public'` needs `public_fraction` > 0: the split held out before partitioning.
+        kdlightning.errors.ConfigurationError: `validation='public'` needs `public_fraction` > 0: the split held...
     """
     if not isinstance(validation, str):
         names = list(validation)
         if not names or len(set(names)) < len(names):
-            raise ValueError(f"`validation` must list distinct splits of 'own' and 'public', got {validation!r}.")
+            raise ConfigurationError(
+                f"`validation` must list distinct splits of 'own' and 'public', got {validation!r}."
+            )
         for name in names:
             check_validation(name, public_fraction, transfer)
         return
     if validation not in ("own", "public"):
-        raise ValueError(f"`validation` must be 'own' or 'public', got {validation!r}.")
+        raise ConfigurationError(f"`validation` must be 'own' or 'public', got {validation!r}.")
     if validation == "public" and public_fraction == 0.0:
-        raise ValueError("`validation='public'` needs `public_fraction` > 0: the split held out before partitioning.")
+        raise ConfigurationError(
+            "`validation='public'` needs `public_fraction` > 0: the split held out before partitioning."
+        )
     if validation == "public" and transfer == "public":
-        raise ValueError(
+        raise ConfigurationError(
             "`validation='public'` with `transfer='public'` would validate on the data the method trains on; "
             "choose another transfer set or `validation='own'`."
         )

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from kdlightning.errors import ConfigurationError, MissingFileError
+
 __all__ = [
     "FASHION_MNIST_DIR",
     "DatasetSource",
@@ -59,7 +61,7 @@ class LabelledData:
 
     def __post_init__(self) -> None:
         if len(self.train_inputs) != len(self.train_labels) or len(self.test_inputs) != len(self.test_labels):
-            raise ValueError("inputs and labels must have the same length in each split")
+            raise ConfigurationError("inputs and labels must have the same length in each split")
 
     @property
     def is_text(self) -> bool:
@@ -160,7 +162,7 @@ class Digits(DatasetSource):
 
     def __init__(self, test_fraction: float = 0.2, seed: int = 0) -> None:
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
+            raise ConfigurationError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
         self.test_fraction = test_fraction
         self.seed = seed
 
@@ -194,15 +196,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"'{path}' is not an IDX file (bad magic number).")
+        raise ConfigurationError(f"'{path}' is not an IDX file (bad magic number).")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if data[2] not in dtypes:
-        raise ValueError(f"'{path}' has an unknown IDX element type 0x{data[2]:02x}.")
+        raise ConfigurationError(f"'{path}' has an unknown IDX element type 0x{data[2]:02x}.")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"'{path}' is truncated: header says {shape}, found {array.size} elements.")
+        raise ConfigurationError(f"'{path}' is truncated: header says {shape}, found {array.size} elements.")
     return array.reshape(shape).astype(array.dtype.newbyteorder("="))
 
 
@@ -243,7 +245,7 @@ class FashionMNIST(DatasetSource):
         for candidate in (self.root / f"{name}.gz", self.root / name):
             if candidate.is_file():
                 return candidate
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Fashion-MNIST file '{name}[.gz]' not found in '{self.root}'. Install Debian's package "
             "(`apt-get install dataset-fashion-mnist`, which puts the files in /usr/share/datasets/fashion-mnist), "
             "or set `root` (or $KDL_FASHION_MNIST_DIR) to a directory with the four IDX files."
@@ -309,11 +311,11 @@ class HFDataset(DatasetSource):
         num_classes: int | None = None,
     ) -> None:
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
+            raise ConfigurationError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
         if input_kind not in ("auto", "image", "text", "numeric"):
-            raise ValueError(f"`input_kind` must be 'auto', 'image', 'text' or 'numeric', got {input_kind!r}.")
+            raise ConfigurationError(f"`input_kind` must be 'auto', 'image', 'text' or 'numeric', got {input_kind!r}.")
         if num_classes is not None and int(num_classes) < 2:
-            raise ValueError(f"`num_classes` must be >= 2 or None, got {num_classes!r}.")
+            raise ConfigurationError(f"`num_classes` must be >= 2 or None, got {num_classes!r}.")
         self.path, self.name, self.data_dir, self.data_files = path, name, data_dir, data_files
         self.input_columns = [input_column] if isinstance(input_column, str) else list(input_column)
         self.label_column = label_column
@@ -327,7 +329,7 @@ class HFDataset(DatasetSource):
         try:
             return datasets.load_dataset(self.path, self.name, data_dir=self.data_dir, data_files=self.data_files)
         except FileNotFoundError as error:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Could not load data set '{self.path}' (data_dir={self.data_dir!r}, data_files={self.data_files!r}): "
                 f"{error}. Check the local path, or, for a hub id, that the hub is reachable (HF_DATASETS_OFFLINE=1 "
                 "allows only data already in the local cache)."
@@ -370,11 +372,11 @@ class HFDataset(DatasetSource):
         """The train split (pool) and the test split (or a held-out share of the train split)."""
         splits = self._load()
         if self.train_split not in splits:
-            raise ValueError(f"`train_split` {self.train_split!r} not in the data set's splits {list(splits)}.")
+            raise ConfigurationError(f"`train_split` {self.train_split!r} not in the data set's splits {list(splits)}.")
         train = splits[self.train_split]
         missing = [c for c in [*self.input_columns, self.label_column] if c not in train.column_names]
         if missing:
-            raise ValueError(f"Columns {missing} not in data set '{self.path}'; it has {train.column_names}.")
+            raise ConfigurationError(f"Columns {missing} not in data set '{self.path}'; it has {train.column_names}.")
         if self.test_split is not None and self.test_split in splits:
             test = splits[self.test_split]
         else:
@@ -386,7 +388,7 @@ class HFDataset(DatasetSource):
         given = super().known_num_classes()
         if given is not None:
             if num_classes > given:
-                raise ValueError(
+                raise ConfigurationError(
                     f"Data set '{self.path}' has {num_classes} classes in column {self.label_column!r}, more than "
                     f"`num_classes`={given}."
                 )
@@ -432,6 +434,6 @@ class HFDataset(DatasetSource):
             return np.concatenate(columns, axis=1)
         images = [np.asarray(image, dtype=np.float32) / 255.0 for image in split[self.input_columns[0]]]
         if len({image.shape for image in images}) > 1:
-            raise ValueError(f"Images in '{self.path}' have different sizes; resize them to one size first.")
+            raise ConfigurationError(f"Images in '{self.path}' have different sizes; resize them to one size first.")
         array = np.stack(images)
         return array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from kdlightning.atomic import save_figure
+from kdlightning.errors import ConfigurationError
+
 __all__ = [
     "dirichlet",
     "iid",
@@ -83,20 +86,20 @@ def _check_int(name: str, value: object, low: int, high: int | None = None, why:
     """Return ``value`` as an ``int`` if it is an integer in ``[low, high]``, else raise ``ValueError``."""
     allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+        raise ConfigurationError(f"{name} must be an integer {allowed}, got {value!r}")
     number = int(value)
     if number < low or (high is not None and number > high):
-        raise ValueError(f"{name} must be an integer {allowed}{why}, got {number}")
+        raise ConfigurationError(f"{name} must be an integer {allowed}{why}, got {number}")
     return number
 
 
 def _check_positive(name: str, value: object, what: str = "") -> float:
     """Return ``value`` as a ``float`` if it is finite and > 0, else raise ``ValueError`` (``what`` says what it is)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number > 0{what}, got {value!r}")
+        raise ConfigurationError(f"{name} must be a finite number > 0{what}, got {value!r}")
     number = float(value)
     if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0{what}, got {number}")
+        raise ConfigurationError(f"{name} must be a finite number > 0{what}, got {number}")
     return number
 
 
@@ -105,17 +108,17 @@ def _check_labels(labels: npt.ArrayLike, names: _Names) -> npt.NDArray[np.intege
     name = names("labels")
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class ids, got shape {array.shape}")
+        raise ConfigurationError(f"{name} must be a 1-D array of class ids, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError(f"{name} must be non-empty (size >= 1), got an empty array")
+        raise ConfigurationError(f"{name} must be non-empty (size >= 1), got an empty array")
     if array.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integer class ids (dtype int or uint), got dtype {array.dtype}")
+        raise ConfigurationError(f"{name} must be integer class ids (dtype int or uint), got dtype {array.dtype}")
     if array.dtype.kind == "i" and array.min() < 0:
-        raise ValueError(f"{name} must be class ids >= 0, got a minimum of {array.min()}")
+        raise ConfigurationError(f"{name} must be class ids >= 0, got a minimum of {array.min()}")
     if array.dtype == np.uint64:
         # np.bincount refuses uint64; class ids beyond int64 make no sense.
         if array.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"{name} must be class ids < 2**63, got a maximum of {array.max()}")
+            raise ConfigurationError(f"{name} must be class ids < 2**63, got a maximum of {array.max()}")
         array = array.astype(np.int64)
     return array
 
@@ -330,7 +333,7 @@ def _dirichlet(
     smallest = _check_int(names("min_size"), min_size, 0)
     retries = _check_int(names("max_retries"), max_retries, 0)
     if parties * smallest > array.size:
-        raise ValueError(
+        raise ConfigurationError(
             f"{names('min_size')} must be in [0, N // num_parties = {array.size // parties}] for N={array.size} "
             f"samples and {names.key('num_parties')}={parties}, got {smallest}"
         )
@@ -348,7 +351,7 @@ def _dirichlet(
     assert best_sizes is not None
     alpha_, min_size_, parties_ = names.key("alpha"), names.key("min_size"), names.key("num_parties")
     redraws = " or raise max_retries" if names.configured is None else ""  # a strategy class keeps the default
-    raise ValueError(
+    raise ConfigurationError(
         f"{names.owner}: no draw in {retries + 1} gave every party at least {min_size_}={smallest} samples with "
         f"{alpha_}={concentration} and {parties_}={parties} (N={array.size}); the best draw's smallest party sizes "
         f"were {np.sort(best_sizes)[:5].tolist()}. Raise {alpha_}, lower {min_size_} or {parties_}{redraws}."
@@ -404,7 +407,7 @@ def _label_skew(
     k = _check_int(names("classes_per_party"), classes_per_party, 1, num_classes, " (the number of classes in labels)")
     parties_, per_party = names.key("num_parties"), names.key("classes_per_party")
     if parties * k < num_classes:
-        raise ValueError(
+        raise ConfigurationError(
             f"{names.owner}: {parties_} * {per_party} must be >= the number of classes ({num_classes}) so that "
             f"every class is held by some party, got {parties_}={parties} * {per_party}={k} = {parties * k}"
         )
@@ -421,7 +424,7 @@ def _label_skew(
     short = np.flatnonzero(holders > sizes)
     if short.size:
         c = short[0]
-        raise ValueError(
+        raise ConfigurationError(
             f"{names.owner}: class {present[c]} has {sizes[c]} samples but is held by {holders[c]} parties; lower "
             f"{parties_}={parties} or {per_party}={k} so that every holder gets at least one sample"
         )
@@ -506,7 +509,7 @@ def partition_stats(
     top = int(array.max())
     classes = top + 1 if num_classes is None else _check_int(names("num_classes"), num_classes, top + 1)
     if len(parts) == 0:
-        raise ValueError(f"{names('parts')} must hold at least 1 index array, got an empty list")
+        raise ConfigurationError(f"{names('parts')} must hold at least 1 index array, got an empty list")
     lengths = np.array([len(part) for part in parts], dtype=np.int64)
     indices = np.concatenate([np.asarray(part, dtype=np.int64).ravel() for part in parts])
     party = np.repeat(np.arange(len(parts), dtype=np.int64), lengths)
@@ -565,7 +568,4 @@ def plot_partition(
         axes.set_ylabel("class")
     axes.set_xlabel("party")
     axes.set_title(title if title is not None else f"{num_parties} parties, {counts.sum()} samples")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png", dpi=100)
-    return out
+    return save_figure(figure, path)

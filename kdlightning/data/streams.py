@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
+from kdlightning.errors import ConfigurationError
+
 __all__ = ["MemberStreams", "batch_shapes"]
 
 
@@ -91,9 +93,9 @@ class MemberStreams(L.LightningDataModule):
     def __init__(self, datamodules: Sequence[L.LightningDataModule], epochs: int) -> None:
         super().__init__()
         if not datamodules:
-            raise ValueError("`datamodules` is empty: give each member's data module.")
+            raise ConfigurationError("`datamodules` is empty: give each member's data module.")
         if int(epochs) < 1:
-            raise ValueError(f"`epochs` must be >= 1, got {epochs!r}.")
+            raise ConfigurationError(f"`epochs` must be >= 1, got {epochs!r}.")
         self.datamodules, self.epochs = list(datamodules), int(epochs)
 
     def train_dataloader(self) -> _Steps:

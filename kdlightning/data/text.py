@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kdlightning.errors import ConfigurationError, InputTypeError
+
 __all__ = ["TokenizeCollate"]
 
 
@@ -53,13 +55,15 @@ class TokenizeCollate:
 
     def __init__(self, tokenizers: Any | Mapping[str, Any], max_length: int | None = 128) -> None:
         if max_length is not None and max_length < 1:
-            raise ValueError(f"`max_length` must be >= 1 or None, got {max_length!r}.")
+            raise ConfigurationError(f"`max_length` must be >= 1 or None, got {max_length!r}.")
         roles = dict(tokenizers) if isinstance(tokenizers, Mapping) else {"student": tokenizers}
         if not roles:
-            raise ValueError("`tokenizers` is empty; give one tokenizer, or a dict from network role to tokenizer.")
+            raise ConfigurationError(
+                "`tokenizers` is empty; give one tokenizer, or a dict from network role to tokenizer."
+            )
         for role, tokenizer in roles.items():
             if isinstance(tokenizer, (str, PathLike)):
-                raise TypeError(
+                raise InputTypeError(
                     f"`tokenizers` gives the {role}'s tokenizer as the path {str(tokenizer)!r}; tokenizers are "
                     f"objects: load it with kdlightning.hf.load_tokenizer({str(tokenizer)!r}) (in YAML: "
                     f"`class_path: kdlightning.hf.load_tokenizer` with `init_args: {{path: {tokenizer}}}`)."
@@ -69,7 +73,7 @@ class TokenizeCollate:
         for role, tokenizer in roles.items():
             roles[role] = canonical.setdefault(_rules(tokenizer) or f"id:{id(tokenizer)}", tokenizer)
         if len({id(t) for t in roles.values()}) > 1 and "student" not in roles:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tokenizers` has different tokenizers for {sorted(roles)} but none for 'student'; networks without "
                 "their own tokenizer read the student's inputs, so 'student' must be one of the roles."
             )
@@ -96,7 +100,7 @@ class TokenizeCollate:
         """Tokenize a list of samples into one batch (see the class docstring for its layout)."""
         texts, labels, *rest = zip(*samples, strict=True)
         if not all(isinstance(text, str) for text in texts):
-            raise TypeError(
+            raise InputTypeError(
                 f"TokenizeCollate expects text inputs, got {type(texts[0]).__name__}; drop `tokenizers` for "
                 "non-text data."
             )
@@ -120,7 +124,7 @@ class TokenizeCollate:
             tokenizer = self.tokenizers[role]
             rules = _rules(tokenizer)
             if rules is None:
-                raise TypeError(
+                raise InputTypeError(
                     f"The {role}'s tokenizer {type(tokenizer).__name__} has neither `backend_tokenizer` nor "
                     "`get_vocab()`, so its outputs cannot be fingerprinted for the teacher-output cache."
                 )

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
+from kdlightning.errors import ConfigurationError
+
 __all__ = ["censored_rounds_to_target", "round_reduction", "rounds_to_target", "weighted_average"]
 
 
@@ -30,15 +32,15 @@ def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[f
         tensor([1.])
     """
     if not states or len(states) != len(weights):
-        raise ValueError(
+        raise ConfigurationError(
             f"`states` and `weights` must be non-empty and of one length, got {len(states)} and {len(weights)}."
         )
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"`weights` must be non-negative and not all zero, got {list(weights)}.")
+        raise ConfigurationError(f"`weights` must be non-negative and not all zero, got {list(weights)}.")
     keys = list(states[0])
     for k, state in enumerate(states[1:], start=1):
         if list(state) != keys or any(state[key].shape != states[0][key].shape for key in keys):
-            raise ValueError(
+            raise ConfigurationError(
                 f"Model {k} has other parameters than model 0: a parameter average needs one architecture "
                 "(use the KD-consolidated start for different architectures)."
             )

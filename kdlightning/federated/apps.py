@@ -37,9 +37,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from kdlightning.errors import ConfigurationError, RunError
 from kdlightning.federated.federation import COLLECTION_ROUNDS, Clients, Federation, error_line, load_federation
 from kdlightning.reporting import read_csv
-from kdlightning.trainers import quiet
+from kdlightning.trainers import progress_bar, quiet
 
 __all__ = [
     "Proximal",
@@ -66,13 +67,13 @@ def _partition(federation: Federation, context: Context) -> int:
     """This node's client index, checked against the experiment."""
     config = context.node_config
     if "partition-id" not in config:
-        raise ValueError(
+        raise ConfigurationError(
             "The node config has no `partition-id`: start the SuperNode with "
             '--node-config "partition-id=<k> num-partitions=<num_clients>".'
         )
     parts = int(config.get("num-partitions", federation.num_clients))
     if parts != federation.num_clients:
-        raise ValueError(
+        raise ConfigurationError(
             f"The node config says num-partitions={parts}, the experiment has num_clients={federation.num_clients}."
         )
     return int(config["partition-id"])
@@ -93,7 +94,7 @@ def _resolve(federation: Federation | None, context: Context) -> Federation:
         return federation
     run = context.run_config
     if "kdl-config" not in run:
-        raise ValueError(
+        raise ConfigurationError(
             "The run config has no `kdl-config`: set it to a `kdl federate` YAML in [tool.flwr.app.config]."
         )
     return _federation_from(str(run["kdl-config"]), str(run.get("kdl-out", "runs/federated")))
@@ -158,7 +159,7 @@ class Proximal(L.Callback):
 
     def __init__(self, mu: float) -> None:
         if mu < 0:
-            raise ValueError(f"`proximal_mu` must be >= 0, got {mu!r}.")
+            raise ConfigurationError(f"`proximal_mu` must be >= 0, got {mu!r}.")
         self.mu = mu
         self.anchor: list[Tensor] = []
 
@@ -185,7 +186,7 @@ def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clie
     clients: dict[int, tuple[dict[str, Tensor], int]] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"A client failed to send its pre-trained model: {reply.error.reason}")
+            raise RunError(f"A client failed to send its pre-trained model: {reply.error.reason}")
         metrics = reply.content["metrics"]
         clients[int(metrics["partition-id"])] = (
             reply.content["arrays"].to_torch_state_dict(),
@@ -193,7 +194,7 @@ def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clie
         )
     missing = sorted(set(range(federation.num_clients)) - set(clients))
     if missing:
-        raise RuntimeError(f"Clients {missing} sent no pre-trained model within {timeout:.0f} s.")
+        raise RunError(f"Clients {missing} sent no pre-trained model within {timeout:.0f} s.")
     return [clients[k] for k in range(federation.num_clients)]
 
 
@@ -204,7 +205,7 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         if len(nodes) >= count:
             return nodes[:count]
         if time.monotonic() > deadline:
-            raise RuntimeError(f"Only {len(nodes)} of {count} clients connected within {timeout:.0f} s.")
+            raise RunError(f"Only {len(nodes)} of {count} clients connected within {timeout:.0f} s.")
         time.sleep(0.5)
 
 
@@ -276,7 +277,7 @@ class RoundFailures(Grid):
         errors += [f"no reply{waited}"] * max(0, len(messages) - len(replies))
         self.failures[server_round] = errors
         if len(errors) >= len(messages):
-            raise RuntimeError(
+            raise RunError(
                 f"Round {server_round} of the `{self.start}` start: none of the {len(messages)} sampled clients "
                 f"trained. The first error: {error_line(errors[0]) if errors else 'none'}"
             )
@@ -347,7 +348,9 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
     if collect is None:
         collect = functools.partial(_collect, federation, grid)
     clients = collect() if any(COLLECTION_ROUNDS[start] for start in todo) else []
-    bar = _progress(len(todo) * federation.rounds, federation.progress)
+    bar = progress_bar(
+        len(todo) * federation.rounds, "round", enabled=None if federation.progress else False, description="federate"
+    )
     try:
         for start, state in federation.build_starts(clients, todo).items():
             tracker = _tracker(federation, start)
@@ -381,13 +384,6 @@ def _recorder(
         return accuracy
 
     return evaluate
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    """A bar over the rounds still to run; shown only when ``enabled`` and on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="round", desc="federate", disable=None if enabled else True, dynamic_ncols=True)
 
 
 def _tracker(federation: Federation, start: str) -> Any:
@@ -471,7 +467,7 @@ def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[s
         return []
     rows = read_csv(federation.out / "rounds.csv")
     if not all(start in {r["start"] for r in rows} for start in federation.starts):
-        raise RuntimeError(f"The simulation ended before every start ran; see the log and {federation.out}.")
+        raise RunError(f"The simulation ended before every start ran; see the log and {federation.out}.")
     return rows
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kdlightning import pipeline
-from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.atomic import save_figure, write_text_atomic
 from kdlightning.data import Partitioner
+from kdlightning.errors import ConfigurationError
 from kdlightning.federated.aggregate import censored_rounds_to_target, round_reduction
 from kdlightning.federated.federation import COLLECTION_ROUNDS, DEFAULT_CONFIG, Federation
 from kdlightning.federated.records import check_record
@@ -76,9 +77,9 @@ class FederatedStudy:
         self, scenarios: Sequence[Partitioner] | None = None, seeds: Sequence[int] | None = None, **federation: Any
     ) -> None:
         if scenarios is not None and not scenarios:
-            raise ValueError("`scenarios` is empty: give at least one partitioner, or None for `partitioner`.")
+            raise ConfigurationError("`scenarios` is empty: give at least one partitioner, or None for `partitioner`.")
         if seeds is not None and not seeds:
-            raise ValueError("`seeds` is empty: give at least one seed, or None for `seed`.")
+            raise ConfigurationError("`seeds` is empty: give at least one seed, or None for `seed`.")
         self.scenarios = list(scenarios) if scenarios is not None else [federation.get("partitioner")]
         self.seeds = [int(s) for s in seeds] if seeds is not None else [int(federation.get("seed", 0))]
         self.out = Path(federation.get("out", "runs/federated"))
@@ -88,7 +89,9 @@ class FederatedStudy:
                 cell = Federation(**{**federation, "partitioner": scenario, "seed": seed})
                 name = str(cell.partitioner)
                 if (name, seed) in self.cells:
-                    raise ValueError(f"Scenario {name!r} with seed {seed} is given twice (`scenarios`, `seeds`).")
+                    raise ConfigurationError(
+                        f"Scenario {name!r} with seed {seed} is given twice (`scenarios`, `seeds`)."
+                    )
                 cell.out = self.out / "cells" / f"{_slug(name)}-seed{seed}"  # written to only when it runs
                 if cell.logger is not False:  # W&B: every cell's runs in the experiment's group
                     cell.logger = {"group": self.out.name, **(cell.logger if isinstance(cell.logger, dict) else {})}
@@ -212,8 +215,7 @@ class FederatedStudy:
             axes.grid(alpha=0.3)
             if index == 0:
                 axes.legend(fontsize=7)
-        with atomic_path(self.out / "accuracy.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
+        save_figure(figure, self.out / "accuracy.png")
 
     def per_seed(self, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[int, StartResult]]:
         """Per (scenario, start), per seed of a finished cell: its :func:`cell_results`.

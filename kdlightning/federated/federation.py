@@ -52,6 +52,7 @@ from kdlightning.data import (
     PartitionedDataModule,
     Partitioner,
 )
+from kdlightning.errors import ConfigurationError, InputTypeError
 from kdlightning.federated.aggregate import weighted_average
 from kdlightning.federated.records import COLLECTION_ROUNDS, STARTS, FederationRecords
 from kdlightning.federated.strategy import error_line, server_strategy, strategy_class, strategy_spec
@@ -160,7 +161,7 @@ class Federation(FederationRecords):
         logger: bool | dict[str, Any] = False,
     ) -> None:
         if num_clients < 2:
-            raise ValueError(f"`num_clients` must be >= 2 (FedAvg needs two clients), got {num_clients!r}.")
+            raise ConfigurationError(f"`num_clients` must be >= 2 (FedAvg needs two clients), got {num_clients!r}.")
         for name, value in (
             ("pretrain_epochs", pretrain_epochs),
             ("consolidation_epochs", consolidation_epochs),
@@ -168,24 +169,24 @@ class Federation(FederationRecords):
             ("local_epochs", local_epochs),
         ):
             if value < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
+                raise ConfigurationError(f"`{name}` must be >= 1, got {value!r}.")
         if not 0.0 < public_fraction < 1.0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`public_fraction` must lie in (0, 1): the server's transfer set, got {public_fraction!r}."
             )
         if not 0.0 < fraction_train <= 1.0:
-            raise ValueError(f"`fraction_train` must lie in (0, 1], got {fraction_train!r}.")
+            raise ConfigurationError(f"`fraction_train` must lie in (0, 1], got {fraction_train!r}.")
         if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
-            raise ValueError(f"`target_accuracy` must lie in (0, 1] or be None, got {target_accuracy!r}.")
+            raise ConfigurationError(f"`target_accuracy` must lie in (0, 1] or be None, got {target_accuracy!r}.")
         if not target_fractions or not all(0.0 < f <= 1.0 for f in target_fractions):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`target_fractions` must be a non-empty list of numbers in (0, 1], got {target_fractions!r}."
             )
         unknown = [s for s in starts if s not in STARTS]
         if unknown or not starts:
-            raise ValueError(f"`starts` must be a non-empty list of {list(STARTS)}, got {list(starts)}.")
+            raise ConfigurationError(f"`starts` must be a non-empty list of {list(STARTS)}, got {list(starts)}.")
         if client_networks is not None and not client_networks:
-            raise ValueError("`client_networks` is empty: give at least one factory, or None for `network`.")
+            raise ConfigurationError("`client_networks` is empty: give at least one factory, or None for `network`.")
         self.network, self.client_networks = network, client_networks
         self.dataset = dataset if dataset is not None else Digits()
         self.partitioner = partitioner if partitioner is not None else DirichletPartitioner(alpha=0.5)
@@ -204,7 +205,7 @@ class Federation(FederationRecords):
         self.strategy = strategy_spec(strategy)
         self.server_strategy()  # a bad class path or argument fails now, before any client trains
         if logger is not False and importlib.util.find_spec("wandb") is None:
-            raise ValueError("`logger` needs `wandb` (pip install wandb), or `logger: false`.")
+            raise ConfigurationError("`logger` needs `wandb` (pip install wandb), or `logger: false`.")
         self.progress, self.logger = progress, logger
         # An impossible partition fails now, not after the pre-training of other clients.
         server = self.datamodule(None)
@@ -217,7 +218,7 @@ class Federation(FederationRecords):
             )
             self.starts.remove("average")
             if not self.starts:
-                raise ValueError(
+                raise ConfigurationError(
                     "`starts` has only `average`, which needs every client to have the global architecture."
                 )
         if "best_client" in self.starts and not any(self._global_architecture(k) for k in range(self._architectures())):
@@ -226,7 +227,9 @@ class Federation(FederationRecords):
             )
             self.starts.remove("best_client")
             if not self.starts:
-                raise ValueError("`starts` has only `best_client`, which needs a client of the global architecture.")
+                raise ConfigurationError(
+                    "`starts` has only `best_client`, which needs a client of the global architecture."
+                )
         if "consolidated" in self.starts:  # its values fail now, not after the pre-training of every client
             with torch.random.fork_rng():
                 teachers = [self.client_network(k) for k in range(self._architectures())]
@@ -352,7 +355,7 @@ class Federation(FederationRecords):
 
     def _check_client(self, client: int) -> None:
         if not 0 <= client < self.num_clients:
-            raise ValueError(f"Client {client} is not one of the {self.num_clients} clients (`num_clients`).")
+            raise ConfigurationError(f"Client {client} is not one of the {self.num_clients} clients (`num_clients`).")
 
     # ------------------------------------------------------------------ the server's side
     def build_starts(self, clients: Clients, names: Sequence[str] | None = None) -> dict[str, dict[str, Tensor]]:
@@ -393,7 +396,9 @@ class Federation(FederationRecords):
                 metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), loader, verbose=False)
                 accuracies[client] = float(metrics[0]["test/acc"])
         if not accuracies:
-            raise ValueError("No client has the global network's architecture: there is no `best_client` start.")
+            raise ConfigurationError(
+                "No client has the global network's architecture: there is no `best_client` start."
+            )
         return accuracies
 
     def consolidate(self, clients: Clients) -> dict[str, Tensor]:
@@ -415,7 +420,7 @@ class Federation(FederationRecords):
         weights = examples if self.weight_by_size else None
         model = self.consolidation(student, teachers, self.num_classes, weights=weights)
         if not isinstance(model, MultiTeacherKD):
-            raise TypeError(f"`consolidation` must build a MultiTeacherKD, it built a {type(model).__name__}.")
+            raise InputTypeError(f"`consolidation` must build a MultiTeacherKD, it built a {type(model).__name__}.")
         return model
 
     def evaluate(self, state: dict[str, Tensor]) -> tuple[float, float]:

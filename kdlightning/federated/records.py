@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.atomic import atomic_path, save_figure, write_text_atomic
 from kdlightning.data import DatasetSource, Partitioner
+from kdlightning.errors import ConfigurationError
 from kdlightning.federated.aggregate import censored_rounds_to_target, round_reduction
 from kdlightning.federated.strategy import error_line
 from kdlightning.reporting import read_csv, write_csv
@@ -265,8 +266,7 @@ class FederationRecords:
         )
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-        with atomic_path(self.out / "accuracy.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
+        save_figure(figure, self.out / "accuracy.png")
 
 
 def check_record(out: Path, configuration: dict[str, Any], has_rows: bool) -> None:
@@ -289,7 +289,7 @@ def check_record(out: Path, configuration: dict[str, Any], has_rows: bool) -> No
             if recorded.get(key) != configuration.get(key)
         ]
         if differences:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{out} holds rounds of another configuration: resuming would mix both in rounds.csv and "
                 "summary.md.\n" + "\n".join(differences) + "\nPass another `--out`, or the recorded values to resume."
             )

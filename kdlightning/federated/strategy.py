@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from kdlightning.errors import ConfigurationError
+
 __all__ = ["ALLOWED", "SAMPLING", "STRATEGIES", "error_line", "server_strategy", "strategy_class", "strategy_spec"]
 
 STRATEGIES = "flwr.serverapp.strategy"
@@ -44,31 +46,35 @@ def strategy_spec(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
     class_path = strategy.get("class_path") if isinstance(strategy, Mapping) else None
     init_args = strategy.get("init_args") or {} if isinstance(strategy, Mapping) else None
     if not isinstance(class_path, str) or not class_path or not isinstance(init_args, Mapping):
-        raise ValueError(
+        raise ConfigurationError(
             f"`strategy` must be {{class_path: <a Flower strategy>, init_args: {{...}}}} or None, got {strategy!r}."
         )
     loose = {key: value for key, value in strategy.items() if key not in ("class_path", "init_args")}
     if set(loose) & set(init_args):
-        raise ValueError(f"`strategy` gives {sorted(set(loose) & set(init_args))} twice, in and beside `init_args`.")
+        raise ConfigurationError(
+            f"`strategy` gives {sorted(set(loose) & set(init_args))} twice, in and beside `init_args`."
+        )
     for given, where in ((init_args, "strategy.init_args"), (loose, "strategy")):
         if "proximal_mu" in given:
             _check_proximal_mu(given["proximal_mu"], f"{where}.proximal_mu")
     init_args = {**init_args, **loose}
     owned = sorted(set(init_args) & set(SAMPLING))
     if owned:
-        raise ValueError(
+        raise ConfigurationError(
             f"`strategy.init_args` sets {owned}: the federation samples clients itself (set `fraction_train`)."
         )
     path = class_path if "." in class_path else f"{STRATEGIES}.{class_path}"
     if not all(part.isidentifier() for part in path.split(".")):
-        raise ValueError(f"`strategy.class_path` must be a dotted path to a class, got {class_path!r}. {ALLOWED}")
+        raise ConfigurationError(
+            f"`strategy.class_path` must be a dotted path to a class, got {class_path!r}. {ALLOWED}"
+        )
     return {"class_path": path, "init_args": dict(init_args)}
 
 
 def _check_proximal_mu(value: Any, where: str) -> None:
     """Refuse a FedProx proximal weight that is not a finite number ``>= 0``, naming it as ``where``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(
+        raise ConfigurationError(
             f"`{where}` must be a finite number >= 0 (the weight of FedProx's proximal term; 0 is FedAvg), "
             f"got {value!r}."
         )
@@ -90,7 +96,7 @@ def strategy_class(spec: Mapping[str, Any]) -> type:
         problem = f"{type(error).__name__}: {error}"
     if cls is None:  # raised here, outside the handler, so the error a user sees is this one
         why = problem or f"{module} has no {name!r}"
-        raise ValueError(f"`strategy.class_path`: cannot import {path!r} ({why}).{_suggestion(path)} {ALLOWED}")
+        raise ConfigurationError(f"`strategy.class_path`: cannot import {path!r} ({why}).{_suggestion(path)} {ALLOWED}")
     from flwr.serverapp.strategy import Strategy
 
     if not isinstance(cls, type) or not issubclass(cls, Strategy):
@@ -99,15 +105,15 @@ def strategy_class(spec: Mapping[str, Any]) -> type:
             if path.startswith("flwr.server.strategy.")
             else ""
         )
-        raise ValueError(f"`strategy.class_path` {path!r} is not a Flower strategy class.{legacy} {ALLOWED}")
+        raise ConfigurationError(f"`strategy.class_path` {path!r} is not a Flower strategy class.{legacy} {ALLOWED}")
     if inspect.isabstract(cls):
-        raise ValueError(f"`strategy.class_path` {path!r} is an abstract Flower strategy. {ALLOWED}")
+        raise ConfigurationError(f"`strategy.class_path` {path!r} is an abstract Flower strategy. {ALLOWED}")
     try:
         inspect.signature(cls).bind(**init_args)
     except TypeError as error:
         problem = str(error)
     if problem:
-        raise ValueError(f"`strategy`: {name} does not take init_args {init_args} ({problem}).")
+        raise ConfigurationError(f"`strategy`: {name} does not take init_args {init_args} ({problem}).")
     return cls
 
 
@@ -148,7 +154,7 @@ def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients:
         problem = f"{type(error).__name__}: {error}"
     finally:
         flower.setLevel(level)
-    raise ValueError(f"`strategy`: {cls.__name__}(**{spec['init_args']}) refused its init_args ({problem}).")
+    raise ConfigurationError(f"`strategy`: {cls.__name__}(**{spec['init_args']}) refused its init_args ({problem}).")
 
 
 def error_line(reason: str) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from kdlightning.errors import ConfigurationError, DivergedError, InputTypeError, NotFoundError, RunError
 from kdlightning.fingerprint import module_fingerprint
 
 __all__ = ["Batch", "DistillationModule", "logits_of"]
@@ -52,7 +53,7 @@ def logits_of(output: Any) -> Tensor:
     logits = getattr(output, "logits", None)
     if isinstance(logits, Tensor):
         return logits
-    raise TypeError(
+    raise InputTypeError(
         f"A network returned {type(output).__name__}; kdlightning expects a logits tensor (N, C), "
         "an object with a `.logits` tensor, or a dict with a 'logits' key."
     )
@@ -97,7 +98,7 @@ class DistillationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if int(num_classes) < 2:
-            raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
+            raise ConfigurationError(f"`num_classes` must be >= 2, got {num_classes!r}.")
         self.num_classes = int(num_classes)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -129,7 +130,7 @@ class DistillationModule(L.LightningModule):
                 (the student's ``val/acc``); None to not evaluate it.
         """
         if name in self._frozen:
-            raise ValueError(f"{name!r} is a frozen reference; a network is either trained or frozen.")
+            raise ConfigurationError(f"{name!r} is a frozen reference; a network is either trained or frozen.")
         setattr(self, name, module)
         self._trainable[name] = evaluated_as
         for stage, collections in self.metrics.items():
@@ -146,7 +147,7 @@ class DistillationModule(L.LightningModule):
         parameters and buffers are not saved in checkpoints.
         """
         if name in self._trainable:
-            raise ValueError(f"{name!r} is a trained network; a network is either trained or frozen.")
+            raise ConfigurationError(f"{name!r} is a trained network; a network is either trained or frozen.")
         module.requires_grad_(False)
         module.eval()
         setattr(self, name, module)
@@ -186,7 +187,7 @@ class DistillationModule(L.LightningModule):
         frozen = tuple(f"{name}." for name in self._frozen)
         missing = [key for key in result.missing_keys if not key.startswith(frozen)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
+            raise RunError(
                 f"Error loading state into {type(self).__name__}: missing keys {missing}, "
                 f"unexpected keys {list(result.unexpected_keys)}."
             )
@@ -214,7 +215,7 @@ class DistillationModule(L.LightningModule):
         """Refuse to continue training from a checkpoint against other frozen references than it was trained with."""
         if self._reference_mismatch:
             names = ", ".join(f"`{name}`" for name in self._reference_mismatch)
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} was loaded from a checkpoint trained against another {names} than the one it "
                 "holds now. Frozen references are not saved in checkpoints; they are rebuilt from the configuration, "
                 "so give the same networks the run started with (DataPartitioningKD's `initial_student` is a copy of "
@@ -254,7 +255,9 @@ class DistillationModule(L.LightningModule):
     def attach_output_store(self, name: str, store: Any) -> None:
         """Serve frozen reference ``name``'s logits from ``store`` (an ``OutputStore``); None detaches it."""
         if name not in self._frozen:
-            raise ValueError(f"Only frozen references can be cached; {name!r} is not one of {self.frozen_names}.")
+            raise ConfigurationError(
+                f"Only frozen references can be cached; {name!r} is not one of {self.frozen_names}."
+            )
         if store is None:
             self._output_stores.pop(name, None)
         else:
@@ -316,13 +319,13 @@ class DistillationModule(L.LightningModule):
         """
         if logits.shape[-1] != self.num_classes:
             expected = (*logits.shape[:-1], self.num_classes)
-            raise ValueError(
+            raise ConfigurationError(
                 f"The {name} returns logits of shape {tuple(logits.shape)} but the method expects {expected}: "
                 f"(N, num_classes) with num_classes={self.num_classes}, the shape the student gives. Student and "
                 f"references must agree on the number of classes (check the {name}'s output layer / num_labels)."
             )
         if name in self._frozen and not bool(torch.isfinite(logits).all()):
-            raise FloatingPointError(
+            raise DivergedError(
                 f"The frozen {name} returned non-finite logits (NaN or inf) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}). Check the {name}'s weights (the checkpoint it was loaded from) "
                 "and the inputs; the training precision may overflow it."
@@ -342,7 +345,7 @@ class DistillationModule(L.LightningModule):
         """Compute :meth:`training_losses`, check they are finite, log them as ``train/<name>``."""
         losses = self.training_losses(batch)
         if "loss" not in losses:
-            raise KeyError(f"{type(self).__name__}.training_losses must return the total under 'loss'.")
+            raise NotFoundError(f"{type(self).__name__}.training_losses must return the total under 'loss'.")
         self.check_finite(losses)
         self.log_losses(losses, batch, batch_idx)
         return losses["loss"]
@@ -386,7 +389,7 @@ class DistillationModule(L.LightningModule):
         values = torch.stack([value.detach().float().reshape(()) for value in losses.values()])
         if not bool(torch.isfinite(values).all()):  # one device sync for all components
             bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
-            raise FloatingPointError(
+            raise DivergedError(
                 f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}): "
                 + ", ".join(f"{name}={losses[name].item()}" for name in bad)
                 + ". Lower the learning rate, check the inputs, or raise the temperature."
@@ -440,7 +443,7 @@ class DistillationModule(L.LightningModule):
         """Fail early if a trained network has nothing to train (e.g. a copy of a frozen teacher)."""
         for name, module in self.trainable_modules().items():
             if not any(p.requires_grad for p in module.parameters()):
-                raise ValueError(
+                raise ConfigurationError(
                     f"`{name}` has no parameter with requires_grad=True, so it cannot be trained. If it is a copy of "
                     f"a frozen teacher, copy it before the teacher is frozen or call `{name}.requires_grad_(True)`."
                 )

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature, multi_teacher_terms
 from kdlightning.methods.base import Batch, DistillationModule
 
@@ -55,11 +56,11 @@ class MultiTeacherKD(DistillationModule):
         self.alpha = check_alpha(alpha)
         teachers = list(teachers)
         if not teachers:
-            raise ValueError("`teachers` is empty: give at least one teacher network.")
+            raise ConfigurationError("`teachers` is empty: give at least one teacher network.")
         if weights is not None:
             weights = [float(w) for w in weights]
             if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
+                raise ConfigurationError(
                     f"`weights` must be {len(teachers)} non-negative numbers (one per teacher), not all zero, "
                     f"got {weights}."
                 )

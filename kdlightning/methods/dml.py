@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature, distillation_terms
 from kdlightning.methods.base import Batch, DistillationModule
 
@@ -62,7 +63,7 @@ class DeepMutualLearning(DistillationModule):
         gradient_clip_val: float | None = None,
     ) -> None:
         if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"`gradient_clip_val` must be > 0 or None, got {gradient_clip_val!r}.")
+            raise ConfigurationError(f"`gradient_clip_val` must be > 0 or None, got {gradient_clip_val!r}.")
         self.temperature = check_temperature(temperature)
         self.alpha = check_alpha(alpha)
         super().__init__(student=student, num_classes=num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler)

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature, dp_kd_terms
 from kdlightning.methods.base import Batch, DistillationModule
 
@@ -53,7 +54,7 @@ class DataPartitioningKD(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if selection not in ("supervised", "unsupervised"):
-            raise ValueError(f"`selection` must be 'supervised' or 'unsupervised', got {selection!r}.")
+            raise ConfigurationError(f"`selection` must be 'supervised' or 'unsupervised', got {selection!r}.")
         self.temperature = check_temperature(temperature)
         self.alpha = check_alpha(alpha)
         self.selection = selection

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from kdlightning.errors import ConfigurationError, DivergedError, NotFoundError
 from kdlightning.losses import at_least_float32
 from kdlightning.methods.base import Batch, DistillationModule, logits_of
 from kdlightning.methods.member_metrics import MemberMetrics, computed
@@ -148,20 +149,20 @@ class BatchedMembers(DistillationModule):
     ) -> None:
         members = dict(members)
         if not members:
-            raise ValueError("`members` is empty: give at least one method to train.")
+            raise ConfigurationError("`members` is empty: give at least one method to train.")
         for name, method in members.items():
             if not isinstance(name, str) or not _MEMBER_NAME.match(name):
-                raise ValueError(
+                raise ConfigurationError(
                     f"`members` name {name!r} cannot end a metric key: use letters, digits and `_.,=+-[]`."
                 )
             reason = member_error(method)
             if reason is not None:
-                raise ValueError(f"`members.{name}` cannot be a batched member: {reason}. Fit it on its own.")
+                raise ConfigurationError(f"`members.{name}` cannot be a batched member: {reason}. Fit it on its own.")
         members = self._grouped(members)
         methods = list(members.values())
         num_classes = {method.num_classes for method in methods}
         if len(num_classes) > 1:
-            raise ValueError(f"`members` disagree on `num_classes`: {sorted(num_classes)}.")
+            raise ConfigurationError(f"`members` disagree on `num_classes`: {sorted(num_classes)}.")
         optimizer = shared_factory(members, "optimizer", optimizer)
         lr_scheduler = shared_factory(members, "lr_scheduler", lr_scheduler)
         stacked = stack_networks([method.student for method in methods], list(members))
@@ -211,7 +212,7 @@ class BatchedMembers(DistillationModule):
                 for name, method in zip(names[start:stop], group, strict=True):
                     value = getattr(method, key_name, None)
                     if not _is_number(value) or float(value) != float(method.hparams[key_name]):
-                        raise ValueError(
+                        raise ConfigurationError(
                             f"`members.{name}`: `{key_name}` differs between {type(method).__name__} members, but "
                             f"the method does not keep it as the attribute `{key_name}` its training_losses reads."
                         )
@@ -261,7 +262,7 @@ class BatchedMembers(DistillationModule):
     def member_index(self, name: str) -> int:
         """Position of member ``name`` in the stacked dimension."""
         if name not in self.member_names:
-            raise KeyError(f"No member {name!r}; the members are {list(self.member_names)}.")
+            raise NotFoundError(f"No member {name!r}; the members are {list(self.member_names)}.")
         return self.member_names.index(name)
 
     def member_state_dict(self, name: str) -> dict[str, Tensor]:
@@ -385,7 +386,7 @@ class BatchedMembers(DistillationModule):
                     + components
                 )
         if len(self.failed) == self.num_members:
-            raise FloatingPointError("Every member diverged; " + next(iter(self.failed.values())))
+            raise DivergedError("Every member diverged; " + next(iter(self.failed.values())))
 
     def configure_gradient_clipping(
         self,

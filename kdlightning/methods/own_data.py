@@ -17,6 +17,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.methods.base import DistillationModule, logits_of
 from kdlightning.methods.members import BatchedMembers
 
@@ -58,19 +59,19 @@ class OwnDataMembers(BatchedMembers):
     def __init__(self, members: Mapping[str, DistillationModule], optimizer: OptimizerCallable | None = None) -> None:
         for name, method in members.items():
             if isinstance(method, DistillationModule) and method.frozen_names:
-                raise ValueError(
+                raise ConfigurationError(
                     f"`members.{name}` has frozen references {list(method.frozen_names)}: members training on their "
                     "own data would each need their forward on their own batches; use BatchedMembers on shared ones."
                 )
         super().__init__(members, optimizer=optimizer)
         if len(self._groups) > 1:
             kinds = sorted({type(group.prototype).__name__ for group in self._groups})
-            raise ValueError(
+            raise ConfigurationError(
                 f"`members` are of several classes or settings ({kinds}): members on their own data are of one "
                 "method, with only numeric hyperparameters differing."
             )
         if self.lr_scheduler is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 "OwnDataMembers takes no `lr_scheduler`: the fit's one epoch holds every member's epochs, so a "
                 "schedule would not step with them. Fit members that need one apart."
             )
@@ -80,7 +81,7 @@ class OwnDataMembers(BatchedMembers):
     def on_fit_start(self) -> None:
         """Refuse gradient accumulation: a member's last step must be an optimizer step."""
         if self.trainer.accumulate_grad_batches != 1:
-            raise ValueError(
+            raise ConfigurationError(
                 "OwnDataMembers trains with `accumulate_grad_batches=1` only: members end at different steps."
             )
         if self.trainer.ckpt_path is None:  # a resumed fit keeps the members that had finished
@@ -187,7 +188,7 @@ class _OwnProgress:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise ValueError(
+        raise ConfigurationError(
             f"A member of OwnDataMembers reads the trainer's `{name}` in its training_losses, but members on their own "
             "data each have their own epochs and steps, not the fit's. Fit that method on its own."
         )

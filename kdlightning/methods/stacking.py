@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.fingerprint import module_fingerprint
 
 __all__ = [
@@ -56,7 +57,7 @@ def shared_factory(members: Mapping[str, Any], attribute: str, given: Any) -> An
     for name, method in members.items():
         value = getattr(method, attribute)
         if not builds_the_same(value, first, attribute):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`members` have different `{attribute}`s ({names[0]!r}: {first!r}, {name!r}: {value!r}); "
                 f"members of one fit share one: pass `{attribute}=` to BatchedMembers, or fit them apart."
             )
@@ -101,12 +102,12 @@ def check_uncoupled(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> 
     """
     if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
         allowed = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
-        raise ValueError(
+        raise ConfigurationError(
             f"BatchedMembers' `optimizer` {type(optimizer).__name__} is not known to update each "
             f"parameter element on its own, so members could be coupled; use one of {allowed}."
         )
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        raise ValueError(
+        raise ConfigurationError(
             "BatchedMembers' `lr_scheduler` is ReduceLROnPlateau, which would step every member on one shared "
             "metric; use a schedule that does not read a metric (StepLR, CosineAnnealingLR, ...)."
         )
@@ -160,7 +161,7 @@ def stack_networks(networks: list[nn.Module], names: list[str]) -> nn.Module:
     expected = _structure(networks[0])
     for name, network in zip(names, networks, strict=True):
         if _structure(network) != expected:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`members.{name}`'s student differs from `members.{names[0]}`'s in architecture (parameter and "
                 "buffer names, shapes, dtypes): batched members are copies of one network."
             )
@@ -215,7 +216,7 @@ def shared_references(members: Mapping[str, Any]) -> dict[str, nn.Module]:
                 continue
             holder, held = references[reference]
             if module is not held and fingerprint(module) != fingerprint(held):
-                raise ValueError(
+                raise ConfigurationError(
                     f"`members.{name}`'s `{reference}` differs from `members.{holder}`'s: members share their frozen "
                     "references (one forward serves all), so give them the same network."
                 )

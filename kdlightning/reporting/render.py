@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlightning.atomic import atomic_path
+from kdlightning.atomic import save_figure
 from kdlightning.reporting.rows import (
     TUNED,
     UNTUNED,
@@ -432,5 +432,4 @@ def plot_gains(
         axes.set_ylabel(label)
         if index == 0:
             axes.legend(fontsize=8, ncols=min(len(methods), 5))
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(figure, path)

@@ -80,7 +80,7 @@ def is_failed(row: Mapping[str, Any]) -> bool:
     """Whether ``row`` records a failed run: it has an ``error`` (a row read back from CSV has ``""`` if not).
 
     Examples:
-        >>> is_failed({"error": "FloatingPointError: Non-finite training loss"}), is_failed({"error": ""})
+        >>> is_failed({"error": "DivergedError: Non-finite training loss"}), is_failed({"error": ""})
         (True, False)
     """
     return bool(row.get("error"))

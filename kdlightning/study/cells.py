@@ -21,6 +21,7 @@ import lightning as L
 
 from kdlightning.batching import MemberFit, fit_members
 from kdlightning.data import PartitionedDataModule, Partitioner
+from kdlightning.errors import DivergedError
 from kdlightning.methods import DistillationModule, VanillaKD
 from kdlightning.tuning import Search, TrialBuilder, TuneOptions, TuneResult
 
@@ -186,7 +187,7 @@ class TunedCells:
         hyperparameters = json.dumps(dict(fit.model.hparams), sort_keys=True, default=str)
         values: dict[str, Any] = {"class": type(fit.model).__name__, "acc_before": self._before[(str(scenario), seed)]}
         if fit.error is not None:
-            values.update(acc_after="", hyperparameters=hyperparameters, error=f"FloatingPointError: {fit.error}")
+            values.update(acc_after="", hyperparameters=hyperparameters, error=f"{DivergedError.__name__}: {fit.error}")
             return self._row(scenario, seed, name, **values)
         values.update(acc_after=fit.test["test/acc"], hyperparameters=hyperparameters, seconds=round(fit.seconds, 2))
         return self._row(scenario, seed, name, **values)

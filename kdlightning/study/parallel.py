@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from kdlightning.data import Partitioner
+from kdlightning.errors import ConfigurationError
 from kdlightning.trainers import quiet
 
 __all__ = ["ENVIRONMENT", "Cell", "check_ray", "run_cells"]
@@ -47,18 +48,22 @@ def check_ray(ray: bool | str, cpus_per_cell: float, gpus_per_cell: float, train
         ImportError: ``ray`` is set and Ray is not installed (the ``federated`` extra).
     """
     if not isinstance(ray, (bool, str)) or (isinstance(ray, str) and not ray.strip()):
-        raise ValueError(
+        raise ConfigurationError(
             f"`ray` must be false, true (a local Ray) or a cluster's address (e.g. 'auto', 'ray://host:10001'), "
             f"got {ray!r}."
         )
     if not (isinstance(cpus_per_cell, (int, float)) and math.isfinite(cpus_per_cell) and cpus_per_cell > 0):
-        raise ValueError(f"`cpus_per_cell` must be a number > 0 (Ray's CPUs for each cell), got {cpus_per_cell!r}.")
+        raise ConfigurationError(
+            f"`cpus_per_cell` must be a number > 0 (Ray's CPUs for each cell), got {cpus_per_cell!r}."
+        )
     if not (isinstance(gpus_per_cell, (int, float)) and math.isfinite(gpus_per_cell) and gpus_per_cell >= 0):
-        raise ValueError(f"`gpus_per_cell` must be a number >= 0 (Ray's GPUs for each cell), got {gpus_per_cell!r}.")
+        raise ConfigurationError(
+            f"`gpus_per_cell` must be a number >= 0 (Ray's GPUs for each cell), got {gpus_per_cell!r}."
+        )
     if ray is False:
         return
     if gpus_per_cell == 0 and str(trainer.get("accelerator", "auto")) in ("gpu", "cuda"):
-        raise ValueError(
+        raise ConfigurationError(
             "`trainer.accelerator` is a GPU but `gpus_per_cell` is 0: Ray hides the GPUs from a task that asks for "
             "none. Pass `gpus_per_cell` (e.g. 0.25: four cells share one GPU)."
         )

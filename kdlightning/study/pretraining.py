@@ -20,6 +20,7 @@ from torch import nn
 
 from kdlightning.batching import pretrain_together
 from kdlightning.data import PartitionedDataModule, Partitioner
+from kdlightning.errors import DivergedError
 from kdlightning.methods import StudentOnly
 from kdlightning.pipeline import load_weights, pretrain_once, save_weights
 
@@ -65,7 +66,7 @@ class PartyPretraining:
                 trainer = self._trainer(self.pretrain_epochs, limit_val_batches=0)
                 trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
             except FloatingPointError as error:
-                raise FloatingPointError(f"the {role} party's pre-training diverged: {error}") from error
+                raise DivergedError(f"the {role} party's pre-training diverged: {error}") from error
             finally:
                 self.seconds["pretraining"] += time.perf_counter() - start
 

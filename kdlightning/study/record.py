@@ -8,83 +8,21 @@ writes ``study.json``, these are pure functions of JSON-able values.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kdlightning.atomic import write_text_atomic
+from kdlightning.errors import ConfigurationError
+from kdlightning.pipeline import differences, show
 from kdlightning.reporting import is_failed
 
-__all__ = ["RECORD", "check_and_record", "describe", "differences", "legacy_record", "refuse_differences"]
+__all__ = ["RECORD", "check_and_record", "legacy_record", "refuse_differences"]
 
 RECORD = "study.json"
 """The file beside ``results.csv`` that records the configuration its results were made with."""
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_ABSENT = object()
-"""A key one of two compared configurations does not have."""
-
-
-def describe(value: Any) -> Any:
-    """``value`` as JSON that names it the same way in every process (for ``study.json``).
-
-    Classes and functions become their import path; a ``functools.partial`` (a factory from Python, or from a
-    YAML ``class_path`` with ``init_args``) its target's path and arguments; anything else its ``repr``
-    without memory addresses.
-
-    Examples:
-        >>> from kdlightning import VanillaKD
-        >>> describe(functools.partial(VanillaKD, temperature=2.0))
-        {'class_path': 'kdlightning.methods.kd.VanillaKD', 'init_args': {'temperature': 2.0}}
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(key): describe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [describe(item) for item in value]
-    if isinstance(value, functools.partial):
-        parts = [value.func, *value.args]
-        if not value.args and not value.keywords:  # partial(VanillaKD) is VanillaKD
-            return describe(value.func)
-        # jsonargparse builds partial(<wrapper>, <instantiator>, cls, **init_args): the class is the target
-        target = next((i for i, part in enumerate(parts) if isinstance(part, type)), 0)
-        described: dict[str, Any] = {"class_path": describe(parts[target])}
-        if parts[target + 1 :]:
-            described["args"] = describe(parts[target + 1 :])
-        if value.keywords:
-            described["init_args"] = describe(value.keywords)
-        return described
-    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
-        return f"{value.__module__}.{value.__qualname__}"
-    return _ADDRESS.sub("", repr(value))
-
-
-def differences(old: Any, new: Any, only_old_keys: bool, path: str = "") -> list[tuple[str, Any, Any]]:
-    """The leaves where ``old`` and ``new`` differ, as ``(dotted path, old value, new value)``.
-
-    Mappings are compared key by key (only ``old``'s keys with ``only_old_keys``); a missing key is ``_ABSENT``.
-    """
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        keys = list(old) if only_old_keys else list(dict.fromkeys([*old, *new]))
-        return [
-            difference
-            for key in keys
-            for difference in differences(
-                old.get(key, _ABSENT), new.get(key, _ABSENT), only_old_keys, f"{path}.{key}" if path else str(key)
-            )
-        ]
-    return [] if old == new else [(path, old, new)]
-
-
-def _show(value: Any, width: int = 80) -> str:
-    """``value`` in an error message: JSON, shortened to ``width`` characters."""
-    text = "absent" if value is _ABSENT else json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def legacy_record(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], is_failed: Any) -> dict[str, Any]:
@@ -142,8 +80,8 @@ def refuse_differences(
     for argument, path, old, new in found:
         detail = path.split(".", 1)[1] if "." in path else ""
         detail = detail.removeprefix("tuning.") if argument == "tuning" else detail
-        lines.append(f"  `{argument}`: {detail + ' ' if detail else ''}{_show(old)} in {where}, {_show(new)} now")
-    raise ValueError(
+        lines.append(f"  `{argument}`: {detail + ' ' if detail else ''}{show(old)} in {where}, {show(new)} now")
+    raise ConfigurationError(
         f"{Path(where).parent} holds results of another configuration: adding runs would mix both in results.csv "
         "and summary.md.\n" + "\n".join(lines) + "\nPass another `--out` for a new study, or the recorded values "
         "to resume this one (a method of another configuration can also run beside the old under a new name)."

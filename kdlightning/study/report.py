@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlightning.atomic import atomic_path, write_text_atomic
+from kdlightning.atomic import save_figure, write_text_atomic
 from kdlightning.methods import VanillaKD
 from kdlightning.reporting import (
     add_gains,
@@ -80,8 +80,7 @@ def plot_tuning(
     for index, (scenario, points, chosen) in enumerate(panels):
         axes = figure.add_subplot(lines, columns, index + 1)
         draw_heatmap(axes, points, space, metric, direction=direction, title=scenario, chosen=chosen)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(figure, path)
 
 
 class StudyReports:

@@ -38,16 +38,25 @@ from kdlightning.data import (
     Partitioner,
     QuantitySkewPartitioner,
 )
+from kdlightning.errors import ConfigurationError, DivergedError
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
-from kdlightning.pipeline import NetworkFactory, check_trainer, check_trainer_for, check_writable, digest, trainer
+from kdlightning.pipeline import (
+    NetworkFactory,
+    check_trainer,
+    check_trainer_for,
+    check_writable,
+    describe,
+    digest,
+    trainer,
+)
 from kdlightning.reporting import add_gains, error_line, read_csv
 from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
 from kdlightning.study.parallel import Cell, check_ray, run_cells
 from kdlightning.study.pretraining import PartyPretraining
-from kdlightning.study.record import check_and_record, describe
+from kdlightning.study.record import check_and_record
 from kdlightning.study.report import StudyReports
-from kdlightning.trainers import quiet
+from kdlightning.trainers import progress_bar, quiet
 from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
 
@@ -156,18 +165,18 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         gpus_per_cell: float = 0.0,
     ) -> None:
         if not methods and not tuned_kd:
-            raise ValueError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
+            raise ConfigurationError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
         for reserved, role in ((control, "the control"), *((name, "tuned KD") for name in TUNED_NAMES.values())):
             if reserved in methods:
-                raise ValueError(f"`methods` must not use the name {reserved!r}: it is {role}'s.")
+                raise ConfigurationError(f"`methods` must not use the name {reserved!r}: it is {role}'s.")
         if not seeds:
-            raise ValueError("`seeds` is empty: give at least one seed.")
+            raise ConfigurationError("`seeds` is empty: give at least one seed.")
         _check_unique("seeds", list(seeds), "each seed is one sample of every run")
         if student_party == teacher_party:
-            raise ValueError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
+            raise ConfigurationError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
         for name, value in (("pretrain_epochs", pretrain_epochs), ("epochs", epochs)):
             if value < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
+                raise ConfigurationError(f"`{name}` must be >= 1, got {value!r}.")
         self.student, self.teacher, self.methods = student, teacher, dict(methods)
         self.tuned_kd, self.tuning = tuned_kd, tuning if tuning is not None else TuneOptions()
         if tuned_kd:
@@ -180,14 +189,14 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         self.pretrain_epochs, self.epochs = pretrain_epochs, epochs
         self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
         if not 0.0 < public_fraction < 1.0:
-            raise ValueError(f"`public_fraction` must lie in (0, 1), got {public_fraction!r}.")
+            raise ConfigurationError(f"`public_fraction` must lie in (0, 1), got {public_fraction!r}.")
         self.public_fraction = public_fraction if "public" in self.tuning.validations and tuned_kd else 0.0
         self.out = Path(out)
         self.trainer = check_trainer(trainer)
         check_ray(ray, cpus_per_cell, gpus_per_cell, self.trainer)
         self.ray, self.cpus_per_cell, self.gpus_per_cell = ray, cpus_per_cell, gpus_per_cell
         if max_members is not None and max_members < 1:
-            raise ValueError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
+            raise ConfigurationError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
         self.batched, self.max_members = batched, max_members
         self.members: set[str] = {control}
         """Methods trained as batched members when ``batched`` (the control, and those that can be members)."""
@@ -197,10 +206,10 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         self._diverged: dict[tuple[str, int], str] = {}
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
-                raise ValueError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
+                raise ConfigurationError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
         data = self.dataset.data()
         if data.is_text:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`dataset` {type(self.dataset).__name__} holds text, which the study's networks cannot read without "
                 "a tokenizer: `kdl study` takes numeric inputs (images, arrays). Distil on text with `kdl fit` or "
                 "`kdl tune` and their datamodule's `tokenizers`."
@@ -224,7 +233,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
                 try:
                     model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
                 except ValueError as error:
-                    raise ValueError(f"`methods.{name}`: {error}") from error
+                    raise ConfigurationError(f"`methods.{name}`: {error}") from error
                 check_trainer_for(model, self.trainer, f"methods.{name}")
                 if member_error(model, like=control) is None:  # trains as the control does: one fit with it
                     self.members.add(name)
@@ -299,7 +308,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         data = self.datamodule(scenario, seed, self.student_party)
         key = (str(scenario), seed)
         if key in self._diverged:  # every method of this cell starts from the pre-training that diverged
-            raise FloatingPointError(self._diverged[key])
+            raise DivergedError(self._diverged[key])
         try:
             student = self.pretrained("student", scenario, seed)
             teacher = self.pretrained("teacher", scenario, seed)
@@ -413,7 +422,7 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         ]
         fits = {method: self.fits(method) for method in {run[2] for run in self.runs()}}
         total, left = sum(fits[run[2]] for run in self.runs()), sum(fits[run[2]] for run in todo)
-        bar = _progress(total=total, initial=total - left, enabled=progress)
+        bar = progress_bar(total, "fit", enabled=progress, initial=total - left)
         number = len(self.runs()) - len(todo)
 
         def starting(scenario: Partitioner, seed: int, step: list[str], together: bool) -> None:
@@ -496,18 +505,11 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         return self.tuning.n_trials
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    """A progress bar over the study's fits (a tuned-KD run counts one per trial), so its time left is honest."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="fit", disable=not enabled, dynamic_ncols=True)
-
-
 def _check_unique(name: str, values: Sequence[Any], why: str) -> None:
     """Raise ``ValueError`` naming the argument ``name`` and its repeated values, if any."""
     repeated = [value for value, count in Counter(values).items() if count > 1]
     if repeated:
-        raise ValueError(f"`{name}` repeats {repeated}: give each once ({why}).")
+        raise ConfigurationError(f"`{name}` repeats {repeated}: give each once ({why}).")
 
 
 def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.atomic import atomic_path
 from kdlightning.batching import MemberFit, fit_members
+from kdlightning.errors import ConfigurationError
 from kdlightning.methods import DistillationModule, NotBatchable
 from kdlightning.reporting import write_csv
 from kdlightning.tuning.options import Param, TuneOptions
@@ -132,7 +133,7 @@ class BatchedGrid:
             first.options,
         )
         if not same or self.options.validation == first.options.validation:
-            raise ValueError(
+            raise ConfigurationError(
                 f"A search beside {first.out} must differ from it only in `tune.validation`; {self.out} differs in "
                 "more (its method, data, seed, trainer, space or other options) or validates on the same split."
             )
@@ -164,7 +165,7 @@ class BatchedGrid:
             if fit.error is not None:
                 attrs["error"] = fit.error
             elif not curve:
-                raise ValueError(
+                raise ConfigurationError(
                     f"The batched search recorded no {metric}: members are ranked on the validation after their "
                     "last epoch, so the trainer must validate (`limit_val_batches`, `check_val_every_n_epoch`)."
                 )

@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature
 
 __all__ = ["BATCHED_METRICS", "DEFAULT_GRID", "PREFIX", "Param", "TuneOptions", "check_space"]
@@ -91,42 +92,44 @@ class TuneOptions:
 
     def __post_init__(self) -> None:
         if self.sampler not in ("grid", "tpe"):
-            raise ValueError(f"`tune.sampler` must be 'grid' or 'tpe', got {self.sampler!r}.")
+            raise ConfigurationError(f"`tune.sampler` must be 'grid' or 'tpe', got {self.sampler!r}.")
         if self.pruner not in ("none", "successive_halving"):
-            raise ValueError(f"`tune.pruner` must be 'none' or 'successive_halving', got {self.pruner!r}.")
+            raise ConfigurationError(f"`tune.pruner` must be 'none' or 'successive_halving', got {self.pruner!r}.")
         if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"`tune.direction` must be 'maximize' or 'minimize', got {self.direction!r}.")
+            raise ConfigurationError(f"`tune.direction` must be 'maximize' or 'minimize', got {self.direction!r}.")
         for name, least in (("n_trials", 1), ("n_startup_trials", 0), ("min_resource", 1)):
             if getattr(self, name) < least:
-                raise ValueError(f"`tune.{name}` must be >= {least}, got {getattr(self, name)!r}.")
+                raise ConfigurationError(f"`tune.{name}` must be >= {least}, got {getattr(self, name)!r}.")
         if self.max_members is not None and self.max_members < 1:
-            raise ValueError(f"`tune.max_members` must be >= 1 or None, got {self.max_members!r}.")
+            raise ConfigurationError(f"`tune.max_members` must be >= 1 or None, got {self.max_members!r}.")
         if self.batched and self.sampler != "grid":
-            raise ValueError(
+            raise ConfigurationError(
                 "`tune.batched` trains the grid's points together, so it needs `tune.sampler: grid` "
                 f"(TPE chooses each point from the results before it), got {self.sampler!r}."
             )
         if self.batched and self.pruner != "none":
-            raise ValueError(
+            raise ConfigurationError(
                 "`tune.batched` trains the grid's points together, so no point can be stopped early: set "
                 f"`tune.pruner: none`, got {self.pruner!r}."
             )
         if self.batched and self.metric not in BATCHED_METRICS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tune.metric` must be one of {list(BATCHED_METRICS)} with `tune.batched` (what each member logs), "
                 f"got {self.metric!r}."
             )
         modes = [self.validation] if isinstance(self.validation, str) else list(self.validation)
         if not modes or any(mode not in ("own", "public") for mode in modes) or len(set(modes)) < len(modes):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tune.validation` must be 'own', 'public' or (a study) both, [own, public]; got {self.validation!r}."
             )
         if self.reduction_factor < 2:
-            raise ValueError(f"`tune.reduction_factor` must be >= 2, got {self.reduction_factor!r}.")
+            raise ConfigurationError(f"`tune.reduction_factor` must be >= 2, got {self.reduction_factor!r}.")
         if self.heartbeat_interval is not None and self.heartbeat_interval < 1:
-            raise ValueError(f"`tune.heartbeat_interval` must be >= 1 second or None, got {self.heartbeat_interval!r}.")
+            raise ConfigurationError(
+                f"`tune.heartbeat_interval` must be >= 1 second or None, got {self.heartbeat_interval!r}."
+            )
         if not self.metric.startswith("val/"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tune.metric` must be a validation metric ('val/...'), got {self.metric!r}: trials are ranked on "
                 "the validation split only, never on the test set."
             )
@@ -134,12 +137,12 @@ class TuneOptions:
         self.ranges = {_full_key(key, "ranges"): (float(r[0]), float(r[1])) for key, r in self.ranges.items()}
         self.log_scale = [_full_key(key, "log_scale") for key in self.log_scale]
         if self.sampler == "grid" and self.ranges:
-            raise ValueError(
+            raise ConfigurationError(
                 "`tune.ranges` are continuous intervals for `tune.sampler: tpe`; the grid sampler takes `tune.grid`."
             )
         unknown = sorted(set(self.log_scale) - set(self.ranges))
         if unknown:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tune.log_scale` lists {unknown}, which are not keys of `tune.ranges` {sorted(self.ranges)}."
             )
 
@@ -184,7 +187,7 @@ def check_space(options: TuneOptions, method: type, section: str = "tune") -> di
     if options.sampler == "tpe":
         keys += [key for key in options.ranges if key not in options.grid]
     if not keys:
-        raise ValueError(
+        raise ConfigurationError(
             f"`{section}.grid` is empty: give at least one argument and its values, e.g. temperature: [1, 2, 4]."
         )
     space: dict[str, Param] = {}
@@ -193,7 +196,7 @@ def check_space(options: TuneOptions, method: type, section: str = "tune") -> di
         where = "ranges" if key in options.ranges else "grid"
         if name not in floats:
             known = sorted(floats) or "none"
-            raise ValueError(
+            raise ConfigurationError(
                 f"`{section}.{where}` key {name!r}: {method.__name__} has no float argument {name!r} (its float "
                 f"arguments: {known})."
             )
@@ -201,20 +204,22 @@ def check_space(options: TuneOptions, method: type, section: str = "tune") -> di
             low, high = options.ranges[key]
             low, high = (_check_value(name, value, f"{section}.{where}") for value in (low, high))
             if not low < high:
-                raise ValueError(
+                raise ConfigurationError(
                     f"`{section}.ranges` of {name!r} must be [low, high] with low < high, got [{low}, {high}]."
                 )
             log = key in options.log_scale
             if log and low <= 0:
-                raise ValueError(f"`{section}.log_scale` needs a positive range for {name!r}, got [{low}, {high}].")
+                raise ConfigurationError(
+                    f"`{section}.log_scale` needs a positive range for {name!r}, got [{low}, {high}]."
+                )
             space[key] = Param(None, low, high, log)
             continue
         values = options.grid[key]
         if not values:
-            raise ValueError(f"`{section}.grid` lists no values for {name!r}.")
+            raise ConfigurationError(f"`{section}.grid` lists no values for {name!r}.")
         checked = tuple(_check_value(name, value, f"{section}.{where}") for value in values)
         if len(set(checked)) != len(checked):
-            raise ValueError(f"`{section}.grid` lists a value of {name!r} twice: {list(checked)}.")
+            raise ConfigurationError(f"`{section}.grid` lists a value of {name!r} twice: {list(checked)}.")
         space[key] = Param(checked)
     return space
 
@@ -224,7 +229,7 @@ def _full_key(key: str, where: str) -> str:
     if "." not in key:
         return PREFIX + key
     if not key.startswith(PREFIX) or "." in key[len(PREFIX) :]:
-        raise ValueError(
+        raise ConfigurationError(
             f"`tune.{where}` key {key!r}: only the method's own float arguments can be searched, as "
             f"'{PREFIX}<name>' or '<name>'."
         )
@@ -234,7 +239,7 @@ def _full_key(key: str, where: str) -> str:
 def _check_value(name: str, value: Any, where: str) -> float:
     """``value`` of argument ``name`` listed in ``where`` (``tune.grid``), as a float in the argument's range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"`{where}` value {value!r} of {name!r} is not a finite number.")
+        raise ConfigurationError(f"`{where}` value {value!r} of {name!r} is not a finite number.")
     if name == "alpha" or name.endswith("_alpha"):
         return check_alpha(value, name=f"{where}.{name}")
     if name == "temperature" or name.endswith("_temperature"):

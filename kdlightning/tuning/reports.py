@@ -13,6 +13,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from kdlightning.atomic import save_figure
 from kdlightning.tuning.options import Param
 from kdlightning.tuning.results import TuneResult
 
@@ -145,7 +146,7 @@ def plot_heatmap(
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     draw_heatmap(figure.add_subplot(), rows, space, metric, direction=direction, title=title, chosen=chosen)
-    figure.savefig(path, format="png", dpi=100)
+    save_figure(figure, path)
 
 
 def draw_heatmap(

@@ -20,6 +20,7 @@ from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.batching import MemberFit
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
+from kdlightning.errors import ConfigurationError, RunError
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule
 from kdlightning.reporting import error_line, write_csv
@@ -144,7 +145,7 @@ class Search(BatchedGrid):
                 from this one in more than its validation.
         """
         if (extra or beside) and not self.options.batched:
-            raise ValueError(
+            raise ConfigurationError(
                 "`extra` methods and searches `beside` are trained as batched members: they need `tune.batched: true`."
             )
         extra_fits: dict[str, MemberFit] = {}
@@ -194,7 +195,7 @@ class Search(BatchedGrid):
         fingerprint = search_fingerprint(self.description, self.space, self.options)
         existing = study_attrs(storage, self.options.study_name)
         if existing is not None and existing.get("fingerprint") not in (None, fingerprint):
-            raise ValueError(
+            raise ConfigurationError(
                 f"Study {self.options.study_name!r} in {self.storage_url} is a search of another configuration "
                 f"(method, data, trainer or search space). {self.conflict_hint}"
             )
@@ -341,22 +342,21 @@ class Search(BatchedGrid):
         write_csv(self.out / "trials.csv", rows)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if not completed:
-            raise RuntimeError(f"No trial of the search completed; see {self.out / 'trials.csv'}.")
+            raise RunError(f"No trial of the search completed; see {self.out / 'trials.csv'}.")
         best = min(completed, key=self._rank)
         params = {key: float(value) for key, value in best.params.items()}
         if self.heatmap:
-            with atomic_path(self.out / "heatmap.png") as path:
-                title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
-                chosen = [dict(zip(self.names, self._point(params), strict=True))]
-                plot_heatmap(
-                    rows,
-                    path,
-                    self.space,
-                    self.options.metric,
-                    direction=self.options.direction,
-                    title=title,
-                    chosen=chosen,
-                )
+            title = f"{self.method.__name__}: {self.options.metric} gain over the student before training"
+            chosen = [dict(zip(self.names, self._point(params), strict=True))]
+            plot_heatmap(
+                rows,
+                self.out / "heatmap.png",
+                self.space,
+                self.options.metric,
+                direction=self.options.direction,
+                title=title,
+                chosen=chosen,
+            )
         test_metrics, test_model = {}, "none"
         if self.options.test:
             build, saved = functools.partial(self._build, params), self.out / "best_model.pt"

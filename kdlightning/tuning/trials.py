@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from kdlightning.cache import CacheReferenceOutputs, check_deterministic_transfer, module_fingerprint
 from kdlightning.data import DatasetSource
 from kdlightning.data.datamodules import check_validation
+from kdlightning.errors import ConfigurationError
 from kdlightning.lightning_cli import KDLightningCLI
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
@@ -80,7 +81,7 @@ class TrialReporter(L.Callback):
             return
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            raise ValueError(
+            raise ConfigurationError(
                 f"`tune.metric` {self.monitor!r} was not logged by {type(pl_module).__name__}; "
                 f"its validation metrics are {sorted(k for k in metrics if k.startswith('val/'))}."
             )
@@ -103,7 +104,7 @@ def validate(built: Built, metric: str) -> float:
     """The validation ``metric`` of ``built``'s model as it is (before training: the start of every trial)."""
     metrics = built.trainer.validate(built.model, datamodule=built.datamodule, verbose=False)[0]
     if metric not in metrics:
-        raise ValueError(f"`tune.metric` {metric!r} was not logged; validation logged {sorted(metrics)}.")
+        raise ConfigurationError(f"`tune.metric` {metric!r} was not logged; validation logged {sorted(metrics)}.")
     return float(metrics[metric])
 
 
@@ -162,13 +163,13 @@ def validate_on(datamodule: Any, validation: Any) -> None:
     validates there. A list of both is a study's (two searches), not one search's.
     """
     if not isinstance(validation, str):
-        raise ValueError(
+        raise ConfigurationError(
             f"`tune.validation` must be 'own' or 'public' for one search, got {validation!r} (a study runs both)."
         )
     if validation == "own":
         return
     if not hasattr(datamodule, "validation") or not getattr(datamodule, "public_fraction", 0.0):
-        raise ValueError(
+        raise ConfigurationError(
             "`tune.validation: public` needs a datamodule with a public split: a PartitionedDataModule with "
             f"`public_fraction` > 0, got {type(datamodule).__name__}"
             f" with public_fraction={getattr(datamodule, 'public_fraction', None)!r}."

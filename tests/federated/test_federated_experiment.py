@@ -19,7 +19,7 @@ from kdlightning.models import MLP
 from kdlightning.reporting import read_csv
 from kdlightning.stats import mean_interval
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
 WIDER = partial(MLP, in_features=64, hidden_sizes=(12,))
 

@@ -8,129 +8,23 @@ import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
 import lightning as L
 import numpy as np
 import optuna
 import pytest
-import torch
 import yaml
-from torch import nn
+from planted import CountedPlanted, FlippedTeacher, KillAt, Killed, Planted, planted_args, states
 
 from kdlightning.cli import main
-from kdlightning.data import DatasetSource, LabelledData, PartitionedDataModule
+from kdlightning.data import PartitionedDataModule
 from kdlightning.tuning import DEFAULT_GRID, Search, TuneOptions, tune
 from kdlightning.tuning.trials import share_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAINER = ROOT / "configs" / "_base" / "trainer.yaml"
 VANILLA_KD = ROOT / "configs" / "digits" / "vanilla_kd.yaml"
 TUNE_CONFIGS = sorted((ROOT / "configs" / "tune").glob("*.yaml"))
-
-
-class Planted(DatasetSource):
-    """Two Gaussian blobs in 2-D whose global test set has its labels flipped.
-
-    The validation split is held out from the training pool, so it agrees with the training labels; the
-    test set disagrees. The student that follows the (wrong) teacher is worst on validation and best on test.
-    """
-
-    def __init__(self, num_samples: int = 320, seed: int = 0) -> None:
-        self.num_samples, self.seed = num_samples, seed
-
-    def load(self) -> LabelledData:
-        rng = np.random.default_rng(self.seed)
-
-        def blobs(n: int) -> tuple[np.ndarray, np.ndarray]:
-            y = rng.integers(0, 2, n)
-            x = rng.normal(0.0, 1.0, (n, 2)) + np.where(y[:, None] == 1, 2.0, -2.0)
-            return x.astype(np.float32), y.astype(np.int64)
-
-        x, y = blobs(self.num_samples)
-        test_x, test_y = blobs(200)
-        return LabelledData(x, y, test_x, 1 - test_y, num_classes=2)
-
-
-class CountedPlanted(Planted):
-    """The planted data knowing its class count without loading (as the built-in sources do); counts its loads."""
-
-    loads: ClassVar[int] = 0
-
-    def known_num_classes(self) -> int:
-        return 2
-
-    def load(self) -> LabelledData:
-        CountedPlanted.loads += 1
-        return super().load()
-
-
-class FlippedTeacher(nn.Module):
-    """A confidently wrong teacher: it predicts the other blob's class. Counts the samples it sees."""
-
-    seen: ClassVar[int] = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("direction", torch.tensor([1.0, 1.0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        FlippedTeacher.seen += x.shape[0]
-        score = 3.0 * (x @ self.direction)  # > 0 on class 1's blob
-        return torch.stack([score, -score], dim=1)
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: Lightning and Optuna let it through, so the trial stays RUNNING in the storage."""
-
-
-class KillAt(L.Callback):
-    """Kill the process (raise `Killed`) in the first epoch of the `n`-th fit."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.fits = n, 0
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fits += 1
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.fits == self.n:
-            raise Killed
-
-
-DATA = {"dataset": {"class_path": "test_tuning.Planted"}, "num_parties": 1, "val_fraction": 0.3, "batch_size": 32}
-
-
-def planted_args(tmp_path: Path, tune_section: dict, max_epochs: int = 3, name: str = "search") -> list[str]:
-    """`kdl tune` arguments for VanillaKD from the flipped teacher into a tiny MLP on the planted data."""
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "log_every_n_steps": 1},
-        "model": {
-            "class_path": "kdlightning.VanillaKD",
-            "init_args": {
-                "student": {
-                    "class_path": "kdlightning.models.MLP",
-                    "init_args": {"num_classes": 2, "in_features": 2, "hidden_sizes": [8]},
-                },
-                "teacher": {"class_path": "test_tuning.FlippedTeacher"},
-                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.05}},
-            },
-        },
-        "data": {
-            "class_path": "kdlightning.data.PartitionedDataModule",
-            "init_args": DATA,
-        },
-        "tune": tune_section,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return ["-c", str(path), "--out", str(tmp_path / name)]
-
-
-def states(out: Path) -> list[str]:
-    with open(out / "trials.csv") as handle:
-        return [row["state"] for row in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +155,7 @@ def test_a_search_loads_the_data_set_once(tmp_path: Path) -> None:
     CountedPlanted.loads = 0
     grid = {"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}
     args = planted_args(tmp_path, {"grid": grid}, max_epochs=1)
-    result = tune([*args, '--data.init_args.dataset={"class_path": "test_tuning.CountedPlanted"}'], verbose=False)
+    result = tune([*args, '--data.init_args.dataset={"class_path": "planted.CountedPlanted"}'], verbose=False)
     assert len(result.trials) == 4 and result.test_model == "checkpoint"
     assert CountedPlanted.loads == 1  # by the probe; its source serves the 4 trials and the test of the chosen one
 

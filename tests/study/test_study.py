@@ -255,7 +255,7 @@ def test_every_study_config_parses(tmp_path: Path) -> None:
     """configs/study/*.yaml build a Study (checked without training)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    root = Path(__file__).resolve().parents[2] / "configs" / "study"
     paths = sorted(root.glob("*.yaml"))
     assert paths
     for path in paths:
@@ -528,12 +528,12 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
     assert any("iid" in note and "seed 0" in note and "broken" in note for note in raised.value.__notes__)
     rows = read_csv(tmp_path / "results.csv")
     assert [r["method"] for r in rows] == ["student_only", "diverging", "vanilla_kd"]
-    assert rows[1]["error"].startswith("FloatingPointError: Non-finite training loss")
+    assert rows[1]["error"].startswith("DivergedError: Non-finite training loss")
     assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] == ""
     assert rows[2]["error"] == "" and float(rows[2]["acc_after"]) > 0
     summary = (tmp_path / "summary.md").read_text()
     assert "1 of 3 runs failed" in summary
-    assert "| iid | 0 | diverging | FloatingPointError: Non-finite training loss" in summary
+    assert "| iid | 0 | diverging | DivergedError: Non-finite training loss" in summary
 
     no_training(monkeypatch)  # a failed run counts as done: the resume trains nothing
     again = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
@@ -544,7 +544,7 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
 def test_a_diverging_member_is_a_failed_row_beside_the_members_that_trained(tmp_path: Path) -> None:
     rows = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
     assert [r["method"] for r in rows] == ["student_only", "diverging", "vanilla_kd"]
-    assert rows[1]["error"].startswith("FloatingPointError: Non-finite training loss at global step 0")
+    assert rows[1]["error"].startswith("DivergedError: Non-finite training loss at global step 0")
     assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] is None
     assert not rows[2].get("error") and float(rows[2]["acc_after"]) > 0
     assert "1 of 3 runs failed" in (tmp_path / "summary.md").read_text()
@@ -579,7 +579,7 @@ def test_the_progress_bar_counts_fits_so_a_tuned_kd_run_weighs_its_trials(tmp_pa
     bars = []
 
     class Bar:
-        def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        def __init__(self, total: int, unit: str, enabled: bool, initial: int) -> None:
             self.total, self.done, self.descriptions = total, initial, []
             bars.append(self)
 
@@ -592,7 +592,7 @@ def test_the_progress_bar_counts_fits_so_a_tuned_kd_run_weighs_its_trials(tmp_pa
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(runner, "_progress", Bar)
+    monkeypatch.setattr(runner, "progress_bar", Bar)
     grid = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]})
     options = {"methods": {"vanilla_kd": VanillaKD}, "seeds": [0], "tuned_kd": True, "tuning": grid}
     study(tmp_path / "apart", scenarios=[IIDPartitioner()], batched=False, **options).run()

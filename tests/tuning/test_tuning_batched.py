@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_tuning import FlippedTeacher, KillAt, Killed, planted_args, states
+from planted import FlippedTeacher, KillAt, Killed, planted_args, states
 
 from kdlightning.data import PartitionedDataModule
 from kdlightning.tuning import Search, tune

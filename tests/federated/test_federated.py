@@ -30,7 +30,7 @@ from kdlightning.models import MLP, SmallCNN
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import quiet_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
 
 
@@ -416,7 +416,7 @@ def test_kdl_federate_names_strategy_and_what_it_allows_for_a_class_that_is_not_
     with pytest.raises(SystemExit):
         main(["federate", "-c", config, "--out", str(tmp_path), f"--strategy.class_path={class_path}"])
     error = capsys.readouterr().err
-    assert error.startswith("kdl federate: ValueError: `strategy.class_path`") and says in error
+    assert error.startswith("kdl federate: ConfigurationError: `strategy.class_path`") and says in error
     assert "a concrete subclass of `flwr.serverapp.strategy.Strategy`" in error
     assert "(FedAvg, FedProx, FedAdam, ...)" in error
     assert not (tmp_path / "clients").exists()
@@ -587,7 +587,8 @@ def test_kdl_federate_runs_fedprox_with_wandb_offline(tmp_path: Path, monkeypatc
 
 
 def test_the_progress_bar_shows_only_when_asked_and_on_a_terminal() -> None:
-    from kdlightning.federated.apps import _progress
+    from kdlightning.trainers import progress_bar
 
-    assert _progress(4, enabled=False).disable
-    assert _progress(4, enabled=True).disable  # pytest captures stderr: not a terminal
+    assert progress_bar(4, "round", enabled=False).disable
+    assert progress_bar(4, "round", enabled=None).disable  # on a terminal only: pytest captures stderr
+    assert not progress_bar(4, "fit", enabled=True).disable
