@@ -1,18 +1,44 @@
 """Pure arithmetic of the federated experiment: parameter averages and communication rounds.
 
-No Lightning and no Flower here: state dicts and accuracy curves go in, numbers come out.
+No Lightning and no Flower here: state dicts and accuracy curves go in, numbers come out. The rounds to a target
+and the reduction against the ``fresh`` start are computed here once (:func:`count_to_target`), for one
+federation's ``summary.md`` and for an experiment's cells (:func:`start_results`) alike.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
 from kdlightning.errors import ConfigurationError
 
-__all__ = ["censored_rounds_to_target", "round_reduction", "rounds_to_target", "weighted_average"]
+__all__ = [
+    "COLLECTION_ROUNDS",
+    "PAPER_REDUCTION",
+    "StartResult",
+    "TargetCount",
+    "Targets",
+    "accuracy_curves",
+    "censored_rounds_to_target",
+    "count_to_target",
+    "round_reduction",
+    "rounds_to_target",
+    "start_results",
+    "weighted_average",
+]
+
+COLLECTION_ROUNDS = {"fresh": 0, "average": 1, "consolidated": 1, "best_client": 1}
+"""Communication rounds a start costs before FedAvg: collecting the clients' models takes one."""
+
+PAPER_REDUCTION = 60.6
+"""The paper's average reduction in total communication rounds of the KD-consolidated start, in percent."""
+
+Curves = dict[str, dict[int, float]]
+"""Each start's global test accuracy by FedAvg round (0: the start itself), as :func:`accuracy_curves` reads it."""
 
 
 def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
@@ -110,3 +136,139 @@ def round_reduction(baseline_rounds: int | None, rounds: int | None, extra_round
         return None
     value = 100.0 * (1.0 - (rounds + extra_rounds) / baseline_rounds)
     return value if math.isfinite(value) else None
+
+
+def accuracy_curves(rows: Iterable[Mapping[str, Any]]) -> Curves:
+    """Each start's test accuracy by round, from rows of ``rounds.csv`` (``start``, ``round``, ``test_acc``).
+
+    Values may be numbers or the text a CSV file gives back; a ``test_acc`` that is not a number is nan.
+
+    Examples:
+        >>> accuracy_curves([{"start": "fresh", "round": "0", "test_acc": "0.5"}, {"start": "fresh", "round": 1,
+        ...     "test_acc": 0.75}])
+        {'fresh': {0: 0.5, 1: 0.75}}
+    """
+    curves: Curves = {}
+    for row in rows:
+        curves.setdefault(str(row["start"]), {})[int(row["round"])] = _number(row["test_acc"])
+    return curves
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The test accuracies the rounds are counted to: one fixed ``accuracy``, or ``fractions`` of fresh's best.
+
+    Args:
+        accuracy: a test accuracy to reach; None to use ``fractions``.
+        fractions: each a fraction of the best test accuracy the ``fresh`` start reaches after round 0.
+    """
+
+    accuracy: float | None = None
+    fractions: tuple[float, ...] = (0.95, 0.98, 0.99)
+
+    def of(self, curves: Mapping[str, Mapping[int, float]]) -> list[tuple[str, float]]:
+        """``(label, accuracy)`` of each target for ``curves``; none while ``fractions`` have no fresh start to scale.
+
+        Examples:
+            >>> Targets(fractions=(0.5,)).of({"fresh": {0: 0.1, 1: 0.6, 2: 0.8}})
+            [("50% of fresh's best", 0.4)]
+            >>> Targets(accuracy=0.9).of({})
+            [('target', 0.9)]
+        """
+        if self.accuracy is not None:
+            return [("target", self.accuracy)]
+        fresh = [accuracy for number, accuracy in curves.get("fresh", {}).items() if number >= 1]
+        if not fresh:
+            return []
+        return [(f"{100 * f:g}% of fresh's best", f * max(fresh)) for f in self.fractions]
+
+
+class TargetCount(NamedTuple):
+    """One start's count of rounds to one target (:func:`count_to_target`)."""
+
+    rounds: int
+    """FedAvg rounds to the target, from round 0; the first round not run where the start missed it."""
+    collection: int
+    """The start's communication rounds before FedAvg (:data:`COLLECTION_ROUNDS`)."""
+    censored: bool
+    """Whether the start missed the target within the rounds run (``rounds`` is then the first round not run)."""
+    reduction: float | None
+    """The reduction in total rounds against ``fresh``, in %; None for ``fresh`` itself, without a ``fresh`` curve,
+    or where fresh meets the target at round 0."""
+    fresh_censored: bool
+    """Whether fresh's count, the reference of ``reduction``, is censored (False without a reduction to make)."""
+
+    @property
+    def total(self) -> int:
+        """Total communication rounds to the target: the FedAvg rounds plus the collection."""
+        return self.rounds + self.collection
+
+
+def count_to_target(curves: Mapping[str, Mapping[int, float]], start: str, target: float) -> TargetCount:
+    """``start``'s rounds to ``target`` in ``curves`` and its reduction against ``fresh``, both censored.
+
+    A start (fresh as well) that reaches the target in none of the rounds run counts as reaching it at the first
+    round not run (:func:`censored_rounds_to_target`); the reduction is :func:`round_reduction`, the start's
+    collection round counted in.
+
+    Examples:
+        >>> curves = {"fresh": {0: 0.1, 1: 0.5, 2: 0.8, 3: 0.92}, "consolidated": {0: 0.95, 1: 0.96}}
+        >>> count = count_to_target(curves, "consolidated", 0.9)
+        >>> count.total, round(count.reduction, 1), count.censored
+        (1, 66.7, False)
+    """
+    curve = curves[start]
+    reached, missed = censored_rounds_to_target([curve[r] for r in sorted(curve)], target)
+    collection = COLLECTION_ROUNDS.get(start, 1)
+    fresh = curves.get("fresh")
+    reduction, fresh_missed = None, False
+    if fresh and start != "fresh":
+        baseline, fresh_missed = censored_rounds_to_target([fresh[r] for r in sorted(fresh)], target)
+        reduction = round_reduction(baseline, reached, collection)
+    return TargetCount(reached, collection, missed, reduction, fresh_missed)
+
+
+class StartResult(NamedTuple):
+    """One start of one federation (:func:`start_results`): its total rounds and reduction, and whether censored."""
+
+    rounds: float
+    """Total rounds to the targets (FedAvg rounds plus the collection round), the mean over the targets."""
+    reduction: float
+    """The reduction in total rounds against ``fresh``, in %, the mean over the targets; nan for ``fresh`` itself,
+    without a ``fresh`` start, or where fresh meets every target at round 0."""
+    censored: bool
+    """Whether a target was not reached within the rounds run, by this start or by ``fresh`` (its reference), and
+    counted at the first round not run."""
+
+
+def start_results(curves: Mapping[str, Mapping[int, float]], targets: Sequence[float]) -> dict[str, StartResult]:
+    """Per start of one finished federation: its total rounds and reduction, each the mean over ``targets``.
+
+    Each count is :func:`count_to_target`'s. The rounds are nan without a target (no ``fresh`` start to scale
+    fractions by); the reduction is nan for ``fresh`` itself, without ``fresh``, or where fresh meets every target at
+    round 0. A result is censored where the start missed a target, or where fresh, against which a reduction was
+    made, did.
+
+    Examples:
+        >>> curves = {"fresh": {0: 0.1, 1: 0.5, 2: 0.8, 3: 0.9}, "consolidated": {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.75}}
+        >>> start_results(curves, [0.81])["consolidated"]  # missed: counted at round 4, 5 rounds against 3
+        StartResult(rounds=5.0, reduction=-66.66666666666667, censored=True)
+    """
+    results = {}
+    for start in curves:
+        counts = [count_to_target(curves, start, target) for target in targets]
+        reductions = [count.reduction for count in counts if count.reduction is not None]
+        censored = any(count.censored or (count.reduction is not None and count.fresh_censored) for count in counts)
+        results[start] = StartResult(_mean([count.total for count in counts]), _mean(reductions), censored)
+    return results
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

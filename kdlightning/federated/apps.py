@@ -2,7 +2,8 @@
 
 This module runs a :class:`~kdlightning.federated.Federation` (the experiment, which knows nothing of
 Flower) on Flower: the apps, the server loop (:func:`serve`, :func:`fedavg`), the simulation
-(:func:`run_simulation`, :func:`run`), which ``kdl federate`` calls.
+(:func:`run_simulation`, :func:`run`), which ``kdl federate`` calls. Every entry point calls
+:meth:`~kdlightning.federated.federation.Federation.check` before any client trains.
 
 - The **ClientApp** answers two messages. ``query``: send the client's pre-trained model (pre-training it
   on its partition first if it is not cached) and its number of training examples. ``train``: train the
@@ -38,7 +39,9 @@ import torch
 from torch import Tensor
 
 from kdlightning.errors import ConfigurationError, RunError
-from kdlightning.federated.federation import COLLECTION_ROUNDS, Clients, Federation, error_line, load_federation
+from kdlightning.federated.aggregate import COLLECTION_ROUNDS
+from kdlightning.federated.federation import Clients, Federation, load_federation
+from kdlightning.federated.strategy import failure_reason
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import progress_bar, quiet
 
@@ -71,11 +74,10 @@ def _partition(federation: Federation, context: Context) -> int:
             "The node config has no `partition-id`: start the SuperNode with "
             '--node-config "partition-id=<k> num-partitions=<num_clients>".'
         )
-    parts = int(config.get("num-partitions", federation.num_clients))
-    if parts != federation.num_clients:
-        raise ConfigurationError(
-            f"The node config says num-partitions={parts}, the experiment has num_clients={federation.num_clients}."
-        )
+    num_clients = federation.config.num_clients
+    parts = int(config.get("num-partitions", num_clients))
+    if parts != num_clients:
+        raise ConfigurationError(f"The node config says num-partitions={parts}, the experiment has {num_clients=}.")
     return int(config["partition-id"])
 
 
@@ -85,19 +87,20 @@ def _federation_from(config: str, out: str) -> Federation:
 
 
 def _resolve(federation: Federation | None, context: Context) -> Federation:
-    """The experiment an app works for: ``federation``, or the one of the run config's ``kdl-config``.
+    """The experiment an app works for, checked: ``federation``, or the one of the run config's ``kdl-config``.
 
     Every app's work runs in :func:`~kdlightning.trainers.quiet`, in whichever process it runs (Ray workers
     in simulation).
     """
-    if federation is not None:
-        return federation
-    run = context.run_config
-    if "kdl-config" not in run:
-        raise ConfigurationError(
-            "The run config has no `kdl-config`: set it to a `kdl federate` YAML in [tool.flwr.app.config]."
-        )
-    return _federation_from(str(run["kdl-config"]), str(run.get("kdl-out", "runs/federated")))
+    if federation is None:
+        run = context.run_config
+        if "kdl-config" not in run:
+            raise ConfigurationError(
+                "The run config has no `kdl-config`: set it to a `kdl federate` YAML in [tool.flwr.app.config]."
+            )
+        federation = _federation_from(str(run["kdl-config"]), str(run.get("kdl-out", "runs/federated")))
+    federation.check()
+    return federation
 
 
 def _reply(message: Message, state: dict[str, Tensor], metrics: dict[str, float], client: int) -> Message:
@@ -178,7 +181,8 @@ class Proximal(L.Callback):
 
 def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clients:
     """One round: every client's pre-trained model and examples, in client order."""
-    node_ids = _wait_for_nodes(grid, federation.num_clients, timeout)
+    num_clients = federation.config.num_clients
+    node_ids = _wait_for_nodes(grid, num_clients, timeout)
     messages = [
         Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
@@ -192,10 +196,10 @@ def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clie
             reply.content["arrays"].to_torch_state_dict(),
             int(metrics["num-examples"]),
         )
-    missing = sorted(set(range(federation.num_clients)) - set(clients))
+    missing = sorted(set(range(num_clients)) - set(clients))
     if missing:
         raise RunError(f"Clients {missing} sent no pre-trained model within {timeout:.0f} s.")
-    return [clients[k] for k in range(federation.num_clients)]
+    return [clients[k] for k in range(num_clients)]
 
 
 def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -279,7 +283,7 @@ class RoundFailures(Grid):
         if len(errors) >= len(messages):
             raise RunError(
                 f"Round {server_round} of the `{self.start}` start: none of the {len(messages)} sampled clients "
-                f"trained. The first error: {error_line(errors[0]) if errors else 'none'}"
+                f"trained. The first error: {failure_reason(errors[0]) if errors else 'none'}"
             )
         return replies
 
@@ -292,10 +296,10 @@ def fedavg(
     timeout: float = 3600.0,
     start: str = "",
 ) -> dict[str, Tensor]:
-    """Run the federation's strategy from ``state`` for ``federation.rounds`` rounds, testing each round's model.
+    """Run the federation's strategy from ``state`` for ``config.rounds`` rounds, testing each round's model.
 
     Args:
-        federation: the experiment; its ``server_strategy()`` (Flower's ``FedAvg`` by default) runs the rounds.
+        federation: the experiment, checked; its ``server_strategy()`` (``FedAvg`` by default) runs the rounds.
         grid: the grid of the connected clients.
         state: the start's global model.
         evaluate: called as ``evaluate(server_round, state, failures=[...])`` after every round (and for
@@ -307,7 +311,8 @@ def fedavg(
     Returns:
         The final global model's state.
     """
-    _wait_for_nodes(grid, federation.num_clients, timeout)
+    config = federation.config
+    _wait_for_nodes(grid, config.num_clients, timeout)
     strategy = federation.server_strategy()
     observed = RoundFailures(grid, start)
 
@@ -318,9 +323,9 @@ def fedavg(
     result = strategy.start(
         grid=observed,
         initial_arrays=ArrayRecord(state),
-        num_rounds=federation.rounds,
+        num_rounds=config.rounds,
         timeout=timeout,
-        train_config=ConfigRecord({"local-epochs": federation.local_epochs}),
+        train_config=ConfigRecord({"local-epochs": config.local_epochs}),
         evaluate_fn=evaluate_fn,
     )
     return result.arrays.to_torch_state_dict()
@@ -330,17 +335,19 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
     """The server's work: build every start that has not finished and run the strategy from it with ``grid``.
 
     Args:
-        federation: the experiment.
+        federation: the experiment (checked here first).
         grid: Flower's grid of the connected clients.
         collect: gathers the clients' pre-trained models (one communication round); by default a ``query``
             message to every client.
 
     Returns:
         The rows of ``rounds.csv``: each round's global model is tested and recorded as it comes (with a
-        progress bar over starts x rounds, and to W&B if ``federation.logger``).
+        progress bar over starts x rounds, and to W&B if ``config.logger``).
     """
+    federation.check()
     federation.check_resume()
-    finished = federation.finished_starts()
+    records, config = federation.records, federation.config
+    finished = records.finished_starts()
     rows: list[dict[str, Any]] = [row for start in federation.starts for row in finished.get(start, [])]
     todo = [start for start in federation.starts if start not in finished]
     if not todo:
@@ -349,32 +356,33 @@ def serve(federation: Federation, grid: Grid, collect: Callable[[], Clients] | N
         collect = functools.partial(_collect, federation, grid)
     clients = collect() if any(COLLECTION_ROUNDS[start] for start in todo) else []
     bar = progress_bar(
-        len(todo) * federation.rounds, "round", enabled=None if federation.progress else False, description="federate"
+        len(todo) * config.rounds, "round", enabled=None if config.progress else False, description="federate"
     )
     try:
         for start, state in federation.build_starts(clients, todo).items():
             tracker = _tracker(federation, start)
             try:
                 evaluate = _recorder(federation, rows, start, bar, tracker)
-                federation.save_model(start, fedavg(federation, grid, state, evaluate, start=start))
+                records.save_model(start, fedavg(federation, grid, state, evaluate, start=start))
             finally:
                 if tracker is not None:
                     tracker.experiment.finish()
     finally:
         bar.close()
-    federation.plot(rows)
+    records.plot(rows)
     return rows
 
 
 def _recorder(
     federation: Federation, rows: list[dict[str, Any]], start: str, bar: Any, tracker: Any
 ) -> Callable[..., float]:
-    """``start``'s ``evaluate`` for :func:`fedavg`: record the round's row, advance ``bar``, log to ``tracker``."""
+    """``start``'s ``evaluate`` for :func:`fedavg`: test the round's model, record its row, advance ``bar``, log."""
     began = time.perf_counter()
 
     def evaluate(server_round: int, state: dict[str, Tensor], failures: Sequence[str] = ()) -> float:
-        accuracy = federation.record_round(rows, start, server_round, state, began=began, failures=failures)
-        row = rows[-1]
+        accuracy, loss = federation.evaluate(state)
+        seconds = time.perf_counter() - began
+        row = federation.records.record_round(rows, start, server_round, accuracy, loss, seconds, failures)
         if tracker is not None:
             metrics = {"test/acc": row["test_acc"], "test/loss": row["test_loss"], "failures": row["failures"]}
             tracker.log_metrics(metrics, step=server_round)
@@ -387,32 +395,33 @@ def _recorder(
 
 
 def _tracker(federation: Federation, start: str) -> Any:
-    """A W&B logger for ``start`` when ``federation.logger`` asks for one (else None), grouped by the experiment."""
-    if federation.logger is False:
+    """A W&B logger for ``start`` when ``config.logger`` asks for one (else None), grouped by the experiment."""
+    config = federation.config
+    if config.logger is False:
         return None
     from lightning.pytorch.loggers import WandbLogger
 
     settings: dict[str, Any] = {
         "project": "kdlightning",
-        "save_dir": str(federation.out),
-        "group": federation.out.name,
+        "save_dir": str(config.out),
+        "group": config.out.name,
         "job_type": "federate",
         "name": start,
     }
-    if isinstance(federation.logger, dict):
-        settings.update(federation.logger)
-    if settings["group"] != federation.out.name:  # a cell of a larger experiment: its runs carry the cell's name
-        settings["name"] = f"{federation.out.name}/{start}"
+    if isinstance(config.logger, dict):
+        settings.update(config.logger)
+    if settings["group"] != config.out.name:  # a cell of a larger experiment: its runs carry the cell's name
+        settings["name"] = f"{config.out.name}/{start}"
     tracker = WandbLogger(**settings)
     tracker.log_hyperparams(
         {
             "start": start,
-            "strategy": federation.strategy,
-            "num_clients": federation.num_clients,
-            "partitioner": str(federation.partitioner),
-            "rounds": federation.rounds,
-            "local_epochs": federation.local_epochs,
-            "seed": federation.seed,
+            "strategy": config.strategy,
+            "num_clients": config.num_clients,
+            "partitioner": str(config.partitioner),
+            "rounds": config.rounds,
+            "local_epochs": config.local_epochs,
+            "seed": config.seed,
         }
     )
     return tracker
@@ -437,14 +446,16 @@ def server_app_for(federation: Federation | None = None, errors: list[BaseExcept
 
 
 def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[str, Any]]:
-    """Run the experiment in Flower's simulation (one virtual SuperNode per client); return ``rounds.csv``'s rows."""
+    """Check the experiment, run it in Flower's simulation (a virtual SuperNode per client); return ``rounds.csv``."""
     from flwr.simulation import run_simulation as flower_simulation
 
-    federation.out.mkdir(parents=True, exist_ok=True)
+    federation.check()
+    config = federation.config
+    config.out.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []
     cores = os.cpu_count() or 1
-    backend = {
-        "client_resources": {"num_cpus": federation.cpus_per_client, "num_gpus": 0.0},
+    backend: dict[str, Any] = {
+        "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"num_cpus": cores, "num_gpus": 0, "log_to_driver": verbose},
     }
     flower = logging.getLogger("flwr")
@@ -455,7 +466,7 @@ def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[s
         flower_simulation(
             server_app=server_app_for(federation, errors),
             client_app=client_app_for(federation),
-            num_supernodes=federation.num_clients,
+            num_supernodes=config.num_clients,
             backend_config=backend,
             verbose_logging=verbose,
         )
@@ -465,19 +476,20 @@ def run_simulation(federation: Federation, verbose: bool = False) -> list[dict[s
         raise errors[0]
     if not threading.main_thread().is_alive():  # pragma: no cover - interpreter shutting down
         return []
-    rows = read_csv(federation.out / "rounds.csv")
+    rows = read_csv(config.out / "rounds.csv")
     if not all(start in {r["start"] for r in rows} for start in federation.starts):
-        raise RunError(f"The simulation ended before every start ran; see the log and {federation.out}.")
+        raise RunError(f"The simulation ended before every start ran; see the log and {config.out}.")
     return rows
 
 
 def run(federation: Federation, verbose: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) ``federation`` in Flower's simulation on this machine; return the rows of ``rounds.csv``.
+    """Check ``federation``, then run (or resume) it in Flower's simulation here; return the rows of ``rounds.csv``.
 
     Starts that ran all their rounds are kept; when every start has, nothing runs.
     """
+    federation.check()
     federation.check_resume()
-    rows = federation.finished_rows()
+    rows = federation.records.finished_rows()
     return rows if rows is not None else run_simulation(federation, verbose=verbose)
 
 

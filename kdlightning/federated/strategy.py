@@ -1,9 +1,8 @@
-"""The server strategy of a federation: any Flower strategy by ``class_path``, and the clients' error lines.
+"""The server strategy of a federation: any Flower strategy by ``class_path``, and why a client failed.
 
-Pure helpers of :class:`~kdlightning.federated.Federation` (they import a strategy's class only when asked):
-:func:`strategy_spec` checks and normalises the ``strategy`` argument, :func:`strategy_class` imports and checks
-the class, :func:`server_strategy` builds it with the federation's client sampling, and :func:`error_line` reads
-a failed client's error.
+Functions of the ``strategy`` setting (they import a strategy's class only when asked): :func:`strategy_spec`
+checks and normalises it, :func:`strategy_class` imports and checks the class, :func:`server_strategy` builds it
+with the federation's client sampling, and :func:`failure_reason` reads a failed client's error.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 
 from kdlightning.errors import ConfigurationError
 
-__all__ = ["ALLOWED", "SAMPLING", "STRATEGIES", "error_line", "server_strategy", "strategy_class", "strategy_spec"]
+__all__ = ["ALLOWED", "SAMPLING", "STRATEGIES", "failure_reason", "server_strategy", "strategy_class", "strategy_spec"]
 
 STRATEGIES = "flwr.serverapp.strategy"
 """Where a ``strategy`` class name without a module is found: Flower's server strategies."""
@@ -80,13 +79,14 @@ def _check_proximal_mu(value: Any, where: str) -> None:
         )
 
 
-def strategy_class(spec: Mapping[str, Any]) -> type:
-    """The class of ``spec`` (:func:`strategy_spec`'s), checked to be a Flower strategy taking its ``init_args``.
+def strategy_class(strategy: Mapping[str, Any] | None) -> type:
+    """The class of ``strategy`` (as given, or :func:`strategy_spec`'s), checked to take its ``init_args``.
 
     Raises:
-        ValueError: naming ``strategy`` and what it allows, if the class cannot be imported, is not a concrete
-            ``flwr.serverapp.strategy.Strategy`` subclass, or does not take the ``init_args``.
+        ConfigurationError: naming ``strategy`` and what it allows, if the class cannot be imported, is not a
+            concrete ``flwr.serverapp.strategy.Strategy`` subclass, or does not take the ``init_args``.
     """
+    spec = strategy_spec(strategy)
     path, init_args = spec["class_path"], spec["init_args"]
     module, _, name = path.rpartition(".")
     cls, problem = None, ""
@@ -127,11 +127,17 @@ def _suggestion(path: str) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
-def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients: int) -> Any:
-    """A new strategy of ``spec``: its ``init_args``, ``fraction_train`` of the clients sampled, no client evaluation.
+def server_strategy(strategy: Mapping[str, Any] | None, fraction_train: float, num_clients: int) -> Any:
+    """A new ``strategy``: its ``init_args``, ``fraction_train`` of the clients sampled, no client evaluation.
 
     The server tests the global model on the global test set instead of asking the clients.
+
+    Args:
+        strategy: the ``strategy`` setting, as given or as :func:`strategy_spec` returns it (None: ``FedAvg``).
+        fraction_train: share of the clients sampled each round.
+        num_clients: number of clients.
     """
+    spec = strategy_spec(strategy)
     cls = strategy_class(spec)
     sampled = max(2, round(fraction_train * num_clients))
     sampling = {
@@ -157,15 +163,16 @@ def server_strategy(spec: Mapping[str, Any], fraction_train: float, num_clients:
     raise ConfigurationError(f"`strategy`: {cls.__name__}(**{spec['init_args']}) refused its init_args ({problem}).")
 
 
-def error_line(reason: str) -> str:
-    r"""The line of a client's error that names the exception: its last non-empty line, terminal colours removed.
+def failure_reason(reason: str) -> str:
+    r"""Why a client failed, from the error text Flower reports: the line that names the exception.
 
-    Flower's ``"<class 'ValueError'>:<'message'>"`` form becomes ``"ValueError: message"``.
+    That is the text's last non-empty line, terminal colours removed; Flower's ``"<class 'ValueError'>:<'message'>"``
+    form becomes ``"ValueError: message"``.
 
     Examples:
-        >>> error_line("<class 'ValueError'>:<'Party 1 has 0 samples'>")
+        >>> failure_reason("<class 'ValueError'>:<'Party 1 has 0 samples'>")
         'ValueError: Party 1 has 0 samples'
-        >>> error_line("Traceback (most recent call last):\n  ...\nValueError: Party 1 has 0 samples\n")
+        >>> failure_reason("Traceback (most recent call last):\n  ...\nValueError: Party 1 has 0 samples\n")
         'ValueError: Party 1 has 0 samples'
     """
     text = re.sub(r"\x1b\[[0-9;]*m", "", reason)

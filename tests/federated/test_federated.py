@@ -17,14 +17,21 @@ import torch
 from kdlightning import MultiTeacherKD
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import Digits, IIDPartitioner, PartitionedDataModule, Partitioner
+from kdlightning.errors import RunError
 from kdlightning.federated import (
+    PAPER_REDUCTION,
     Federation,
+    FederationConfig,
+    Targets,
+    accuracy_curves,
+    count_to_target,
     load_federation,
     round_reduction,
     rounds_to_target,
     run,
     weighted_average,
 )
+from kdlightning.federated.records import FederationRecords
 from kdlightning.losses import ensemble_logits, multi_teacher_terms
 from kdlightning.models import MLP, SmallCNN
 from kdlightning.reporting import read_csv
@@ -32,6 +39,13 @@ from kdlightning.trainers import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = partial(MLP, in_features=64, hidden_sizes=(8,))
+
+
+def checked(network=SMALL, **settings) -> Federation:
+    """A federation of ``network`` with ``settings``, checked (its data split, its networks built)."""
+    federation = Federation(FederationConfig(network, **settings))
+    federation.check()
+    return federation
 
 
 def test_the_target_is_the_weighted_average_of_the_teachers_softened_predictions() -> None:
@@ -119,17 +133,15 @@ class Starved(Partitioner):
 
 
 def test_a_client_with_an_empty_partition_gets_a_clear_error(tmp_path: Path) -> None:
-    federation = Federation(SMALL, partitioner=Starved(), num_clients=2, out=str(tmp_path))
+    federation = checked(partitioner=Starved(), num_clients=2, out=tmp_path)
     with pytest.raises(ValueError, match="Party 1 has 0 samples"):
-        federation.train_client(1, federation.global_network().state_dict(), server_round=1)
+        federation.train_client(1, federation.networks.global_network().state_dict(), server_round=1)
 
 
 def test_a_client_model_with_another_class_count_gets_a_clear_error(tmp_path: Path) -> None:
     wrong = partial(MLP, in_features=64, hidden_sizes=(8,), num_classes=7)
     with pytest.warns(UserWarning, match="average"):  # the clients' network is not the global one
-        federation = Federation(
-            SMALL, client_networks=[lambda n: wrong()], num_clients=2, pretrain_epochs=1, out=str(tmp_path)
-        )
+        federation = checked(client_networks=[lambda n: wrong()], num_clients=2, pretrain_epochs=1, out=tmp_path)
     with pytest.raises(ValueError, match=r"\(\d+, 7\).*num_classes=10"):
         federation.pretrained_client(0)
 
@@ -146,7 +158,34 @@ def test_a_client_model_with_another_class_count_gets_a_clear_error(tmp_path: Pa
 )
 def test_bad_experiments_fail_at_construction(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
-        Federation(SMALL, out=str(tmp_path), **kwargs)
+        FederationConfig(SMALL, out=tmp_path, **kwargs)
+
+
+def test_building_a_federation_does_no_work_and_its_check_fails_before_any_client_trains(
+    tmp_path: Path, no_training
+) -> None:
+    loaded = []
+
+    class Counted(Digits):
+        def load(self):
+            loaded.append(1)
+            return super().load()
+
+    federation = Federation(
+        FederationConfig(
+            SMALL,
+            client_networks=[partial(MLP, in_features=64, hidden_sizes=(12,))],
+            dataset=Counted(),
+            starts=["average"],
+            out=tmp_path,
+        )
+    )
+    assert not loaded and not federation.checked
+    with pytest.raises(RunError, match=r"check\(\)"):
+        _ = federation.starts
+    with pytest.warns(UserWarning, match="average"), pytest.raises(ValueError, match="only `average`"):
+        federation.check()
+    assert loaded and not (tmp_path / "clients").exists()
 
 
 @pytest.fixture
@@ -167,8 +206,11 @@ def test_bad_distillation_values_fail_before_any_client_trains(
     option: str, message: str, tmp_path: Path, no_training
 ) -> None:
     """SPEC §9: `kdl federate --consolidation.temperature=-1` fails at construction, not after pre-training ten clients."""
+    federation = load_federation(
+        ["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), option]
+    )
     with pytest.raises(ValueError, match=message):
-        load_federation(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), option])
+        federation.check()
     assert not (tmp_path / "clients").exists()
 
 
@@ -179,16 +221,16 @@ def test_the_consolidation_is_the_configured_factory_called_with_the_clients_wei
         built.append(weights)
         return MultiTeacherKD(student, teachers, num_classes, temperature=2.0, weights=weights)
 
-    federation = Federation(SMALL, num_clients=2, consolidation=consolidation, out=str(tmp_path))
-    assert built == [[1.0]]  # checked once at construction, from fresh networks
+    federation = Federation(FederationConfig(SMALL, num_clients=2, consolidation=consolidation, out=tmp_path))
+    assert built == []  # building the federation builds nothing
+    federation.check()
+    assert built == [[1.0]]  # the check builds it once, from fresh networks
     with pytest.raises(TypeError, match="MultiTeacherKD"):
-        Federation(SMALL, num_clients=2, consolidation=lambda s, t, n, weights: s, out=str(tmp_path))
+        checked(num_clients=2, consolidation=lambda s, t, n, weights: s, out=tmp_path)
     with pytest.raises(ValueError, match="max_epochs"):
-        Federation(SMALL, num_clients=2, trainer={"max_epochs": 3}, out=str(tmp_path))
-    assert (
-        federation.trainer == {}
-        and Federation(SMALL, num_clients=2, trainer={"precision": "64-true"}, out=str(tmp_path)).trainer
-    )
+        FederationConfig(SMALL, num_clients=2, trainer={"max_epochs": 3}, out=tmp_path)
+    assert federation.config.trainer == {}
+    assert FederationConfig(SMALL, num_clients=2, trainer={"precision": "64-true"}, out=tmp_path).trainer
 
 
 def _imports(module: str) -> set[str]:
@@ -213,7 +255,9 @@ def test_the_experiment_layer_imports_no_flower_and_the_apps_layer_points_one_wa
         "assert 'kdlightning.federated.apps' not in sys.modules, 'apps imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert not [name for name in _imports("federation") if name.startswith(("flwr", "kdlightning.federated.apps"))]
+    for module in ("aggregate", "config", "networks", "records", "federation", "experiment_records"):
+        flower = [name for name in _imports(module) if name.startswith(("flwr", "kdlightning.federated.apps"))]
+        assert not flower, module
     assert "kdlightning.federated.federation" in _imports("apps")
 
 
@@ -222,20 +266,19 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(
 ) -> None:
     """One simulated round with 2 clients: the global model is the example-weighted mean of the clients' models."""
     with pytest.warns(UserWarning, match="average"):
-        federation = Federation(
-            SMALL,
+        federation = checked(
             client_networks=[SMALL, partial(MLP, in_features=64, hidden_sizes=(12,))],  # teachers of two architectures
             num_clients=2,
             pretrain_epochs=2,
             consolidation_epochs=2,
             rounds=1,
             starts=["fresh", "average", "consolidated"],
-            out=str(tmp_path),
+            out=tmp_path,
         )
     assert federation.starts == ["fresh", "consolidated"]
     rows = run(federation)
     assert {(r["start"], r["round"]) for r in rows} == {(s, str(n)) for s in ("fresh", "consolidated") for n in (0, 1)}
-    start = federation.global_network().state_dict()
+    start = federation.networks.global_network().state_dict()
     final = torch.load(tmp_path / "models" / "fresh.pt", weights_only=True)
     assert any(not torch.equal(start[k], final[k]) for k in start)
     clients = [federation.train_client(k, start, server_round=1) for k in range(2)]
@@ -243,8 +286,7 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(
     for key in expected:
         torch.testing.assert_close(final[key], expected[key], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| consolidated |" in summary and "60.6%" in summary
+    assert f"{PAPER_REDUCTION}%" in (tmp_path / "summary.md").read_text()
     assert len(list((tmp_path / "clients").glob("*.pt"))) == 2
 
     from kdlightning.federated import apps
@@ -256,16 +298,16 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(
 
 
 def test_every_federated_config_parses(tmp_path: Path) -> None:
-    from kdlightning.federated import load_study
+    from kdlightning.federated import load_experiment
 
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
     assert len(paths) == 4
     paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
     for path in paths:
-        study = load_study(["-c", str(path), "--out", str(tmp_path)])
-        assert study.cells
-        for federation in study.cells.values():
-            assert federation.num_clients >= 2 and federation.starts
+        experiment = load_experiment(["-c", str(path), "--out", str(tmp_path)])
+        assert experiment.cells
+        for federation in experiment.cells.values():
+            assert federation.config.num_clients >= 2 and federation.config.starts
 
 
 def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
@@ -273,7 +315,9 @@ def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     from kdlightning.federated import apps
 
     ran = {}
-    monkeypatch.setattr(apps, "run", lambda federation, verbose=False: ran.setdefault("out", federation.out) and [])
+    monkeypatch.setattr(
+        apps, "run", lambda federation, verbose=False: ran.setdefault("out", federation.config.out) and []
+    )
     (tmp_path / "summary.md").write_text("# summary\n")
     main(["federate", "-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), "--rounds=3"])
     assert ran["out"] == tmp_path
@@ -294,7 +338,7 @@ def test_the_deployed_apps_build_the_experiment_from_the_run_config(tmp_path: Pa
         run_config={"kdl-config": str(config), "kdl-out": str(tmp_path)},
     )
     federation = _resolve(None, context)
-    assert federation.out == tmp_path and federation.num_clients == 10
+    assert federation.checked and federation.config.out == tmp_path and federation.config.num_clients == 10
     assert _partition(federation, context) == 3
     context.node_config["num-partitions"] = 4
     with pytest.raises(ValueError, match=r"num-partitions=4.*num_clients=10"):
@@ -313,19 +357,35 @@ def _rows(curves: dict[str, list[float]]) -> list[dict]:
 
 def test_a_start_at_the_target_after_collection_is_charged_only_its_collection_round(tmp_path: Path) -> None:
     """SPEC §7: a start that meets the target at round 0 needs only its collection round."""
-    federation = Federation(
-        SMALL, num_clients=2, rounds=3, target_accuracy=0.9, starts=["fresh", "consolidated"], out=str(tmp_path)
+    fresh = [0.1, 0.5, 0.8, 0.92]
+    curves = accuracy_curves(_rows({"fresh": fresh, "consolidated": [0.95, 0.96, 0.97, 0.97]}))
+    assert count_to_target(curves, "fresh", 0.9).total == 3  # fresh: three FedAvg rounds, no collection
+    met = count_to_target(curves, "consolidated", 0.9)
+    assert (met.rounds, met.total, met.censored) == (0, 1, False)  # 1 = the collection round alone
+    assert met.reduction == pytest.approx(100 * (1 - 1 / 3))
+    late = count_to_target(
+        accuracy_curves(_rows({"fresh": fresh, "consolidated": [0.5, 0.91, 0.97]})), "consolidated", 0.9
     )
-    summary = federation.summary(_rows({"fresh": [0.1, 0.5, 0.8, 0.92], "consolidated": [0.95, 0.96, 0.97, 0.97]}))
-    assert "| fresh | 0.1000 | 0.9200 | 3 |" in summary  # fresh: three FedAvg rounds, no collection
-    assert "| consolidated | 0.9500 | 0.9700 | 1 (+66.7%) |" in summary  # 1 = the collection round alone
-    late = federation.summary(_rows({"fresh": [0.1, 0.5, 0.8, 0.92], "consolidated": [0.5, 0.91, 0.97, 0.97]}))
-    assert "| consolidated | 0.5000 | 0.9700 | 2 (+33.3%) |" in late
+    assert (late.total, late.reduction) == (2, pytest.approx(100 * (1 - 2 / 3)))
+
+    records = FederationRecords(
+        out=tmp_path,
+        starts=["fresh", "consolidated"],
+        rounds=3,
+        targets=Targets(accuracy=0.9),
+        dataset="Digits",
+        num_clients=2,
+        partitioner="iid",
+        local_epochs=1,
+        seed=0,
+    )
+    summary = records.summary(_rows({"fresh": fresh, "consolidated": [0.95, 0.96, 0.97, 0.97]}))
+    assert "| consolidated | 0.9500 | 0.9700 | 1 (+66.7%) |" in summary  # the page renders what was counted
 
 
 def test_each_round_reshuffles_each_clients_batches_and_a_rerun_repeats_them(tmp_path: Path) -> None:
-    federation = Federation(SMALL, num_clients=2, out=str(tmp_path))
-    twin = Federation(SMALL, num_clients=2, out=str(tmp_path / "twin"))
+    federation = checked(num_clients=2, out=tmp_path)
+    twin = checked(num_clients=2, out=tmp_path / "twin")
 
     def first_batch(fed: Federation, server_round: int) -> list[int]:
         _, _, index = next(iter(fed.train_loader(0, server_round)))
@@ -335,7 +395,7 @@ def test_each_round_reshuffles_each_clients_batches_and_a_rerun_repeats_them(tmp
     assert first_batch(federation, 1) == first_batch(twin, 1) and first_batch(federation, 2) == first_batch(twin, 2)
     assert sorted(federation.train_loader(0, 1).sampler) == sorted(federation.train_loader(0, 2).sampler)  # same data
 
-    start = federation.global_network().state_dict()  # a network with no randomness of its own: only the order differs
+    start = federation.networks.global_network().state_dict()  # no randomness of its own: only the order differs
     one, two, again = (federation.train_client(0, start, r)[0] for r in (1, 2, 1))
     assert any(not torch.equal(one[k], two[k]) for k in one)
     assert all(torch.equal(one[k], again[k]) for k in one)
@@ -344,8 +404,8 @@ def test_each_round_reshuffles_each_clients_batches_and_a_rerun_repeats_them(tmp
 def test_fedprox_pulls_a_clients_local_model_towards_the_global_one(tmp_path: Path) -> None:
     from kdlightning.federated.apps import Proximal
 
-    federation = Federation(SMALL, num_clients=2, local_epochs=3, out=str(tmp_path))
-    start = federation.global_network().state_dict()
+    federation = checked(num_clients=2, local_epochs=3, out=tmp_path)
+    start = federation.networks.global_network().state_dict()
 
     def drift(callbacks: list) -> float:
         state = federation.train_client(0, start, 1, callbacks)[0]
@@ -373,7 +433,7 @@ def test_a_bad_strategy_fails_before_any_client_trains(
     strategy: dict, message: str, tmp_path: Path, no_training
 ) -> None:
     with pytest.raises(ValueError, match=rf"`strategy.*{message}|{message}.*`strategy"):
-        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+        checked(num_clients=2, strategy=strategy, out=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -388,7 +448,7 @@ def test_a_negative_proximal_mu_fails_at_construction_naming_it_and_its_range(
     strategy: dict, named: str, tmp_path: Path, no_training
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(named) + r" must be a finite number >= 0"):
-        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+        FederationConfig(SMALL, num_clients=2, strategy=strategy, out=tmp_path)
     flags = ["--strategy.class_path=FedProx", "--strategy.proximal_mu=-1"]
     with pytest.raises(ValueError, match=r"`strategy\.proximal_mu` must be a finite number >= 0"):
         load_federation(["-c", str(ROOT / "configs" / "federated" / "digits.yaml"), "--out", str(tmp_path), *flags])
@@ -422,10 +482,11 @@ def test_kdl_federate_names_strategy_and_what_it_allows_for_a_class_that_is_not_
     assert not (tmp_path / "clients").exists()
 
 
-def test_a_strategy_that_refuses_its_init_args_fails_at_construction(tmp_path: Path, no_training) -> None:
+def test_a_strategy_that_refuses_its_init_args_fails_at_the_check(tmp_path: Path, no_training) -> None:
     strategy = {"class_path": "FedTrimmedAvg", "init_args": {"beta": 0.7}}
+    federation = Federation(FederationConfig(SMALL, num_clients=2, strategy=strategy, out=tmp_path))
     with pytest.raises(ValueError, match=r"^`strategy`: FedTrimmedAvg\(\*\*\{'beta': 0\.7\}\) refused .*`beta`"):
-        Federation(SMALL, num_clients=2, strategy=strategy, out=str(tmp_path))
+        federation.check()
 
 
 def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clients_reply_in(
@@ -440,8 +501,8 @@ def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clie
 
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # the server's task, as in a run
         monkeypatch.setattr(TaskIdentity, name, value)
-    federation = Federation(SMALL, num_clients=4, rounds=1, starts=["fresh"], progress=False, out=str(tmp_path))
-    start = federation.global_network().state_dict()
+    federation = checked(num_clients=4, rounds=1, starts=["fresh"], progress=False, out=tmp_path)
+    start = federation.networks.global_network().state_dict()
     generator = torch.Generator().manual_seed(3)
     trained = [
         {key: value + torch.randn(value.shape, generator=generator) for key, value in start.items()} for _ in range(4)
@@ -499,13 +560,15 @@ def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clie
 def test_strategies_by_class_path_and_on_the_command_line(tmp_path: Path) -> None:
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-    assert isinstance(Federation(SMALL, num_clients=2, out=str(tmp_path)).server_strategy(), FedAvg)
+    assert isinstance(Federation(FederationConfig(SMALL, num_clients=2, out=tmp_path)).server_strategy(), FedAvg)
     federation = Federation(
-        SMALL,
-        num_clients=4,
-        fraction_train=0.5,
-        strategy={"class_path": "flwr.serverapp.strategy.FedAdam", "init_args": {"eta": 0.01}},
-        out=str(tmp_path),
+        FederationConfig(
+            SMALL,
+            num_clients=4,
+            fraction_train=0.5,
+            strategy={"class_path": "flwr.serverapp.strategy.FedAdam", "init_args": {"eta": 0.01}},
+            out=tmp_path,
+        )
     )
     strategy = federation.server_strategy()
     assert isinstance(strategy, FedAdam) and strategy.eta == 0.01
@@ -513,8 +576,9 @@ def test_strategies_by_class_path_and_on_the_command_line(tmp_path: Path) -> Non
     config = str(ROOT / "configs" / "federated" / "digits.yaml")
     flags = ["--strategy.class_path=FedProx", "--strategy.proximal_mu=0.25", "--progress=false"]
     federation = load_federation(["-c", config, "--out", str(tmp_path), *flags])
-    assert federation.strategy == {"class_path": "flwr.serverapp.strategy.FedProx", "init_args": {"proximal_mu": 0.25}}
-    assert isinstance(federation.server_strategy(), FedProx) and federation.progress is False
+    strategy = {"class_path": "flwr.serverapp.strategy.FedProx", "init_args": {"proximal_mu": 0.25}}
+    assert federation.config.strategy == strategy
+    assert isinstance(federation.server_strategy(), FedProx) and federation.config.progress is False
 
 
 def test_a_round_with_no_client_that_trained_stops_the_run_naming_the_round_and_the_start() -> None:
@@ -557,17 +621,16 @@ def test_a_round_with_no_client_that_trained_stops_the_run_naming_the_round_and_
 
 def test_a_client_that_fails_a_round_is_reported_in_that_rounds_row(tmp_path: Path) -> None:
     """Client 1 has no data, so its ClientApp raises in every round: the rows count it, the run goes on."""
-    from kdlightning.federated.federation import error_line
+    from kdlightning.federated.strategy import failure_reason
 
-    federation = Federation(
-        SMALL, partitioner=Starved(), num_clients=2, rounds=2, starts=["fresh"], progress=False, out=str(tmp_path)
+    config = FederationConfig(
+        SMALL, partitioner=Starved(), num_clients=2, rounds=2, starts=["fresh"], progress=False, out=tmp_path
     )
-    rows = run(federation)
+    rows = run(Federation(config))  # run checks the federation first
     assert [(r["round"], r["failures"]) for r in rows] == [("0", "0"), ("1", "1"), ("2", "1")]
     assert rows[0]["failure"] == "" and all("Party 1 has 0 samples" in r["failure"] for r in rows[1:])
-    assert (
-        error_line("\x1b[36mray::ClientAppActor.run()\x1b[39m\n  File ...\nValueError: boom\n\n") == "ValueError: boom"
-    )
+    reason = "\x1b[36mray::ClientAppActor.run()\x1b[39m\n  File ...\nValueError: boom\n\n"
+    assert failure_reason(reason) == "ValueError: boom"
 
 
 def test_kdl_federate_runs_fedprox_with_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
