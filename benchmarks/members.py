@@ -207,13 +207,13 @@ def measure_pretraining(settings: dict[str, Any] | None = None) -> dict[str, Any
             for batched in (False, True):
                 out = str(Path(tmp) / f"{role}-{batched}")
                 study = Study(**{**init, "batched": batched, "out": out, "trainer": settings})
-                cells = [(scenario, seed) for scenario in study.scenarios for seed in study.seeds]
+                cells = [(scenario, seed) for scenario in study.config.scenarios for seed in study.config.seeds]
                 start = time.perf_counter()
                 if batched:
-                    study.pretrain_cells(cells, roles=[role])
+                    study.pretraining.pretrain_cells(cells, roles=[role])
                 else:
                     for scenario, seed in cells:
-                        study.pretrained(role, scenario, seed)
+                        study.pretraining.pretrained(role, scenario, seed)
                 seconds[batched] = time.perf_counter() - start
             figures[f"pretraining_{role}s_apart_s"] = round(seconds[False], 2)
             figures[f"pretraining_{role}s_together_s"] = round(seconds[True], 2)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonargparse import ArgumentParser
 
@@ -28,6 +28,9 @@ from kdlightning.lightning_cli import HelpFormatter, KDLightningCLI
 from kdlightning.pipeline import DEFAULTS, command_parser
 from kdlightning.reporting import read_csv
 from kdlightning.trainers import quiet
+
+if TYPE_CHECKING:
+    from kdlightning.federated import FederationConfig
 
 __all__ = ["COMMANDS", "HelpFormatter", "KDLightningCLI", "main", "parser", "run"]
 
@@ -131,9 +134,10 @@ def _study_parser(args: list[str]) -> ArgumentParser:
 
 
 def _federate_parser(args: list[str]) -> ArgumentParser:
-    from kdlightning.federated.experiment import study_parser
+    from kdlightning.federated.experiment import experiment_parser
 
-    return study_parser(args, formatter_class=HelpFormatter)
+    parser: ArgumentParser = experiment_parser(args, formatter_class=HelpFormatter)
+    return parser
 
 
 def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
@@ -142,6 +146,7 @@ def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
 
     progress = init.pop("progress")
     study = Study(**init)
+    study.check()  # the data set, every scenario and every method, before anything is written
     results = study.out / "results.csv"
 
     def report() -> str:
@@ -159,14 +164,16 @@ def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
 
 
 def _run_federate(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
-    """``kdl federate``: run (or resume) the experiment (a study with ``scenarios``/``seeds``); print its summary."""
-    from kdlightning.federated import Federation, run
+    """``kdl federate``: check, then run (or resume) the federation (or one per scenario and seed); print a summary."""
+    from kdlightning.federated import Federation, FederationConfig, run
 
     scenarios, seeds = init.pop("scenarios", None), init.pop("seeds", None)
+    config = FederationConfig(**init)
     if scenarios is not None or seeds is not None:
-        return _run_federated_study(init, args, scenarios, seeds)
-    federation = Federation(**init)
-    rounds = federation.out / "rounds.csv"
+        return _run_federated_experiment(config, args, scenarios, seeds)
+    federation = Federation(config)
+    federation.check()  # the data, the partition, the networks, the consolidation and the strategy, before training
+    rounds = config.out / "rounds.csv"
 
     def report() -> str:
         finished = sorted({row["start"] for row in read_csv(rounds)})
@@ -174,24 +181,29 @@ def _run_federate(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]
 
     with exit_on_signals("kdl federate", args, report):
         rows = run(federation)
-    print((federation.out / "summary.md").read_text())
+    print((config.out / "summary.md").read_text())
     print(f"rounds: {rounds}")
     return rows
 
 
-def _run_federated_study(init: dict[str, Any], args: list[str], scenarios: Any, seeds: Any) -> list[dict[str, Any]]:
-    """``kdl federate`` with ``scenarios`` or ``seeds``: run (or resume) a federation per cell and print the summary."""
-    from kdlightning.federated.experiment import FederatedStudy
+def _run_federated_experiment(
+    config: FederationConfig, args: list[str], scenarios: Any, seeds: Any
+) -> list[dict[str, Any]]:
+    """``kdl federate`` with ``scenarios`` or ``seeds``: check, then run (or resume) a federation per cell."""
+    from kdlightning.federated import FederatedExperiment
 
-    study = FederatedStudy(scenarios=scenarios, seeds=seeds, **init)
-    rounds = study.out / "rounds.csv"
+    experiment = FederatedExperiment(config, scenarios=scenarios, seeds=seeds)
+    experiment.check()  # every cell's data, partition and networks, before any client trains
+    records = experiment.records
+    rounds = experiment.out / "rounds.csv"
 
     def report() -> str:
-        return f"{len(study.finished_cells(read_csv(rounds)))} of {len(study.cells)} cells are finished, in {rounds}."
+        finished = records.finished_cells(read_csv(rounds))
+        return f"{len(finished)} of {len(records.cells)} cells are finished, in {rounds}."
 
     with exit_on_signals("kdl federate", args, report):
-        rows = study.run()
-    print((study.out / "summary.md").read_text())
+        rows = experiment.run()
+    print((experiment.out / "summary.md").read_text())
     print(f"rounds: {rounds}")
     return rows
 

@@ -31,8 +31,9 @@ def test_the_shipped_study_s_summary_and_guidance_are_what_its_results_give() ->
     tuned = ["tuned_kd", "tuned_kd_public"]
     assert {row["method"] for row in rows} >= {"student_only", *tuned}
     assert len({row["seed"] for row in rows}) >= 10  # the study's conclusions need 10 seeds
-    assert (folder / "guidance.md").read_text() == render_guidance_page(rows, tuned=tuned)
-    summary = render_summary(rows, tuned=tuned, untuned=["vanilla_kd", "dpkd", "dml"])
+    roles = {"tuned": tuned, "control": "student_only", "settings": ["temperature", "alpha"]}
+    assert (folder / "guidance.md").read_text() == render_guidance_page(rows, **roles)
+    summary = render_summary(rows, untuned=["vanilla_kd", "dpkd", "dml"], **roles)
     assert (folder / "summary.md").read_text().endswith(summary)
 
 
@@ -41,12 +42,13 @@ def test_the_shipped_study_s_summary_and_guidance_are_what_its_results_give() ->
 )
 def test_the_federated_summaries_in_the_docs_are_what_their_rounds_give(tmp_path, name: str, args: list) -> None:
     """Each committed federated ``summary.md`` is generated from its ``rounds.csv`` by its config's experiment."""
-    from kdlightning.federated import load_study
+    from kdlightning.federated import load_experiment
     from kdlightning.reporting import read_csv
 
     folder = ROOT / "docs" / "results" / "fashion_mnist_federated" / name
     config = ROOT / "configs" / "federated" / f"fashion_mnist_{name}.yaml"
-    study = load_study(["-c", str(config), *args, "--out", str(tmp_path)])
+    experiment = load_experiment(["-c", str(config), *args, "--out", str(tmp_path)])
+    experiment.check()
     rows = read_csv(folder / "rounds.csv")
     assert len({row["seed"] for row in rows}) >= 2
-    assert (folder / "summary.md").read_text() == study.summary(rows)
+    assert (folder / "summary.md").read_text() == experiment.records.summary(rows)

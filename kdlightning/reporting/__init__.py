@@ -8,16 +8,16 @@ gains' statistics; :mod:`kdlightning.reporting.render` writes them as Markdown t
 
 from kdlightning.reporting.render import plot_gains, render_guidance, render_guidance_page, render_summary
 from kdlightning.reporting.rows import (
-    TUNED,
-    UNTUNED,
     VALIDATIONS,
-    Cell,
+    ResultRow,
     TunedImprovement,
     add_gains,
     error_line,
+    hyperparameters_of,
     is_failed,
     paired_gains,
     read_csv,
+    slug,
     summarize,
     tuned_improvement,
     tuned_validation,
@@ -25,13 +25,12 @@ from kdlightning.reporting.rows import (
 )
 
 __all__ = [
-    "TUNED",
-    "UNTUNED",
     "VALIDATIONS",
-    "Cell",
+    "ResultRow",
     "TunedImprovement",
     "add_gains",
     "error_line",
+    "hyperparameters_of",
     "is_failed",
     "paired_gains",
     "plot_gains",
@@ -39,6 +38,7 @@ __all__ = [
     "render_guidance",
     "render_guidance_page",
     "render_summary",
+    "slug",
     "summarize",
     "tuned_improvement",
     "tuned_validation",

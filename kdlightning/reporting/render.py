@@ -6,7 +6,6 @@ as Markdown tables and bar charts.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,13 +14,11 @@ from typing import Any
 
 from kdlightning.atomic import save_figure
 from kdlightning.reporting.rows import (
-    TUNED,
-    UNTUNED,
     VALIDATIONS,
-    Cell,
     _improvement_data,
     _tuned_names,
     _with_gains,
+    hyperparameters_of,
     is_failed,
     paired_gains,
     summarize,
@@ -46,10 +43,12 @@ def _p_text(p_value: float) -> str:
 
 def render_summary(
     rows: Sequence[Mapping[str, Any]],
+    *,
+    tuned: str | Sequence[str],
+    untuned: Sequence[str],
+    control: str,
+    settings: Sequence[str] = (),
     iid_scenarios: Sequence[str] = ("iid",),
-    tuned: str | Sequence[str] = TUNED,
-    untuned: Sequence[str] = UNTUNED,
-    control: str = "student_only",
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
@@ -63,7 +62,8 @@ def render_summary(
     - for each tuned method of ``tuned`` present in ``rows``, where its search validated and its relative
       improvement over the best untuned method with a bootstrap interval (:func:`tuned_improvement`), then the
       IID figure and the non-IID average and median beside the paper's;
-    - the guidance table (:func:`render_guidance`).
+    - the guidance table (:func:`render_guidance`), with each tuned method's chosen ``settings`` (the names of
+      its searched hyperparameters: ``temperature``, ``alpha``).
 
     A cell with failed runs says how many (its statistics leave them out); the failed runs and their errors are
     listed at the end. The bootstrap is seeded by ``seed``, so the same rows give the same text.
@@ -129,7 +129,8 @@ def render_summary(
         ]
     for name in tuned:
         lines += ["", *_render_improvement(rows, name, untuned, iid_scenarios, control, confidence, n_resamples, seed)]
-    lines += ["", *render_guidance(rows, tuned, control, confidence), *_render_failures(rows)]
+    lines += ["", *render_guidance(rows, tuned=tuned, control=control, settings=settings, confidence=confidence)]
+    lines += _render_failures(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +209,7 @@ def _render_improvement(
     return lines
 
 
-def _with_failures(cell: Cell | None, failed: int) -> str:
+def _with_failures(cell: Interval | None, failed: int) -> str:
     """A gain cell: mean [interval] and number of seeds of the runs that finished, and how many failed."""
     if cell is None:
         return f"{failed} failed" if failed else "-"
@@ -240,20 +241,20 @@ def _seeds(rows: Iterable[Mapping[str, Any]]) -> list[int]:
     return sorted({int(row["seed"]) for row in rows})
 
 
-def _chosen_settings(rows: Sequence[Mapping[str, Any]], scenario: str, tuned: str) -> str:
-    """The ``(temperature, alpha)`` ``tuned``'s search chose on most seeds of ``scenario``, and on how many."""
+def _chosen_settings(rows: Sequence[Mapping[str, Any]], scenario: str, tuned: str, settings: Sequence[str]) -> str:
+    """The values of ``settings`` that ``tuned``'s search chose on most seeds of ``scenario``, and on how many."""
     points = []
     for row in rows:
         if str(row["scenario"]) != scenario or str(row["method"]) != tuned or is_failed(row):
             continue
-        found = row.get("hyperparameters")
-        values = json.loads(found) if isinstance(found, str) and found else found
-        if isinstance(values, Mapping) and "temperature" in values and "alpha" in values:
-            points.append((float(values["temperature"]), float(values["alpha"])))
+        values = hyperparameters_of(row)
+        if settings and all(name in values for name in settings):
+            points.append(tuple(float(values[name]) for name in settings))
     if not points:
         return "-"
-    (temperature, alpha), count = Counter(points).most_common(1)[0]
-    return f"temperature {temperature:g}, alpha {alpha:g} ({count} of {len(points)} seeds)"
+    point, count = Counter(points).most_common(1)[0]
+    chosen = ", ".join(f"{name} {value:g}" for name, value in zip(settings, point, strict=True))
+    return f"{chosen} ({count} of {len(points)} seeds)"
 
 
 NO_WINNER = "none: no method beats the control here"
@@ -276,7 +277,7 @@ def _against_zero(interval: Interval) -> str:
 
 
 def _guidance_table(
-    rows: Sequence[Mapping[str, Any]], tuned: Sequence[str], control: str, confidence: float
+    rows: Sequence[Mapping[str, Any]], tuned: Sequence[str], control: str, settings: Sequence[str], confidence: float
 ) -> list[str]:
     """The guidance table's Markdown lines, with a legend: one row per scenario (rows carry their gains)."""
     paired = paired_gains(rows, control, confidence)
@@ -289,7 +290,7 @@ def _guidance_table(
         "the control here and names the best one. How sure: whether the interval excludes 0 (or why it is no "
         "evidence); whether the method is clearly ahead of the runner-up (their intervals do not overlap, both "
         "evidence); the share of seeds where it gained more than the control. Tuned KD's settings: the "
-        "(temperature, alpha) its search chose on most seeds.",
+        f"({', '.join(settings)}) its search chose on most seeds.",
         "",
         "| " + " | ".join(["scenario", "recommended", "gain over the control (pp)", "how sure", *columns]) + " |",
         "|---|---|---|---|" + "---|" * len(columns),
@@ -309,15 +310,17 @@ def _guidance_table(
                 cells = [top.name, str(top.interval), "; ".join(sure)]
             else:
                 cells = [NO_WINNER, f"best: {top.name} {top.interval}", "; ".join(sure)]
-        cells += [_chosen_settings(rows, scenario, name) for name in tuned]
+        cells += [_chosen_settings(rows, scenario, name, settings) for name in tuned]
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines
 
 
 def render_guidance(
     rows: Sequence[Mapping[str, Any]],
-    tuned: str | Sequence[str] = TUNED,
-    control: str = "student_only",
+    *,
+    tuned: str | Sequence[str],
+    control: str,
+    settings: Sequence[str] = (),
     confidence: float = 0.95,
 ) -> list[str]:
     """Markdown lines: per scenario, the method with the highest mean gain over the control, how sure, tuned settings.
@@ -332,20 +335,23 @@ def render_guidance(
         ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.5, "acc_after": 0.6},
         ...     {"scenario": "iid", "seed": 0, "method": "dpkd", "acc_before": 0.5, "acc_after": 0.65},
         ... ]
-        >>> for cell in render_guidance(rows)[-1].split(" | ")[1:]:  # one seed is no evidence: no recommendation
+        >>> guidance = render_guidance(rows, tuned=[], control="student_only")
+        >>> for cell in guidance[-1].split(" | ")[1:]:  # one seed is no evidence: no recommendation
         ...     print(cell)
         none: no method beats the control here
         best: dpkd +5.00 [no interval]
         one seed: no interval; wins 100% of 1 seeds |
     """
     rows = _with_gains(rows, control)
-    return ["## Which method here", "", *_guidance_table(rows, _tuned_names(tuned), control, confidence)]
+    return ["## Which method here", "", *_guidance_table(rows, _tuned_names(tuned), control, settings, confidence)]
 
 
 def render_guidance_page(
     rows: Sequence[Mapping[str, Any]],
-    tuned: str | Sequence[str] = TUNED,
-    control: str = "student_only",
+    *,
+    tuned: str | Sequence[str],
+    control: str,
+    settings: Sequence[str] = (),
     confidence: float = 0.95,
 ) -> str:
     """A Markdown page: which method for which distribution, generated from a study's ``results.csv`` rows.
@@ -361,7 +367,7 @@ def render_guidance_page(
         ...     for seed in (0, 1)
         ...     for method, after in (("student_only", 0.60), ("dml", 0.61 + seed / 100), ("dpkd", 0.62))
         ... ]
-        >>> print(render_guidance_page(rows).splitlines()[0])
+        >>> print(render_guidance_page(rows, tuned=[], control="student_only").splitlines()[0])
         # Guidance: which method for which distribution
     """
     rows = _with_gains(rows, control)
@@ -375,7 +381,7 @@ def render_guidance_page(
                 f"{len(seeds)} seeds {seeds}; gains in percentage points over the control ({control}, the student "
                 "trained alone for as long).",
                 "",
-                *_guidance_table(rows, _tuned_names(tuned), control, confidence),
+                *_guidance_table(rows, _tuned_names(tuned), control, settings, confidence),
             ]
         )
         + "\n"
@@ -385,7 +391,8 @@ def render_guidance_page(
 def plot_gains(
     rows: Sequence[Mapping[str, Any]],
     path: str | Path,
-    control: str = "student_only",
+    *,
+    control: str,
     title: str = "",
     confidence: float = 0.95,
 ) -> None:

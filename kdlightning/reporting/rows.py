@@ -1,22 +1,27 @@
 """Rows of a study's ``results.csv`` and the statistics of their gains (no Lightning, no Markdown).
 
-A row is a mapping with at least ``scenario``, ``seed``, ``method``, ``acc_before`` and
-``acc_after`` (accuracies in ``[0, 1]`` on the global test set); values read back from CSV are strings.
+A study makes each row as a :class:`ResultRow` (typed: its hyperparameters a mapping, not text) and writes it
+with :meth:`ResultRow.to_csv`. The statistics read rows as mappings with at least ``scenario``, ``seed``,
+``method``, ``acc_before`` and ``acc_after`` (accuracies in ``[0, 1]`` on the global test set), as
+``results.csv`` holds them (values read back from CSV are strings); :func:`hyperparameters_of` reads a row's
+hyperparameters back, in one place. Which methods are tuned, untuned or the control is the study's to say:
+every function here takes their names.
 The **gain** of a run is ``100 * (acc_after - acc_before)`` percentage points; its **gain over the
 control** subtracts the gain of the control method (the student trained alone for the same epochs) of
 the same scenario and seed. A **failed** run (a diverging method) has a non-empty ``error`` and no
 ``acc_after``: it is counted and listed, and left out of every statistic; a comparison by seed uses only
-the seeds where both runs finished. A tuned row (``tuned_kd``, ``tuned_kd_public``) carries
-``validation``: where its search validated, ``own`` or ``public`` (``own`` where missing).
+the seeds where both runs finished. A tuned row carries ``validation``: where its search validated, ``own`` or
+``public`` (``own`` where missing).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +35,16 @@ from kdlightning.stats import (
 )
 
 __all__ = [
-    "TUNED",
-    "UNTUNED",
     "VALIDATIONS",
-    "Cell",
+    "ResultRow",
     "TunedImprovement",
     "add_gains",
     "error_line",
+    "hyperparameters_of",
     "is_failed",
     "paired_gains",
     "read_csv",
+    "slug",
     "summarize",
     "tuned_improvement",
     "tuned_validation",
@@ -47,20 +52,91 @@ __all__ = [
 ]
 
 
-TUNED: tuple[str, ...] = ("tuned_kd", "tuned_kd_public")
-"""Tuned KD's rows: its search validated on the student party's own split, and on a public split."""
-
-UNTUNED: tuple[str, ...] = ("vanilla_kd", "dml", "dpkd")
-"""The untuned methods tuned KD is measured against."""
-
 VALIDATIONS: dict[str, str] = {
     "own": "a split of the student party's own data",
     "public": "a labelled split held out before partitioning, drawn like the test set",
 }
 """Where tuned KD's search validates (a tuned row's ``validation``), in words."""
 
-Cell = Interval
-"""A gain over seeds for one scenario and method: its mean and 95% t-interval (:class:`kdlightning.stats.Interval`)."""
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One run of a study: what ``results.csv`` holds of it (its gains are computed from the rows, :func:`add_gains`).
+
+    Attributes:
+        scenario: the scenario's text (``dirichlet(alpha=0.5)``).
+        seed: the seed of the partition, the pre-training and the run.
+        method: the run's name in the study (its control, a method, a tuned method).
+        method_class: the method's class name (the ``class`` column).
+        acc_before: the student's test accuracy before the run ("" where its pre-training diverged).
+        acc_after: after it; None for a failed run.
+        hyperparameters: the method's hyperparameters, or a tuned run's chosen values with its search's figures.
+        seconds: the run's wall time (a batched member's share of its fit); None for a failed run.
+        epochs: epochs of the run.
+        validation: a tuned run's validation split (``own``, ``public``); "" for the others.
+        error: why the run failed (``DivergedError: ...``); "" if it did not.
+    """
+
+    scenario: str
+    seed: int
+    method: str
+    method_class: str
+    acc_before: float | str
+    acc_after: float | None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+    epochs: int = 0
+    validation: str = ""
+    error: str = ""
+
+    def to_csv(self) -> dict[str, Any]:
+        """The row's ``results.csv`` columns, in their order: a failed row has ``error`` and no ``seconds``.
+
+        Examples:
+            >>> ResultRow("iid", 0, "kd", "VanillaKD", 0.8, 0.85, {"alpha": 0.5}, 1.5, 10).to_csv()["hyperparameters"]
+            '{"alpha": 0.5}'
+        """
+        row: dict[str, Any] = {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "method": self.method,
+            "class": self.method_class,
+            "acc_before": self.acc_before,
+            "acc_after": "" if self.acc_after is None else self.acc_after,
+            "hyperparameters": json.dumps(dict(self.hyperparameters), default=str),
+        }
+        if self.error:
+            row["error"] = self.error
+        else:
+            row["seconds"] = self.seconds
+        if self.validation:
+            row["validation"] = self.validation
+        row["epochs"] = self.epochs
+        return row
+
+
+def hyperparameters_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's ``hyperparameters``: the mapping of a :class:`ResultRow`'s, read back from ``results.csv``'s JSON text.
+
+    Examples:
+        >>> hyperparameters_of({"hyperparameters": '{"temperature": 4.0, "alpha": 0.5}'})
+        {'temperature': 4.0, 'alpha': 0.5}
+        >>> hyperparameters_of({"hyperparameters": ""})
+        {}
+    """
+    found = row.get("hyperparameters")
+    values = json.loads(found) if isinstance(found, str) and found else found
+    return dict(values) if isinstance(values, Mapping) else {}
+
+
+def slug(text: str) -> str:
+    """``text`` as a directory name: ``dirichlet(alpha=0.5)`` → ``dirichlet-alpha-0.5``.
+
+    Examples:
+        >>> slug("label_skew(classes_per_party=2)")
+        'label-skew-classes-per-party-2'
+    """
+    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in text).split())
 
 
 def error_line(error: BaseException) -> str:
@@ -86,7 +162,7 @@ def is_failed(row: Mapping[str, Any]) -> bool:
     return bool(row.get("error"))
 
 
-def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") -> list[dict[str, Any]]:
+def add_gains(rows: Iterable[Mapping[str, Any]], control: str) -> list[dict[str, Any]]:
     """Return the rows with ``gain_pp`` and ``gain_over_control_pp``.
 
     Both are None for a failed run (:func:`is_failed`); the gain over the control is None too where the
@@ -97,7 +173,8 @@ def add_gains(rows: Iterable[Mapping[str, Any]], control: str = "student_only") 
         ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.80, "acc_after": 0.82},
         ...     {"scenario": "iid", "seed": 0, "method": "vanilla_kd", "acc_before": 0.80, "acc_after": 0.85},
         ... ]
-        >>> [(r["method"], round(r["gain_pp"], 2), round(r["gain_over_control_pp"], 2)) for r in add_gains(rows)]
+        >>> gains = add_gains(rows, control="student_only")
+        >>> [(r["method"], round(r["gain_pp"], 2), round(r["gain_over_control_pp"], 2)) for r in gains]
         [('student_only', 2.0, 0.0), ('vanilla_kd', 5.0, 3.0)]
     """
     out = [dict(row) for row in rows]
@@ -141,7 +218,7 @@ def _tuned_names(tuned: str | Sequence[str]) -> tuple[str, ...]:
 
 def summarize(
     rows: Iterable[Mapping[str, Any]], key: str = "gain_pp", confidence: float = 0.95
-) -> dict[tuple[str, str], Cell]:
+) -> dict[tuple[str, str], Interval]:
     """Mean and t-interval of ``key`` over seeds, per ``(scenario, method)`` (:func:`kdlightning.stats.mean_interval`).
 
     Rows where ``key`` is None or empty (a failed run, or a missing control) are left out.
@@ -156,7 +233,7 @@ def summarize(
 
 
 def paired_gains(
-    rows: Sequence[Mapping[str, Any]], control: str = "student_only", confidence: float = 0.95
+    rows: Sequence[Mapping[str, Any]], control: str, confidence: float = 0.95
 ) -> dict[tuple[str, str], PairedDifference]:
     """Each method's gain over the control, paired by seed, per ``(scenario, method)`` (the control left out).
 
@@ -170,7 +247,7 @@ def paired_gains(
         ...     for seed, control, kd in ((0, 0.60, 0.62), (1, 0.61, 0.62), (2, 0.60, 0.63), (3, 0.62, 0.64))
         ...     for method, after in (("student_only", control), ("vanilla_kd", kd))
         ... ]
-        >>> result = paired_gains(rows)[("iid", "vanilla_kd")]  # differences 2, 1, 3, 2 pp
+        >>> result = paired_gains(rows, control="student_only")[("iid", "vanilla_kd")]  # differences 2, 1, 3, 2 pp
         >>> str(result.difference), round(result.p_value, 3), result.win_rate
         ('+2.00 [+0.70, +3.30]', 0.125, 1.0)
     """
@@ -227,9 +304,9 @@ def _improvement_data(
 
 def tuned_improvement(
     rows: Sequence[Mapping[str, Any]],
-    tuned: str = "tuned_kd",
-    untuned: Sequence[str] = UNTUNED,
-    control: str = "student_only",
+    tuned: str,
+    untuned: Sequence[str],
+    control: str,
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
@@ -250,7 +327,7 @@ def tuned_improvement(
         ...     for seed, gains in enumerate(((1.0, 1.2, 0.5), (0.9, 1.0, 1.2), (1.1, 1.4, 0.7)))
         ...     for method, gain in zip(("vanilla_kd", "tuned_kd", "dml"), gains)
         ... ]
-        >>> result = tuned_improvement(rows)["iid"]
+        >>> result = tuned_improvement(rows, "tuned_kd", ["vanilla_kd", "dml"], control="student_only")["iid"]
         >>> result.best, result.relative.format(1, "%")[:6]  # 100 * (1.2 - 1.0) / 1.0
         ('vanilla_kd', '+20.0%')
     """

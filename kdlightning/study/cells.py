@@ -1,9 +1,10 @@
-"""How a :class:`~kdlightning.study.Study` runs tuned KD and a cell's batched members.
+"""A study's cell (scenario and seed): its runs from one pre-trained start, each a row of ``results.csv``.
 
-:class:`TunedCells` is the part of the study that runs tuned KD's search for a scenario and seed, and
-a cell's methods as batched members (:class:`~kdlightning.methods.BatchedMembers`) beside the search's
-grid. It is a base class of :class:`~kdlightning.study.Study` and uses its pieces (the pre-trained
-start, the trainer, the results row).
+:class:`CellRunner` runs the missing runs of a cell: the control, the methods and tuned KD. With ``batched`` it
+builds the cell's members, the control and every method that can be one beside tuned KD's grid points (offered
+by each validation's search, :class:`~kdlightning.study.tuned.TunedSearches`), fits them as
+:class:`~kdlightning.methods.BatchedMembers` and hands each search its points' fits; the other runs (DML) are
+fitted apart. A run that diverges is a failed row.
 """
 
 from __future__ import annotations
@@ -13,202 +14,326 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
+from torch import nn
 
 from kdlightning.batching import MemberFit, fit_members
-from kdlightning.data import PartitionedDataModule, Partitioner
+from kdlightning.data import Partitioner
 from kdlightning.errors import DivergedError
-from kdlightning.methods import DistillationModule, VanillaKD
-from kdlightning.tuning import Search, TrialBuilder, TuneOptions, TuneResult
+from kdlightning.methods import DistillationModule, NotBatchable, StudentOnly
+from kdlightning.reporting import ResultRow, error_line
+from kdlightning.study.config import TUNED_NAMES, MethodFactory, StudyConfig, continue_alone
+from kdlightning.study.pretraining import Pretraining
+from kdlightning.study.tuned import Start, TunedSearches
+from kdlightning.tuning import Search, TuneResult
+from kdlightning.tuning.grid import Point
 
-__all__ = ["TUNED_KD", "TUNED_KD_PUBLIC", "TUNED_NAMES", "TunedCells"]
+__all__ = ["CellRunner"]
 
-TUNED_KD = "tuned_kd"
-"""The name of tuned KD in a study's results: :class:`~kdlightning.VanillaKD` with the values a search chose
-on the student party's own validation split."""
+Starting = Callable[[Partitioner, int, list[str], bool], None]
+"""Called before each step of a cell: its scenario, seed, runs and whether they train together."""
 
-TUNED_KD_PUBLIC = "tuned_kd_public"
-"""Tuned KD whose search validated on the public split (held out before partitioning, never trained on)."""
-
-TUNED_NAMES = {"own": TUNED_KD, "public": TUNED_KD_PUBLIC}
-"""Tuned KD's name in the results for each ``tuning.validation``."""
+Finished = Callable[[list[dict[str, Any]]], None]
+"""Called after each step of a cell with its rows (as ``results.csv`` holds them)."""
 
 
-class TunedCells:
-    """Tuned KD's search and a cell's batched members, for :class:`~kdlightning.study.Study`."""
+class CellRunner:
+    """Runs a study's cells, each from the cell's pre-trained start.
 
-    out: Path
-    epochs: int
-    student_party: int
-    max_members: int | None
-    tuned_kd: bool
-    tuning: TuneOptions
-    _before: dict[tuple[str, int], float]
+    Args:
+        config: the study's configuration.
+        pretraining: the parties' pre-trained networks.
+        members: the methods that train as batched members (the control and those that can be members).
+        described: each method's class and hyperparameters as ``study.json`` records them (a failed row's).
+    """
 
-    @property
-    def tuned_names(self) -> list[str]:
-        """Tuned KD's runs of each cell: ``tuned_kd`` (own validation) and/or ``tuned_kd_public``."""
-        return [TUNED_NAMES[mode] for mode in self.tuning.validations] if self.tuned_kd else []
+    def __init__(
+        self,
+        config: StudyConfig,
+        pretraining: Pretraining,
+        members: frozenset[str],
+        described: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.config, self.pretraining = config, pretraining
+        self.members, self.described = members, described
+        self.tuned = TunedSearches(config, self.start)
+        self._before: dict[tuple[str, int], float] = {}
+        self._diverged: dict[tuple[str, int], str] = {}
 
-    @staticmethod
-    def validation_of(name: str) -> str:
-        """Where the search of tuned run ``name`` validates (``own`` or ``public``)."""
-        return {tuned: mode for mode, tuned in TUNED_NAMES.items()}[name]
+    # ------------------------------------------------------------------ a cell's start
+    def start(self, scenario: Partitioner, seed: int) -> Start:
+        """The student's data, both pre-trained networks and the student's test accuracy before any method."""
+        config = self.config
+        data = config.datamodule(scenario, seed, config.student_party)
+        key = (str(scenario), seed)
+        if key in self._diverged:  # every method of this cell starts from the pre-training that diverged
+            raise DivergedError(self._diverged[key])
+        try:
+            student = self.pretraining.pretrained("student", scenario, seed)
+            teacher = self.pretraining.pretrained("teacher", scenario, seed)
+        except FloatingPointError as error:
+            self._diverged[key] = str(error)
+            raise
+        if key not in self._before:
+            self._before[key] = self.test_accuracy(StudentOnly(copy.deepcopy(student), data.num_classes), data)
+        return data, student, teacher, self._before[key]
 
-    def tuning_dir(self, scenario: Partitioner, seed: int, validation: str = "own") -> Path:
-        """Where tuned KD's search for ``scenario`` and ``seed`` (validating on ``validation``) keeps its files."""
-        suffix = "" if validation == "own" else f"-{validation}"
-        return self.out / "tuning" / f"{_slug(str(scenario))}-seed{seed}{suffix}"
+    def test_accuracy(self, model: DistillationModule, data: L.LightningDataModule) -> float:
+        """The student's accuracy on the global test set."""
+        return float(self.config.fit_trainer(1).test(model, datamodule=data, verbose=False)[0]["test/acc"])
 
-    def _search(
-        self, scenario: Partitioner, seed: int, build: TrialBuilder, description: Any, batched: bool, validation: str
-    ) -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed`` (its points as batched members when ``batched``)."""
-        out = self.tuning_dir(scenario, seed, validation)
-        # the study reports the chosen point's test accuracy
-        options = dataclasses.replace(
-            self.tuning, test=True, batched=batched, max_members=self.max_members, validation=validation
-        )
-        hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
-        if options.storage is not None:  # one storage, one named search per scenario and seed
-            options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
-            hint = (
-                "Pass another `--out` or `--tuning.study_name` to `kdl study` "
-                f"(this cell's search is {options.study_name!r})."
-            )
-        return Search(
-            build,
-            VanillaKD,
-            options,
-            out,
-            description=description,
-            seed=seed,
-            cache_dir=self.out / "cache",
-            verbose=False,
-            conflict_hint=hint,
-            heatmap=False,  # tuning.png shows every cell's grid
-        )
+    # ------------------------------------------------------------------ a cell's runs
+    def run_missing(
+        self,
+        scenario: Partitioner,
+        seed: int,
+        names: Sequence[str],
+        starting: Starting | None = None,
+        finished: Finished | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run the runs ``names`` of one cell; return their rows (as ``results.csv`` holds them).
 
-    def run_tuned_kd(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        """Tuned KD: search :class:`~kdlightning.VanillaKD`'s values on a validation split, test the chosen point.
-
-        Every trial starts from the same pre-trained student and reads the teacher's outputs from the
-        study's cache; the search resumes from its storage if the study was killed during it. ``tuned_kd``
-        validates on the student party's own split, ``tuned_kd_public`` on the public split.
+        The runs that train together (:meth:`batched_runs`) are one step, run first; each other run is a step of
+        its own. A step calls ``starting(scenario, seed, step, together)`` before it and ``finished(its rows)``
+        after: the sequential study writes its files there, a Ray task waits for the cell's rows.
         """
-        start = time.perf_counter()
-        result = self.tuned_search(scenario, seed, batched=False, validation=self.validation_of(name)).run()
-        return self._tuned_row(name, scenario, seed, result, time.perf_counter() - start)
+        together = self.batched_runs(names)
+        steps = [together] if together else []
+        steps += [[name] for name in names if name not in together]
+        rows: list[dict[str, Any]] = []
+        for step in steps:
+            if starting is not None:
+                starting(scenario, seed, step, step is together)
+            if step is together:
+                step_rows = [row.to_csv() for row in self.run_together(scenario, seed, step)]
+            else:
+                step_rows = [self.run_recorded(step[0], scenario, seed).to_csv()]
+            if finished is not None:
+                finished(step_rows)
+            rows += step_rows
+        return rows
 
-    def tuned_search(self, scenario: Partitioner, seed: int, batched: bool, validation: str = "own") -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed``: trials built from the cell's pre-trained networks."""
-        data, student, teacher, _ = self._start(scenario, seed)
+    def batched_runs(self, names: Sequence[str]) -> list[str]:
+        """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
+        if not self.config.batched:
+            return []
+        grid = self.config.tuning.sampler == "grid"
+        return [name for name in names if name in self.members or (name in TUNED_NAMES.values() and grid)]
 
-        def build(values: dict[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
-            trial_data = self.datamodule(scenario, trial_seed, self.student_party)
-            L.seed_everything(trial_seed, verbose=False)
-            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
-            return _Trial(model, trial_data, functools.partial(self._trainer, self.epochs, callbacks))
+    def run_recorded(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
+        """:meth:`run`, with a diverging run recorded as a failed row (as tuned KD's search records a trial).
 
-        description = [self._key(scenario, seed, repr(student), repr(teacher)), self.epochs]
-        return self._search(scenario, seed, build, description, batched, validation)
-
-    def _tuned_row(
-        self, name: str, scenario: Partitioner, seed: int, result: TuneResult, seconds: float
-    ) -> dict[str, Any]:
-        chosen = {key.rsplit(".", 1)[-1]: value for key, value in result.best_params.items()}
-        return self._row(
-            scenario,
-            seed,
-            name,
-            **{"class": VanillaKD.__name__},
-            acc_before=self._before[(str(scenario), seed)],
-            acc_after=result.test_metrics["test/acc"],
-            hyperparameters=json.dumps({**chosen, "trials": len(result.trials), "val_acc": result.best_value}),
-            seconds=round(seconds, 2),
-            validation=self.validation_of(name),
-        )
-
-    def run_cell(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[dict[str, Any]]:
-        """Run methods ``names`` of one cell as batched members (tuned KD's grid among them); return their rows.
-
-        Each member's row is the one its own fit would give; a member whose loss turns non-finite is a failed
-        row. With tuned KD, the members train beside the grid's points in the search's fits.
+        A failed row has the error's first line under ``error`` and no ``acc_after``; any other error propagates,
+        with a note naming the run.
         """
         try:
-            data, student, teacher, _ = self._start(scenario, seed)
+            return self.run(name, scenario, seed)
+        except FloatingPointError as error:
+            return self._failed(name, scenario, seed, f"{type(error).__name__}: {error_line(error)}")
+        except BaseException as error:
+            error.add_note(f"in the run of `kdl study` for scenario {scenario}, seed {seed}, method {name!r}")
+            raise
+
+    def run(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
+        """Run one method, the control or tuned KD from the pre-trained student, on its own; return its row."""
+        if name in TUNED_NAMES.values():
+            return self._run_tuned(name, scenario, seed)
+        return self._fit(name, scenario, seed)
+
+    def _factory(self, name: str) -> MethodFactory:
+        return continue_alone if name == self.config.control else self.config.methods[name]
+
+    def _build(self, name: str, student: nn.Module, teacher: nn.Module, num_classes: int, seed: int) -> Any:
+        """Method ``name`` from fresh copies of the pre-trained networks, seeded as every run of its cell."""
+        L.seed_everything(seed, verbose=False)
+        return self._factory(name)(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+
+    def _fit(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
+        data, student, teacher, before = self.start(scenario, seed)
+        model = self._build(name, student, teacher, data.num_classes, seed)
+        start = time.perf_counter()
+        # no validation: a run is judged by its test accuracy after the last epoch, and nothing reads it
+        # (unless a scheduler steps on a validation metric)
+        unread = {"limit_val_batches": 0} if getattr(model, "lr_scheduler", None) is None else {}
+        self.config.fit_trainer(self.config.epochs, [self.config.cache()], **unread).fit(model, datamodule=data)
+        seconds = time.perf_counter() - start
+        return self._row(name, scenario, seed, model, self.test_accuracy(model, data), before, seconds)
+
+    def _run_tuned(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
+        """Tuned KD, trial by trial: search on a validation split, test the chosen point."""
+        start = time.perf_counter()
+        _, _, _, before = self.start(scenario, seed)
+        search = self.tuned.search(scenario, seed, batched=False, validation=self.config.validation_of(name))
+        result = search.run()
+        return self.tuned.row(name, scenario, seed, before, result, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ rows
+    def _row(
+        self,
+        name: str,
+        scenario: Partitioner,
+        seed: int,
+        model: DistillationModule,
+        after: float,
+        before: float,
+        seconds: float,
+    ) -> ResultRow:
+        hyperparameters = json.loads(json.dumps(dict(model.hparams), sort_keys=True, default=str))
+        return ResultRow(
+            str(scenario),
+            seed,
+            name,
+            type(model).__name__,
+            acc_before=before,
+            acc_after=after,
+            hyperparameters=hyperparameters,
+            seconds=round(seconds, 2),
+            epochs=self.config.epochs,
+        )
+
+    def _failed(
+        self, name: str, scenario: Partitioner, seed: int, error: str, model: DistillationModule | None = None
+    ) -> ResultRow:
+        """The failed row of run ``name``: the method's class and hyperparameters, the error, no accuracy after."""
+        described = self.described.get(name, {})
+        if model is not None:
+            kind, values = type(model).__name__, dict(model.hparams)
+        else:
+            kind, values = described.get("class", ""), dict(described.get("hyperparameters", {}))
+        return ResultRow(
+            str(scenario),
+            seed,
+            name,
+            kind,
+            acc_before=self._before.get((str(scenario), seed), ""),
+            acc_after=None,
+            hyperparameters=json.loads(json.dumps(values, sort_keys=True, default=str)),
+            epochs=self.config.epochs,
+            error=error,
+        )
+
+    # ------------------------------------------------------------------ a cell's runs together
+    def run_together(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[ResultRow]:
+        """Run ``names`` of one cell as batched members (tuned KD's grid among them); return their rows.
+
+        Each member's row is the one its own fit would give; a member whose loss turns non-finite is a failed row.
+        With tuned KD, the searches of each validation offer their unfinished grid points; the points train once,
+        beside the cell's methods, every member validated on each search's split, and each search records its
+        points and tests its chosen one.
+        """
+        try:
+            data, student, teacher, before = self.start(scenario, seed)
         except FloatingPointError:  # the cell's pre-training diverged: every run is a failed row
             return [self.run_recorded(name, scenario, seed) for name in names]
         tuned = [name for name in names if name in TUNED_NAMES.values()]
         builders = {
-            name: functools.partial(self._build, self._factory(name), student, teacher, data.num_classes, seed)
+            name: functools.partial(self._build, name, student, teacher, data.num_classes, seed)
             for name in names
             if name not in tuned
         }
-        searches: dict[str, tuple[TuneResult, float]] = {}
         fits: dict[str, MemberFit] = {}
+        results: dict[str, tuple[TuneResult, float]] = {}
         try:
-            # one grid for every validation: the first search trains it (the other members beside it),
-            # each search records its points validated on its own split, then tests its chosen point
-            grids = {
-                name: self.tuned_search(scenario, seed, batched=True, validation=self.validation_of(name))
-                for name in tuned
-            }
-            for index, (name, search) in enumerate(grids.items()):
-                start = time.perf_counter()
-                beside = list(grids.values())[1:] if index == 0 else []
-                result = search.run(extra=builders if index == 0 else None, beside=beside)
-                fits.update(result.extra)
-                spent = time.perf_counter() - start - sum(fit.seconds for fit in result.extra.values())
-                searches[name] = (result, spent)
-            if not tuned:
+            if tuned:
+                searches = {
+                    name: self.tuned.search(scenario, seed, batched=True, validation=self.config.validation_of(name))
+                    for name in tuned
+                }
+                fits, results = self._fit_with_grids(scenario, seed, builders, searches)
+            else:
                 for chunk in fit_members(
-                    builders, data, self._members_trainer, max_members=self.max_members, test=list(builders)
+                    builders, data, self._members_trainer, max_members=self.config.max_members, test=list(builders)
                 ):
                     fits.update(chunk)
         except BaseException as error:
             error.add_note(f"in the batched run of `kdl study` for scenario {scenario}, seed {seed}, methods {names}")
             raise
-        return [
-            self._tuned_row(name, scenario, seed, *searches[name])
-            if name in searches
-            else self._member_row(name, scenario, seed, fits[name])
-            for name in names
-        ]
+        rows = []
+        for name in names:
+            if name in results:
+                rows.append(self.tuned.row(name, scenario, seed, before, *results[name]))
+            elif fits[name].error is not None:
+                error = f"{DivergedError.__name__}: {fits[name].error}"
+                rows.append(self._failed(name, scenario, seed, error, model=fits[name].model))
+            else:
+                fit = fits[name]
+                rows.append(self._row(name, scenario, seed, fit.model, fit.test["test/acc"], before, fit.seconds))
+        return rows
 
     def _members_trainer(self, callbacks: Sequence[L.Callback]) -> L.Trainer:
-        return self._trainer(self.epochs, [self._cache(), *callbacks])
+        return self.config.fit_trainer(self.config.epochs, [self.config.cache(), *callbacks])
 
-    def _member_row(self, name: str, scenario: Partitioner, seed: int, fit: MemberFit) -> dict[str, Any]:
-        hyperparameters = json.dumps(dict(fit.model.hparams), sort_keys=True, default=str)
-        values: dict[str, Any] = {"class": type(fit.model).__name__, "acc_before": self._before[(str(scenario), seed)]}
-        if fit.error is not None:
-            values.update(acc_after="", hyperparameters=hyperparameters, error=f"{DivergedError.__name__}: {fit.error}")
-            return self._row(scenario, seed, name, **values)
-        values.update(acc_after=fit.test["test/acc"], hyperparameters=hyperparameters, seconds=round(fit.seconds, 2))
-        return self._row(scenario, seed, name, **values)
+    def _fit_with_grids(
+        self,
+        scenario: Partitioner,
+        seed: int,
+        builders: Mapping[str, Callable[[], DistillationModule]],
+        searches: Mapping[str, Search],
+    ) -> tuple[dict[str, MemberFit], dict[str, tuple[TuneResult, float]]]:
+        """Fit ``builders`` and the searches' unfinished points in one (chunked) fit; finish every search.
 
-    # ------------------------------------------------------------------ resuming
+        The searches differ only in their validation split: the members validate on each (one validation loader
+        per search, in order), and each search records its points validated on its own. A network ``torch.func``
+        cannot vmap is fitted apart, each search's points on its own split.
+        """
+        started = time.perf_counter()
+        order = list(searches.values())
+        for search in order:
+            search.open()
+        pending = [set(search.pending_points()) for search in order]
+        points: dict[str, Point] = {
+            order[0].member_name(point): point
+            for point in order[0].grid_points()
+            if any(point in waiting for waiting in pending)
+        }
+        validations = [search.options.validation for search in order]
+        fits: dict[str, MemberFit] = {}
 
+        def fit(members: Mapping[str, Callable[[], DistillationModule]], index: int | None, fallback: bool) -> None:
+            """Fit ``members``; record the points' fits in every search (``index``: only in that search)."""
+            split: str | list[str] = validations if index is None and len(validations) > 1 else validations[index or 0]
+            data = self.config.datamodule(scenario, seed, self.config.student_party, validation=split)
+            for chunk in fit_members(
+                members,
+                data,
+                self._members_trainer,
+                max_members=self.config.max_members,
+                test=[name for name in members if name in builders],
+                fallback=fallback,
+            ):
+                fits.update({name: member for name, member in chunk.items() if name not in points})
+                for number, search in enumerate(order):
+                    if index is not None and number != index:
+                        continue
+                    history = 0 if index is not None else number
+                    search.record(
+                        {
+                            points[name]: dataclasses.replace(member, history=member.histories[history])
+                            for name, member in chunk.items()
+                            if name in points and points[name] in pending[number]
+                        }
+                    )
 
-class _Trial:
-    """One trial of tuned KD's search; its trainer is built when first asked for (a batched member needs none)."""
-
-    def __init__(
-        self, model: DistillationModule, datamodule: PartitionedDataModule, trainer: Callable[[], L.Trainer]
-    ) -> None:
-        self.model, self.datamodule, self._make_trainer = model, datamodule, trainer
-
-    @functools.cached_property
-    def trainer(self) -> L.Trainer:
-        """The trial's trainer."""
-        return self._make_trainer()
-
-
-def _slug(text: str) -> str:
-    """``dirichlet(alpha=0.5)`` → ``dirichlet-alpha-0.5``: a directory name."""
-    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in text).split())
+        grid = {name: functools.partial(order[0].member, point) for name, point in points.items()}
+        try:
+            fit({**builders, **grid}, None, fallback=len(order) == 1)
+        except NotBatchable as error:  # only with several searches: each trains its points apart
+            warnings.warn(
+                f"{error}. Each search's points are fitted one at a time instead (the same results, without batching).",
+                stacklevel=2,
+            )
+            for number, search in enumerate(order):
+                own = {name: functools.partial(search.member, p) for name, p in points.items() if p in pending[number]}
+                extra = {name: build for name, build in builders.items() if name not in fits} if number == 0 else {}
+                fit({**extra, **own}, number, fallback=True)
+        spent = time.perf_counter() - started - sum(fits[name].seconds for name in builders if name in fits)
+        results = {}
+        for number, (name, search) in enumerate(searches.items()):
+            start = time.perf_counter()
+            result = search.finish()
+            results[name] = (result, (spent if number == 0 else 0.0) + time.perf_counter() - start)
+        return fits, results

@@ -1,18 +1,18 @@
 """A study's cells (scenario × seed) in parallel on Ray: one task per cell, the driver the only writer.
 
-:func:`run_cells` ships the :class:`~kdlightning.study.Study` to Ray's workers and submits one task per cell
-with missing runs. Each task runs them as the sequential study does (:meth:`~kdlightning.study.Study.run_missing`)
-and returns their rows. The driver merges each finished cell's rows into ``results.csv`` and ``summary.md``
-(atomically), cells in the sequential study's order whatever order they finish in: the files are the sequential
-study's, and a killed study resumes either way. The tasks share the study's files under ``out`` (pre-trained
-networks, tuning searches, the teacher-output cache), each written atomically; on a cluster ``out`` must be on a
-file system every node sees at the same path.
+:func:`run_cells` ships the study's :class:`~kdlightning.study.cells.CellRunner` to Ray's workers and submits one
+task per cell with missing runs. Each task runs them as the sequential study does
+(:meth:`~kdlightning.study.cells.CellRunner.run_missing`) and returns their rows. The driver merges each finished
+cell's rows into ``results.csv`` and ``summary.md`` (atomically), cells in the sequential study's order whatever
+order they finish in: the files are the sequential study's, and a killed study resumes either way. The tasks
+share the study's files under ``out`` (pre-trained networks, tuning searches, the teacher-output cache), each
+written atomically; on a cluster ``out`` must be on a file system every node sees at the same path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -20,21 +20,24 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from kdlightning.data import Partitioner
 from kdlightning.errors import ConfigurationError
+from kdlightning.study.cells import CellRunner
+from kdlightning.study.config import StudyConfig
+from kdlightning.study.pretraining import Pretraining
 from kdlightning.trainers import quiet
 
-__all__ = ["ENVIRONMENT", "Cell", "check_ray", "run_cells"]
+__all__ = ["ENVIRONMENT", "CellRuns", "check_ray", "run_cells"]
 
 ENVIRONMENT = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE", "PYTHONWARNINGS")
 """Environment variables passed on to Ray's workers where the driver sets them."""
 
-Cell = tuple[Partitioner, int, list[str]]
+CellRuns = tuple[Partitioner, int, list[str]]
 """A cell's scenario, seed and the names of its runs to do."""
 
 _INSTALL = "`ray` runs a study's cells on Ray, which is not installed: `pip install kdlightning[federated]`."
@@ -71,17 +74,29 @@ def check_ray(ray: bool | str, cpus_per_cell: float, gpus_per_cell: float, train
         raise ImportError(_INSTALL)
 
 
-def run_cells(study: Any, cells: Sequence[Cell], rows: Sequence[dict[str, Any]], bar: Any) -> list[dict[str, Any]]:
-    """Run ``cells`` as Ray tasks, on ``study.ray``; return ``rows`` followed by the cells' rows, in the cells' order.
+def run_cells(
+    config: StudyConfig,
+    runner: CellRunner,
+    cells: Sequence[CellRuns],
+    rows: Sequence[dict[str, Any]],
+    bar: Any,
+    save: Callable[[list[dict[str, Any]]], None],
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``cells`` as Ray tasks, on ``config.ray``; return ``rows`` followed by the cells' rows, in the cells' order.
 
-    After each finished cell ``study.save`` rewrites ``results.csv`` and ``summary.md``, and ``bar`` advances by
-    the cell's fits. ``study.seconds["pretraining"]`` adds up the tasks' pre-training.
+    After each finished cell ``save`` rewrites ``results.csv`` and ``summary.md`` from the rows so far, and ``bar``
+    advances by the cell's fits.
 
     Args:
-        study: the :class:`~kdlightning.study.Study` (it travels to the workers).
+        config: the study's configuration (its Ray settings, its fits per run).
+        runner: the study's cell runner (it travels to the workers, each task runs its cell's runs with it).
         cells: each cell's scenario, seed and the runs to do.
         rows: the rows already in ``results.csv``.
         bar: the study's progress bar.
+        save: writes the study's files from its rows.
+
+    Returns:
+        The rows, and the seconds the tasks spent pre-training.
 
     Raises:
         ImportError: Ray is not installed.
@@ -89,20 +104,21 @@ def run_cells(study: Any, cells: Sequence[Cell], rows: Sequence[dict[str, Any]],
             the other tasks are cancelled, and the finished cells are in ``results.csv``.
     """
     done: dict[int, list[dict[str, Any]]] = {}
+    pretraining = 0.0
 
     def merged() -> list[dict[str, Any]]:
         return [*rows, *(row for number in sorted(done) for row in done[number])]
 
     if not cells:
-        return merged()
-    with _connected(study.ray) as ray:
-        options: dict[str, Any] = {"num_cpus": study.cpus_per_cell, "num_gpus": study.gpus_per_cell}
+        return merged(), pretraining
+    with _connected(config.ray) as ray:
+        options: dict[str, Any] = {"num_cpus": config.cpus_per_cell, "num_gpus": config.gpus_per_cell}
         environment = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
         if environment:
             options["runtime_env"] = {"env_vars": environment}
         task = ray.remote(_run_cell).options(**options)
-        shipped = ray.put(_for_workers(study))
-        threads = max(1, round(study.cpus_per_cell))
+        shipped = ray.put(_for_workers(runner))
+        threads = max(1, round(config.cpus_per_cell))
         pending = {
             task.remote(shipped, scenario, seed, names, threads, os.getcwd()): number
             for number, (scenario, seed, names) in enumerate(cells)
@@ -115,39 +131,38 @@ def run_cells(study: Any, cells: Sequence[Cell], rows: Sequence[dict[str, Any]],
                     number = pending.pop(ref)
                     scenario, seed, names = cells[number]
                     try:
-                        done[number], pretraining = ray.get(ref)
+                        done[number], seconds = ray.get(ref)
                     except Exception as error:
                         cell = f"scenario {scenario}, seed {seed} (runs {names})"
                         error.add_note(f"in the Ray task of `kdl study` for {cell}")
                         raise
-                    study.seconds["pretraining"] += pretraining
-                    study.save(merged())
+                    pretraining += seconds
+                    save(merged())
                     bar.set_description(_description(len(done), len(cells), len(pending), f"{scenario} seed {seed}"))
-                    bar.update(sum(study.fits(name) for name in names))
+                    bar.update(sum(config.fits(name) for name in names))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-    return merged()
+    return merged(), pretraining
 
 
 def _run_cell(
-    study: Any, scenario: Partitioner, seed: int, names: list[str], threads: int, cwd: str
+    runner: CellRunner, scenario: Partitioner, seed: int, names: list[str], threads: int, cwd: str
 ) -> tuple[list[dict[str, Any]], float]:
     """One cell's runs ``names`` in a Ray worker: their rows, and the seconds spent pre-training."""
     torch.set_num_threads(threads)
     if os.path.isdir(cwd):  # relative paths (a data set's root, a tuning storage) as the driver sees them
         os.chdir(cwd)
-    study.seconds = {"pretraining": 0.0, "total": 0.0}
+    runner.pretraining.seconds = 0.0
     with quiet():
-        rows = study.run_missing(scenario, seed, names)
-    return rows, study.seconds["pretraining"]
+        rows = runner.run_missing(scenario, seed, names)
+    return rows, runner.pretraining.seconds
 
 
-def _for_workers(study: Any) -> Any:
-    """``study`` as its tasks get it: ``out`` an absolute path, as a worker elsewhere must find it."""
-    shipped = copy.copy(study)
-    shipped.out = study.out.resolve()
-    return shipped
+def _for_workers(runner: CellRunner) -> CellRunner:
+    """``runner`` as its tasks get it: the study's ``out`` an absolute path, as a worker elsewhere must find it."""
+    config = dataclasses.replace(runner.config, out=runner.config.out.resolve())
+    return CellRunner(config, Pretraining(config), runner.members, runner.described)
 
 
 def _description(done: int, total: int, pending: int, last: str | None = None) -> str:

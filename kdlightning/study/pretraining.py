@@ -13,7 +13,6 @@ import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from torch import nn
@@ -23,36 +22,38 @@ from kdlightning.data import PartitionedDataModule, Partitioner
 from kdlightning.errors import DivergedError
 from kdlightning.methods import StudentOnly
 from kdlightning.pipeline import load_weights, pretrain_once, save_weights
+from kdlightning.study.config import StudyConfig
 
-__all__ = ["ROLES", "PartyPretraining"]
+__all__ = ["ROLES", "Pretraining"]
 
 ROLES = ("student", "teacher")
 """The parties a cell pre-trains, each of its own architecture."""
 
 
-class PartyPretraining:
-    """The pre-training of a :class:`~kdlightning.study.Study`'s parties.
+class Pretraining:
+    """The pre-trained networks of a study's parties, trained once per configuration and saved.
 
-    A base class of the study, using its pieces (the parties' data modules, the configuration's key, the trainer).
+    Args:
+        config: the study's configuration.
+
+    Attributes:
+        seconds: wall time spent pre-training (not reading saved networks) since it was built or last reset.
     """
 
-    student: Any
-    teacher: Any
-    student_party: int
-    teacher_party: int
-    pretrain_epochs: int
-    batched: bool
-    max_members: int | None
-    out: Path
-    seconds: dict[str, float]
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.seconds = 0.0
 
     def pretraining(self, role: str, scenario: Partitioner, seed: int) -> tuple[Path, nn.Module, PartitionedDataModule]:
         """Where ``role``'s network of a cell is saved once pre-trained, a fresh one (seeded by ``seed``), its data."""
-        factory, party = (self.student, self.student_party) if role == "student" else (self.teacher, self.teacher_party)
-        data = self.datamodule(scenario, seed, party)
+        config = self.config
+        factory, party = (
+            (config.student, config.student_party) if role == "student" else (config.teacher, config.teacher_party)
+        )
+        data = config.datamodule(scenario, seed, party)
         L.seed_everything(seed, verbose=False)
         network = factory(data.num_classes)
-        path = self.out / "pretrained" / f"{role}-{self._key(scenario, seed, party, repr(network))}.pt"
+        path = config.out / "pretrained" / f"{role}-{config.key(scenario, seed, party, repr(network))}.pt"
         return path, network, data
 
     def pretrained(self, role: str, scenario: Partitioner, seed: int) -> nn.Module:
@@ -63,12 +64,12 @@ class PartyPretraining:
             start = time.perf_counter()
             try:
                 # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
-                trainer = self._trainer(self.pretrain_epochs, limit_val_batches=0)
+                trainer = self.config.fit_trainer(self.config.pretrain_epochs, limit_val_batches=0)
                 trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
             except FloatingPointError as error:
                 raise DivergedError(f"the {role} party's pre-training diverged: {error}") from error
             finally:
-                self.seconds["pretraining"] += time.perf_counter() - start
+                self.seconds += time.perf_counter() - start
 
         return pretrain_once(path, network, train)
 
@@ -82,7 +83,7 @@ class PartyPretraining:
             cells: the ``(scenario, seed)`` cells to pre-train for.
             roles: which parties (``student``, ``teacher``).
         """
-        if not self.batched:
+        if not self.config.batched:
             return
         for role in roles:
             pending: dict[Path, tuple[nn.Module, PartitionedDataModule]] = {}
@@ -96,10 +97,12 @@ class PartyPretraining:
             paths = dict(zip(parties, pending, strict=True))
             start = time.perf_counter()
             try:
-                one_epoch = functools.partial(self._trainer, 1, limit_val_batches=0)  # it holds every network's epochs
-                chunks = pretrain_together(parties, self.pretrain_epochs, one_epoch, max_members=self.max_members)
+                one_epoch = functools.partial(self.config.fit_trainer, 1, limit_val_batches=0)  # every network's epochs
+                chunks = pretrain_together(
+                    parties, self.config.pretrain_epochs, one_epoch, max_members=self.config.max_members
+                )
                 for trained in chunks:
                     for name in trained:
                         save_weights(paths[name], parties[name][0])
             finally:
-                self.seconds["pretraining"] += time.perf_counter() - start
+                self.seconds += time.perf_counter() - start

@@ -1,7 +1,7 @@
 """What a study writes from its rows: its results, summary, guidance, gains plot and tuning heatmaps.
 
-:class:`StudyReports`, a base class of :class:`~kdlightning.study.Study`, writes ``results.csv``,
-``summary.md``, ``guidance.md``, ``gains.png`` and ``tuning.png`` (``tuning_public.png``).
+:class:`StudyReport` writes ``results.csv``, ``summary.md``, ``guidance.md``, ``gains.png`` and ``tuning.png``
+(``tuning_public.png``).
 
 The tables themselves are :func:`kdlightning.reporting.render_summary`'s and
 :func:`kdlightning.reporting.render_guidance_page`'s; the gains plot is :func:`kdlightning.reporting.plot_gains`'s.
@@ -9,8 +9,7 @@ The tables themselves are :func:`kdlightning.reporting.render_summary`'s and
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from kdlightning.atomic import save_figure, write_text_atomic
 from kdlightning.methods import VanillaKD
 from kdlightning.reporting import (
     add_gains,
+    hyperparameters_of,
     is_failed,
     plot_gains,
     read_csv,
@@ -25,11 +25,11 @@ from kdlightning.reporting import (
     render_summary,
     write_csv,
 )
-from kdlightning.study.cells import TUNED_NAMES
-from kdlightning.tuning.options import Param, TuneOptions, check_space
+from kdlightning.study.config import StudyConfig
+from kdlightning.tuning.options import Param, check_space
 from kdlightning.tuning.reports import draw_heatmap, short_names
 
-__all__ = ["StudyReports", "chosen_points", "mean_validation_gains", "plot_tuning"]
+__all__ = ["StudyReport", "chosen_points", "mean_validation_gains", "plot_tuning"]
 
 
 def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) -> list[dict[str, Any]]:
@@ -49,7 +49,7 @@ def mean_validation_gains(trials: Sequence[Path], space: Mapping[str, Param]) ->
 def chosen_points(rows: Sequence[Mapping[str, Any]], scenario: str, method: str) -> list[dict[str, Any]]:
     """The values tuned KD (``method``) chose in ``scenario``, one per seed that did not fail (from ``results.csv``)."""
     return [
-        json.loads(str(row["hyperparameters"]))
+        hyperparameters_of(row)
         for row in rows
         if row["scenario"] == scenario and row["method"] == method and row.get("hyperparameters") and not is_failed(row)
     ]
@@ -83,54 +83,50 @@ def plot_tuning(
     save_figure(figure, path)
 
 
-class StudyReports:
-    """What a :class:`~kdlightning.study.Study` writes from its rows.
+class StudyReport:
+    """What a study writes from its rows: ``results.csv``, ``summary.md``, ``guidance.md`` and the plots.
 
-    ``results.csv``, ``summary.md``, ``guidance.md`` and the plots; a base class of the study, using its settings
-    (data set, parties, methods, tuned KD's searches).
+    Args:
+        config: the study's configuration (its data set, parties, methods, tuned KD's searches).
     """
 
-    out: Path
-    control: str
-    seeds: list[int]
-    methods: dict[str, Any]
-    scenarios: list[Any]
-    tuned_kd: bool
-    tuning: TuneOptions
-    num_parties: int
-    student_party: int
-    teacher_party: int
-    pretrain_epochs: int
-    epochs: int
-    dataset: Any
-    tuned_names: list[str]
-    validation_of: Callable[[str], str]
-    tuning_dir: Callable[..., Path]
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
 
     def save(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite ``results.csv`` (with the gains), ``summary.md`` and ``guidance.md`` from ``rows``, atomically."""
-        write_csv(self.out / "results.csv", add_gains(rows, control=self.control))
-        write_text_atomic(self.out / "summary.md", self.summary(rows))
-        write_text_atomic(self.out / "guidance.md", self.guidance(rows))
-
-    def _untuned(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-        methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
-        return [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
+        out = self.config.out
+        write_csv(out / "results.csv", add_gains(rows, control=self.config.control))
+        write_text_atomic(out / "summary.md", self.summary(rows))
+        write_text_atomic(out / "guidance.md", self.guidance(rows))
 
     def summary(self, rows: Sequence[Mapping[str, Any]]) -> str:
         """``summary.md`` of ``rows`` (with the seeds and methods of earlier runs of the study)."""
-        seeds = list(dict.fromkeys([*self.seeds, *(int(row["seed"]) for row in rows)]))
+        config = self.config
+        seeds = list(dict.fromkeys([*config.seeds, *(int(row["seed"]) for row in rows)]))
         header = (
-            f"# Study: {type(self.dataset).__name__}, {self.num_parties} parties "
-            f"(student {self.student_party}, teacher {self.teacher_party}), seeds {seeds}, "
-            f"{self.pretrain_epochs} pre-training epochs, {self.epochs} epochs per method\n\n"
+            f"# Study: {type(config.dataset).__name__}, {config.num_parties} parties "
+            f"(student {config.student_party}, teacher {config.teacher_party}), seeds {seeds}, "
+            f"{config.pretrain_epochs} pre-training epochs, {config.epochs} epochs per method\n\n"
         )
-        rows = add_gains(rows, control=self.control)
-        return header + render_summary(rows, tuned=self.tuned_names, untuned=self._untuned(rows), control=self.control)
+        rows = add_gains(rows, control=config.control)
+        return header + render_summary(
+            rows,
+            tuned=config.tuned_names,
+            untuned=config.untuned_names(rows),
+            control=config.control,
+            settings=config.tuned_settings,
+        )
 
     def guidance(self, rows: Sequence[Mapping[str, Any]]) -> str:
         """``guidance.md``: which method for which distribution, generated from ``rows`` (``results.csv``)."""
-        return render_guidance_page(add_gains(rows, control=self.control), tuned=self.tuned_names, control=self.control)
+        config = self.config
+        return render_guidance_page(
+            add_gains(rows, control=config.control),
+            tuned=config.tuned_names,
+            control=config.control,
+            settings=config.tuned_settings,
+        )
 
     def plot(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Write the study's plots: ``gains.png`` and, with tuned KD, ``tuning.png`` (``tuning_public.png``).
@@ -138,16 +134,17 @@ class StudyReports:
         ``gains.png`` shows the gain and the gain over the control per method × scenario; ``tuning.png`` the
         validation gain over the grid per scenario, mean over seeds (``tuning_public.png``: on the public split).
         """
-        title = f"{type(self.dataset).__name__}, {self.num_parties} parties"
-        plot_gains(rows, self.out / "gains.png", control=self.control, title=title)
-        space = check_space(self.tuning, VanillaKD) if self.tuned_kd else {}
-        for name in self.tuned_names:
-            validation = self.validation_of(name)
+        config = self.config
+        title = f"{type(config.dataset).__name__}, {config.num_parties} parties"
+        plot_gains(rows, config.out / "gains.png", control=config.control, title=title)
+        space = check_space(config.tuning, VanillaKD, section="tuning") if config.tuned_kd else {}
+        for name in config.tuned_names:
+            validation = config.validation_of(name)
             panels = []
-            for scenario in self.scenarios:
-                trials = [self.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in self.seeds]
+            for scenario in config.scenarios:
+                trials = [config.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in config.seeds]
                 points = mean_validation_gains(trials, space)
                 if points:
                     panels.append((str(scenario), points, chosen_points(rows, str(scenario), name)))
-            tuning, file = self.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
-            plot_tuning(self.out / file, panels, space, tuning.metric, tuning.direction, len(self.seeds))
+            tuning, file = config.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
+            plot_tuning(config.out / file, panels, space, tuning.metric, tuning.direction, len(config.seeds))

@@ -14,75 +14,46 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
-import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch import nn
 
-from kdlightning.cache import CacheReferenceOutputs
-from kdlightning.data import (
-    DatasetSource,
-    Digits,
-    DirichletPartitioner,
-    IIDPartitioner,
-    LabelSkewPartitioner,
-    PartitionedDataModule,
-    Partitioner,
-    QuantitySkewPartitioner,
-)
-from kdlightning.errors import ConfigurationError, DivergedError
+from kdlightning.data import DatasetSource, Digits, Partitioner
+from kdlightning.errors import ConfigurationError
 from kdlightning.interrupt import raise_if_stopped
-from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
-from kdlightning.pipeline import (
-    NetworkFactory,
-    check_trainer,
-    check_trainer_for,
-    check_writable,
-    describe,
-    digest,
-    trainer,
+from kdlightning.methods import VanillaKD, member_error
+from kdlightning.pipeline import NetworkFactory, check_trainer, check_trainer_for, check_writable, describe, digest
+from kdlightning.reporting import add_gains, read_csv
+from kdlightning.study.cells import CellRunner
+from kdlightning.study.config import (
+    TUNED_KD,
+    TUNED_NAMES,
+    MethodFactory,
+    StudyConfig,
+    continue_alone,
+    default_scenarios,
 )
-from kdlightning.reporting import add_gains, error_line, read_csv
-from kdlightning.study.cells import TUNED_KD, TUNED_NAMES, TunedCells
-from kdlightning.study.parallel import Cell, check_ray, run_cells
-from kdlightning.study.pretraining import PartyPretraining
+from kdlightning.study.parallel import CellRuns, check_ray, run_cells
+from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.record import check_and_record
-from kdlightning.study.report import StudyReports
+from kdlightning.study.report import StudyReport
 from kdlightning.trainers import progress_bar, quiet
 from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
 
-__all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "default_scenarios"]
-
-MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
-"""Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
-method) or DML's peer (trained), always a fresh copy of the teacher party's pre-trained model."""
+__all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "continue_alone", "default_scenarios"]
 
 _UNCHECKED_TUNING = ("storage", "study_name", "heartbeat_interval", "logger", "test", "batched", "max_members")
 """Tuning options that do not change a search's result (where it is stored, how it logs, how it batches)."""
 
 
-def default_scenarios() -> list[Partitioner]:
-    """IID; Dirichlet alpha 1.0, 0.5, 0.1; label skew with 2 classes per party; quantity skew (beta 1.0)."""
-    return [
-        IIDPartitioner(),
-        DirichletPartitioner(alpha=1.0),
-        DirichletPartitioner(alpha=0.5),
-        DirichletPartitioner(alpha=0.1),
-        LabelSkewPartitioner(classes_per_party=2),
-        QuantitySkewPartitioner(beta=1.0),
-    ]
-
-
-class Study(TunedCells, PartyPretraining, StudyReports):
+class Study:
     """Compare distillation methods across partition scenarios and seeds, from one pre-trained student each.
 
     Args:
@@ -128,13 +99,18 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         gpus_per_cell: with ``ray``: Ray's GPUs for each cell (a fraction: cells share a GPU). Ray hides the
             GPUs from a cell that asks for none: it trains on the CPU.
 
+    The constructor checks the arguments' values; :meth:`check` (which :meth:`run` calls first) reads the data
+    set, partitions it for every scenario and builds every method once, so that a bad scenario or hyperparameter
+    fails before any training.
+
     Attributes:
-        configuration: what ``<out>/study.json`` records and a resume must match: ``settings`` shared by
-            every run, and each method's own configuration under ``methods``.
+        config: the checked settings (:class:`~kdlightning.study.config.StudyConfig`), shared by the study's parts.
+        pretraining: the parties' pre-trained networks (:class:`~kdlightning.study.pretraining.Pretraining`).
+        report: what the study writes from its rows (:class:`~kdlightning.study.report.StudyReport`).
+        seconds: wall time of the last :meth:`run`: in all, and pre-training the parties' networks.
 
     Raises:
-        ValueError: a bad argument, including any hyperparameter of a method (each method is built once
-            from fresh networks), duplicate seeds or scenarios; before any training.
+        ConfigurationError: a bad argument: duplicate seeds or scenarios, a party out of range, epochs below 1.
     """
 
     def __init__(
@@ -177,215 +153,142 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         for name, value in (("pretrain_epochs", pretrain_epochs), ("epochs", epochs)):
             if value < 1:
                 raise ConfigurationError(f"`{name}` must be >= 1, got {value!r}.")
-        self.student, self.teacher, self.methods = student, teacher, dict(methods)
-        self.tuned_kd, self.tuning = tuned_kd, tuning if tuning is not None else TuneOptions()
-        if tuned_kd:
-            check_space(self.tuning, VanillaKD, section="tuning")  # a bad search space fails now
-        self.dataset = dataset if dataset is not None else Digits()
-        self.scenarios = scenarios if scenarios is not None else default_scenarios()
-        _check_unique("scenarios", [str(s) for s in self.scenarios], "results name a scenario by this text")
-        self.seeds = list(seeds)
-        self.num_parties, self.student_party, self.teacher_party = num_parties, student_party, teacher_party
-        self.pretrain_epochs, self.epochs = pretrain_epochs, epochs
-        self.batch_size, self.val_fraction, self.control = batch_size, val_fraction, control
-        if not 0.0 < public_fraction < 1.0:
-            raise ConfigurationError(f"`public_fraction` must lie in (0, 1), got {public_fraction!r}.")
-        self.public_fraction = public_fraction if "public" in self.tuning.validations and tuned_kd else 0.0
-        self.out = Path(out)
-        self.trainer = check_trainer(trainer)
-        check_ray(ray, cpus_per_cell, gpus_per_cell, self.trainer)
-        self.ray, self.cpus_per_cell, self.gpus_per_cell = ray, cpus_per_cell, gpus_per_cell
-        if max_members is not None and max_members < 1:
-            raise ConfigurationError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
-        self.batched, self.max_members = batched, max_members
-        self.members: set[str] = {control}
-        """Methods trained as batched members when ``batched`` (the control, and those that can be members)."""
-        self._before: dict[tuple[str, int], float] = {}
-        self.seconds: dict[str, float] = {"pretraining": 0.0, "total": 0.0}
-        """Wall time of the last :meth:`run`: in all, and pre-training the parties' networks."""
-        self._diverged: dict[tuple[str, int], str] = {}
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
                 raise ConfigurationError(f"`{name}` must lie in [0, num_parties={num_parties}), got {party!r}.")
-        data = self.dataset.data()
+        tuning = tuning if tuning is not None else TuneOptions()
+        if tuned_kd:
+            check_space(tuning, VanillaKD, section="tuning")  # a bad search space fails now
+        if not 0.0 < public_fraction < 1.0:
+            raise ConfigurationError(f"`public_fraction` must lie in (0, 1), got {public_fraction!r}.")
+        if max_members is not None and max_members < 1:
+            raise ConfigurationError(f"`max_members` must be >= 1 (or None for no limit), got {max_members!r}.")
+        scenarios = scenarios if scenarios is not None else default_scenarios()
+        _check_unique("scenarios", [str(s) for s in scenarios], "results name a scenario by this text")
+        settings = check_trainer(trainer)
+        check_ray(ray, cpus_per_cell, gpus_per_cell, settings)
+        self.config = StudyConfig(
+            student=student,
+            teacher=teacher,
+            methods=dict(methods),
+            tuned_kd=tuned_kd,
+            tuning=tuning,
+            dataset=dataset if dataset is not None else Digits(),
+            scenarios=tuple(scenarios),
+            seeds=tuple(seeds),
+            num_parties=num_parties,
+            student_party=student_party,
+            teacher_party=teacher_party,
+            pretrain_epochs=pretrain_epochs,
+            epochs=epochs,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            public_fraction=public_fraction if "public" in tuning.validations and tuned_kd else 0.0,
+            control=control,
+            out=Path(out),
+            trainer=settings,
+            batched=batched,
+            max_members=max_members,
+            ray=ray,
+            cpus_per_cell=cpus_per_cell,
+            gpus_per_cell=gpus_per_cell,
+        )
+        self.config.datamodule(self.config.scenarios[0], self.config.seeds[0], student_party)  # its own checks
+        self.pretraining = Pretraining(self.config)
+        self.report = StudyReport(self.config)
+        self.seconds: dict[str, float] = {"pretraining": 0.0, "total": 0.0}
+        self._checked: _Checked | None = None
+
+    # ------------------------------------------------------------------ the expensive checks, once
+    def check(self) -> None:
+        """Check what the arguments alone cannot tell: the data set, every scenario's partition, every method.
+
+        Reads the data set, partitions it for every scenario, and builds every method once from fresh networks
+        (so a bad hyperparameter, or a trainer setting a method cannot train with, fails now); records what
+        ``study.json`` will hold. :meth:`run` calls it first; the command line before it prints anything.
+
+        Raises:
+            ConfigurationError: naming the argument, before any training and before anything is written.
+        """
+        if self._checked is not None:
+            return
+        config = self.config
+        data = config.dataset.data()
         if data.is_text:
             raise ConfigurationError(
-                f"`dataset` {type(self.dataset).__name__} holds text, which the study's networks cannot read without "
-                "a tokenizer: `kdl study` takes numeric inputs (images, arrays). Distil on text with `kdl fit` or "
-                "`kdl tune` and their datamodule's `tokenizers`."
+                f"`dataset` {type(config.dataset).__name__} holds text, which the study's networks cannot read "
+                "without a tokenizer: `kdl study` takes numeric inputs (images, arrays). Distil on text with "
+                "`kdl fit` or `kdl tune` and their datamodule's `tokenizers`."
             )
-        self.datamodule(self.scenarios[0], self.seeds[0], student_party)  # bad data settings fail now
-        for scenario in self.scenarios:  # an impossible scenario fails now, not after hours of others
-            scenario.partition(data.train_labels, num_parties, self.seeds[0])
-        self.configuration = self._configuration(data.num_classes)
+        for scenario in config.scenarios:  # an impossible scenario fails now, not after hours of others
+            scenario.partition(data.train_labels, config.num_parties, config.seeds[0])
+        self._checked = self._configuration(data.num_classes)
 
-    def _configuration(self, num_classes: int) -> dict[str, Any]:
-        """What ``study.json`` records: the settings every run shares and each method's own configuration.
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """What ``<out>/study.json`` records and a resume must match (after :meth:`check`).
 
-        Every method is built once from fresh networks, so a bad hyperparameter (``temperature: -1``) fails
-        here, before any pre-training.
+        ``settings`` shared by every run, and each method's own configuration under ``methods``.
         """
+        self.check()
+        assert self._checked is not None
+        return self._checked.configuration
+
+    def _configuration(self, num_classes: int) -> _Checked:
+        """What ``study.json`` records, and which methods train as batched members (each method built once)."""
+        config = self.config
+        members = {config.control}
         with torch.random.fork_rng():  # building networks must not move the caller's random state
-            student, teacher = self.student(num_classes), self.teacher(num_classes)
-            methods: dict[str, Any] = {self.control: {"factory": describe(continue_alone)}}
+            student, teacher = config.student(num_classes), config.teacher(num_classes)
+            methods: dict[str, Any] = {config.control: {"factory": describe(continue_alone)}}
             control = continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
-            for name, factory in self.methods.items():
+            for name, factory in config.methods.items():
                 try:
                     model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
                 except ValueError as error:
                     raise ConfigurationError(f"`methods.{name}`: {error}") from error
-                check_trainer_for(model, self.trainer, f"methods.{name}")
+                check_trainer_for(model, config.trainer, f"methods.{name}")
                 if member_error(model, like=control) is None:  # trains as the control does: one fit with it
-                    self.members.add(name)
+                    members.add(name)
                 methods[name] = {
                     "factory": describe(factory),
                     "class": type(model).__name__,
                     "hyperparameters": describe(dict(model.hparams)),
                 }
-        options = {k: v for k, v in dataclasses.asdict(self.tuning).items() if k not in _UNCHECKED_TUNING}
-        for name in self.tuned_names:
-            tuning = {**options, "validation": self.validation_of(name)}
+        options = {k: v for k, v in dataclasses.asdict(config.tuning).items() if k not in _UNCHECKED_TUNING}
+        for name in config.tuned_names:
+            tuning = {**options, "validation": config.validation_of(name)}
             methods[name] = {"class": VanillaKD.__name__, "tuning": describe(tuning)}
         settings = {
-            "dataset": {"class_path": describe(type(self.dataset)), "init_args": describe(vars(self.dataset))},
-            "student": {"factory": describe(self.student), "network": digest(repr(student))},
-            "teacher": {"factory": describe(self.teacher), "network": digest(repr(teacher))},
+            "dataset": {"class_path": describe(type(config.dataset)), "init_args": describe(vars(config.dataset))},
+            "student": {"factory": describe(config.student), "network": digest(repr(student))},
+            "teacher": {"factory": describe(config.teacher), "network": digest(repr(teacher))},
             **{
-                name: getattr(self, name)
+                name: getattr(config, name)
                 for name in ("num_parties", "student_party", "teacher_party", "pretrain_epochs", "epochs")
             },
-            **{name: getattr(self, name) for name in ("batch_size", "val_fraction", "control")},
-            **({"public_fraction": self.public_fraction} if self.public_fraction else {}),
-            **({"trainer": describe(self.trainer)} if self.trainer else {}),
+            **{name: getattr(config, name) for name in ("batch_size", "val_fraction", "control")},
+            **({"public_fraction": config.public_fraction} if config.public_fraction else {}),
+            **({"trainer": describe(dict(config.trainer))} if config.trainer else {}),
         }
-        return json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read back from the file
+        configuration = json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read from the file
+        return _Checked(configuration, frozenset(members))
 
-    # ------------------------------------------------------------------ pieces
-    def datamodule(self, scenario: Partitioner, seed: int, party: int) -> PartitionedDataModule:
-        """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
-        return PartitionedDataModule(
-            dataset=self.dataset,
-            partitioner=scenario,
-            num_parties=self.num_parties,
-            partition_id=party,
-            teacher_partition_id=self.teacher_party if party != self.teacher_party else self.student_party,
-            public_fraction=self.public_fraction,
-            val_fraction=self.val_fraction,
-            batch_size=self.batch_size,
-            seed=seed,
-        )
+    def cells(self) -> CellRunner:
+        """The runner of the study's cells (after :meth:`check`)."""
+        self.check()
+        assert self._checked is not None
+        described = self._checked.configuration["methods"]
+        return CellRunner(self.config, self.pretraining, self._checked.members, described)
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
-        names = [self.control, *self.methods, *self.tuned_names]
-        return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
+        return self.config.runs()
 
-    def _key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
-        """A digest of the study's configuration for ``scenario`` and ``seed``, and ``parts``."""
-        return digest(
-            repr(type(self.dataset)),
-            vars(self.dataset),
-            str(scenario),
-            seed,
-            self.num_parties,
-            self.val_fraction,
-            self.batch_size,
-            self.pretrain_epochs,
-            *([self.public_fraction] if self.public_fraction else []),
-            *parts,
-        )
-
-    def _trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = (), **defaults: Any) -> L.Trainer:
-        """A quiet trainer with the study's ``trainer`` settings (over the pipeline's ``defaults``)."""
-        return trainer(max_epochs, callbacks, self.trainer, **defaults)
-
-    def test_accuracy(self, model: DistillationModule, data: PartitionedDataModule) -> float:
-        """The student's accuracy on the global test set."""
-        return float(self._trainer(1).test(model, datamodule=data, verbose=False)[0]["test/acc"])
-
-    def _start(self, scenario: Partitioner, seed: int) -> tuple[PartitionedDataModule, nn.Module, nn.Module, float]:
-        """The student's data, both pre-trained networks and the student's test accuracy before any method."""
-        data = self.datamodule(scenario, seed, self.student_party)
-        key = (str(scenario), seed)
-        if key in self._diverged:  # every method of this cell starts from the pre-training that diverged
-            raise DivergedError(self._diverged[key])
-        try:
-            student = self.pretrained("student", scenario, seed)
-            teacher = self.pretrained("teacher", scenario, seed)
-        except FloatingPointError as error:
-            self._diverged[key] = str(error)
-            raise
-        if key not in self._before:
-            self._before[key] = self.test_accuracy(StudentOnly(copy.deepcopy(student), data.num_classes), data)
-        return data, student, teacher, self._before[key]
-
-    def _row(self, scenario: Partitioner, seed: int, name: str, **values: Any) -> dict[str, Any]:
-        return {"scenario": str(scenario), "seed": seed, "method": name, **values, "epochs": self.epochs}
-
-    def run_recorded(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        """:meth:`run_method`, with a diverging run recorded as a failed row (as tuned KD's search records a trial).
-
-        A failed row has the error's first line under ``error`` and no ``acc_after``; any other error propagates,
-        with a note naming the run.
-        """
-        try:
-            return self.run_method(name, scenario, seed)
-        except FloatingPointError as error:
-            method = self.configuration["methods"].get(name, {})
-            return self._row(
-                scenario,
-                seed,
-                name,
-                **{"class": method.get("class", "")},
-                acc_before=self._before.get((str(scenario), seed), ""),
-                acc_after="",
-                hyperparameters=json.dumps(method.get("hyperparameters", {}), sort_keys=True),
-                error=f"{type(error).__name__}: {error_line(error)}",
-            )
-        except BaseException as error:
-            error.add_note(f"in the run of `kdl study` for scenario {scenario}, seed {seed}, method {name!r}")
-            raise
-
-    def run_method(self, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        """Run one method, the control or tuned KD from the pre-trained student; return its results row."""
-        runners: dict[str, Callable[[str, Partitioner, int], dict[str, Any]]] = {
-            self.control: functools.partial(self._fit, continue_alone),
-            **{method: functools.partial(self._fit, factory) for method, factory in self.methods.items()},
-            **dict.fromkeys(self.tuned_names, self.run_tuned_kd),
-        }
-        return runners[name](name, scenario, seed)
-
-    def _factory(self, name: str) -> MethodFactory:
-        return continue_alone if name == self.control else self.methods[name]
-
-    @staticmethod
-    def _build(factory: MethodFactory, student: nn.Module, teacher: nn.Module, num_classes: int, seed: int) -> Any:
-        """A method from fresh copies of the pre-trained networks, seeded as every run of its cell."""
-        L.seed_everything(seed, verbose=False)
-        return factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
-
-    def _cache(self) -> CacheReferenceOutputs:
-        return CacheReferenceOutputs(cache_dir=str(self.out / "cache"))
-
-    def _fit(self, factory: MethodFactory, name: str, scenario: Partitioner, seed: int) -> dict[str, Any]:
-        data, student, teacher, before = self._start(scenario, seed)
-        model = self._build(factory, student, teacher, data.num_classes, seed)
-        start = time.perf_counter()
-        # no validation: a run is judged by its test accuracy after the last epoch, and nothing reads it
-        # (unless a scheduler steps on a validation metric)
-        unread = {"limit_val_batches": 0} if getattr(model, "lr_scheduler", None) is None else {}
-        self._trainer(self.epochs, [self._cache()], **unread).fit(model, datamodule=data)
-        seconds = time.perf_counter() - start
-        return self._row(
-            scenario,
-            seed,
-            name,
-            **{"class": type(model).__name__},
-            acc_before=before,
-            acc_after=self.test_accuracy(model, data),
-            hyperparameters=json.dumps(dict(model.hparams), sort_keys=True, default=str),
-            seconds=round(seconds, 2),
-        )
+    @property
+    def out(self) -> Path:
+        """The study's directory."""
+        return self.config.out
 
     def check_resume(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Refuse to add runs to ``rows`` (``results.csv``) of another configuration; record this one in ``study.json``.
@@ -393,125 +296,81 @@ class Study(TunedCells, PartyPretraining, StudyReports):
         See :func:`~kdlightning.study.record.check_and_record`.
 
         Raises:
-            ValueError: naming each difference and what to do, before any training.
+            ConfigurationError: naming each difference and what to do, before any training.
         """
-        names = {**dict.fromkeys(self.tuned_names, "tuning"), self.control: "control"}
-        check_and_record(self.out, rows, self.configuration, names, list(self.methods))
+        names = {**dict.fromkeys(self.config.tuned_names, "tuning"), self.config.control: "control"}
+        check_and_record(self.config.out, rows, self.configuration, names, list(self.config.methods))
 
     # ------------------------------------------------------------------ the pipeline
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
         """Run every missing ``(scenario, seed, method)``; rewrite ``results.csv`` and ``summary.md`` after each."""
         self.seconds = {"pretraining": 0.0, "total": 0.0}
+        self.pretraining.seconds = 0.0
         start = time.perf_counter()
         try:
             with quiet():
                 return self._run(progress)
         finally:
+            self.seconds["pretraining"] += self.pretraining.seconds
             self.seconds["total"] = time.perf_counter() - start
 
     def _run(self, progress: bool) -> list[dict[str, Any]]:
-        check_writable(self.out, "out")
-        rows: list[dict[str, Any]] = read_csv(self.out / "results.csv")
+        self.check()
+        config = self.config
+        check_writable(config.out, "out")
+        rows: list[dict[str, Any]] = read_csv(config.out / "results.csv")
         self.check_resume(rows)
         done = {(row["scenario"], int(row["seed"]), row["method"]) for row in rows}
-        todo = [run for run in self.runs() if run not in done]
-        scenarios = {str(s): s for s in self.scenarios}
-        cells: list[Cell] = [
+        runs = config.runs()
+        todo = [run for run in runs if run not in done]
+        scenarios = {str(s): s for s in config.scenarios}
+        cells: list[CellRuns] = [
             (scenarios[scenario], seed, [method for s, sd, method in todo if (s, sd) == (scenario, seed)])
             for scenario, seed in dict.fromkeys((scenario, seed) for scenario, seed, _ in todo)
         ]
-        fits = {method: self.fits(method) for method in {run[2] for run in self.runs()}}
-        total, left = sum(fits[run[2]] for run in self.runs()), sum(fits[run[2]] for run in todo)
+        fits = {method: config.fits(method) for method in {run[2] for run in runs}}
+        total, left = sum(fits[run[2]] for run in runs), sum(fits[run[2]] for run in todo)
         bar = progress_bar(total, "fit", enabled=progress, initial=total - left)
-        number = len(self.runs()) - len(todo)
+        number = len(runs) - len(todo)
 
         def starting(scenario: Partitioner, seed: int, step: list[str], together: bool) -> None:
             nonlocal number
             number += len(step)
             what = f"{len(step)} methods as batched members" if together else step[0]
-            bar.set_description(f"run {number}/{len(self.runs())}: {scenario} seed {seed} {what}")
+            bar.set_description(f"run {number}/{len(runs)}: {scenario} seed {seed} {what}")
 
         def finished(step_rows: list[dict[str, Any]]) -> None:
             rows.extend(step_rows)
-            self.save(rows)
+            self.report.save(rows)
             bar.update(sum(fits[row["method"]] for row in step_rows))
             raise_if_stopped()  # a stop signal swallowed during the step ends the study here
 
-        self.pretrain_cells([(scenario, seed) for scenario, seed, _ in cells])
-        if self.ray is False:
+        self.pretraining.pretrain_cells([(scenario, seed) for scenario, seed, _ in cells])
+        runner = self.cells()
+        if config.ray is False:
             for scenario, seed, names in cells:
-                self.run_missing(scenario, seed, names, starting, finished)
+                runner.run_missing(scenario, seed, names, starting, finished)
         else:
-            rows = run_cells(self, cells, rows, bar)
+            rows, seconds = run_cells(config, runner, cells, rows, bar, self.report.save)
+            self.seconds["pretraining"] += seconds
         bar.close()
         if not todo and rows:  # a finished study: refresh the summary and guidance from the results
-            self.save(rows)
+            self.report.save(rows)
         if rows:
-            self.plot(rows)
-        return add_gains(rows, control=self.control)
+            self.report.plot(rows)
+        return add_gains(rows, control=config.control)
 
-    def run_missing(
-        self,
-        scenario: Partitioner,
-        seed: int,
-        names: Sequence[str],
-        starting: Callable[[Partitioner, int, list[str], bool], None] | None = None,
-        finished: Callable[[list[dict[str, Any]]], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run the runs ``names`` of one cell (``scenario`` and ``seed``); return their rows.
 
-        The runs that train together (:meth:`batched_runs`) are one step, run first; each other run is a step of
-        its own. A step calls ``starting(scenario, seed, step, together)`` before it and ``finished(its rows)``
-        after: the sequential study writes its files there, a Ray task (``kdlightning.study.parallel``) waits
-        for the cell's rows.
-        """
-        together = self.batched_runs(names)
-        steps = [together] if together else []
-        steps += [[name] for name in names if name not in together]
-        rows: list[dict[str, Any]] = []
-        for step in steps:
-            if starting is not None:
-                starting(scenario, seed, step, step is together)
-            if step is together:
-                step_rows = self.run_cell(scenario, seed, step)
-            else:
-                step_rows = [self.run_recorded(step[0], scenario, seed)]
-            if finished is not None:
-                finished(step_rows)
-            rows += step_rows
-        return rows
+@dataclass(frozen=True)
+class _Checked:
+    """What :meth:`Study.check` found: ``study.json``'s configuration, and the methods that train as members."""
 
-    def batched_runs(self, names: Sequence[str]) -> list[str]:
-        """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
-        if not self.batched:
-            return []
-        grid = self.tuning.sampler == "grid"
-        return [name for name in names if name in self.members or (name in self.tuned_names and grid)]
-
-    def fits(self, method: str) -> int:
-        """How many fits the run of ``method`` is: the progress bar's weight of it (tuned KD: one per trial).
-
-        Examples:
-            >>> from kdlightning.tuning import TuneOptions
-            >>> study = object.__new__(Study)
-            >>> study.tuning = TuneOptions()  # the 5 x 5 grid
-            >>> study.fits("tuned_kd"), study.fits("vanilla_kd")
-            (25, 1)
-        """
-        if method not in TUNED_NAMES.values():
-            return 1
-        if self.tuning.sampler == "grid":
-            return math.prod(len(param.values or ()) for param in check_space(self.tuning, VanillaKD).values())
-        return self.tuning.n_trials
+    configuration: dict[str, Any]
+    members: frozenset[str]
 
 
 def _check_unique(name: str, values: Sequence[Any], why: str) -> None:
-    """Raise ``ValueError`` naming the argument ``name`` and its repeated values, if any."""
+    """Raise ``ConfigurationError`` naming the argument ``name`` and its repeated values, if any."""
     repeated = [value for value, count in Counter(values).items() if count > 1]
     if repeated:
         raise ConfigurationError(f"`{name}` repeats {repeated}: give each once ({why}).")
-
-
-def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
-    """The control: the student continues alone (the teacher is not used)."""
-    return StudentOnly(student, num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from kdlightning.batching import MemberFit
 from kdlightning.tuning.options import TuneOptions
 from kdlightning.tuning.trials import Built
 
@@ -34,7 +33,6 @@ class TuneResult:
         test_model: ``"checkpoint"`` (the chosen trial's own weights) or ``"retrained"`` (retrained with
             the same seed, when another worker's trial won).
         trials: one row per trial, as in ``trials.csv``.
-        extra: the fits of the ``extra`` methods trained beside a batched grid (:meth:`Search.run`).
     """
 
     out: Path
@@ -45,7 +43,6 @@ class TuneResult:
     test_metrics: dict[str, float]
     test_model: str
     trials: list[dict[str, Any]]
-    extra: dict[str, MemberFit] = field(default_factory=dict)
 
 
 def rank(

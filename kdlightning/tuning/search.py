@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.atomic import atomic_path, write_text_atomic
-from kdlightning.batching import MemberFit
+from kdlightning.batching import MemberFit, fit_members
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource
 from kdlightning.errors import ConfigurationError, RunError
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule
 from kdlightning.reporting import error_line, write_csv
-from kdlightning.tuning.grid import BatchedGrid
+from kdlightning.tuning.grid import Point, member_name, trials_of
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
 from kdlightning.tuning.reports import describe_row, format_best, format_table, plot_heatmap, short_names, trial_rows
@@ -45,12 +45,16 @@ from kdlightning.tuning.trials import (
 __all__ = ["Search"]
 
 
-class Search(BatchedGrid):
+class Search:
     """A tuned-KD search over any method, datamodule and trainer: validate the space now, train in :meth:`run`.
 
     ``kdl tune`` builds its search from configs with :meth:`from_args`; a Python caller (the study) passes
     a ``build`` function. Each trial calls ``build`` with its values, fits, and is ranked by the
     validation metric; only the chosen point is tested.
+
+    :meth:`run` runs the whole search. A caller that trains the grid's points itself, as batched members beside
+    its own (a study's cell), uses its steps instead: :meth:`open`, :meth:`pending_points`, :meth:`member` (and
+    :meth:`member_name`), :meth:`record` for each chunk of fits, then :meth:`finish`.
 
     Args:
         build: builds a trial (:data:`~kdlightning.tuning.trials.TrialBuilder`).
@@ -111,6 +115,10 @@ class Search(BatchedGrid):
         self.val_before = math.nan
         self._cache_on = True
         self._dataset: DatasetSource | None = None  # the probe trial's data set source, given to every trial
+        self.study: optuna.Study | None = None
+        """The search's Optuna study, once :meth:`open`."""
+        self.datamodule: L.LightningDataModule | None = None
+        """The data every trial reads (the first trial's datamodule), once :meth:`open`."""
 
     @classmethod
     def from_args(cls, args: Sequence[str], callbacks: Sequence[L.Callback] = (), verbose: bool = True) -> Search:
@@ -125,34 +133,16 @@ class Search(BatchedGrid):
         return cls(**vars(parse_search(args)), callbacks=callbacks, verbose=verbose)
 
     # ------------------------------------------------------------------ the search
-    def run(
-        self, extra: Mapping[str, Callable[[], DistillationModule]] | None = None, beside: Sequence[Search] = ()
-    ) -> TuneResult:
+    def run(self) -> TuneResult:
         """Run (or resume) the search, evaluate the chosen point on the test set, write the outputs.
 
-        Args:
-            extra: ``tune.batched`` only: other methods of the same student, data and epochs (by name, each
-                built by its function) trained as members beside the grid's points, and tested; their fits
-                are in the result's ``extra``. A study trains a cell's methods and tuned KD's grid this way.
-            beside: ``tune.batched`` only: searches of the same trials that validate on other splits
-                (``tune.validation``). The grid is trained once, every member validated on each split, and
-                each search records its trials in its own storage; run each of them afterwards for its
-                chosen point (it finds its grid finished). The datamodule must serve each split
-                (:class:`~kdlightning.data.PartitionedDataModule`'s ``validation`` list).
-
-        Raises:
-            ValueError: ``extra`` or ``beside`` without ``tune.batched``; a search ``beside`` that differs
-                from this one in more than its validation.
+        With ``tune.batched`` the grid's unfinished points train as batched members (``tune.max_members`` per
+        fit), each recorded as the trial its sequential fit would be; otherwise trial by trial.
         """
-        if (extra or beside) and not self.options.batched:
-            raise ConfigurationError(
-                "`extra` methods and searches `beside` are trained as batched members: they need `tune.batched: true`."
-            )
-        extra_fits: dict[str, MemberFit] = {}
         with quiet():
-            study, datamodule = self._open()
+            study = self.open()
             if self.options.batched:
-                extra_fits = self._run_batched(study, extra or {}, datamodule, beside)
+                self._train_grid()
             callbacks: list[Any] = [self._after_trial]
             if self.options.sampler == "tpe":  # the budget is the study's, shared by every worker (`_todo`: this one's)
                 states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -171,20 +161,109 @@ class Search(BatchedGrid):
                     callbacks=callbacks,
                     gc_after_trial=False,
                 )
-            result = self._finish(study)
-            result.extra = extra_fits
+            result = self.finish()
         if self.verbose:
             print(format_table(result.trials, self.names, self.options.metric))
             print(format_best(result, self.options.metric), flush=True)
         return result
 
+    def _train_grid(self) -> None:
+        """Train the grid's unfinished points as batched members, chunk by chunk; record each chunk's trials."""
+        points = {self.member_name(point): point for point in self.pending_points()}
+        if not points:
+            return
+        if self.verbose:
+            print(
+                f"kdl tune: {len(points)} points to train as batched members, up to {self.options.max_members} "
+                f"per fit ({len(self.grid_points()) - len(points)} finished) -> {self.out}",
+                flush=True,
+            )
+
+        def trainer(callbacks: Sequence[L.Callback]) -> L.Trainer:
+            return self._build({}, [*self._cache(), *self.callbacks, *callbacks]).trainer
+
+        members = {name: functools.partial(self.member, point) for name, point in points.items()}
+        for chunk in fit_members(members, self.datamodule, trainer, max_members=self.options.max_members):
+            self.record({points[name]: fit for name, fit in chunk.items()})
+
+    # ------------------------------------------------------------------ its steps, for a caller that trains the grid
+    def open(self) -> optuna.Study:
+        """Open (or create) the search's study, measure the start's validation metric once, build the trials' data.
+
+        Raises:
+            ConfigurationError: the storage holds a search of another configuration; a datamodule that cannot
+                serve ``tune.validation``; before any file is written for it.
+        """
+        study, self.datamodule = self._open()
+        self.study = study
+        return study
+
+    def pending_points(self) -> list[Point]:
+        """The grid's points that have no finished trial yet, in grid order (after :meth:`open`)."""
+        done = {self._point(t.params) for t in self._opened().get_trials(deepcopy=False) if is_done(t)}
+        return [point for point in self.grid_points() if point not in done]
+
+    def grid_points(self) -> list[Point]:
+        """Every point of the grid, in grid order (the keys' values, the last key varying fastest)."""
+        return [tuple(map(float, point)) for point in itertools.product(*(self.space[k].values for k in self.keys))]
+
+    def member_name(self, point: Sequence[float]) -> str:
+        """``point`` as a batched member's name: ``temperature=4,alpha=0.5``."""
+        return member_name(self.names, point)
+
+    def member(self, point: Sequence[float]) -> DistillationModule:
+        """The method at grid ``point``, as its trial would start (seeded with the search's seed)."""
+        return self._build(dict(zip(self.keys, point, strict=True)), []).model
+
+    def record(self, fits: Mapping[Point, MemberFit]) -> None:
+        """Add a chunk of fits as the trials of their points, as sequential trials record them (after :meth:`open`).
+
+        Each fit's ``history`` must be its validation on this search's split. The chunk's best point saves its
+        weights (``best_model.pt``) if it beats every completed trial; ``trials.csv`` is rewritten once per chunk.
+        """
+        if not fits:
+            return
+        study = self._opened()
+        chunk = trials_of(
+            fits,
+            self.keys,
+            self.space,
+            self.options.metric,
+            self.options.direction,
+            first_number=len(study.get_trials(deepcopy=False)),
+        )
+        if chunk.best is not None:
+            mine, number, params, fit = chunk.best
+            if self._beats_completed(study, mine):
+                state_dict = {"trial": number, "params": params, "state_dict": fit.model.state_dict()}
+                with atomic_path(self.out / "best_model.pt") as path:
+                    torch.save(state_dict, path)
+        study.add_trials(chunk.trials)
+        rows = trial_rows(study.get_trials(deepcopy=False), self.keys, self.options.metric, self.val_before)
+        write_csv(self.out / "trials.csv", rows)
+        if self.verbose:
+            for row in rows[-len(chunk.trials) :]:
+                print(f"trial {row['number']:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
+
+    def finish(self) -> TuneResult:
+        """Choose the best trial, test it (with ``tune.test``), write ``trials.csv``, ``best.json``, the heatmap."""
+        return self._finish(self._opened())
+
+    def _opened(self) -> optuna.Study:
+        if self.study is None:
+            raise RunError("The search is not open: call `open()` first.")
+        return self.study
+
     def _open(self) -> tuple[optuna.Study, L.LightningDataModule]:
         """Open (or create) the search's study; measure the start's validation metric once; the trials' data."""
+        probed_with = self.seed
         probe = self._build({}, [])  # a datamodule that cannot serve `tune.validation` fails before any file
         self.out.mkdir(parents=True, exist_ok=True)
         storage = open_storage(self.storage_url, self.options.heartbeat_interval)
-        study = self._study(storage)
+        study = self._study(storage)  # the search's seed: configured, or kept in the storage
         recover(study, storage)
+        if self.seed != probed_with:  # the trials' data are split and shuffled with the search's seed
+            probe = self._build({}, [])
         self._cache_on = cache_supported(probe)
         if "val_before" not in study.user_attrs:
             study.set_user_attr("val_before", validate(probe, self.options.metric))
@@ -241,7 +320,7 @@ class Search(BatchedGrid):
             return max(self.options.n_trials - sum(is_done(t) for t in trials) - len(live), 0)
         seen = {self._point(t.params) for t in trials if t.params and (t.state != TrialState.FAIL or is_done(t))}
         seen |= {self._point(t.params) for t in waiting if t.params}
-        return sum(point not in seen for point in self._grid_points()) + len(waiting)
+        return sum(point not in seen for point in self.grid_points()) + len(waiting)
 
     def _objective(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker())
@@ -269,7 +348,7 @@ class Search(BatchedGrid):
         trial.set_user_attr("epochs", cli.trainer.current_epoch)
         if reporter.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {reporter.history[-1][0]}")
-        if self._beats_completed(trial.study, value, val_loss, params):
+        if self._beats_completed(trial.study, rank(value, val_loss, params, self.keys, self.options.direction)):
             state = {"trial": trial.number, "params": params, "state_dict": cli.model.state_dict()}
             with atomic_path(self.out / "best_model.pt") as path:
                 torch.save(state, path)
@@ -319,9 +398,6 @@ class Search(BatchedGrid):
         """The teacher-output cache on ``cache_dir``, shared by every trial of the search."""
         return [CacheReferenceOutputs(cache_dir=str(self.cache_dir))] if self._cache_on else []
 
-    def _grid_points(self) -> list[tuple[float, ...]]:
-        return [tuple(map(float, point)) for point in itertools.product(*(self.space[k].values for k in self.keys))]
-
     def _point(self, params: Mapping[str, Any]) -> tuple[float, ...]:
         return tuple(float(params.get(key, math.nan)) for key in self.keys)
 
@@ -329,11 +405,9 @@ class Search(BatchedGrid):
     def _rank(self, trial: FrozenTrial) -> tuple[Any, ...]:
         return trial_rank(trial, self.keys, self.options.direction)
 
-    def _beats_completed(
-        self, study: optuna.Study, value: float, val_loss: float | None, params: Mapping[str, float]
-    ) -> bool:
+    def _beats_completed(self, study: optuna.Study, mine: tuple[Any, ...]) -> bool:
+        """Whether a result of rank ``mine`` (:func:`~kdlightning.tuning.results.rank`) beats every completed trial."""
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        mine = rank(value, val_loss, params, self.keys, self.options.direction)
         return not completed or mine < min(map(self._rank, completed))
 
     def _finish(self, study: optuna.Study) -> TuneResult:

@@ -21,6 +21,12 @@ from kdlightning.reporting import (
 )
 from kdlightning.stats import rank
 
+CONTROL = "student_only"
+TUNED = ("tuned_kd", "tuned_kd_public")
+UNTUNED = ("vanilla_kd", "dml", "dpkd")
+SETTINGS = ("temperature", "alpha")
+"""The methods of these tests' rows as a study names them, and the settings its tuned methods search."""
+
 T_975_1 = 12.706205  # Student t quantile 0.975 with 1 degree of freedom (tables)
 
 AFTER = {  # (scenario, seed, method) -> accuracy after; every run starts from 0.80
@@ -47,14 +53,14 @@ def rows() -> list[dict]:
 
 
 def test_gains_and_gains_over_the_control() -> None:
-    table = {(r["scenario"], r["seed"], r["method"]): r for r in add_gains(rows())}
+    table = {(r["scenario"], r["seed"], r["method"]): r for r in add_gains(rows(), control=CONTROL)}
     assert table[("iid", 1, "vanilla_kd")]["gain_pp"] == pytest.approx(5.0)
     assert table[("iid", 1, "vanilla_kd")]["gain_over_control_pp"] == pytest.approx(3.0)
     assert table[("dirichlet(alpha=0.1)", 0, "vanilla_kd")]["gain_over_control_pp"] == pytest.approx(-2.0)
 
 
 def test_the_summary_is_a_mean_and_t_interval_over_seeds() -> None:
-    summary = summarize(add_gains(rows()))
+    summary = summarize(add_gains(rows(), control=CONTROL))
     cell = summary[("iid", "vanilla_kd")]  # gains 3 and 5: mean 4, sd sqrt(2), standard error 1
     assert cell.mean == pytest.approx(4.0)
     assert (cell.low, cell.high) == (pytest.approx(4.0 - T_975_1, abs=1e-5), pytest.approx(4.0 + T_975_1, abs=1e-5))
@@ -63,7 +69,7 @@ def test_the_summary_is_a_mean_and_t_interval_over_seeds() -> None:
 
 
 def test_the_gain_over_the_control_is_paired_by_seed() -> None:
-    paired = paired_gains(rows())
+    paired = paired_gains(rows(), control=CONTROL)
     assert ("iid", "student_only") not in paired
     result = paired[("iid", "vanilla_kd")]  # seed 0: 3 - 1 = 2; seed 1: 5 - 2 = 3
     assert result.difference.mean == pytest.approx(2.5)
@@ -74,7 +80,9 @@ def test_the_gain_over_the_control_is_paired_by_seed() -> None:
 
 
 def test_tuned_improvement_over_the_best_untuned_method() -> None:
-    improvement = tuned_improvement(add_gains(rows()), untuned=("vanilla_kd", "dml"))
+    improvement = tuned_improvement(
+        add_gains(rows(), control=CONTROL), untuned=("vanilla_kd", "dml"), tuned="tuned_kd", control=CONTROL
+    )
     assert improvement["iid"].best == "vanilla_kd"
     assert improvement["iid"].relative.mean == pytest.approx(100 * (5.0 - 4.0) / 4.0)  # tuned 5.0 pp vs vanilla 4.0
     assert improvement["iid"].difference.difference.mean == pytest.approx(1.0)
@@ -84,15 +92,17 @@ def test_tuned_improvement_over_the_best_untuned_method() -> None:
     assert dirichlet.best == "dml"
     assert dirichlet.relative.mean == pytest.approx(100 * (3.0 - 1.0) / 1.0)  # vs dml 1.0 pp
     assert not dirichlet.relative.has_bounds  # one seed
-    assert tuned_improvement(rows(), tuned="absent")["iid"] is None
+    assert tuned_improvement(rows(), tuned="absent", untuned=UNTUNED, control=CONTROL)["iid"] is None
 
 
 def test_summary_markdown_is_recomputed_from_the_csv(tmp_path: Path) -> None:
-    write_csv(tmp_path / "results.csv", add_gains(rows()))
+    write_csv(tmp_path / "results.csv", add_gains(rows(), control=CONTROL))
     again = read_csv(tmp_path / "results.csv")
     assert len(again) == len(AFTER)
-    text = render_summary(again, untuned=("vanilla_kd", "dml"))
-    assert text == render_summary(rows(), untuned=("vanilla_kd", "dml"))
+    text = render_summary(again, untuned=("vanilla_kd", "dml"), tuned=TUNED, control=CONTROL, settings=SETTINGS)
+    assert text == render_summary(
+        rows(), untuned=("vanilla_kd", "dml"), tuned=TUNED, control=CONTROL, settings=SETTINGS
+    )
     assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2) | -2.00 [no interval] (n=1) |" in text
     assert "| iid | vanilla_kd | 2 | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text  # interval, p-value, win rate
     assert "| iid | dml | 2 | +0.00 [-12.71, +12.71] | 1.00 | 50% |" in text
@@ -152,13 +162,13 @@ def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path:
     failed["error"] = "FloatingPointError: Non-finite training loss at global step 3"
     failed_control = {**failed, "method": "student_only", "seed": 3}
     kept = {"scenario": "iid", "seed": 3, "method": "dml", "acc_before": 0.80, "acc_after": 0.90}
-    write_csv(tmp_path / "results.csv", add_gains([*rows(), failed, failed_control, kept]))
+    write_csv(tmp_path / "results.csv", add_gains([*rows(), failed, failed_control, kept], control=CONTROL))
     again = read_csv(tmp_path / "results.csv")  # failed rows read back with "" where a value is missing
-    gains = add_gains(again)
+    gains = add_gains(again, control=CONTROL)
     assert [r["gain_pp"] for r in gains[-3:-1]] == [None, None]
     assert gains[-1]["gain_over_control_pp"] is None  # its control failed
     assert summarize(gains)[("iid", "vanilla_kd")].n == 2  # the failed seed is left out
-    text = render_summary(again, untuned=("vanilla_kd", "dml"))
+    text = render_summary(again, untuned=("vanilla_kd", "dml"), tuned=TUNED, control=CONTROL, settings=SETTINGS)
     assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2, 1 failed) | -2.00 [no interval] (n=1) |" in text
     assert "| student_only | +1.50 [-4.85, +7.85] (n=2, 1 failed) |" in text
     assert "| iid | vanilla_kd | 2 (1 failed) | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text
@@ -212,7 +222,7 @@ def test_the_gains_plot_names_the_data_and_the_seeds(tmp_path: Path, monkeypatch
         "bar",
         lambda self, x, height, *a, **kw: bars.append((height, kw["yerr"])) or bar(self, x, height, *a, **kw),
     )
-    plot_gains(rows, tmp_path / "gains.png", title="Digits, 5 parties")
+    plot_gains(rows, tmp_path / "gains.png", title="Digits, 5 parties", control=CONTROL)
     assert titles == ["Digits, 5 parties: accuracy gain, mean and 95% interval over 2 seeds [0, 3]"]
     # gains 10 and 13 pp: mean 11.5, standard error 1.5; over the control 0 on both seeds
     (height, (below, above)) = bars[1]  # vanilla_kd's gain
@@ -236,11 +246,11 @@ def study_rows(spread: float) -> list[dict]:
 
 @pytest.mark.parametrize("spread", [0.1, 2.0])
 def test_no_clear_difference_is_said_exactly_where_the_intervals_overlap(spread: float) -> None:
-    paired = paired_gains(study_rows(spread))
+    paired = paired_gains(study_rows(spread), control=CONTROL)
     overlap = paired[("iid", "dpkd")].difference.overlaps(paired[("iid", "dml")].difference)
     assert overlap == (spread == 2.0)  # the data is built so; the text must follow the intervals
     assert [r.name for r in rank({m: p.difference for (_, m), p in paired.items()})] == ["dpkd", "dml"]
-    text = render_summary(study_rows(spread))
+    text = render_summary(study_rows(spread), tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
     ranking_line = next(line for line in text.splitlines() if line.startswith("- iid: "))
     assert ("no clear difference" in text) == overlap
     assert ranking_line.startswith("- iid: dpkd +3.00 [")
@@ -276,7 +286,13 @@ def tuned_rows(validation: bool = True) -> list[dict]:
 
 def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path) -> None:
     write_csv(tmp_path / "results.csv", tuned_rows())
-    text = render_summary(read_csv(tmp_path / "results.csv"), untuned=("vanilla_kd", "tuned_kd_public"))
+    text = render_summary(
+        read_csv(tmp_path / "results.csv"),
+        untuned=("vanilla_kd", "tuned_kd_public"),
+        tuned=TUNED,
+        control=CONTROL,
+        settings=SETTINGS,
+    )
     assert "## Relative improvement of tuned_kd over the best untuned method" in text
     assert "## Relative improvement of tuned_kd_public over the best untuned method" in text
     assert "tuned_kd's search validated on own (a split of the student party's own data)." in text
@@ -284,18 +300,26 @@ def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path
     # the other tuned row is no untuned method: tuned_kd is measured against vanilla_kd (1.6 pp on average)
     assert "| iid | 3 | vanilla_kd | +1.60 [" in text
     assert "| 3 | tuned_kd_public |" not in text and "| 3 | tuned_kd |" not in text
-    iid = tuned_improvement(tuned_rows(), "tuned_kd_public", untuned=("vanilla_kd",))["iid"]
+    iid = tuned_improvement(tuned_rows(), "tuned_kd_public", untuned=("vanilla_kd",), control=CONTROL)["iid"]
     assert iid.relative.mean == pytest.approx(100 * (2.2 - 1.6) / 1.6)
     assert "| tuned_kd (own validation): chosen settings | tuned_kd_public (public validation): chosen settings |" in (
         text
     )
     # only the tuned rows present are reported, and a single name is accepted
-    alone = render_summary([r for r in tuned_rows() if r["method"] != "tuned_kd_public"], tuned="tuned_kd")
+    alone = render_summary(
+        [r for r in tuned_rows() if r["method"] != "tuned_kd_public"],
+        tuned="tuned_kd",
+        untuned=UNTUNED,
+        control=CONTROL,
+        settings=SETTINGS,
+    )
     assert "tuned_kd_public" not in alone and "tuned_kd's search validated on own" in alone
 
 
 def test_results_without_a_validation_column_were_validated_on_the_own_split() -> None:
-    text = render_summary(tuned_rows(validation=False))
+    text = render_summary(
+        tuned_rows(validation=False), tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS
+    )
     assert "tuned_kd's search validated on own" in text
     assert "tuned_kd_public's search validated on own" in text
 
@@ -304,14 +328,14 @@ def test_the_iid_figure_and_the_non_iid_average_beside_the_median_with_intervals
     rows = tuned_rows() + [
         {**row, "scenario": "label_skew(classes_per_party=2)"} for row in tuned_rows() if row["scenario"] == "iid"
     ]
-    text = render_summary(rows, tuned=["tuned_kd"])
+    text = render_summary(rows, tuned=["tuned_kd"], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
     # tuned_kd gains 2.0 pp on average against vanilla_kd's 1.6 in every scenario: +25%
     assert "IID: +25.0% [" in text and "(the study reports +16%)" in text
     assert "Non-IID average: +25.0% [" in text and ", median +25.0% [" in text and "over 2 scenarios" in text
 
 
 def test_guidance_recommends_the_highest_gain_over_the_control_with_the_settings_chosen_most() -> None:
-    page = render_guidance_page(tuned_rows())
+    page = render_guidance_page(tuned_rows(), tuned=TUNED, control=CONTROL, settings=SETTINGS)
     lines = page.splitlines()
     assert lines[0] == "# Guidance: which method for which distribution"
     assert "`kdlightning.reporting.render_guidance_page`" in page and "3 seeds [0, 1, 2]" in page
@@ -330,7 +354,9 @@ def test_guidance_recommends_the_highest_gain_over_the_control_with_the_settings
     )
     # summary.md holds the same table
     table = [line for line in lines if line.startswith("|")]
-    summary = render_summary(tuned_rows()).splitlines()
+    summary = render_summary(
+        tuned_rows(), tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS
+    ).splitlines()
     start = summary.index(table[0])
     assert summary[start : start + len(table)] == table
 
@@ -341,10 +367,10 @@ def test_guidance_says_when_no_method_beats_the_control() -> None:
         for seed in range(3)
         for method, after in (("student_only", 0.60), ("vanilla_kd", 0.55 - seed / 500))
     ]
-    line = render_guidance_page(rows).splitlines()[-1]
+    line = render_guidance_page(rows, tuned=TUNED, control=CONTROL, settings=SETTINGS).splitlines()[-1]
     assert line.startswith("| iid | none: no method beats the control here | best: vanilla_kd -5.20 [")
     assert "interval below 0 (the control does better)" in line
-    assert math.isclose(paired_gains(rows)[("iid", "vanilla_kd")].win_rate, 0.0)
+    assert math.isclose(paired_gains(rows, control=CONTROL)[("iid", "vanilla_kd")].win_rate, 0.0)
 
 
 def _gains_rows(gains: dict[str, dict[str, list[float]]]) -> list[dict]:
@@ -374,12 +400,18 @@ def test_guidance_recommends_no_method_whose_gain_over_the_control_is_not_shown_
             "iid": {"dpkd": [2.0, 2.5, 1.8, 2.2, 2.4, 2.1, 1.9, 2.3, 2.0, 2.2], "dml": [1.0] * 10},
         }
     )
-    lines = {line.split(" | ")[0][2:]: line for line in render_guidance_page(rows).splitlines() if "|" in line}
+    lines = {
+        line.split(" | ")[0][2:]: line
+        for line in render_guidance_page(rows, tuned=TUNED, control=CONTROL, settings=SETTINGS).splitlines()
+        if "|" in line
+    }
     assert lines["quantity"].startswith("| quantity | none: no method beats the control here | best: tuned_kd -0.03 [")
     assert "interval includes 0" in lines["quantity"]
     assert lines["dirichlet"].startswith("| dirichlet | none: no method beats the control here | best: dpkd +0.10 [")
     assert lines["iid"].startswith("| iid | dpkd | +1.14 [") and "interval above 0" in lines["iid"]
-    assert "recommended only where that interval lies above 0 and is evidence" in render_guidance_page(rows)
+    assert "recommended only where that interval lies above 0 and is evidence" in render_guidance_page(
+        rows, tuned=TUNED, control=CONTROL, settings=SETTINGS
+    )
 
 
 def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence() -> None:
@@ -389,7 +421,7 @@ def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence(
             for seed in range(seeds)
             for method, after in (("student_only", 0.60), ("dpkd", 0.62), ("vanilla_kd", 0.61))
         ]
-        text = render_summary(rows, tuned=[])
+        text = render_summary(rows, tuned=[], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
         guidance = text.splitlines()[-1]
         assert guidance.startswith("| iid | none: no method beats the control here | best: dpkd +2.00 [+2.00, +2.00]")
         assert f"| {why}; no clear difference from vanilla_kd (+1.00); wins 100% of {seeds} seeds |" in guidance
@@ -400,7 +432,7 @@ def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence(
 
 def test_the_average_over_a_single_non_iid_scenario_shows_that_scenario_s_interval() -> None:
     rows = [row for row in tuned_rows() if row["method"] != "tuned_kd_public"]
-    text = render_summary(rows, tuned=["tuned_kd"])
+    text = render_summary(rows, tuned=["tuned_kd"], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
     row = next(line for line in text.splitlines() if line.startswith("| dirichlet(alpha=0.1) | 3 | vanilla_kd |"))
     figure = row.split(" | ")[-1].rstrip(" |")  # the scenario's improvement with its interval
     assert "[no interval]" not in figure

@@ -60,9 +60,11 @@ def test_every_run_is_recorded_from_the_same_pretrained_start(tmp_path: Path) ->
     written = read_csv(tmp_path / "results.csv")
     assert [r["method"] for r in written] == [r["method"] for r in rows]
     assert (
-        (tmp_path / "summary.md").read_text().endswith(render_summary(written, untuned=["vanilla_kd", "dml", "dpkd"]))
+        (tmp_path / "summary.md")
+        .read_text()
+        .endswith(render_summary(written, tuned=[], untuned=["vanilla_kd", "dml", "dpkd"], control="student_only"))
     )
-    assert (tmp_path / "guidance.md").read_text() == render_guidance_page(written, tuned=[])
+    assert (tmp_path / "guidance.md").read_text() == render_guidance_page(written, tuned=[], control="student_only")
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -91,8 +93,11 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(tmp_path: Path, ba
 
 
 def test_a_batched_study_gives_the_rows_of_separate_fits(tmp_path: Path) -> None:
-    """Each cell as batched members: the same runs, and each member's accuracy that of its own fit (float32 noise)."""
-    options = {"scenarios": [DirichletPartitioner(alpha=0.5)], "seeds": [0], "tuned_kd": True, "tuning": SMALL_GRID}
+    """Each cell as batched members: the same runs, and each member's accuracy that of its own fit (float32 noise).
+
+    Seed 1: the cell's seed, not a default of 0, must split and shuffle the data of every fit.
+    """
+    options = {"scenarios": [DirichletPartitioner(alpha=0.5)], "seeds": [1], "tuned_kd": True, "tuning": SMALL_GRID}
     apart = study(tmp_path / "apart", batched=False, **options).run(progress=False)
     together = study(tmp_path / "batched", **options).run(progress=False)
     apart, together = ({r["method"]: r for r in rows} for rows in (apart, together))
@@ -102,7 +107,16 @@ def test_a_batched_study_gives_the_rows_of_separate_fits(tmp_path: Path) -> None
         assert float(together[method]["acc_after"]) == pytest.approx(float(a["acc_after"]), abs=0.01), method
     tuned = [json.loads(rows["tuned_kd"]["hyperparameters"]) for rows in (apart, together)]
     assert [t["trials"] for t in tuned] == [4, 4]
-    assert (tmp_path / "batched" / "tuning" / "dirichlet-alpha-0.5-seed0" / "trials.csv").is_file()
+    trials = [
+        read_csv(tmp_path / run / "tuning" / "dirichlet-alpha-0.5-seed1" / "trials.csv") for run in ("apart", "batched")
+    ]
+    by_point = [{(t["temperature"], t["alpha"]): float(t["val/acc"]) for t in rows} for rows in trials]
+    assert by_point[1] == pytest.approx(by_point[0], abs=0.03)  # each point validated as its own trial
+    before = [
+        json.loads((tmp_path / run / "tuning" / "dirichlet-alpha-0.5-seed1" / "best.json").read_text())
+        for run in ("apart", "batched")
+    ]
+    assert before[0]["val_before"] == before[1]["val_before"]  # the student before, on the same validation split
 
 
 def test_a_batched_study_pretrains_each_role_in_one_fit_as_separate_fits_would(tmp_path: Path, monkeypatch) -> None:
@@ -116,18 +130,18 @@ def test_a_batched_study_pretrains_each_role_in_one_fit_as_separate_fits_would(t
     monkeypatch.setattr(L.Trainer, "fit", recording)
     cells = [(scenario, seed) for scenario in SCENARIOS for seed in (0, 1)]
     together = study(tmp_path / "batched", pretrain_epochs=3)
-    together.pretrain_cells(cells)
+    together.pretraining.pretrain_cells(cells)
     assert fitted == ["OwnDataMembers", "OwnDataMembers"]  # the 4 students, then the 4 teachers
     assert len(list((tmp_path / "batched" / "pretrained").glob("*.pt"))) == 2 * len(cells)
     apart = study(tmp_path / "apart", pretrain_epochs=3, batched=False)
     for role in ROLES:
         for scenario, seed in cells:
-            expected = apart.pretrained(role, scenario, seed).state_dict()
-            got = together.pretrained(role, scenario, seed).state_dict()  # read back from its file
+            expected = apart.pretraining.pretrained(role, scenario, seed).state_dict()
+            got = together.pretraining.pretrained(role, scenario, seed).state_dict()  # read back from its file
             for key, value in expected.items():
                 assert (got[key] - value).abs().max() <= 1e-5, (role, str(scenario), seed, key)
     assert fitted.count("StudentOnly") == 2 * len(cells)  # the separate study's own fits; the batched one made none
-    together.pretrain_cells(cells)
+    together.pretraining.pretrain_cells(cells)
     assert fitted.count("OwnDataMembers") == 2  # every network saved: nothing trained again
 
 
@@ -140,7 +154,7 @@ def test_a_method_with_its_own_optimizer_or_scheduler_is_fitted_apart(tmp_path: 
     )  # steps on val/loss: its run validates
     methods = {"vanilla_kd": VanillaKD, "faster": faster, "plateau": plateau}
     runner = study(tmp_path, methods=methods, scenarios=[IIDPartitioner()], seeds=[0])
-    assert runner.members == {"student_only", "vanilla_kd"}
+    assert runner.cells().members == {"student_only", "vanilla_kd"}
     assert "has another `optimizer`" in member_error(
         faster(MLP(in_features=64), MLP(in_features=64), 10),
         like=(VanillaKD(MLP(in_features=64), MLP(in_features=64), 10)),
@@ -205,7 +219,7 @@ def test_a_text_data_set_is_refused_before_any_training(tmp_path: Path) -> None:
     texts.write_text("text,label\n" + "".join(f"sample {i} words,{i % 2}\n" for i in range(40)))
     dataset = HFDataset("csv", data_files={"train": str(texts)}, input_column="text", test_split=None)
     with pytest.raises(ValueError, match=r"`dataset` HFDataset holds text.*tokenizer"):
-        study(tmp_path / "out", dataset=dataset)
+        study(tmp_path / "out", dataset=dataset).check()
     assert not (tmp_path / "out").exists()
 
 
@@ -294,7 +308,11 @@ def test_tuned_kd_is_the_point_chosen_on_validation_tested_once(tmp_path: Path) 
     for name in ("gains.png", "tuning.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.endswith(render_summary(read_csv(tmp_path / "results.csv"), untuned=["vanilla_kd"]))
+    settings = ["temperature", "alpha"]
+    written = read_csv(tmp_path / "results.csv")
+    assert summary.endswith(
+        render_summary(written, tuned=["tuned_kd"], untuned=["vanilla_kd"], control="student_only", settings=settings)
+    )
     assert "| iid | vanilla_kd |" in summary
 
 
@@ -318,9 +336,9 @@ def test_tuned_kd_validates_on_the_own_or_the_public_split_as_two_rows(tmp_path:
     assert len({r["acc_before"] for r in rows}) == 1  # one pre-trained start for both searches
     # each search measured the student before training on its own split: own = the party's share, public = the
     # split held out before partitioning
-    student = made.pretrained("student", skewed, 0)
+    student = made.pretraining.pretrained("student", skewed, 0)
     for validation, folder in (("own", "dirichlet-alpha-0.1-seed0"), ("public", "dirichlet-alpha-0.1-seed0-public")):
-        data = made.datamodule(skewed, 0, made.student_party)
+        data = made.config.datamodule(skewed, 0, made.config.student_party)
         data.validation = validation
         data.setup("fit")
         inputs = torch.stack([x for x, _ in data.val_set])

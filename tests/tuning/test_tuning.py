@@ -212,7 +212,7 @@ def test_every_tune_config_parses(path: Path) -> None:
     assert set(search.space) == set(DEFAULT_GRID)
     assert search.options.sampler in ("grid", "tpe")
     if search.options.sampler == "grid":
-        assert len(search._grid_points()) == 25
+        assert len(search.grid_points()) == 25
     else:
         assert search.options.pruner == "successive_halving" and search.options.n_trials < 25
 

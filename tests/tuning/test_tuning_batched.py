@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from planted import FlippedTeacher, KillAt, Killed, planted_args, states
+from planted import FlippedTeacher, KillAt, Killed, Planted, planted_args, states
 
 from kdlightning.data import PartitionedDataModule
 from kdlightning.tuning import Search, tune
@@ -23,7 +23,7 @@ def test_a_batched_grid_is_the_sequential_search_in_one_fit(tmp_path: Path) -> N
         planted_args(tmp_path, {"grid": GRID, "batched": True}, name="batched"), callbacks=[fits], verbose=False
     )
     assert fits.fits == 1
-    datamodule = PartitionedDataModule(__import__("test_tuning").Planted(), num_parties=1, val_fraction=0.3)
+    datamodule = PartitionedDataModule(Planted(), num_parties=1, val_fraction=0.3)
     datamodule.setup()
     assert FlippedTeacher.seen == len(datamodule.train_set)  # the teacher ran once, in the first epoch
     assert batched.best_params == sequential.best_params
@@ -72,19 +72,26 @@ def test_batched_options_that_cannot_hold_are_refused(tmp_path: Path, section: d
         tune(planted_args(tmp_path, {"grid": GRID, **section}), verbose=False)
 
 
-@pytest.mark.parametrize(
-    "other",
-    [
-        {"grid": GRID, "batched": True},  # validates on the same split
-        {"grid": {"temperature": [2.0], "alpha": [0.5]}, "batched": True},  # another space
-    ],
-)
-def test_a_search_beside_another_must_differ_only_in_its_validation(tmp_path: Path, other: dict) -> None:
-    first = Search.from_args(planted_args(tmp_path, {"grid": GRID, "batched": True}, name="first"), verbose=False)
-    second = Search.from_args(planted_args(tmp_path, other, name="second"), verbose=False)
-    with pytest.raises(ValueError, match=r"must differ from it only in `tune.validation`"):
-        first.run(beside=[second])
-    assert not (tmp_path / "first" / "trials.csv").exists()  # refused before any training
-    sequential = Search.from_args(planted_args(tmp_path, {"grid": GRID}, name="sequential"), verbose=False)
-    with pytest.raises(ValueError, match=r"need `tune.batched: true`"):
-        sequential.run(beside=[second])
+def test_a_caller_that_trains_the_grid_itself_gets_the_search_run_would_give(tmp_path: Path) -> None:
+    """A study trains a cell's grid beside its own methods: the search offers its points and records their fits."""
+    import functools
+
+    from kdlightning.batching import fit_members
+
+    whole = tune(planted_args(tmp_path, {"grid": GRID, "batched": True}, name="whole"), verbose=False)
+    search = Search.from_args(planted_args(tmp_path, {"grid": GRID, "batched": True}, name="steps"), verbose=False)
+    search.open()
+    points = search.pending_points()
+    assert points == search.grid_points() and len(points) == 4
+    members = {search.member_name(point): functools.partial(search.member, point) for point in points}
+    assert all(name.count("=") == 2 for name in members)  # temperature=...,alpha=... (in the search's key order)
+
+    def trainer(callbacks):  # the trials' own trainer (the configs' settings), with the fit's callbacks
+        return search.build({}, search.seed, list(callbacks)).trainer
+
+    for chunk in fit_members(members, search.datamodule, trainer, max_members=None):
+        search.record({point: chunk[search.member_name(point)] for point in points})
+    assert search.pending_points() == []
+    result = search.finish()
+    assert result.best_params == whole.best_params
+    assert [row["val/acc"] for row in result.trials] == pytest.approx([row["val/acc"] for row in whole.trials])

@@ -1,0 +1,191 @@
+"""A study's configuration (:class:`StudyConfig`): its settings, frozen, and what follows from them alone.
+
+Every part of a study (pre-training, a cell's runs, the reports, the Ray tasks) is given this one object:
+the methods' names, the data each party sees, the key of a cell's cached files, the trainer of a fit.
+Nothing here trains or reads data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.data import (
+    DatasetSource,
+    DirichletPartitioner,
+    IIDPartitioner,
+    LabelSkewPartitioner,
+    PartitionedDataModule,
+    Partitioner,
+    QuantitySkewPartitioner,
+)
+from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
+from kdlightning.pipeline import NetworkFactory, digest, trainer
+from kdlightning.reporting import slug
+from kdlightning.tuning import TuneOptions
+from kdlightning.tuning.options import check_space
+
+__all__ = [
+    "TUNED_KD",
+    "TUNED_KD_PUBLIC",
+    "TUNED_NAMES",
+    "MethodFactory",
+    "StudyConfig",
+    "continue_alone",
+    "default_scenarios",
+]
+
+MethodFactory = Callable[[nn.Module, nn.Module, int], DistillationModule]
+"""Builds a method from ``(student, other network, num_classes)``: the other is the teacher (frozen by the
+method) or DML's peer (trained), always a fresh copy of the teacher party's pre-trained model."""
+
+TUNED_KD = "tuned_kd"
+"""The name of tuned KD in a study's results: :class:`~kdlightning.VanillaKD` with the values a search chose
+on the student party's own validation split."""
+
+TUNED_KD_PUBLIC = "tuned_kd_public"
+"""Tuned KD whose search validated on the public split (held out before partitioning, never trained on)."""
+
+TUNED_NAMES = {"own": TUNED_KD, "public": TUNED_KD_PUBLIC}
+"""Tuned KD's name in the results for each ``tuning.validation``."""
+
+
+def default_scenarios() -> list[Partitioner]:
+    """IID; Dirichlet alpha 1.0, 0.5, 0.1; label skew with 2 classes per party; quantity skew (beta 1.0)."""
+    return [
+        IIDPartitioner(),
+        DirichletPartitioner(alpha=1.0),
+        DirichletPartitioner(alpha=0.5),
+        DirichletPartitioner(alpha=0.1),
+        LabelSkewPartitioner(classes_per_party=2),
+        QuantitySkewPartitioner(beta=1.0),
+    ]
+
+
+def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
+    """The control: the student continues alone (the teacher is not used)."""
+    return StudentOnly(student, num_classes)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The settings of a :class:`~kdlightning.study.Study`, checked by it (see its arguments for each one's meaning).
+
+    ``public_fraction`` is the effective one: 0 unless tuned KD validates on the public split.
+    """
+
+    student: NetworkFactory
+    teacher: NetworkFactory
+    methods: Mapping[str, MethodFactory]
+    tuned_kd: bool
+    tuning: TuneOptions
+    dataset: DatasetSource
+    scenarios: tuple[Partitioner, ...]
+    seeds: tuple[int, ...]
+    num_parties: int
+    student_party: int
+    teacher_party: int
+    pretrain_epochs: int
+    epochs: int
+    batch_size: int
+    val_fraction: float
+    public_fraction: float
+    control: str
+    out: Path
+    trainer: Mapping[str, Any] = field(default_factory=dict)
+    batched: bool = True
+    max_members: int | None = 32
+    ray: bool | str = False
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+
+    # ------------------------------------------------------------------ the methods' names
+    @property
+    def tuned_names(self) -> list[str]:
+        """Tuned KD's runs of each cell: ``tuned_kd`` (own validation) and/or ``tuned_kd_public``."""
+        return [TUNED_NAMES[mode] for mode in self.tuning.validations] if self.tuned_kd else []
+
+    @staticmethod
+    def validation_of(name: str) -> str:
+        """Where the search of tuned run ``name`` validates (``own`` or ``public``)."""
+        return {tuned: mode for mode, tuned in TUNED_NAMES.items()}[name]
+
+    @property
+    def tuned_settings(self) -> list[str]:
+        """The names of the hyperparameters tuned KD searches (``temperature``, ``alpha``), in the search's order."""
+        if not self.tuned_kd:
+            return []
+        return [key.rsplit(".", 1)[-1] for key in check_space(self.tuning, VanillaKD, section="tuning")]
+
+    def untuned_names(self, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+        """The methods tuned KD is compared with: the study's and earlier rows', neither the control nor tuned."""
+        methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
+        return [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        """Every ``(scenario, seed, method)`` of the study, in the order they run."""
+        names = [self.control, *self.methods, *self.tuned_names]
+        return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
+
+    def fits(self, method: str) -> int:
+        """How many fits the run of ``method`` is: the progress bar's weight of it (tuned KD: one per trial)."""
+        if method not in TUNED_NAMES.values():
+            return 1
+        if self.tuning.sampler == "grid":
+            return math.prod(
+                len(p.values or ()) for p in check_space(self.tuning, VanillaKD, section="tuning").values()
+            )
+        return self.tuning.n_trials
+
+    # ------------------------------------------------------------------ a cell's data, files and trainers
+    def datamodule(
+        self, scenario: Partitioner, seed: int, party: int, validation: str | list[str] = "own"
+    ) -> PartitionedDataModule:
+        """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
+        return PartitionedDataModule(
+            dataset=self.dataset,
+            partitioner=scenario,
+            num_parties=self.num_parties,
+            partition_id=party,
+            teacher_partition_id=self.teacher_party if party != self.teacher_party else self.student_party,
+            public_fraction=self.public_fraction,
+            val_fraction=self.val_fraction,
+            validation=validation,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            seed=seed,
+        )
+
+    def key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
+        """A digest of the study's configuration for ``scenario`` and ``seed``, and ``parts`` (names cached files)."""
+        return digest(
+            repr(type(self.dataset)),
+            vars(self.dataset),
+            str(scenario),
+            seed,
+            self.num_parties,
+            self.val_fraction,
+            self.batch_size,
+            self.pretrain_epochs,
+            *([self.public_fraction] if self.public_fraction else []),
+            *parts,
+        )
+
+    def tuning_dir(self, scenario: Partitioner, seed: int, validation: str = "own") -> Path:
+        """Where tuned KD's search for ``scenario`` and ``seed`` (validating on ``validation``) keeps its files."""
+        suffix = "" if validation == "own" else f"-{validation}"
+        return self.out / "tuning" / f"{slug(str(scenario))}-seed{seed}{suffix}"
+
+    def fit_trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = (), **defaults: Any) -> L.Trainer:
+        """A quiet trainer with the study's ``trainer`` settings (over the pipeline's ``defaults``)."""
+        return trainer(max_epochs, callbacks, self.trainer, **defaults)
+
+    def cache(self) -> CacheReferenceOutputs:
+        """The teacher-output cache every run of the study shares (``<out>/cache``)."""
+        return CacheReferenceOutputs(cache_dir=str(self.out / "cache"))

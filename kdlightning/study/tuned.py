@@ -1,0 +1,109 @@
+"""Tuned KD in a study: the search of a cell (scenario and seed), built from the cell's pre-trained networks.
+
+Every trial of a cell's search starts from the same pre-trained student and reads the teacher's outputs from the
+study's cache; the search keeps its files under ``<out>/tuning/<scenario>-seed<seed>[-public]/`` and resumes from
+them. :class:`TunedSearches` builds the searches and turns a search's result into the cell's row.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import lightning as L
+from torch import nn
+
+from kdlightning.data import PartitionedDataModule, Partitioner
+from kdlightning.methods import DistillationModule, VanillaKD
+from kdlightning.reporting import ResultRow
+from kdlightning.study.config import StudyConfig
+from kdlightning.tuning import Search, TuneResult
+
+__all__ = ["Start", "TunedSearches"]
+
+Start = tuple[PartitionedDataModule, nn.Module, nn.Module, float]
+"""A cell's start: the student party's data, the pre-trained student and teacher, the student's accuracy before."""
+
+
+class TunedSearches:
+    """Tuned KD's searches of a study's cells, and their rows.
+
+    Args:
+        config: the study's configuration.
+        start: a cell's start, by ``(scenario, seed)`` (:meth:`~kdlightning.study.cells.CellRunner.start`).
+    """
+
+    def __init__(self, config: StudyConfig, start: Callable[[Partitioner, int], Start]) -> None:
+        self.config = config
+        self.start = start
+
+    def search(self, scenario: Partitioner, seed: int, batched: bool, validation: str = "own") -> Search:
+        """Tuned KD's search for ``scenario`` and ``seed`` (its points trained as batched members when ``batched``)."""
+        config = self.config
+        data, student, teacher, _ = self.start(scenario, seed)
+
+        def build(values: dict[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
+            trial_data = config.datamodule(scenario, trial_seed, config.student_party)
+            L.seed_everything(trial_seed, verbose=False)
+            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
+            return _Trial(model, trial_data, functools.partial(config.fit_trainer, config.epochs, callbacks))
+
+        description = [config.key(scenario, seed, repr(student), repr(teacher)), config.epochs]
+        out = config.tuning_dir(scenario, seed, validation)
+        # the study reports the chosen point's test accuracy
+        options = dataclasses.replace(
+            config.tuning, test=True, batched=batched, max_members=config.max_members, validation=validation
+        )
+        hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
+        if options.storage is not None:  # one storage, one named search per scenario and seed
+            options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
+            hint = (
+                "Pass another `--out` or `--tuning.study_name` to `kdl study` "
+                f"(this cell's search is {options.study_name!r})."
+            )
+        return Search(
+            build,
+            VanillaKD,
+            options,
+            out,
+            description=description,
+            seed=seed,
+            cache_dir=config.out / "cache",
+            verbose=False,
+            conflict_hint=hint,
+            heatmap=False,  # tuning.png shows every cell's grid
+        )
+
+    def row(
+        self, name: str, scenario: Partitioner, seed: int, before: float, result: TuneResult, seconds: float
+    ) -> ResultRow:
+        """The row of tuned run ``name``: the chosen values, the search's trials and validation, the test accuracy."""
+        chosen = {key.rsplit(".", 1)[-1]: value for key, value in result.best_params.items()}
+        return ResultRow(
+            str(scenario),
+            seed,
+            name,
+            VanillaKD.__name__,
+            acc_before=before,
+            acc_after=result.test_metrics["test/acc"],
+            hyperparameters={**chosen, "trials": len(result.trials), "val_acc": result.best_value},
+            seconds=round(seconds, 2),
+            epochs=self.config.epochs,
+            validation=self.config.validation_of(name),
+        )
+
+
+class _Trial:
+    """One trial of tuned KD's search; its trainer is built when first asked for (a batched member needs none)."""
+
+    def __init__(
+        self, model: DistillationModule, datamodule: PartitionedDataModule, trainer: Callable[[], L.Trainer]
+    ) -> None:
+        self.model, self.datamodule, self._make_trainer = model, datamodule, trainer
+
+    @functools.cached_property
+    def trainer(self) -> L.Trainer:
+        """The trial's trainer."""
+        return self._make_trainer()
