@@ -1,5 +1,5 @@
 # make demo: create .venv, install, run the study on the bundled digits (`kdl study`) and print its summary.
-# make test: create .venv if needed, run the whole test suite (with doctests), lint, build the docs.
+# make test: create .venv if needed, run the whole test suite (with doctests), lint, type-check, build the docs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,10 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check kdlightning tests examples benchmarks
+	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict -d site
 
 lint: $(STAMP)
 	$(BIN)/ruff check kdlightning tests examples benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --json runs/bench.json

@@ -100,7 +100,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def save_figure(figure: Any, path: str | Path) -> Path:
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
     """Write a matplotlib ``figure`` to ``path`` as a PNG (100 dpi), atomically; return ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -16,7 +16,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import lightning as L
 from torch import nn
@@ -144,7 +143,7 @@ def _fit_batched(
         fitting.fit(model, datamodule=datamodule)
     except FloatingPointError as error:  # every member diverged
         return {name: MemberFit(member, error=error_line(error)) for name, member in models.items()}
-    tested: dict[str, Any] = {}
+    tested: Mapping[str, float] = {}
     if any(name in models for name in test):
         tested = trainer([]).test(model, datamodule=datamodule, verbose=False)[0]
     share = (time.perf_counter() - start) / len(models)
@@ -160,8 +159,8 @@ def _fit_batched(
             for metric in ("acc", "loss")
             if name in test and f"test/{metric}_{name}" in tested
         }
-        error = model.failed.get(name)
-        fits[name] = MemberFit(member, histories[0], results, error, share, True, fitting.current_epoch, histories)
+        failure = model.failed.get(name)
+        fits[name] = MemberFit(member, histories[0], results, failure, share, True, fitting.current_epoch, histories)
     return fits
 
 

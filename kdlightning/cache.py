@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -199,8 +199,8 @@ class CacheReferenceOutputs(L.Callback):
             raise InputTypeError(
                 f"CacheReferenceOutputs works with DistillationModule methods, got {type(pl_module).__name__}."
             )
-        datamodule = trainer.datamodule
-        if not _cacheable(datamodule):
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning for a fit with a datamodule
+        if datamodule is None or not _cacheable(datamodule):
             raise ConfigurationError(
                 "CacheReferenceOutputs needs a datamodule whose training batches carry sample indices (x, y, index) "
                 "and that has `pool_size` and `data`, such as kdlightning.data.PartitionedDataModule."
@@ -239,7 +239,7 @@ class CacheReferenceOutputs(L.Callback):
             if name in self.paths and trainer.is_global_zero:
                 store.save(self.paths[name])
         for name in self.stores:
-            pl_module.attach_output_store(name, None)
+            cast(Any, pl_module).attach_output_store(name, None)  # a DistillationModule (checked at fit start)
 
     def state_dict(self) -> dict[str, Any]:
         """Nothing to checkpoint: the stores live on disk (or are rebuilt)."""

@@ -47,8 +47,8 @@ class LogPartition(L.Callback):
         if id(trainer) in self._logged or not trainer.loggers:
             return
         self._logged.add(id(trainer))
-        datamodule = trainer.datamodule
-        if not all(hasattr(datamodule, name) for name in ("partition_stats", "parts", "data")):
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning for a fit with a datamodule
+        if datamodule is None or not all(hasattr(datamodule, name) for name in ("partition_stats", "parts", "data")):
             rank_zero_warn(
                 f"LogPartition: {type(datamodule).__name__} exposes no partition (`partition_stats()`, `parts`, "
                 "`data`), so none is logged; use it with kdlightning.data.PartitionedDataModule."
@@ -68,8 +68,9 @@ class LogPartition(L.Callback):
             png = directory / "partition_stats.png"
             plot_partition(datamodule.data.train_labels, datamodule.parts, png, title=title)
             if hasattr(logger, "log_table"):  # W&B: a table and an image in the run
-                logger.log_table(key="data/partition_stats", columns=columns, data=rows)
-                logger.log_image(key="data/partition", images=[str(png)])
+                wandb: Any = logger
+                wandb.log_table(key="data/partition_stats", columns=columns, data=rows)
+                wandb.log_image(key="data/partition", images=[str(png)])
 
 
 class FitSummary(L.Callback):
@@ -92,7 +93,7 @@ class FitSummary(L.Callback):
     def line(self, trainer: L.Trainer) -> str:
         """``fit ended after N epochs: best val/acc 0.9512 (checkpoint ...); last checkpoint ...``."""
         parts = [f"fit ended after {trainer.current_epoch} epochs"]
-        checkpoint = trainer.checkpoint_callback
+        checkpoint: Any = trainer.checkpoint_callback  # a ModelCheckpoint, or another Checkpoint, or None
         best = getattr(checkpoint, "best_model_score", None)
         if checkpoint is not None and best is not None and getattr(checkpoint, "monitor", None):
             parts.append(f"best {checkpoint.monitor} {float(best):.4f} ({checkpoint.best_model_path})")
@@ -216,7 +217,7 @@ class SavePretrained(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write the network (and its tokenizer) on rank zero."""
-        module = getattr(pl_module, self.network, None)
+        module: Any = getattr(pl_module, self.network, None)  # a transformers model has save_pretrained
         if not hasattr(module, "save_pretrained"):
             raise InputTypeError(
                 f"SavePretrained: `{self.network}` is a {type(module).__name__}, which has no `save_pretrained` (a "
@@ -232,9 +233,9 @@ class SavePretrained(L.Callback):
             module = copy.deepcopy(module)
             module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         module.save_pretrained(directory)
-        collate = getattr(trainer.datamodule, "collate_fn", None)
+        collate = getattr(getattr(trainer, "datamodule", None), "collate_fn", None)
         if isinstance(collate, TokenizeCollate):
-            tokenizer = collate.tokenizers.get(self.network, collate.tokenizers.get("student"))
+            tokenizer: Any = collate.tokenizers.get(self.network, collate.tokenizers.get("student"))
             if hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(directory)
         self.saved = directory

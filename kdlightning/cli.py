@@ -93,7 +93,8 @@ def _own_error(error: BaseException) -> KDLightningError | None:
     The argument parser wraps an error raised while it builds a class in errors of its own: the one to show is
     kdlightning's, and of kdlightning's the outermost, which says the most.
     """
-    seen, current = set(), error
+    seen: set[int] = set()
+    current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, KDLightningError):

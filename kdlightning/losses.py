@@ -67,7 +67,7 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
     device sync per step.
     """
     if isinstance(temperature, Tensor):
-        return temperature  # type: ignore[return-value]
+        return temperature
     value = _as_float(temperature, name)
     if not value > 0 or value == float("inf"):
         raise ConfigurationError(f"`{name}` must be a finite number > 0, got {temperature!r}.")
@@ -77,7 +77,7 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
 def check_alpha(alpha: float, name: str = "alpha") -> float:
     """Return ``alpha`` as a float, or raise ``ValueError`` unless ``0 <= alpha <= 1`` (a tensor as it is)."""
     if isinstance(alpha, Tensor):
-        return alpha  # type: ignore[return-value]
+        return alpha
     value = _as_float(alpha, name)
     if not 0.0 <= value <= 1.0:
         raise ConfigurationError(f"`{name}` must lie in [0, 1] (the weight on the distillation term), got {alpha!r}.")

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import re
 import tempfile
 import warnings
@@ -288,7 +289,9 @@ def command_parser(
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     description = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None
-    defaults = [str(default_config)] if default_config is not None and not has_config(args) else []
+    defaults: list[str | os.PathLike[Any]] = (
+        [str(default_config)] if default_config is not None and not has_config(args) else []
+    )
     parser = ArgumentParser(prog=prog, description=description, default_config_files=defaults, **kwargs)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config (repeatable: later ones win)")
     parser.add_class_arguments(cls, as_group=False, sub_configs=True)

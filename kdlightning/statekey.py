@@ -175,8 +175,8 @@ class Keyer:
         if isinstance(value, types.CodeType):
             return self._code(value, path)
         if isinstance(value, nn.Module):
-            names = [n for n in vars(value) if n in _MODULE_STATE or not (n.startswith("_") or n == "training")]
-            return tag("nn.Module", kind, *self._attributes(value, sorted(names), path))
+            state = [n for n in vars(value) if n in _MODULE_STATE or not (n.startswith("_") or n == "training")]
+            return tag("nn.Module", kind, *self._attributes(value, sorted(state), path))
         if not self.strict:
             return tag("object", kind)
         return self._reduced(value, kind, path)

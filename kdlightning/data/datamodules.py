@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence, Sized
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -67,7 +67,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed),
+            sampler=EpochShuffleSampler(len(cast(Sized, dataset)), self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_fn,
@@ -79,13 +79,14 @@ class ClassificationDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, 0
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        progress: Any = trainer.fit_loop.epoch_loop.batch_progress.current  # counts processed batches
+        return trainer.current_epoch, int(progress.processed)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (order fixed by ``seed`` and the epoch)."""
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Validation batches."""
         return self._loader(self.val_set, shuffle=False)
 

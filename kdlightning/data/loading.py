@@ -71,7 +71,7 @@ class ResumableDataLoader(DataLoader):
         """Skip the trained batches when that epoch's iteration starts."""
         self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Any:  # the batches, from the resumed one on
         resume, self._resume = self._resume, None
         iterator = super().__iter__()
         return iterator if resume is None else self._skipping(iterator, *resume)

@@ -36,7 +36,7 @@ def batch_shapes(batch: Any) -> Any:
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
     """Select ``epoch``'s order, as Lightning does before each epoch of a fit."""
     for holder in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if callable(getattr(holder, "set_epoch", None)):
+        if holder is not None and callable(getattr(holder, "set_epoch", None)):
             holder.set_epoch(epoch)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
 from kdlightning.errors import ConfigurationError
@@ -73,7 +74,9 @@ def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[f
     total = float(sum(weights))
     out: dict[str, Tensor] = {}
     for key in keys:
-        mean = sum(float(w) / total * state[key].double() for state, w in zip(states, weights, strict=True))
+        mean = torch.zeros(states[0][key].shape, dtype=torch.float64, device=states[0][key].device)
+        for state, w in zip(states, weights, strict=True):  # in the clients' order, from 0, as sum() adds
+            mean = mean + float(w) / total * state[key].double()
         reference = states[0][key]
         out[key] = (mean.round() if not reference.is_floating_point() else mean).to(reference.dtype)
     return out

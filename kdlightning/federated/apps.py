@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -103,12 +103,17 @@ def _resolve(federation: Federation | None, context: Context) -> Federation:
     return federation
 
 
-def _reply(message: Message, state: dict[str, Tensor], metrics: dict[str, float], client: int) -> Message:
+def _number(record: Any, key: str) -> float:
+    """``record[key]``, a number a Flower record holds (its type allows lists too: these keys hold numbers)."""
+    return float(record[key])
+
+
+def _reply(message: Message, state: dict[str, Tensor], metrics: Mapping[str, float], client: int) -> Message:
     """The reply of client ``client``: its model, its metrics and, apart from the metrics, its ``partition-id``."""
     content = RecordDict(
         {
             "arrays": ArrayRecord(state),
-            "metrics": MetricRecord(metrics),
+            "metrics": MetricRecord(dict(metrics)),
             "client": ConfigRecord({"partition-id": client}),
         }
     )
@@ -119,7 +124,7 @@ def _client_order(reply: Message) -> tuple[int, int, int]:
     """Sort key of a training reply: the clients' in client order (``partition-id``), then the others by node."""
     if reply.has_error() or "client" not in reply.content.config_records:
         return (1, 0, reply.metadata.src_node_id)
-    return (0, int(reply.content.config_records["client"]["partition-id"]), reply.metadata.src_node_id)
+    return (0, int(_number(reply.content.config_records["client"], "partition-id")), reply.metadata.src_node_id)
 
 
 def client_app_for(federation: Federation | None = None) -> ClientApp:
@@ -138,10 +143,10 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         fed = _resolve(federation, context)
         client = _partition(fed, context)
-        config = message.content["config"]
-        server_round = int(config["server-round"])
-        state = message.content["arrays"].to_torch_state_dict()
-        mu = float(config.get("proximal-mu", 0.0))  # FedProx's strategy sends it
+        config = message.content.config_records["config"]
+        server_round = int(_number(config, "server-round"))
+        state = message.content.array_records["arrays"].to_torch_state_dict()
+        mu = _number(config, "proximal-mu") if "proximal-mu" in config else 0.0  # FedProx's strategy sends it
         with quiet():
             trained, examples, loss = fed.train_client(client, state, server_round, [Proximal(mu)] if mu else [])
         return _reply(message, trained, {"num-examples": examples, "train_loss": loss}, client)
@@ -191,10 +196,10 @@ def _collect(federation: Federation, grid: Grid, timeout: float = 600.0) -> Clie
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise RunError(f"A client failed to send its pre-trained model: {reply.error.reason}")
-        metrics = reply.content["metrics"]
-        clients[int(metrics["partition-id"])] = (
-            reply.content["arrays"].to_torch_state_dict(),
-            int(metrics["num-examples"]),
+        metrics = reply.content.metric_records["metrics"]
+        clients[int(_number(metrics, "partition-id"))] = (
+            reply.content.array_records["arrays"].to_torch_state_dict(),
+            int(_number(metrics, "num-examples")),
         )
     missing = sorted(set(range(num_clients)) - set(clients))
     if missing:

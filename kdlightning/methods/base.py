@@ -12,7 +12,7 @@ import inspect
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -133,7 +133,8 @@ class DistillationModule(L.LightningModule):
             raise ConfigurationError(f"{name!r} is a frozen reference; a network is either trained or frozen.")
         setattr(self, name, module)
         self._trainable[name] = evaluated_as
-        for stage, collections in self.metrics.items():
+        for stage in _STAGES:
+            collections = self.metrics_of(stage)
             if evaluated_as is not None:
                 collections[name] = self.stage_metrics(stage, f"_{evaluated_as}" if evaluated_as else "")
             elif name in collections:
@@ -172,7 +173,7 @@ class DistillationModule(L.LightningModule):
             getattr(self, name).eval()
         return self
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]  # torch's overloads
         """The module's state without the frozen references (they come from the configuration)."""
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
@@ -294,7 +295,7 @@ class DistillationModule(L.LightningModule):
             return self._given[name]
         store = self._output_stores.get(name) if self.training else None
         index = self.sample_index(batch) if store is not None else None
-        if index is not None:
+        if store is not None and index is not None:
             cached = store.get(index)
             if cached is not None:
                 return cached
@@ -305,7 +306,7 @@ class DistillationModule(L.LightningModule):
             output = network(**inputs) if isinstance(inputs, Mapping) else network(inputs)
         logits = logits_of(output)
         self.check_logits(name, logits)
-        if index is not None:
+        if store is not None and index is not None:
             store.put(index, logits)
         return logits
 
@@ -341,7 +342,7 @@ class DistillationModule(L.LightningModule):
         """Return the loss components for one batch; must include the total under ``"loss"``."""
         raise NotImplementedError(f"{type(self).__name__} must implement `training_losses(batch)`.")
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         """Compute :meth:`training_losses`, check they are finite, log them as ``train/<name>``."""
         losses = self.training_losses(batch)
         if "loss" not in losses:
@@ -374,7 +375,8 @@ class DistillationModule(L.LightningModule):
         automatic optimization, batches under manual optimization (which cannot accumulate gradients).
         """
         trainer = self.trainer
-        if trainer.log_every_n_steps == 0:
+        every = int(getattr(trainer, "log_every_n_steps", 50))  # set on the trainer by Lightning's logger connector
+        if every == 0:
             return False
         if self.automatic_optimization:
             stepped = self.global_step
@@ -382,7 +384,7 @@ class DistillationModule(L.LightningModule):
             stepped = trainer.current_epoch * int(trainer.num_training_batches) + batch_idx
         else:
             stepped = batch_idx
-        return (stepped + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
+        return (stepped + 1) % every == 0 or trainer.should_stop
 
     def check_finite(self, losses: dict[str, Tensor]) -> None:
         """Raise ``FloatingPointError`` naming the step and the component if a loss is not finite."""
@@ -407,6 +409,10 @@ class DistillationModule(L.LightningModule):
             if evaluated_as is not None
         }
 
+    def metrics_of(self, stage: str) -> nn.ModuleDict:
+        """The metric collections of ``stage`` (``val``, ``test``) by evaluated network: :attr:`metrics` ``[stage]``."""
+        return cast(nn.ModuleDict, self.metrics[stage])
+
     def stage_metrics(self, stage: str, suffix: str = "") -> MetricCollection:
         """A fresh metric collection logging ``<stage>/<metric><suffix>``."""
         accuracy = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
@@ -416,7 +422,7 @@ class DistillationModule(L.LightningModule):
         y = self.labels(batch)
         for name, suffix in self.evaluated_networks().items():
             logits = self.logits(name, batch)
-            metrics = self.metrics[stage][name]
+            metrics = cast(MetricCollection, self.metrics_of(stage)[name])
             metrics.update(logits, y)
             # Averaged over ranks: val/loss may drive a scheduler, which must decide alike on every rank.
             self.log(f"{stage}/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=y.shape[0], sync_dist=True)

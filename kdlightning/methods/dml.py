@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -74,7 +76,7 @@ class DeepMutualLearning(DistillationModule):
         self.gradient_clip_val = gradient_clip_val
         self._monitors: list[str] = []
 
-    def configure_optimizers(self) -> list[dict]:
+    def configure_optimizers(self) -> Any:
         """One optimizer (and scheduler) per network: the student's first, the peer's second."""
         configs = [
             self.build_optimizer(self.optimizer, self.student.parameters()),
@@ -106,7 +108,7 @@ class DeepMutualLearning(DistillationModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         """One step of each optimizer; logs ``train/loss`` (the sum), ``train/loss_student``, ``train/loss_peer``."""
-        opt_student, opt_peer = self.optimizers()
+        opt_student, opt_peer = cast(list[Any], self.optimizers())  # two optimizers: a list of them
         if self.alternate:
             y = self.labels(batch)
             logits, peer_logits = self.logits("student", batch), self.logits("peer", batch)

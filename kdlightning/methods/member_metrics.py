@@ -21,6 +21,10 @@ class MemberMetrics(Metric):
         self.add_state("loss", default=torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    correct: Tensor
+    loss: Tensor
+    count: Tensor
+
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: ``logits`` ``(K, N, C)``, ``target`` ``(N,)``."""
         members, n = logits.shape[0], logits.shape[1]

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -182,7 +182,7 @@ class BatchedMembers(DistillationModule):
             self.add_frozen(reference, module)
         self._groups = self._group(members)
         for stage in self.metrics:
-            self.metrics[stage]["student"] = MemberMetrics(len(members))
+            self.metrics_of(stage)["student"] = MemberMetrics(len(members))
         self.hparams["members"] = {
             name: {"class_path": f"{type(m).__module__}.{type(m).__qualname__}", "init_args": dict(m.hparams)}
             for name, m in members.items()
@@ -211,7 +211,7 @@ class BatchedMembers(DistillationModule):
             for key_name in varying:
                 for name, method in zip(names[start:stop], group, strict=True):
                     value = getattr(method, key_name, None)
-                    if not _is_number(value) or float(value) != float(method.hparams[key_name]):
+                    if not isinstance(value, (int, float)) or float(value) != float(method.hparams[key_name]):
                         raise ConfigurationError(
                             f"`members.{name}`: `{key_name}` differs between {type(method).__name__} members, but "
                             f"the method does not keep it as the attribute `{key_name}` its training_losses reads."
@@ -343,7 +343,7 @@ class BatchedMembers(DistillationModule):
             for component in components
         }
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         """Sum the members' losses (each member's gradient is its own loss's); set aside members that diverge."""
         losses = self.training_losses(batch)
         per_member = losses["loss"]
@@ -420,7 +420,8 @@ class BatchedMembers(DistillationModule):
         scheduler would couple the members (:func:`~kdlightning.methods.stacking.check_uncoupled`).
         """
         config = self.build_optimizer(
-            lambda parameters: optimizer_over_members(self.optimizer, parameters), list(self.trainable_parameters())
+            lambda parameters: optimizer_over_members(self.optimizer, list(parameters)),
+            list(self.trainable_parameters()),
         )
         check_uncoupled(config["optimizer"], config.get("lr_scheduler", {}).get("scheduler"))
         return config
@@ -433,14 +434,18 @@ class BatchedMembers(DistillationModule):
     def _val_metric(self, dataloader_idx: int) -> MemberMetrics:
         """The validation metric of loader ``dataloader_idx`` (the logged one for the first)."""
         if dataloader_idx == 0:
-            return self.metrics["val"]["student"]
+            return self._members_metric("val")
         if dataloader_idx not in self._split_metrics:
             self._split_metrics[dataloader_idx] = MemberMetrics(self.num_members).to(self.device)
         return self._split_metrics[dataloader_idx]
 
+    def _members_metric(self, stage: str) -> MemberMetrics:
+        """The members' metric of ``stage`` (on the first validation loader for ``val``)."""
+        return cast(MemberMetrics, self.metrics_of(stage)["student"])
+
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Accumulate every member's accuracy and loss."""
-        self.metrics["test"]["student"].update(self.member_logits(batch), self.labels(batch))
+        self._members_metric("test").update(self.member_logits(batch), self.labels(batch))
 
     def on_validation_epoch_end(self) -> None:
         """Log each member's ``val/acc_<member>`` and ``val/loss_<member>``, and ``val/acc_best``; keep the history."""
@@ -458,7 +463,7 @@ class BatchedMembers(DistillationModule):
         self._log_stage("test")
 
     def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
-        accuracy, loss = computed(self.metrics[stage]["student"])
+        accuracy, loss = computed(self._members_metric(stage))
         live = [k for k, name in enumerate(self.member_names) if name not in self.failed]
         if live:
             self.log(f"{stage}/acc_best", accuracy[live].max().float(), prog_bar=stage == "val")

@@ -144,7 +144,7 @@ class OwnDataMembers(BatchedMembers):
             total = part_total if total is None else total + part_total
             trained += int(finite.sum())
             summed = part_total.detach() if summed is None else summed + part_total.detach()
-        if total is None or trained == 0:
+        if total is None or summed is None or trained == 0:
             return None  # every member with data here has failed: no step
         if batch_idx == 0 or self._loggers_write(batch_idx):
             self.log("train/loss", summed / trained, on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
@@ -175,7 +175,8 @@ class OwnDataMembers(BatchedMembers):
         network.load_state_dict(self.member_state_dict(name))
         return network
 
-    validation_step = L.LightningModule.validation_step  # nothing to validate here: see the class's docstring
+    # nothing to validate here: see the class's docstring
+    validation_step = L.LightningModule.validation_step  # type: ignore[assignment]
     """Not defined: members have no shared validation data (validate each on its own data module)."""
 
 

@@ -197,9 +197,9 @@ def _render_improvement(
         figure = bootstrap_average_improvement([data[s] for s in iid], "mean", n_resamples, confidence, seed)
         lines.append(f"IID: {figure.format(1, '%')} (the study reports +16%).")
     if non_iid:
-        cells = [data[scenario] for scenario in non_iid]
-        mean = bootstrap_average_improvement(cells, "mean", n_resamples, confidence, seed)
-        median = bootstrap_average_improvement(cells, "median", n_resamples, confidence, seed)
+        scenarios_data = [data[scenario] for scenario in non_iid]
+        mean = bootstrap_average_improvement(scenarios_data, "mean", n_resamples, confidence, seed)
+        median = bootstrap_average_improvement(scenarios_data, "median", n_resamples, confidence, seed)
         lines.append(
             f"Non-IID average: {mean.format(1, '%')}, median {median.format(1, '%')} over {len(non_iid)} "
             f"scenario{'s' if len(non_iid) != 1 else ''} "

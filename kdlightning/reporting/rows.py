@@ -209,7 +209,9 @@ def _per_seed(rows: Iterable[Mapping[str, Any]], key: str = "gain_pp") -> dict[t
 
 def _with_gains(rows: Sequence[Mapping[str, Any]], control: str) -> list[Mapping[str, Any]]:
     """``rows`` with their gains: as they are where they carry ``gain_pp`` (from ``results.csv``), else computed."""
-    return add_gains(rows, control=control) if rows and "gain_pp" not in rows[0] else list(rows)
+    if rows and "gain_pp" not in rows[0]:
+        return list(add_gains(rows, control=control))
+    return list(rows)
 
 
 def _tuned_names(tuned: str | Sequence[str]) -> tuple[str, ...]:

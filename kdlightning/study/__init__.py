@@ -13,10 +13,10 @@
 
 from kdlightning.pipeline import NetworkFactory
 from kdlightning.study.cells import CellRunner
-from kdlightning.study.config import TUNED_KD, MethodFactory, StudyConfig, continue_alone, default_scenarios
+from kdlightning.study.config import TUNED_KD, MethodFactory, StudyConfig, default_scenarios
 from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.report import StudyReport
-from kdlightning.study.runner import Study
+from kdlightning.study.runner import Study, continue_alone
 
 __all__ = [
     "TUNED_KD",

@@ -26,7 +26,7 @@ from kdlightning.data import Partitioner
 from kdlightning.errors import DivergedError
 from kdlightning.methods import DistillationModule, NotBatchable, StudentOnly
 from kdlightning.reporting import ResultRow, error_line
-from kdlightning.study.config import TUNED_NAMES, MethodFactory, StudyConfig, continue_alone
+from kdlightning.study.config import TUNED_NAMES, MethodFactory, StudyConfig
 from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.tuned import Start, TunedSearches
 from kdlightning.tuning import Search, TuneResult
@@ -145,7 +145,7 @@ class CellRunner:
         return self._fit(name, scenario, seed)
 
     def _factory(self, name: str) -> MethodFactory:
-        return continue_alone if name == self.config.control else self.config.methods[name]
+        return self.config.control_factory if name == self.config.control else self.config.methods[name]
 
     def _build(self, name: str, student: nn.Module, teacher: nn.Module, num_classes: int, seed: int) -> Any:
         """Method ``name`` from fresh copies of the pre-trained networks, seeded as every run of its cell."""
@@ -257,8 +257,8 @@ class CellRunner:
             if name in results:
                 rows.append(self.tuned.row(name, scenario, seed, before, *results[name]))
             elif fits[name].error is not None:
-                error = f"{DivergedError.__name__}: {fits[name].error}"
-                rows.append(self._failed(name, scenario, seed, error, model=fits[name].model))
+                failure = f"{DivergedError.__name__}: {fits[name].error}"
+                rows.append(self._failed(name, scenario, seed, failure, model=fits[name].model))
             else:
                 fit = fits[name]
                 rows.append(self._row(name, scenario, seed, fit.model, fit.test["test/acc"], before, fit.seconds))
@@ -290,7 +290,7 @@ class CellRunner:
             for point in order[0].grid_points()
             if any(point in waiting for waiting in pending)
         }
-        validations = [search.options.validation for search in order]
+        validations = [str(search.options.validation) for search in order]  # one split each: `own` or `public`
         fits: dict[str, MemberFit] = {}
 
         def fit(members: Mapping[str, Callable[[], DistillationModule]], index: int | None, fallback: bool) -> None:

@@ -26,7 +26,7 @@ from kdlightning.data import (
     Partitioner,
     QuantitySkewPartitioner,
 )
-from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD
+from kdlightning.methods import DistillationModule, VanillaKD
 from kdlightning.pipeline import NetworkFactory, digest, trainer
 from kdlightning.reporting import slug
 from kdlightning.tuning import TuneOptions
@@ -38,7 +38,6 @@ __all__ = [
     "TUNED_NAMES",
     "MethodFactory",
     "StudyConfig",
-    "continue_alone",
     "default_scenarios",
 ]
 
@@ -69,11 +68,6 @@ def default_scenarios() -> list[Partitioner]:
     ]
 
 
-def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
-    """The control: the student continues alone (the teacher is not used)."""
-    return StudentOnly(student, num_classes)
-
-
 @dataclass(frozen=True)
 class StudyConfig:
     """The settings of a :class:`~kdlightning.study.Study`, checked by it (see its arguments for each one's meaning).
@@ -98,6 +92,8 @@ class StudyConfig:
     val_fraction: float
     public_fraction: float
     control: str
+    control_factory: MethodFactory
+    """Builds the control: the student continuing alone."""
     out: Path
     trainer: Mapping[str, Any] = field(default_factory=dict)
     batched: bool = True

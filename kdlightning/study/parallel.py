@@ -185,11 +185,11 @@ def _connected(address: bool | str) -> Iterator[Any]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
             ray.init(
-                address=None if address is True else address,
+                address=None if address is True else str(address),
                 ignore_reinit_error=True,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
-                **({"include_dashboard": False} if address is True else {}),
+                include_dashboard=False if address is True else None,
             )
         if handler is not None:  # ray.init replaces the handler by which `kdl study` stops and says how to resume
             signal.signal(signal.SIGTERM, handler)

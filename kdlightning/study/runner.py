@@ -23,22 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kdlightning.data import DatasetSource, Digits, Partitioner
 from kdlightning.errors import ConfigurationError
 from kdlightning.interrupt import raise_if_stopped
-from kdlightning.methods import VanillaKD, member_error
+from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, check_trainer_for, check_writable, describe, digest
 from kdlightning.reporting import add_gains, read_csv
 from kdlightning.study.cells import CellRunner
-from kdlightning.study.config import (
-    TUNED_KD,
-    TUNED_NAMES,
-    MethodFactory,
-    StudyConfig,
-    continue_alone,
-    default_scenarios,
-)
+from kdlightning.study.config import TUNED_KD, TUNED_NAMES, MethodFactory, StudyConfig, default_scenarios
 from kdlightning.study.parallel import CellRuns, check_ray, run_cells
 from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.record import check_and_record
@@ -185,6 +179,7 @@ class Study:
             val_fraction=val_fraction,
             public_fraction=public_fraction if "public" in tuning.validations and tuned_kd else 0.0,
             control=control,
+            control_factory=continue_alone,
             out=Path(out),
             trainer=settings,
             batched=batched,
@@ -367,6 +362,11 @@ class _Checked:
 
     configuration: dict[str, Any]
     members: frozenset[str]
+
+
+def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:
+    """The control: the student continues alone (the teacher is not used)."""
+    return StudentOnly(student, num_classes)
 
 
 def _check_unique(name: str, values: Sequence[Any], why: str) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import lightning as L
 from torch import nn
@@ -44,17 +45,18 @@ class TunedSearches:
         config = self.config
         data, student, teacher, _ = self.start(scenario, seed)
 
-        def build(values: dict[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
+        def build(values: Mapping[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
             trial_data = config.datamodule(scenario, trial_seed, config.student_party)
             L.seed_everything(trial_seed, verbose=False)
-            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **values)
+            hyperparameters: dict[str, Any] = dict(values)  # the searched floats: temperature, alpha
+            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **hyperparameters)
             return _Trial(model, trial_data, functools.partial(config.fit_trainer, config.epochs, callbacks))
 
         description = [config.key(scenario, seed, repr(student), repr(teacher)), config.epochs]
         out = config.tuning_dir(scenario, seed, validation)
         # the study reports the chosen point's test accuracy
         options = dataclasses.replace(
-            config.tuning, test=True, batched=batched, max_members=config.max_members, validation=validation
+            config.tuning, test=True, batched=batched, max_members=config.max_members, validation=cast(Any, validation)
         )
         hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed

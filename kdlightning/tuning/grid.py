@@ -1,11 +1,12 @@
 """A grid's points trained as batched members, recorded as the Optuna trials their sequential fits would be.
 
-With ``tune.batched`` a :class:`~kdlightning.tuning.Search` offers its unfinished grid points
-(:meth:`~kdlightning.tuning.search.Search.pending_points`), builds the method at each point as its trial would start
-(:meth:`~kdlightning.tuning.search.Search.member`) and records each point's fit (:meth:`~kdlightning.tuning.search.Search.record`).
-Whoever trains the points decides what else trains beside them: the search alone trains its own grid
-(:meth:`~kdlightning.tuning.search.Search.run`); a study trains a cell's methods and every validation's search of that cell
-in one fit. The pieces here turn one member's fit into its trial: pure functions of the fits and the space.
+With ``tune.batched`` a :class:`~kdlightning.tuning.search.Search` offers its unfinished grid points
+(:meth:`~kdlightning.tuning.search.Search.pending_points`), builds the method at each point as its trial would
+start (:meth:`~kdlightning.tuning.search.Search.member`) and records each point's fit
+(:meth:`~kdlightning.tuning.search.Search.record`). Whoever trains the points decides what else trains beside
+them: the search alone trains its own grid (:meth:`~kdlightning.tuning.search.Search.run`); a study trains a
+cell's methods and every validation's search of that cell in one fit. The pieces here turn one member's fit into
+its trial: pure functions of the fits and the space.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.batching import MemberFit
@@ -53,7 +54,7 @@ def member_name(names: Sequence[str], point: Sequence[float]) -> str:
     return ",".join(f"{name}={value:g}" for name, value in zip(names, point, strict=True))
 
 
-def distributions(space: Mapping[str, Param]) -> dict[str, FloatDistribution]:
+def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
     """The grid's distributions, as a sequential trial declares them (``suggest_float`` over each grid's range)."""
     return {key: FloatDistribution(min(p.values or ()), max(p.values or ())) for key, p in space.items()}
 

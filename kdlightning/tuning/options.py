@@ -250,7 +250,7 @@ def _check_value(name: str, value: Any, where: str) -> float:
 def _float_arguments(method: type) -> set[str]:
     """Names of the constructor arguments of ``method`` annotated ``float`` (or ``float | None``)."""
     try:
-        hints = typing.get_type_hints(method.__init__)
+        hints = typing.get_type_hints(method.__init__)  # type: ignore[misc]  # the class's own constructor
     except Exception:  # unresolvable annotations: fall back to their text
         hints = {name: p.annotation for name, p in inspect.signature(method).parameters.items()}
     names = set()

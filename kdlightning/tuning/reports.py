@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdlightning.atomic import save_figure
 from kdlightning.tuning.options import Param
-from kdlightning.tuning.results import TuneResult
+from kdlightning.tuning.results import TuneResult, value_of
 
 __all__ = [
     "describe_row",
@@ -54,7 +54,7 @@ def trial_rows(
             continue
         value: float | None = None
         if trial.state == TrialState.COMPLETE:
-            value = float(trial.value)
+            value = value_of(trial)
         elif trial.intermediate_values:
             value = float(trial.intermediate_values[max(trial.intermediate_values)])
         elif trial.state == TrialState.PRUNED and trial.user_attrs.get("val_curve"):

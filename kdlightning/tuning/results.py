@@ -13,10 +13,11 @@ import lightning as L
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from kdlightning.errors import RunError
 from kdlightning.tuning.options import TuneOptions
 from kdlightning.tuning.trials import Built
 
-__all__ = ["TuneResult", "best_summary", "rank", "test_chosen", "trial_rank"]
+__all__ = ["TuneResult", "best_summary", "rank", "test_chosen", "trial_rank", "value_of"]
 
 
 @dataclass
@@ -54,9 +55,16 @@ def rank(
     return (sign * value, loss, tuple(float(params.get(key, math.nan)) for key in keys))
 
 
+def value_of(trial: FrozenTrial) -> float:
+    """The metric of a completed trial (Optuna's ``value``, which only a completed trial has)."""
+    if trial.value is None:
+        raise RunError(f"Trial {trial.number} ({trial.state.name}) has no value: only a completed trial is ranked.")
+    return float(trial.value)
+
+
 def trial_rank(trial: FrozenTrial, keys: Sequence[str], direction: str) -> tuple[Any, ...]:
     """:func:`rank` of a completed trial."""
-    return rank(float(trial.value), trial.user_attrs.get("val_loss"), trial.params, keys, direction)
+    return rank(value_of(trial), trial.user_attrs.get("val_loss"), trial.params, keys, direction)
 
 
 def test_chosen(
@@ -89,7 +97,7 @@ def test_chosen(
         built.trainer.fit(built.model, datamodule=built.datamodule)
         source = "retrained"
         value = built.trainer.callback_metrics.get(metric)
-        if value is not None and not math.isclose(float(value), float(best.value), abs_tol=1e-6):
+        if value is not None and not math.isclose(float(value), value_of(best), abs_tol=1e-6):
             warnings.warn(
                 f"Retrained with trial {best.number}'s values and seed, the student's {metric} is "
                 f"{float(value):.4f}, not {best.value:.4f}: training is not deterministic here (GPU kernels?); "

@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import optuna
@@ -28,7 +28,7 @@ from kdlightning.tuning.grid import Point, member_name, trials_of
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
 from kdlightning.tuning.reports import describe_row, format_best, format_table, plot_heatmap, short_names, trial_rows
-from kdlightning.tuning.results import TuneResult, best_summary, rank, test_chosen, trial_rank
+from kdlightning.tuning.results import TuneResult, best_summary, rank, test_chosen, trial_rank, value_of
 from kdlightning.tuning.storage import is_done, open_storage, recover, search_fingerprint, study_attrs, worker
 from kdlightning.tuning.trials import (
     Built,
@@ -183,7 +183,9 @@ class Search:
             return self._build({}, [*self._cache(), *self.callbacks, *callbacks]).trainer
 
         members = {name: functools.partial(self.member, point) for name, point in points.items()}
-        for chunk in fit_members(members, self.datamodule, trainer, max_members=self.options.max_members):
+        data = self.datamodule
+        assert data is not None  # built by open()
+        for chunk in fit_members(members, data, trainer, max_members=self.options.max_members):
             self.record({points[name]: fit for name, fit in chunk.items()})
 
     # ------------------------------------------------------------------ its steps, for a caller that trains the grid
@@ -205,7 +207,8 @@ class Search:
 
     def grid_points(self) -> list[Point]:
         """Every point of the grid, in grid order (the keys' values, the last key varying fastest)."""
-        return [tuple(map(float, point)) for point in itertools.product(*(self.space[k].values for k in self.keys))]
+        values = [self.space[key].values or () for key in self.keys]  # a grid point has each key's values
+        return [tuple(map(float, point)) for point in itertools.product(*values)]
 
     def member_name(self, point: Sequence[float]) -> str:
         """``point`` as a batched member's name: ``temperature=4,alpha=0.5``."""
@@ -213,7 +216,7 @@ class Search:
 
     def member(self, point: Sequence[float]) -> DistillationModule:
         """The method at grid ``point``, as its trial would start (seeded with the search's seed)."""
-        return self._build(dict(zip(self.keys, point, strict=True)), []).model
+        return cast(DistillationModule, self._build(dict(zip(self.keys, point, strict=True)), []).model)
 
     def record(self, fits: Mapping[Point, MemberFit]) -> None:
         """Add a chunk of fits as the trials of their points, as sequential trials record them (after :meth:`open`).
@@ -301,7 +304,7 @@ class Search:
     def _sampler(self) -> optuna.samplers.BaseSampler:
         seed = self.options.seed if self.options.seed is not None else self.seed
         if self.options.sampler == "grid":
-            return optuna.samplers.GridSampler({key: list(p.values) for key, p in self.space.items()}, seed=seed)
+            return optuna.samplers.GridSampler({key: list(p.values or ()) for key, p in self.space.items()}, seed=seed)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.options.n_startup_trials)
 
     def _pruner(self) -> optuna.pruners.BasePruner:
@@ -334,7 +337,7 @@ class Search:
                 for step, value in sorted(twin.intermediate_values.items()):
                     trial.report(value, step)
                 raise optuna.TrialPruned(f"the values of pruned trial {twin.number}")
-            return float(twin.value)
+            return value_of(twin)
         reporter = TrialReporter(trial, self.options.metric, report=self.options.pruner != "none")
         cli = self._build(params, [*self._cache(), reporter, *self.callbacks])
         try:
@@ -431,12 +434,13 @@ class Search:
                 title=title,
                 chosen=chosen,
             )
-        test_metrics, test_model = {}, "none"
+        test_metrics: dict[str, float] = {}
+        test_model = "none"
         if self.options.test:
             build, saved = functools.partial(self._build, params), self.out / "best_model.pt"
             test_metrics, test_model = test_chosen(best, build, saved, self._cache(), self.options.metric)
         result = TuneResult(
-            self.out, best.number, params, float(best.value), self.val_before, test_metrics, test_model, rows
+            self.out, best.number, params, value_of(best), self.val_before, test_metrics, test_model, rows
         )
         summary = best_summary(result, self.options, trials, self.seed, self.storage_url)
         write_text_atomic(self.out / "best.json", json.dumps(summary, indent=2) + "\n")

@@ -41,9 +41,17 @@ __all__ = [
 class Built(Protocol):
     """One trial's objects, as :data:`TrialBuilder` returns them (a ``LightningCLI`` has these three)."""
 
-    model: L.LightningModule
-    datamodule: L.LightningDataModule
-    trainer: L.Trainer
+    @property
+    def model(self) -> L.LightningModule:
+        """The method as the trial starts."""
+
+    @property
+    def datamodule(self) -> L.LightningDataModule:
+        """The trial's data."""
+
+    @property
+    def trainer(self) -> L.Trainer:
+        """The trial's trainer."""
 
 
 TrialBuilder = Callable[[Mapping[str, float], int, Sequence[L.Callback]], Built]
@@ -128,8 +136,9 @@ def cache_supported(built: Built) -> bool:
     else:
         try:
             check_deterministic_transfer(datamodule)
-            for name in built.model.frozen_names:  # what the cache keys on disk must be readable
-                module_fingerprint(getattr(built.model, name), strict=True)
+            model: Any = built.model  # a DistillationModule: it has frozen references
+            for name in model.frozen_names:  # what the cache keys on disk must be readable
+                module_fingerprint(getattr(model, name), strict=True)
         except ValueError as error:
             reason = str(error)
     if reason is not None:
@@ -151,7 +160,8 @@ def share_dataset(built: Built, held: DatasetSource | None) -> DatasetSource | N
     if held is None:
         return source
     if source is not held and type(source) is type(held) and _same_config(source, held):
-        built.datamodule.dataset = held
+        datamodule: Any = built.datamodule  # it has a `dataset`: the source was read from it
+        datamodule.dataset = held
     return held
 
 

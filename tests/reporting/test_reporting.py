@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,18 @@ import pytest
 from kdlightning.atomic import atomic_path, write_text_atomic
 from kdlightning.reporting import (
     add_gains,
+    hyperparameters_of,
+    is_failed,
     paired_gains,
     read_csv,
     render_guidance_page,
     render_summary,
     summarize,
     tuned_improvement,
+    tuned_validation,
     write_csv,
 )
-from kdlightning.stats import rank
+from kdlightning.stats import bootstrap_average_improvement, rank
 
 CONTROL = "student_only"
 TUNED = ("tuned_kd", "tuned_kd_public")
@@ -28,6 +32,9 @@ SETTINGS = ("temperature", "alpha")
 """The methods of these tests' rows as a study names them, and the settings its tuned methods search."""
 
 T_975_1 = 12.706205  # Student t quantile 0.975 with 1 degree of freedom (tables)
+
+NO_WINNER = "none: no method beats the control here"
+"""The guidance's recommendation where no method's gain over the control is shown above 0."""
 
 AFTER = {  # (scenario, seed, method) -> accuracy after; every run starts from 0.80
     ("iid", 0, "student_only"): 0.81,
@@ -50,6 +57,17 @@ def rows() -> list[dict]:
         {"scenario": s, "seed": seed, "method": m, "acc_before": 0.80, "acc_after": a}
         for (s, seed, m), a in AFTER.items()
     ]
+
+
+def cells(line: str) -> list[str]:
+    """The cells of a Markdown table row."""
+    return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+
+
+def seed_gains(rows: list[dict], scenario: str, method: str) -> list[float]:
+    """The gains (pp) of ``method`` in ``scenario``, one per seed in the order of the rows."""
+    gains = add_gains(rows, control=CONTROL)
+    return [row["gain_pp"] for row in gains if row["scenario"] == scenario and row["method"] == method]
 
 
 def test_gains_and_gains_over_the_control() -> None:
@@ -103,11 +121,31 @@ def test_summary_markdown_is_recomputed_from_the_csv(tmp_path: Path) -> None:
     assert text == render_summary(
         rows(), untuned=("vanilla_kd", "dml"), tuned=TUNED, control=CONTROL, settings=SETTINGS
     )
-    assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2) | -2.00 [no interval] (n=1) |" in text
-    assert "| iid | vanilla_kd | 2 | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text  # interval, p-value, win rate
-    assert "| iid | dml | 2 | +0.00 [-12.71, +12.71] | 1.00 | 50% |" in text
-    assert "IID: +25.0% [" in text
-    assert "Non-IID average: +200.0% [no interval], median +200.0% [no interval] over 1 scenario" in text
+    gains = summarize(again)  # the gains read back from the CSV
+    kd = gains[("iid", "vanilla_kd")]  # gains 3 and 5 pp: mean 4, standard error 1
+    assert (kd.mean, kd.low, kd.high) == pytest.approx((4.0, 4.0 - T_975_1, 4.0 + T_975_1), abs=1e-5)
+    assert kd.n == 2
+    one_seed = gains[("dirichlet(alpha=0.1)", "vanilla_kd")]
+    assert (one_seed.mean, one_seed.n, one_seed.has_bounds) == (pytest.approx(-2.0), 1, False)
+    paired = paired_gains(again, control=CONTROL)
+    over = paired[("iid", "vanilla_kd")]  # seed 0: 3 - 1 = 2; seed 1: 5 - 2 = 3
+    difference = over.difference
+    expected = (2.5, 2.5 - T_975_1 * 0.5, 2.5 + T_975_1 * 0.5)
+    assert (difference.mean, difference.low, difference.high) == pytest.approx(expected, abs=1e-5)
+    assert (over.n, over.p_value, over.win_rate) == (2, pytest.approx(0.5), 1.0)
+    dml = paired[("iid", "dml")]  # seed 0: +1; seed 1: -1
+    assert (dml.difference.mean, dml.difference.low, dml.difference.high) == pytest.approx(
+        (0.0, -T_975_1, T_975_1), abs=1e-5
+    )
+    assert (dml.n, dml.p_value, dml.win_rate) == (2, pytest.approx(1.0), 0.5)
+    improvement = tuned_improvement(again, "tuned_kd", untuned=("vanilla_kd", "dml"), control=CONTROL)
+    iid = improvement["iid"]  # tuned_kd 5.0 pp against vanilla_kd's 4.0 (dml's 1.5)
+    assert iid.best == "vanilla_kd"
+    assert (iid.difference.difference.mean, iid.relative.mean) == pytest.approx((1.0, 25.0))
+    dirichlet = improvement["dirichlet(alpha=0.1)"]  # tuned_kd 3.0 pp against dml's 1.0 (vanilla_kd's -2.0), one seed
+    assert (dirichlet.best, dirichlet.relative.mean) == ("dml", pytest.approx(200.0))
+    assert not dirichlet.relative.has_bounds
+    assert f"| iid | vanilla_kd | {over.n} | {difference} | {over.p_value:#.3g} | {over.win_rate:.0%} |" in text
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> None:
@@ -167,14 +205,26 @@ def test_failed_runs_are_counted_listed_and_left_out_of_the_statistics(tmp_path:
     gains = add_gains(again, control=CONTROL)
     assert [r["gain_pp"] for r in gains[-3:-1]] == [None, None]
     assert gains[-1]["gain_over_control_pp"] is None  # its control failed
-    assert summarize(gains)[("iid", "vanilla_kd")].n == 2  # the failed seed is left out
+    failed_runs = [r for r in again if is_failed(r)]
+    assert [(r["scenario"], r["seed"], r["method"]) for r in failed_runs] == [
+        ("iid", "2", "vanilla_kd"),
+        ("iid", "3", "student_only"),
+    ]
+    summary = summarize(gains)
+    kd, control = summary[("iid", "vanilla_kd")], summary[("iid", "student_only")]
+    assert (kd.n, kd.mean) == (2, pytest.approx(4.0))  # the failed seed is left out
+    assert (control.n, control.mean) == (2, pytest.approx(1.5))  # gains 1 and 2: standard error 0.5
+    assert (control.low, control.high) == pytest.approx((1.5 - T_975_1 * 0.5, 1.5 + T_975_1 * 0.5), abs=1e-5)
+    paired = paired_gains(again, control=CONTROL)
+    over = paired[("iid", "vanilla_kd")]
+    assert (over.n, over.difference.mean, over.win_rate) == (2, pytest.approx(2.5), 1.0)
+    assert paired[("iid", "dml")].n == 2  # seed 3 of dml has no control to pair with
+    assert paired[("iid", "dml")].difference.mean == pytest.approx(0.0, abs=1e-9)
     text = render_summary(again, untuned=("vanilla_kd", "dml"), tuned=TUNED, control=CONTROL, settings=SETTINGS)
-    assert "| vanilla_kd | +4.00 [-8.71, +16.71] (n=2, 1 failed) | -2.00 [no interval] (n=1) |" in text
-    assert "| student_only | +1.50 [-4.85, +7.85] (n=2, 1 failed) |" in text
-    assert "| iid | vanilla_kd | 2 (1 failed) | +2.50 [-3.85, +8.85] | 0.500 | 100% |" in text
-    assert "| iid | dml | 2 |" in text  # seed 3 of dml has no control to pair with
-    assert "2 of 15 runs failed" in text
-    assert "| iid | 2 | vanilla_kd | FloatingPointError: Non-finite training loss at global step 3 |" in text
+    failed_in_cell = Counter((r["scenario"], r["method"]) for r in failed_runs)[("iid", "vanilla_kd")]
+    assert f"| iid | vanilla_kd | {over.n} ({failed_in_cell} failed) | {over.difference} |" in text
+    listed = [f"| {r['scenario']} | {r['seed']} | {r['method']} | {r['error']} |" for r in failed_runs]
+    assert f"{len(failed_runs)} of {len(again)} runs failed" in text and set(listed) <= set(text.splitlines())
 
 
 def test_the_tuning_heatmap_frames_the_chosen_points_and_counts_them() -> None:
@@ -247,18 +297,21 @@ def study_rows(spread: float) -> list[dict]:
 @pytest.mark.parametrize("spread", [0.1, 2.0])
 def test_no_clear_difference_is_said_exactly_where_the_intervals_overlap(spread: float) -> None:
     paired = paired_gains(study_rows(spread), control=CONTROL)
-    overlap = paired[("iid", "dpkd")].difference.overlaps(paired[("iid", "dml")].difference)
+    top, runner = rank({m: p.difference for (_, m), p in paired.items()})
+    assert (top.name, runner.name) == ("dpkd", "dml")
+    assert (top.interval.mean, runner.interval.mean) == pytest.approx((3.0, 2.0))
+    assert top.interval.is_evidence and runner.interval.is_evidence
+    overlap = top.interval.overlaps(runner.interval)
     assert overlap == (spread == 2.0)  # the data is built so; the text must follow the intervals
-    assert [r.name for r in rank({m: p.difference for (_, m), p in paired.items()})] == ["dpkd", "dml"]
+    assert top.clearly_ahead_of_next == (not overlap)
     text = render_summary(study_rows(spread), tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
     ranking_line = next(line for line in text.splitlines() if line.startswith("- iid: "))
     assert ("no clear difference" in text) == overlap
-    assert ranking_line.startswith("- iid: dpkd +3.00 [")
-    assert (" ≈ dml +2.00 [" in ranking_line) == overlap
-    assert (" > dml +2.00 [" in ranking_line) == (not overlap)
+    sign = "≈" if overlap else ">"
+    assert ranking_line.startswith(f"- iid: {top.name} {top.interval} {sign} {runner.name} {runner.interval}")
     guidance = text.splitlines()[-1]  # the guidance table's one row
-    assert ("no clear difference from dml (+2.00)" in guidance) == overlap
-    assert ("clearly ahead of dml (+2.00)" in guidance) == (not overlap)
+    relation = "no clear difference from" if overlap else "clearly ahead of"
+    assert f"{relation} {runner.name} ({runner.interval.mean:+.2f})" in guidance
 
 
 def tuned_rows(validation: bool = True) -> list[dict]:
@@ -286,8 +339,10 @@ def tuned_rows(validation: bool = True) -> list[dict]:
 
 def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path) -> None:
     write_csv(tmp_path / "results.csv", tuned_rows())
+    written = read_csv(tmp_path / "results.csv")
+    assert [tuned_validation(written, name) for name in TUNED] == ["own", "public"]
     text = render_summary(
-        read_csv(tmp_path / "results.csv"),
+        written,
         untuned=("vanilla_kd", "tuned_kd_public"),
         tuned=TUNED,
         control=CONTROL,
@@ -297,9 +352,13 @@ def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path
     assert "## Relative improvement of tuned_kd_public over the best untuned method" in text
     assert "tuned_kd's search validated on own (a split of the student party's own data)." in text
     assert "tuned_kd_public's search validated on public (a labelled split held out before partitioning" in text
-    # the other tuned row is no untuned method: tuned_kd is measured against vanilla_kd (1.6 pp on average)
-    assert "| iid | 3 | vanilla_kd | +1.60 [" in text
-    assert "| 3 | tuned_kd_public |" not in text and "| 3 | tuned_kd |" not in text
+    # the other tuned row is no untuned method: tuned_kd is measured against vanilla_kd alone
+    own = tuned_improvement(written, "tuned_kd", untuned=("vanilla_kd",), control=CONTROL)["iid"]
+    assert (own.best, own.difference.n) == ("vanilla_kd", 3)
+    assert (own.best_gain.mean, own.tuned_gain.mean, own.relative.mean) == pytest.approx((1.6, 2.0, 25.0))
+    assert f"| iid | {own.difference.n} | {own.best} | {own.best_gain} | {own.tuned_gain} |" in text
+    seeds = own.difference.n
+    assert f"| {seeds} | tuned_kd_public |" not in text and f"| {seeds} | tuned_kd |" not in text
     iid = tuned_improvement(tuned_rows(), "tuned_kd_public", untuned=("vanilla_kd",), control=CONTROL)["iid"]
     assert iid.relative.mean == pytest.approx(100 * (2.2 - 1.6) / 1.6)
     assert "| tuned_kd (own validation): chosen settings | tuned_kd_public (public validation): chosen settings |" in (
@@ -317,9 +376,9 @@ def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path
 
 
 def test_results_without_a_validation_column_were_validated_on_the_own_split() -> None:
-    text = render_summary(
-        tuned_rows(validation=False), tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS
-    )
+    rows = tuned_rows(validation=False)
+    assert [tuned_validation(rows, name) for name in TUNED] == ["own", "own"]
+    text = render_summary(rows, tuned=TUNED, untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
     assert "tuned_kd's search validated on own" in text
     assert "tuned_kd_public's search validated on own" in text
 
@@ -329,29 +388,62 @@ def test_the_iid_figure_and_the_non_iid_average_beside_the_median_with_intervals
         {**row, "scenario": "label_skew(classes_per_party=2)"} for row in tuned_rows() if row["scenario"] == "iid"
     ]
     text = render_summary(rows, tuned=["tuned_kd"], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
+    improvement = tuned_improvement(rows, "tuned_kd", untuned=UNTUNED, control=CONTROL)
+    assert list(improvement) == ["iid", "dirichlet(alpha=0.1)", "label_skew(classes_per_party=2)"]
     # tuned_kd gains 2.0 pp on average against vanilla_kd's 1.6 in every scenario: +25%
-    assert "IID: +25.0% [" in text and "(the study reports +16%)" in text
-    assert "Non-IID average: +25.0% [" in text and ", median +25.0% [" in text and "over 2 scenarios" in text
+    assert [result.best for result in improvement.values()] == ["vanilla_kd"] * 3
+    assert [result.relative.mean for result in improvement.values()] == pytest.approx([25.0] * 3)
+    data = {
+        s: (seed_gains(rows, s, "tuned_kd"), {"vanilla_kd": seed_gains(rows, s, "vanilla_kd")}) for s in improvement
+    }
+    iid = bootstrap_average_improvement([data["iid"]])
+    relative = improvement["iid"].relative
+    assert (iid.mean, iid.low, iid.high) == pytest.approx((relative.mean, relative.low, relative.high))
+    non_iid = [data["dirichlet(alpha=0.1)"], data["label_skew(classes_per_party=2)"]]
+    mean, median = (bootstrap_average_improvement(non_iid, average) for average in ("mean", "median"))
+    assert (mean.mean, median.mean, mean.n) == (pytest.approx(25.0), pytest.approx(25.0), 2)
+    assert mean.low <= 25.0 <= mean.high and median.low <= 25.0 <= median.high
+    assert (
+        f"IID: {iid.format(1, '%')} (the study reports +16%).\n"
+        f"Non-IID average: {mean.format(1, '%')}, median {median.format(1, '%')} over {mean.n} scenarios "
+    ) in text
 
 
 def test_guidance_recommends_the_highest_gain_over_the_control_with_the_settings_chosen_most() -> None:
     page = render_guidance_page(tuned_rows(), tuned=TUNED, control=CONTROL, settings=SETTINGS)
     lines = page.splitlines()
     assert lines[0] == "# Guidance: which method for which distribution"
-    assert "`kdlightning.reporting.render_guidance_page`" in page and "3 seeds [0, 1, 2]" in page
+    seeds = sorted({row["seed"] for row in tuned_rows()})
+    assert "`kdlightning.reporting.render_guidance_page`" in page and f"{len(seeds)} seeds {seeds}" in page
+    paired = paired_gains(tuned_rows(), control=CONTROL)
+    ranked = {
+        scenario: rank({m: p.difference for (s, m), p in paired.items() if s == scenario})
+        for scenario in ("iid", "dirichlet(alpha=0.1)")
+    }
     # gains over the control: iid tuned_kd_public +1.2, tuned_kd +1.0, vanilla_kd +0.6; dirichlet public +4.2
-    iid = next(line for line in lines if line.startswith("| iid |"))
-    assert iid.startswith("| iid | tuned_kd_public | +1.20 [")
-    assert (
-        "interval above 0" in iid
-        and "no clear difference from tuned_kd (+1.00)" in iid
-        and "wins 100% of 3 seeds" in iid
+    iid = ranked["iid"]
+    assert [place.name for place in iid] == ["tuned_kd_public", "tuned_kd", "vanilla_kd"]
+    assert [place.interval.mean for place in iid] == pytest.approx([1.2, 1.0, 0.6])
+    top, runner = iid[0], iid[1]
+    assert top.interval.is_evidence and top.interval.low > 0  # recommended
+    assert top.clearly_ahead_of_next is False  # its interval overlaps tuned_kd's
+    result = paired[("iid", top.name)]
+    assert (result.win_rate, result.n) == (1.0, len(seeds))
+    dirichlet = ranked["dirichlet(alpha=0.1)"][0]
+    assert (dirichlet.name, dirichlet.interval.mean) == ("tuned_kd_public", pytest.approx(4.2))
+    assert dirichlet.interval.is_evidence and dirichlet.interval.low > 0 and dirichlet.clearly_ahead_of_next
+
+    def chosen_most(method: str) -> str:  # the settings the search chose on most seeds of iid, from the rows
+        points = [hyperparameters_of(r) for r in tuned_rows() if r["scenario"] == "iid" and r["method"] == method]
+        (temperature, alpha), count = Counter((p["temperature"], p["alpha"]) for p in points).most_common(1)[0]
+        return f"temperature {temperature:g}, alpha {alpha:g} ({count} of {len(points)} seeds)"
+
+    how_sure = (
+        f"interval above 0; no clear difference from {runner.name} ({runner.interval.mean:+.2f}); "
+        f"wins {result.win_rate:.0%} of {result.n} seeds"
     )
-    assert iid.endswith("| temperature 1, alpha 0.1 (2 of 3 seeds) | temperature 1, alpha 0.1 (2 of 3 seeds) |")
-    dirichlet = next(line for line in lines if line.startswith("| dirichlet(alpha=0.1) |"))
-    assert (
-        dirichlet.startswith("| dirichlet(alpha=0.1) | tuned_kd_public | +4.20 [") and "clearly ahead of" in dirichlet
-    )
+    row = next(cells(line) for line in lines if line.startswith("| iid |"))
+    assert row == ["iid", top.name, str(top.interval), how_sure, *(chosen_most(name) for name in TUNED)]
     # summary.md holds the same table
     table = [line for line in lines if line.startswith("|")]
     summary = render_summary(
@@ -367,10 +459,17 @@ def test_guidance_says_when_no_method_beats_the_control() -> None:
         for seed in range(3)
         for method, after in (("student_only", 0.60), ("vanilla_kd", 0.55 - seed / 500))
     ]
+    result = paired_gains(rows, control=CONTROL)[("iid", "vanilla_kd")]  # -5.0, -5.2 and -5.4 pp
+    assert result.difference.mean == pytest.approx(-5.2)
+    assert result.difference.is_evidence and result.difference.high < 0
+    assert math.isclose(result.win_rate, 0.0) and result.n == 3
     line = render_guidance_page(rows, tuned=TUNED, control=CONTROL, settings=SETTINGS).splitlines()[-1]
-    assert line.startswith("| iid | none: no method beats the control here | best: vanilla_kd -5.20 [")
-    assert "interval below 0 (the control does better)" in line
-    assert math.isclose(paired_gains(rows, control=CONTROL)[("iid", "vanilla_kd")].win_rate, 0.0)
+    assert cells(line) == [
+        "iid",
+        NO_WINNER,
+        f"best: vanilla_kd {result.difference}",
+        f"interval below 0 (the control does better); wins {result.win_rate:.0%} of {result.n} seeds",
+    ]
 
 
 def _gains_rows(gains: dict[str, dict[str, list[float]]]) -> list[dict]:
@@ -400,18 +499,24 @@ def test_guidance_recommends_no_method_whose_gain_over_the_control_is_not_shown_
             "iid": {"dpkd": [2.0, 2.5, 1.8, 2.2, 2.4, 2.1, 1.9, 2.3, 2.0, 2.2], "dml": [1.0] * 10},
         }
     )
-    lines = {
-        line.split(" | ")[0][2:]: line
-        for line in render_guidance_page(rows, tuned=TUNED, control=CONTROL, settings=SETTINGS).splitlines()
-        if "|" in line
+    paired = paired_gains(rows, control=CONTROL)
+    tops = {
+        scenario: rank({m: p.difference for (s, m), p in paired.items() if s == scenario})[0]
+        for scenario in ("quantity", "dirichlet", "iid")
     }
-    assert lines["quantity"].startswith("| quantity | none: no method beats the control here | best: tuned_kd -0.03 [")
-    assert "interval includes 0" in lines["quantity"]
-    assert lines["dirichlet"].startswith("| dirichlet | none: no method beats the control here | best: dpkd +0.10 [")
-    assert lines["iid"].startswith("| iid | dpkd | +1.14 [") and "interval above 0" in lines["iid"]
-    assert "recommended only where that interval lies above 0 and is evidence" in render_guidance_page(
-        rows, tuned=TUNED, control=CONTROL, settings=SETTINGS
-    )
+    assert {s: top.name for s, top in tops.items()} == {"quantity": "tuned_kd", "dirichlet": "dpkd", "iid": "dpkd"}
+    quantity, dirichlet, iid = (tops[s].interval for s in ("quantity", "dirichlet", "iid"))
+    assert [quantity.mean, dirichlet.mean, iid.mean] == pytest.approx([-0.03, 0.10, 1.14])
+    assert quantity.is_evidence and dirichlet.is_evidence and iid.is_evidence
+    assert quantity.low < 0 < quantity.high and dirichlet.low < 0 < dirichlet.high and iid.low > 0
+    page = render_guidance_page(rows, tuned=TUNED, control=CONTROL, settings=SETTINGS)
+    table = {row[0]: row for row in (cells(line) for line in page.splitlines() if line.startswith("| "))}
+    assert {s: [*table[s][1:3], table[s][3].split("; ")[0]] for s in tops} == {
+        "quantity": [NO_WINNER, f"best: tuned_kd {quantity}", "interval includes 0"],
+        "dirichlet": [NO_WINNER, f"best: dpkd {dirichlet}", "interval includes 0"],
+        "iid": ["dpkd", str(iid), "interval above 0"],
+    }
+    assert "recommended only where that interval lies above 0 and is evidence" in page
 
 
 def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence() -> None:
@@ -421,19 +526,33 @@ def test_an_interval_from_two_seeds_or_without_spread_is_said_to_be_no_evidence(
             for seed in range(seeds)
             for method, after in (("student_only", 0.60), ("dpkd", 0.62), ("vanilla_kd", 0.61))
         ]
+        paired = paired_gains(rows, control=CONTROL)
+        top, runner = rank({m: p.difference for (_, m), p in paired.items()})
+        assert (top.name, runner.name) == ("dpkd", "vanilla_kd")
+        assert (top.interval.mean, top.interval.low, top.interval.high) == pytest.approx((2.0, 2.0, 2.0))
+        assert (runner.interval.mean, top.interval.n) == (pytest.approx(1.0), seeds)
+        assert top.interval.why_not_evidence == why and not top.interval.excludes_zero
+        assert top.clearly_ahead_of_next is False  # no evidence tells the two apart
+        result = paired[("iid", top.name)]
         text = render_summary(rows, tuned=[], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
-        guidance = text.splitlines()[-1]
-        assert guidance.startswith("| iid | none: no method beats the control here | best: dpkd +2.00 [+2.00, +2.00]")
-        assert f"| {why}; no clear difference from vanilla_kd (+1.00); wins 100% of {seeds} seeds |" in guidance
+        how_sure = (
+            f"{why}; no clear difference from {runner.name} ({runner.interval.mean:+.2f}); "
+            f"wins {result.win_rate:.0%} of {result.n} seeds"
+        )
+        assert cells(text.splitlines()[-1]) == ["iid", NO_WINNER, f"best: {top.name} {top.interval}", how_sure]
         ranking = next(line for line in text.splitlines() if line.startswith("- iid: "))
-        assert "clearly ahead" not in guidance and " > " not in ranking
-        assert ranking.startswith(f"- iid: dpkd +2.00 [+2.00, +2.00] ({why}) ≈ vanilla_kd +1.00 [")
+        assert ranking.startswith(f"- iid: {top.name} {top.interval} ({why}) ≈ {runner.name} {runner.interval}")
 
 
 def test_the_average_over_a_single_non_iid_scenario_shows_that_scenario_s_interval() -> None:
     rows = [row for row in tuned_rows() if row["method"] != "tuned_kd_public"]
+    scenario = "dirichlet(alpha=0.1)"
+    relative = tuned_improvement(rows, "tuned_kd", untuned=UNTUNED, control=CONTROL)[scenario].relative
+    assert relative.mean == pytest.approx(25.0) and relative.has_bounds and relative.low < 25.0 < relative.high
+    data = (seed_gains(rows, scenario, "tuned_kd"), {"vanilla_kd": seed_gains(rows, scenario, "vanilla_kd")})
+    for average in ("mean", "median"):  # the average over one scenario is that scenario's figure, with its interval
+        alone = bootstrap_average_improvement([data], average)
+        assert (alone.mean, alone.low, alone.high) == pytest.approx((relative.mean, relative.low, relative.high))
     text = render_summary(rows, tuned=["tuned_kd"], untuned=UNTUNED, control=CONTROL, settings=SETTINGS)
-    row = next(line for line in text.splitlines() if line.startswith("| dirichlet(alpha=0.1) | 3 | vanilla_kd |"))
-    figure = row.split(" | ")[-1].rstrip(" |")  # the scenario's improvement with its interval
-    assert "[no interval]" not in figure
+    figure = relative.format(1, "%")
     assert f"Non-IID average: {figure}, median {figure} over 1 scenario " in text

@@ -15,7 +15,7 @@ from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
 from kdlightning.data import Digits, DirichletPartitioner, IIDPartitioner, LabelSkewPartitioner
 from kdlightning.methods import member_error
 from kdlightning.models import MLP
-from kdlightning.reporting import read_csv, render_guidance_page, render_summary
+from kdlightning.reporting import is_failed, paired_gains, read_csv, render_guidance_page, render_summary, summarize
 from kdlightning.study import Study
 from kdlightning.study.pretraining import ROLES
 from kdlightning.tuning import TuneOptions
@@ -259,10 +259,14 @@ def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, caps
     capsys.readouterr()  # the console script returns nothing (sys.exit(main()) must exit 0)
     rows = run(["study", "--out", str(tmp_path), *QUICK, "--tuning.grid={temperature: [4.0], alpha: [0.5, 0.9]}"])
     assert len(rows) == 6 * 5  # the 6 default scenarios x (control + vanilla_kd, dml, dpkd, tuned_kd)
+    scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
+    assert len(scenarios) == 6 and {"label_skew(classes_per_party=2)", "quantity_skew(beta=1)"} <= set(scenarios)
+    methods = ("student_only", "vanilla_kd", "dml", "dpkd", "tuned_kd")
+    gains = summarize(read_csv(tmp_path / "results.csv"))  # every cell from its one seed
+    assert set(gains) == {(s, m) for s in scenarios for m in methods}
+    assert all(cell.n == 1 and not cell.has_bounds for cell in gains.values())
     out = capsys.readouterr().out
-    assert "## Accuracy gain (pp)" in out
-    assert "label_skew(classes_per_party=2)" in out and "quantity_skew(beta=1)" in out
-    assert (tmp_path / "results.csv").is_file()
+    assert (tmp_path / "summary.md").read_text() in out  # the summary, printed
 
 
 def test_every_study_config_parses(tmp_path: Path) -> None:
@@ -279,6 +283,28 @@ def test_every_study_config_parses(tmp_path: Path) -> None:
         init = parser.instantiate(parser.parse_args(["-c", str(path), "--out", str(tmp_path)]))
         init.pop("config")
         assert Study(**init).runs()
+
+
+def test_the_shipped_study_resumes_from_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``study.json`` names what a study was made with as every later version must name it: a resume of the
+    shipped Fashion-MNIST study finds nothing to train and rewrites its record as it was."""
+    import shutil
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = root / "docs" / "results" / "fashion_mnist_study"
+    for name in ("results.csv", "study.json"):
+        shutil.copy(shipped / name, tmp_path / name)
+    parser = ArgumentParser()
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_class_arguments(Study, as_group=False)
+    config = root / "configs" / "study" / "fashion_mnist.yaml"
+    init = parser.instantiate(parser.parse_args(["-c", str(config), "--out", str(tmp_path)]))
+    init.pop("config")
+    resumed = Study(**init)
+    resumed.check_resume(read_csv(tmp_path / "results.csv"))  # refused, naming each difference, if anything moved
+    assert json.loads((tmp_path / "study.json").read_text()) == json.loads((shipped / "study.json").read_text())
 
 
 def test_kdl_dispatches_study(tmp_path: Path) -> None:
@@ -313,7 +339,13 @@ def test_tuned_kd_is_the_point_chosen_on_validation_tested_once(tmp_path: Path) 
     assert summary.endswith(
         render_summary(written, tuned=["tuned_kd"], untuned=["vanilla_kd"], control="student_only", settings=settings)
     )
-    assert "| iid | vanilla_kd |" in summary
+    gain = {
+        r["method"]: 100 * (float(r["acc_after"]) - float(r["acc_before"])) for r in written if r["scenario"] == "iid"
+    }
+    cell = summarize(written)[("iid", "vanilla_kd")]
+    assert cell.n == 1 and cell.mean == pytest.approx(gain["vanilla_kd"])
+    over = paired_gains(written, control="student_only")[("iid", "vanilla_kd")]
+    assert over.n == 1 and over.difference.mean == pytest.approx(gain["vanilla_kd"] - gain["student_only"])
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -518,7 +550,11 @@ def test_new_seeds_and_methods_extend_a_finished_study(tmp_path: Path) -> None:
         (1, "student_only"),
         (1, "vanilla_kd"),
     ]
-    assert "seeds [0, 1]" in (tmp_path / "summary.md").read_text()
+    seeds = sorted({int(r["seed"]) for r in rows})
+    assert {key: cell.n for key, cell in summarize(rows).items()} == {
+        ("iid", method): len(seeds) for method in ("student_only", "vanilla_kd", "dpkd")
+    }
+    assert f"seeds {seeds}," in (tmp_path / "summary.md").read_text()
 
 
 class Diverging(VanillaKD):
@@ -549,9 +585,13 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_study_goes_on(
     assert rows[1]["error"].startswith("DivergedError: Non-finite training loss")
     assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] == ""
     assert rows[2]["error"] == "" and float(rows[2]["acc_after"]) > 0
+    failed = [r for r in rows if is_failed(r)]
+    assert [r["method"] for r in failed] == ["diverging"]
+    assert ("iid", "diverging") not in summarize(rows)  # left out of the statistics
+    assert list(paired_gains(rows, control="student_only")) == [("iid", "vanilla_kd")]
     summary = (tmp_path / "summary.md").read_text()
-    assert "1 of 3 runs failed" in summary
-    assert "| iid | 0 | diverging | DivergedError: Non-finite training loss" in summary
+    listed = [f"| {r['scenario']} | {r['seed']} | {r['method']} | {r['error']} |" for r in failed]
+    assert f"{len(failed)} of {len(rows)} runs failed" in summary and set(listed) <= set(summary.splitlines())
 
     no_training(monkeypatch)  # a failed run counts as done: the resume trains nothing
     again = tiny(tmp_path, methods={"diverging": Diverging, "vanilla_kd": VanillaKD}).run(progress=False)
@@ -565,7 +605,9 @@ def test_a_diverging_member_is_a_failed_row_beside_the_members_that_trained(tmp_
     assert rows[1]["error"].startswith("DivergedError: Non-finite training loss at global step 0")
     assert rows[1]["acc_after"] == "" and rows[1]["gain_pp"] is None
     assert not rows[2].get("error") and float(rows[2]["acc_after"]) > 0
-    assert "1 of 3 runs failed" in (tmp_path / "summary.md").read_text()
+    failed = [r for r in rows if is_failed(r)]
+    assert [r["method"] for r in failed] == ["diverging"]
+    assert f"{len(failed)} of {len(rows)} runs failed" in (tmp_path / "summary.md").read_text()
     built = {"n": 0}
 
     def broken(student, teacher, num_classes):
