@@ -8,7 +8,8 @@ nothing from kdlightning. Called by ``python -m benchmarks.partitioning``; usabl
 
 What is timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
 
-- ``index_s`` (best of ``--repeats``): computing every party's indices. flwr does this lazily, on
+- ``index_s`` (best of ``--repeats``; with ``--calls N``, the total of N runs, each on a fresh partitioner):
+  computing every party's indices. flwr does this lazily, on
   first use, in ``_determine_partition_id_to_indices_if_needed``; the public ``num_partitions``
   property triggers it without selecting rows. The dataset is Arrow-formatted
   (``with_format("arrow")``), so flwr's ``np.array(dataset["label"])`` is a zero-copy read: this
@@ -21,7 +22,10 @@ What is timed, per strategy, each run on a fresh partitioner given the same ``da
   through flwr's API.
 
 Building the ``Dataset`` from the labels (``Dataset.from_dict``) is never timed; it is reported as
-``build_s``.
+``build_s``. With ``--serve`` it first times one unit (``--calls`` index computations of each partitioner, or N
+for a line ``go N``) per line read from standard input, writing each unit's seconds as a JSON line, so that a
+caller interleaves its own units with flwr's in one process's lifetime; the figures above follow when standard
+input closes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -37,15 +42,18 @@ from typing import Any
 import numpy as np
 
 
-def best_time(make: Callable[[], Any], action: Callable[[Any], Any], repeats: int) -> tuple[float, Any]:
-    """Best wall time of ``action(make())`` over ``repeats`` runs; ``make`` is not timed."""
+def best_time(make: Callable[[], Any], action: Callable[[Any], Any], repeats: int, calls: int = 1) -> tuple[float, Any]:
+    """Best over ``repeats`` of the wall time of ``calls`` runs of ``action(make())``; ``make`` is not timed."""
     best, last = float("inf"), None
     for _ in range(repeats):
-        obj = make()
-        start = time.perf_counter()
-        action(obj)
-        best = min(best, time.perf_counter() - start)
-        last = obj
+        total = 0.0
+        for _ in range(calls):
+            obj = make()
+            start = time.perf_counter()
+            action(obj)
+            total += time.perf_counter() - start
+            last = obj
+        best = min(best, total)
     return best, last
 
 
@@ -73,6 +81,14 @@ def main() -> None:
     parser.add_argument("--classes-per-party", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (Arrow-format dataset)")
+    parser.add_argument("--calls", type=int, default=1, help="runs in one timed unit (each on a fresh partitioner)")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the set-up, time one unit of --calls runs (N for a line 'go N') per partitioner for each line read "
+        "from stdin, "
+        "printing its seconds as one JSON line (a caller interleaves its own units with these)",
+    )
     parser.add_argument("--default-format", action="store_true", help="also time the default-format dataset once")
     parser.add_argument("--load-all", action="store_true", help="also time load_partition for every party, once")
     args = parser.parse_args()
@@ -120,6 +136,7 @@ def main() -> None:
         "python": platform.python_version(),
         "build_s": build_s,
         "repeats": args.repeats,
+        "calls": args.calls,
     }
     if args.default_format:
         start = time.perf_counter()
@@ -135,6 +152,21 @@ def main() -> None:
         for partition_id in range(args.parties):
             partitioner.load_partition(partition_id)
 
+    if args.serve:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            calls = int(line.split()[1]) if len(line.split()) > 1 else args.calls  # "go" or "go N"
+            unit = {}
+            for name, (cls, kwargs) in settings.items():
+
+                def fresh(cls: Any = cls, kwargs: dict[str, Any] = kwargs) -> Any:
+                    partitioner = cls(**kwargs)
+                    partitioner.dataset = arrow
+                    return partitioner
+
+                unit[name], _ = best_time(fresh, compute_indices, 1, calls)
+            print(json.dumps(unit), flush=True)
+
     for name, (cls, kwargs) in settings.items():
 
         def make(dataset: Any, cls: Any = cls, kwargs: dict[str, Any] = kwargs) -> Any:
@@ -142,7 +174,7 @@ def main() -> None:
             partitioner.dataset = dataset
             return partitioner
 
-        index_s, partitioner = best_time(lambda: make(arrow), compute_indices, args.repeats)
+        index_s, partitioner = best_time(lambda: make(arrow), compute_indices, args.repeats, args.calls)
         entry: dict[str, Any] = {
             "class": cls.__name__,
             "settings": kwargs,
