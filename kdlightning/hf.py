@@ -13,8 +13,9 @@ read, and a missing model fails at once with an error naming it instead of waiti
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ from torch import nn
 
 from kdlightning.errors import ConfigurationError, MissingFileError
 
-__all__ = ["SequenceClassifier", "load_tokenizer", "resolve_pretrained", "sequence_classifier"]
+__all__ = [
+    "PretrainedClassifier",
+    "SequenceClassifier",
+    "check_readable",
+    "keep_layers",
+    "load_tokenizer",
+    "pretrained_classifier",
+    "resolve_pretrained",
+    "sequence_classifier",
+]
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 
@@ -131,6 +141,97 @@ def sequence_classifier(
     return model.train()
 
 
+def keep_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """Keep only the transformer layers ``layers`` of ``model`` (in place), as DistilBERT was made from BERT.
+
+    The encoder's layer list (the ``nn.ModuleList`` of ``config.num_hidden_layers`` blocks) becomes the listed
+    blocks, in order, with their pre-trained weights; embeddings and heads are kept; ``config.num_hidden_layers``
+    follows, so ``save_pretrained`` writes a model ``from_pretrained`` reads back.
+
+    Args:
+        model: a Hugging Face model with ``config.num_hidden_layers`` (BERT, MiniLM, RoBERTa, ...).
+        layers: the indices to keep, increasing, e.g. ``[0, 2, 4]`` of a 6-layer encoder.
+
+    Returns:
+        ``model``, smaller.
+
+    Raises:
+        ConfigurationError: ``layers`` empty, not increasing, or out of range; a model without such a layer list.
+    """
+    config: Any = getattr(model, "config", None)
+    count = getattr(config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise ConfigurationError(f"`layers`: {type(model).__name__} has no `config.num_hidden_layers` to keep from.")
+    kept = [int(index) for index in layers]
+    if not kept or any(b <= a for a, b in itertools.pairwise(kept)) or not 0 <= kept[0] <= kept[-1] < count:
+        raise ConfigurationError(
+            f"`layers` must be increasing indices in [0, {count}) (the model's layers), got {list(layers)!r}."
+        )
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == count]
+    if not found:
+        raise ConfigurationError(f"`layers`: {type(model).__name__} has no list of its {count} layers to keep from.")
+    name, blocks = found[0]
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, nn.ModuleList([blocks[index] for index in kept]))
+    config.num_hidden_layers = len(kept)
+    return model
+
+
+def pretrained_classifier(
+    num_labels: int, path: str, layers: list[int] | None = None, dtype: str = "float32", local_files_only: bool = False
+) -> nn.Module:
+    """A pipeline's network factory: :func:`sequence_classifier` at ``path``, optionally with only ``layers`` kept.
+
+    ``kdl study`` and ``kdl federate`` build each network for the data set's number of classes, which they pass
+    first; in YAML this is ``kdlightning.hf.PretrainedClassifier``::
+
+        student:
+          class_path: kdlightning.hf.PretrainedClassifier
+          init_args:
+            path: models/all-MiniLM-L6-v2    # a save_pretrained directory, or a hub id
+            layers: [0, 2, 4]                # a 3-layer student initialised from the 6-layer encoder
+
+    Args:
+        num_labels: the classification head's outputs (the pipeline's number of classes).
+        path: a local directory written by ``save_pretrained``, or a hub id.
+        layers: keep only these encoder layers (:func:`keep_layers`); None keeps them all.
+        dtype: dtype of the loaded weights.
+        local_files_only: never contact the hub (as ``HF_HUB_OFFLINE=1`` does).
+    """
+    model = sequence_classifier(path, num_labels, dtype=dtype, local_files_only=local_files_only)
+    return model if layers is None else keep_layers(model, layers)
+
+
+def check_readable(network: nn.Module, tokenizer: Any, max_length: int | None, network_name: str) -> None:
+    """Refuse a tokenizer whose token ids or lengths ``network`` cannot read, before any training.
+
+    Args:
+        network: a Hugging Face model (others are not checked).
+        tokenizer: the tokenizer that will feed it.
+        max_length: the longest sequence it will be given (None: the tokenizer's ``model_max_length``).
+        network_name: how the messages name the network (``student``, ``teacher``).
+
+    Raises:
+        ConfigurationError: more tokens than the network's embeddings (naming ``tokenizers``), or sequences
+            longer than its position embeddings (naming ``max_length``).
+    """
+    embed = getattr(network, "get_input_embeddings", None)
+    embeddings = embed() if callable(embed) else None
+    if isinstance(embeddings, nn.Embedding) and len(tokenizer) > embeddings.num_embeddings:
+        raise ConfigurationError(
+            f"`tokenizers`: the {network_name}'s tokenizer has {len(tokenizer)} tokens, but the {network_name} "
+            f"embeds {embeddings.num_embeddings}: its token ids would lie beyond the network's vocabulary. Give the "
+            f"{network_name} the tokenizer saved with its model."
+        )
+    positions = getattr(getattr(network, "config", None), "max_position_embeddings", None)
+    longest = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
+    if isinstance(positions, int) and isinstance(longest, int) and longest > positions:
+        raise ConfigurationError(
+            f"`max_length` is {longest}, beyond the {network_name}'s {positions} position embeddings: set "
+            f"`max_length` to {positions} or less."
+        )
+
+
 def load_tokenizer(path: str, revision: str | None = None, local_files_only: bool = False) -> Any:
     """Load the tokenizer saved with a model (``AutoTokenizer.from_pretrained``).
 
@@ -156,3 +257,6 @@ def load_tokenizer(path: str, revision: str | None = None, local_files_only: boo
 
 SequenceClassifier = class_from_function(sequence_classifier, nn.Module, name="SequenceClassifier")
 """YAML-friendly form of :func:`sequence_classifier`: ``class_path: kdlightning.hf.SequenceClassifier``."""
+
+PretrainedClassifier = class_from_function(pretrained_classifier, nn.Module, name="PretrainedClassifier")
+"""YAML-friendly form of :func:`pretrained_classifier`, a network factory of ``kdl study`` and ``kdl federate``."""

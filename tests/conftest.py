@@ -21,6 +21,15 @@ from kdlightning.trainers import quiet_trainer
 
 NUM_CLASSES = 4
 NUM_FEATURES = 8
+ONE_CELL_STUDY = {
+    "methods": {"vanilla_kd": {"class_path": "kdlightning.VanillaKD"}},
+    "tuned_kd": False,
+    "scenarios": [{"class_path": "kdlightning.data.IIDPartitioner"}],
+    "seeds": [0],
+    "num_parties": 2,
+    "pretrain_epochs": 1,
+}
+"""A `kdl study` config's one cell (IID, seed 0, two parties, vanilla KD against the control), as YAML reads it."""
 
 
 class TinyNet(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from conftest import NUM_CLASSES, SyntheticDataModule, TinyNet, tiny_trainer
+from conftest import NUM_CLASSES, ONE_CELL_STUDY, SyntheticDataModule, TinyNet, tiny_trainer
 from planted import planted_args
 
 from kdlightning import StudentOnly
@@ -101,12 +101,7 @@ def test_kdl_study_stopped_by_ctrl_c_exits_130(tmp_path: Path) -> None:
         "dataset": {"class_path": "kdlightning.data.Digits"},
         "student": {"class_path": "kdlightning.models.MLP", "init_args": {"in_features": 64, "hidden_sizes": [8]}},
         "teacher": {"class_path": "kdlightning.models.MLP", "init_args": {"in_features": 64, "hidden_sizes": [8]}},
-        "methods": {"vanilla_kd": {"class_path": "kdlightning.VanillaKD"}},
-        "tuned_kd": False,
-        "scenarios": [{"class_path": "kdlightning.data.IIDPartitioner"}],
-        "seeds": [0],
-        "num_parties": 2,
-        "pretrain_epochs": 1,
+        **ONE_CELL_STUDY,
         "epochs": 400,
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))

@@ -6,89 +6,37 @@ loaded back through :mod:`kdlightning.hf`, so the real loading code runs without
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import NUM_CLASSES as TINY_CLASSES
 from conftest import SyntheticDataModule, TinyNet, tiny_trainer
+from text_assets import NUM_CLASSES, STUDENT_VOCAB, make_assets, save_bert
 
 from kdlightning import DataPartitioningKD, DeepMutualLearning, StudentOnly, VanillaKD
 from kdlightning.cache import CacheReferenceOutputs, transfer_fingerprint
 from kdlightning.cli import KDLightningCLI
 from kdlightning.data import Digits, HFDataset, PartitionedDataModule, TokenizeCollate
 from kdlightning.hf import load_tokenizer, sequence_classifier
+from kdlightning.methods import BatchedMembers
 
 transformers = pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_CLASSES = 3
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TOPICS = [
-    ["goal", "match", "team", "score", "ball", "coach"],
-    ["bread", "soup", "cheese", "cook", "salt", "dinner"],
-    ["code", "server", "laptop", "bug", "cloud", "data"],
-]
-SHARED = ["the", "a", "with", "very", "new", "big", "today", "and"]
-# The student tokenizes whole words; the teacher knows stems and "##s" and lists them in another
-# order, so the two give different token ids and lengths for the same text.
-STUDENT_VOCAB = [*SPECIAL, *SHARED, *(w for topic in TOPICS for w in topic), *(f"{w}s" for t in TOPICS for w in t)]
-TEACHER_VOCAB = [*SPECIAL, "##s", *reversed([*SHARED, *(w for topic in TOPICS for w in topic)])]
-
-
-def _sentences(n: int, seed: int) -> list[tuple[str, int]]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = i % NUM_CLASSES
-        words = [*rng.choice(TOPICS[label], 3), *rng.choice(SHARED, int(rng.integers(1, 5)))]
-        words = [f"{w}s" if w in TOPICS[label] and rng.random() < 0.3 else str(w) for w in words]
-        rows.append((" ".join(rng.permutation(words)), label))
-    return rows
-
-
-def _write_csv(path: Path, rows: list[tuple[str, int]]) -> None:
-    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
-
-
-def _save_bert(directory: Path, vocab: list[str], hidden: int, head: bool = True) -> Path:
-    """A one-layer BERT and its word-piece tokenizer, written as ``save_pretrained`` writes them."""
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-        num_labels=NUM_CLASSES,
-    )
-    model = transformers.BertForSequenceClassification(config) if head else transformers.BertModel(config)
-    model.save_pretrained(directory)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 32}
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    return directory
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A text CSV data set, and saved student (16 wide) and teacher (24 wide, other vocabulary) models."""
-    root = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    _write_csv(root / "train.csv", _sentences(120, seed=0))
-    _write_csv(root / "test.csv", _sentences(30, seed=1))
-    return {
-        "train": root / "train.csv",
-        "test": root / "test.csv",
-        "student": _save_bert(root / "student", STUDENT_VOCAB, hidden=16),
-        "teacher": _save_bert(root / "teacher", TEACHER_VOCAB, hidden=24),
-    }
+    return make_assets(tmp_path_factory.mktemp("hf"))
 
 
 def _source(assets: dict[str, Path], **kwargs) -> HFDataset:
@@ -165,7 +113,7 @@ def test_factory_loads_the_saved_weights_and_tokenizer(assets: dict[str, Path]) 
 
 
 def test_an_encoder_only_directory_gets_a_new_classification_head(tmp_path: Path) -> None:
-    directory = _save_bert(tmp_path / "encoder", STUDENT_VOCAB, hidden=16, head=False)
+    directory = save_bert(tmp_path / "encoder", STUDENT_VOCAB, hidden=16, head=False)
     encoder = transformers.BertModel.from_pretrained(directory)
     model = sequence_classifier(str(directory), num_labels=5)
     assert model.classifier.out_features == 5
@@ -255,6 +203,14 @@ def test_the_cache_key_depends_on_the_tokenizers(assets: dict[str, Path]) -> Non
     }
     assert len(keys) == 3
     assert transfer_fingerprint(_datamodule(assets, _both(assets))) in keys  # and it is stable
+
+
+def test_a_tokenizers_fingerprint_is_the_same_before_and_after_it_tokenizes(assets: dict[str, Path]) -> None:
+    tokenizer = load_tokenizer(str(assets["teacher"]))
+    before = TokenizeCollate(tokenizer, max_length=8).fingerprint()
+    TokenizeCollate(tokenizer, max_length=8)([("the team score goals today with a very big ball", 0)])
+    assert TokenizeCollate(tokenizer, max_length=8).fingerprint() == before  # a call sets truncation on the backend
+    assert TokenizeCollate(tokenizer, max_length=4).fingerprint() != before
 
 
 def test_num_classes_is_given_or_read_without_loading(assets: dict[str, Path]) -> None:
@@ -381,3 +337,75 @@ def test_a_distilled_student_is_saved_as_from_pretrained_loads_it(assets: dict[s
     )
     with pytest.raises(TypeError, match="`student` is a TinyNet, which has no `save_pretrained`"):
         plain.fit(StudentOnly(TinyNet(), TINY_CLASSES), datamodule=SyntheticDataModule())
+
+
+def _bert_without_dropout(directory: Path) -> torch.nn.Module:
+    """The saved BERT in float64 with dropout off: a member's fit is then a function of its seed alone."""
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, dtype=torch.float64
+    )
+    return model.train()
+
+
+def test_batched_bert_members_have_the_weights_of_their_own_fits_in_float64(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    student, teacher = _bert_without_dropout(assets["student"]), _bert_without_dropout(assets["teacher"])
+    adam = lambda params: torch.optim.Adam(params, lr=1e-2)  # noqa: E731
+
+    def members() -> dict[str, L.LightningModule]:
+        fresh = functools.partial(copy.deepcopy, student)
+        return {
+            "control": StudentOnly(fresh(), NUM_CLASSES, optimizer=adam),
+            "kd_T2_a0.3": VanillaKD(fresh(), teacher, NUM_CLASSES, temperature=2.0, alpha=0.3, optimizer=adam),
+            "kd_T4_a0.8": VanillaKD(fresh(), teacher, NUM_CLASSES, temperature=4.0, alpha=0.8, optimizer=adam),
+        }
+
+    def fit(model: L.LightningModule, where: str) -> None:
+        L.seed_everything(0, verbose=False)
+        trainer = tiny_trainer(tmp_path / where, max_epochs=2, precision="64-true")
+        trainer.fit(model, datamodule=_datamodule(assets, _both(assets)))
+
+    separate = members()
+    for name, method in separate.items():
+        fit(method, name)
+    batched = BatchedMembers(members())
+    fit(batched, "batched")
+    for name, method in separate.items():
+        got = batched.member_state_dict(name)
+        for key, value in method.student.state_dict().items():
+            assert (got[key].double() - value.double()).abs().max() <= 1e-9, (name, key)
+    before = student.state_dict()
+    assert any(not torch.equal(batched.member_state_dict("control")[k], v) for k, v in before.items())
+
+
+def test_a_smaller_student_keeps_the_chosen_layers_of_a_pretrained_encoder(tmp_path: Path) -> None:
+    from kdlightning.errors import ConfigurationError
+    from kdlightning.hf import keep_layers, pretrained_classifier
+
+    config = transformers.BertConfig(
+        vocab_size=len(STUDENT_VOCAB), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=NUM_CLASSES,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(tmp_path / "encoder")  # an encoder of 4 layers, no head
+    full = transformers.BertModel.from_pretrained(tmp_path / "encoder")
+    student = pretrained_classifier(NUM_CLASSES, str(tmp_path / "encoder"), layers=[0, 3])
+    layers = student.bert.encoder.layer
+    assert len(layers) == 2 and student.config.num_hidden_layers == 2
+    for kept, index in zip(layers, [0, 3], strict=True):
+        for (name, got), (_, want) in zip(
+            kept.state_dict().items(), full.encoder.layer[index].state_dict().items(), strict=True
+        ):
+            assert torch.equal(got, want), name
+    ids = torch.tensor([[2, 7, 9, 3]])
+    assert student(input_ids=ids).logits.shape == (1, NUM_CLASSES)
+    student.save_pretrained(tmp_path / "student")  # written as a 2-layer model, read back as one
+    again = sequence_classifier(str(tmp_path / "student"), num_labels=NUM_CLASSES).eval()
+    assert again.config.num_hidden_layers == 2
+    torch.testing.assert_close(again(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
+    for bad in ([], [1, 1], [2, 1], [0, 4]):
+        with pytest.raises(ConfigurationError, match=r"`layers` must be increasing indices in \[0, 4\)"):
+            keep_layers(transformers.BertModel(config), bad)
+    with pytest.raises(ConfigurationError, match=r"no `config\.num_hidden_layers`"):
+        keep_layers(torch.nn.Linear(2, 2), [0])

@@ -9,6 +9,7 @@ reads it (see :data:`~kdlightning.methods.base.Batch`).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Any
@@ -140,7 +141,9 @@ def _rules(tokenizer: Any) -> str | None:
     """A tokenizer's class name and rules (its fast backend's serialisation, or its vocabulary), or None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        rules = backend.to_str()
+        # Without the padding and truncation a call leaves set on the backend: the same rules before and after use.
+        serialised = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        rules = json.dumps(serialised, sort_keys=True)
     elif callable(getattr(tokenizer, "get_vocab", None)):
         rules = repr(sorted(tokenizer.get_vocab().items()))
     else:

@@ -7,6 +7,7 @@ Nothing here trains or reads data.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from kdlightning.data import (
     PartitionedDataModule,
     Partitioner,
     QuantitySkewPartitioner,
+    TokenizeCollate,
 )
+from kdlightning.errors import ConfigurationError
 from kdlightning.methods import DistillationModule, VanillaKD
 from kdlightning.pipeline import NetworkFactory, digest, trainer
 from kdlightning.reporting import slug
@@ -33,6 +36,7 @@ from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
 
 __all__ = [
+    "NETWORKS",
     "TUNED_KD",
     "TUNED_KD_PUBLIC",
     "TUNED_NAMES",
@@ -54,6 +58,30 @@ TUNED_KD_PUBLIC = "tuned_kd_public"
 
 TUNED_NAMES = {"own": TUNED_KD, "public": TUNED_KD_PUBLIC}
 """Tuned KD's name in the results for each ``tuning.validation``."""
+
+
+NETWORKS = ("student", "teacher")
+"""The study's two networks, each of its own architecture (and, on text, its own tokenizer)."""
+
+
+def tokenizers_by_network(tokenizers: Any) -> dict[str, Any] | None:
+    """``tokenizers`` as a study takes it (one tokenizer, or one per network) as a dict from network to tokenizer.
+
+    Raises:
+        ConfigurationError: a dict whose keys are not exactly ``student`` and ``teacher``.
+        InputTypeError: a tokenizer given as a path (see :class:`~kdlightning.data.TokenizeCollate`).
+    """
+    if tokenizers is None:
+        return None
+    if not isinstance(tokenizers, Mapping):
+        tokenizers = dict.fromkeys(NETWORKS, tokenizers)
+    if set(tokenizers) != set(NETWORKS):
+        raise ConfigurationError(
+            f"`tokenizers` must give one tokenizer for both networks, or one for each of {list(NETWORKS)}; got the "
+            f"keys {sorted(tokenizers)}."
+        )
+    TokenizeCollate(dict(tokenizers))  # a path or an empty value fails now, named
+    return dict(tokenizers)
 
 
 def default_scenarios() -> list[Partitioner]:
@@ -96,6 +124,9 @@ class StudyConfig:
     """Builds the control: the student continuing alone."""
     out: Path
     trainer: Mapping[str, Any] = field(default_factory=dict)
+    tokenizers: Mapping[str, Any] | None = None
+    """On text: each network's tokenizer (:func:`tokenizers_by_network`); None for numeric inputs."""
+    max_length: int | None = 128
     batched: bool = True
     max_members: int | None = 32
     ray: bool | str = False
@@ -142,9 +173,19 @@ class StudyConfig:
 
     # ------------------------------------------------------------------ a cell's data, files and trainers
     def datamodule(
-        self, scenario: Partitioner, seed: int, party: int, validation: str | list[str] = "own"
+        self,
+        scenario: Partitioner,
+        seed: int,
+        party: int,
+        validation: str | list[str] = "own",
+        network: str | None = None,
     ) -> PartitionedDataModule:
-        """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set)."""
+        """Party ``party``'s view of ``scenario`` with ``seed`` (its own data is its transfer set).
+
+        On text its batches are tokenized for a cell's methods (the student's inputs by the student's tokenizer,
+        the teacher's and DML's peer's by the teacher's), or, with ``network``, for that network trained alone
+        (its pre-training: it is the method's student).
+        """
         return PartitionedDataModule(
             dataset=self.dataset,
             partitioner=scenario,
@@ -156,7 +197,22 @@ class StudyConfig:
             validation=validation,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             seed=seed,
+            tokenizers=self.collate(network),
         )
+
+    def collate(self, network: str | None = None) -> TokenizeCollate | None:
+        """The tokenization of a cell's methods, or of ``network`` trained alone; None for numeric data."""
+        return None if self.tokenizers is None else self._collates[network]
+
+    @functools.cached_property
+    def _collates(self) -> dict[str | None, TokenizeCollate]:
+        assert self.tokenizers is not None
+        student, teacher = self.tokenizers["student"], self.tokenizers["teacher"]
+        methods = TokenizeCollate({"student": student, "teacher": teacher, "peer": teacher}, self.max_length)
+        collates: dict[str | None, TokenizeCollate] = {None: methods}
+        for name in NETWORKS:
+            collates[name] = TokenizeCollate({"student": self.tokenizers[name]}, self.max_length)
+        return collates
 
     def key(self, scenario: Partitioner, seed: int, *parts: Any) -> str:
         """A digest of the study's configuration for ``scenario`` and ``seed``, and ``parts`` (names cached files)."""
@@ -170,6 +226,7 @@ class StudyConfig:
             self.batch_size,
             self.pretrain_epochs,
             *([self.public_fraction] if self.public_fraction else []),
+            *([collate.fingerprint()] if (collate := self.collate()) is not None else []),
             *parts,
         )
 

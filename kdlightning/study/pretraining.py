@@ -50,7 +50,7 @@ class Pretraining:
         factory, party = (
             (config.student, config.student_party) if role == "student" else (config.teacher, config.teacher_party)
         )
-        data = config.datamodule(scenario, seed, party)
+        data = config.datamodule(scenario, seed, party, network=role)
         L.seed_everything(seed, verbose=False)
         network = factory(data.num_classes)
         path = config.out / "pretrained" / f"{role}-{config.key(scenario, seed, party, repr(network))}.pt"

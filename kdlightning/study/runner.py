@@ -27,12 +27,20 @@ from torch import nn
 
 from kdlightning.data import DatasetSource, Digits, Partitioner
 from kdlightning.errors import ConfigurationError
+from kdlightning.hf import check_readable
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule, StudentOnly, VanillaKD, member_error
 from kdlightning.pipeline import NetworkFactory, check_trainer, check_trainer_for, check_writable, describe, digest
 from kdlightning.reporting import add_gains, read_csv
 from kdlightning.study.cells import CellRunner
-from kdlightning.study.config import TUNED_KD, TUNED_NAMES, MethodFactory, StudyConfig, default_scenarios
+from kdlightning.study.config import (
+    TUNED_KD,
+    TUNED_NAMES,
+    MethodFactory,
+    StudyConfig,
+    default_scenarios,
+    tokenizers_by_network,
+)
 from kdlightning.study.parallel import CellRuns, check_ray, run_cells
 from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.record import check_and_record
@@ -78,6 +86,12 @@ class Study:
         out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
         trainer: ``lightning.Trainer`` settings for every fit (e.g. ``{"accelerator": "gpu", "precision":
             "bf16-mixed"}``); the study sets the epochs, one device and no logger itself.
+        tokenizers: on a text data set, how its networks read it: one tokenizer for both, or a dict with the
+            ``student``'s and the ``teacher``'s (DML's peer, a copy of the teacher, reads the teacher's). Every
+            datamodule of the study tokenizes with them: each party's pre-training with its network's, every
+            method, the control and tuned KD's search with both. Load one with
+            :func:`kdlightning.hf.load_tokenizer` (in YAML ``class_path: kdlightning.hf.load_tokenizer``).
+        max_length: with ``tokenizers``: truncate each text to this many tokens (None: the tokenizer's maximum).
         batched: train each cell's (scenario and seed's) control, the methods that can be members
             (:func:`~kdlightning.methods.member_error`) and tuned KD's grid as batched members
             (:class:`~kdlightning.methods.BatchedMembers`): one fit where they would be dozens, each member as
@@ -104,7 +118,8 @@ class Study:
         seconds: wall time of the last :meth:`run`: in all, and pre-training the parties' networks.
 
     Raises:
-        ConfigurationError: a bad argument: duplicate seeds or scenarios, a party out of range, epochs below 1.
+        ConfigurationError: a bad argument: duplicate seeds or scenarios, a party out of range, epochs below 1,
+            ``tokenizers`` that name other networks.
     """
 
     def __init__(
@@ -128,6 +143,8 @@ class Study:
         control: str = "student_only",
         out: str = "runs/study",
         trainer: dict[str, Any] | None = None,
+        tokenizers: Any = None,
+        max_length: int | None = 128,
         batched: bool = True,
         max_members: int | None = 32,
         ray: bool | str = False,
@@ -182,6 +199,8 @@ class Study:
             control_factory=continue_alone,
             out=Path(out),
             trainer=settings,
+            tokenizers=tokenizers_by_network(tokenizers),
+            max_length=max_length,
             batched=batched,
             max_members=max_members,
             ray=ray,
@@ -209,11 +228,16 @@ class Study:
             return
         config = self.config
         data = config.dataset.data()
-        if data.is_text:
+        if data.is_text and config.tokenizers is None:
             raise ConfigurationError(
-                f"`dataset` {type(config.dataset).__name__} holds text, which the study's networks cannot read "
-                "without a tokenizer: `kdl study` takes numeric inputs (images, arrays). Distil on text with "
-                "`kdl fit` or `kdl tune` and their datamodule's `tokenizers`."
+                f"`dataset` {type(config.dataset).__name__} holds text, which the study's networks read as token "
+                "ids: give `tokenizers`, one tokenizer for both networks or `{student: ..., teacher: ...}` (in YAML "
+                "`class_path: kdlightning.hf.load_tokenizer` with `init_args: {path: <model directory>}`)."
+            )
+        if not data.is_text and config.tokenizers is not None:
+            raise ConfigurationError(
+                f"`tokenizers` is set but `dataset` {type(config.dataset).__name__} holds numeric inputs, not text: "
+                "drop `tokenizers`, or choose a text column of the data set."
             )
         for scenario in config.scenarios:  # an impossible scenario fails now, not after hours of others
             scenario.partition(data.train_labels, config.num_parties, config.seeds[0])
@@ -235,6 +259,9 @@ class Study:
         members = {config.control}
         with torch.random.fork_rng():  # building networks must not move the caller's random state
             student, teacher = config.student(num_classes), config.teacher(num_classes)
+            if config.tokenizers is not None:
+                for name, network in (("student", student), ("teacher", teacher)):
+                    check_readable(network, config.tokenizers[name], config.max_length, name)
             methods: dict[str, Any] = {config.control: {"factory": describe(continue_alone)}}
             control = continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
             for name, factory in config.methods.items():
@@ -265,6 +292,7 @@ class Study:
             **{name: getattr(config, name) for name in ("batch_size", "val_fraction", "control")},
             **({"public_fraction": config.public_fraction} if config.public_fraction else {}),
             **({"trainer": describe(dict(config.trainer))} if config.trainer else {}),
+            **({"tokenizers": collate.fingerprint()} if (collate := config.collate()) is not None else {}),
         }
         configuration = json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read from the file
         return _Checked(configuration, frozenset(members))
