@@ -202,7 +202,9 @@ def pretrained_classifier(
     return model if layers is None else keep_layers(model, layers)
 
 
-def check_readable(network: nn.Module, tokenizer: Any, max_length: int | None, network_name: str) -> None:
+def check_readable(
+    network: nn.Module, tokenizer: Any, max_length: int | None, network_name: str, argument: str = "tokenizers"
+) -> None:
     """Refuse a tokenizer whose token ids or lengths ``network`` cannot read, before any training.
 
     Args:
@@ -210,16 +212,17 @@ def check_readable(network: nn.Module, tokenizer: Any, max_length: int | None, n
         tokenizer: the tokenizer that will feed it.
         max_length: the longest sequence it will be given (None: the tokenizer's ``model_max_length``).
         network_name: how the messages name the network (``student``, ``teacher``).
+        argument: the argument that gave the tokenizer, as the messages name it.
 
     Raises:
-        ConfigurationError: more tokens than the network's embeddings (naming ``tokenizers``), or sequences
+        ConfigurationError: more tokens than the network's embeddings (naming ``argument``), or sequences
             longer than its position embeddings (naming ``max_length``).
     """
     embed = getattr(network, "get_input_embeddings", None)
     embeddings = embed() if callable(embed) else None
     if isinstance(embeddings, nn.Embedding) and len(tokenizer) > embeddings.num_embeddings:
         raise ConfigurationError(
-            f"`tokenizers`: the {network_name}'s tokenizer has {len(tokenizer)} tokens, but the {network_name} "
+            f"`{argument}`: the {network_name}'s tokenizer has {len(tokenizer)} tokens, but the {network_name} "
             f"embeds {embeddings.num_embeddings}: its token ids would lie beyond the network's vocabulary. Give the "
             f"{network_name} the tokenizer saved with its model."
         )

@@ -22,6 +22,7 @@ from kdlightning.data import DatasetSource, Digits, DirichletPartitioner, Partit
 from kdlightning.errors import ConfigurationError
 from kdlightning.federated.aggregate import Targets
 from kdlightning.federated.strategy import strategy_spec
+from kdlightning.federated.tokens import Tokenization
 from kdlightning.methods import MultiTeacherKD
 from kdlightning.pipeline import DEFAULTS, NetworkFactory
 
@@ -87,6 +88,12 @@ class FederationConfig:
         starts: which starts to run, from ``fresh``, ``average``, ``consolidated``, ``best_client``.
         cpus_per_client: CPU cores Flower's simulation gives each client (clients run in parallel
             as the machine's cores allow).
+        tokenizer: on a text data set, the global model's tokenizer (and every client's unless
+            ``client_tokenizers``): every datamodule of the federation tokenizes with it or them. Load one with
+            :func:`kdlightning.hf.load_tokenizer` (in YAML ``class_path: kdlightning.hf.load_tokenizer``).
+        client_tokenizers: one tokenizer per client architecture, in the order of ``client_networks``: a client
+            pre-trains reading its architecture's; FedAvg's rounds train the global model, which reads ``tokenizer``.
+        max_length: with a tokenizer: truncate each text to this many tokens (None: the tokenizer's maximum).
         trainer: ``lightning.Trainer`` settings of every fit (pre-training, local rounds, consolidation,
             evaluation), e.g. ``{precision: bf16-mixed}``; on top of the federation's own defaults
             (``accelerator: cpu``, ``limit_val_batches: 0``).
@@ -102,9 +109,9 @@ class FederationConfig:
             ``lightning.pytorch.loggers.WandbLogger`` arguments (``project``, ``group``, ``mode``, ...). One run per
             start, named after it and grouped by the experiment (``out``'s name unless ``group`` is given).
 
-    Once built, ``client_networks``, ``target_fractions`` and ``starts`` are tuples (``starts`` without repeats),
-    ``trainer`` is the checked settings (``{}`` for none), ``out`` a ``Path`` and ``strategy`` the full
-    ``{"class_path": "<module>.<Class>", "init_args": {...}}``.
+    Once built, ``client_networks``, ``client_tokenizers``, ``target_fractions`` and ``starts`` are tuples
+    (``starts`` without repeats), ``trainer`` is the checked settings (``{}`` for none), ``out`` a ``Path`` and
+    ``strategy`` the full ``{"class_path": "<module>.<Class>", "init_args": {...}}``.
 
     Examples:
         ``Federation(FederationConfig(network=MLP, rounds=20, out="runs/federated/mine")).check()``.
@@ -130,6 +137,9 @@ class FederationConfig:
     target_fractions: Sequence[float] = (0.95, 0.98, 0.99)
     starts: Sequence[str] = STARTS
     cpus_per_client: float = 1.0
+    tokenizer: Any = None
+    client_tokenizers: Sequence[Any] | None = None
+    max_length: int | None = 128
     trainer: dict[str, Any] | None = None
     out: Path = Path("runs/federated")
     strategy: dict[str, Any] | None = None
@@ -161,8 +171,16 @@ class FederationConfig:
             raise ConfigurationError(f"`starts` must be a non-empty list of {list(STARTS)}, got {list(self.starts)}.")
         if self.client_networks is not None and not self.client_networks:
             raise ConfigurationError("`client_networks` is empty: give at least one factory, or None for `network`.")
+        architectures = len(self.client_networks or [self.network])
+        if self.client_tokenizers is not None and len(self.client_tokenizers) != architectures:
+            raise ConfigurationError(
+                f"`client_tokenizers` must give one tokenizer per client architecture ({architectures} in "
+                f"`client_networks`), got {len(self.client_tokenizers)}."
+            )
+        Tokenization(self.tokenizer, self.client_tokenizers, self.max_length)  # its values, named
         normalized = {
             "client_networks": None if self.client_networks is None else tuple(self.client_networks),
+            "client_tokenizers": None if self.client_tokenizers is None else tuple(self.client_tokenizers),
             "target_fractions": tuple(float(f) for f in self.target_fractions),
             "starts": tuple(dict.fromkeys(self.starts)),
             "trainer": pipeline.check_trainer(self.trainer),
@@ -173,6 +191,11 @@ class FederationConfig:
             raise ConfigurationError("`logger` needs `wandb` (pip install wandb), or `logger: false`.")
         for name, value in normalized.items():
             object.__setattr__(self, name, value)  # a frozen dataclass sets its own fields this way
+
+    @property
+    def tokenization(self) -> Tokenization:
+        """How the networks read text: the global model's tokenizer and each client architecture's."""
+        return Tokenization(self.tokenizer, self.client_tokenizers, self.max_length)
 
     @property
     def targets(self) -> Targets:

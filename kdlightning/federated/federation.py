@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from kdlightning import pipeline
 from kdlightning.cache import CacheReferenceOutputs
-from kdlightning.data import EpochShuffleSampler, PartitionedDataModule
+from kdlightning.data import EpochShuffleSampler, PartitionedDataModule, TokenizeCollate
 from kdlightning.errors import ConfigurationError, InputTypeError, RunError
 from kdlightning.federated.aggregate import weighted_average
 from kdlightning.federated.config import DEFAULT_CONFIG, FederationConfig
@@ -102,9 +102,12 @@ class Federation:
             return
         config = self.config
         self.server_strategy()
-        server = self.datamodule(None)
+        tokens = config.tokenization
+        tokens.check_data(config.dataset)
+        server = self.datamodule(None, tokens.global_network())
         server.setup()
         networks = Networks(config.network, config.client_networks, config.num_clients, server.num_classes, config.seed)
+        tokens.check_networks(networks)
         starts = list(config.starts)
         if "average" in starts and not networks.one_architecture():
             warnings.warn(
@@ -181,8 +184,12 @@ class Federation:
         self.records.check_resume(self.configuration())
 
     # ------------------------------------------------------------------ data
-    def datamodule(self, client: int | None) -> PartitionedDataModule:
-        """Client ``client``'s data, or (``None``) the server's: the public transfer set and the global test set."""
+    def datamodule(self, client: int | None, tokens: TokenizeCollate | None = None) -> PartitionedDataModule:
+        """Client ``client``'s data, or (``None``) the server's: the public transfer set and the global test set.
+
+        ``tokens``: on text, the tokenization of the networks that read it (see
+        :class:`~kdlightning.federated.tokens.Tokenization`).
+        """
         config = self.config
         return PartitionedDataModule(
             dataset=config.dataset,
@@ -194,6 +201,7 @@ class Federation:
             val_fraction=config.val_fraction,
             batch_size=config.batch_size,
             seed=config.seed,
+            tokenizers=tokens,
         )
 
     def _trainer(self, epochs: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
@@ -204,6 +212,7 @@ class Federation:
         config = self.config
         key = [repr(type(config.dataset)), vars(config.dataset), str(config.partitioner), config.num_clients]
         key += [config.public_fraction, config.val_fraction, config.batch_size, config.seed]
+        key += [fingerprint] if (fingerprint := config.tokenization.fingerprint()) is not None else []
         return pipeline.digest(*key, *parts)
 
     # ------------------------------------------------------------------ the clients' side
@@ -214,7 +223,7 @@ class Federation:
         """
         self._check_client(client)
         networks, config = self.networks, self.config
-        data = self.datamodule(client)
+        data = self.datamodule(client, config.tokenization.client(client))
         data.setup()
         L.seed_everything(config.seed * 1000 + client, verbose=False)
         network, common = networks.initial_client_network(client), networks.has_global_architecture(client)
@@ -239,7 +248,7 @@ class Federation:
         """
         self._check_client(client)
         config = self.config
-        data = self.datamodule(client)
+        data = self.datamodule(client, config.tokenization.global_network())
         data.setup()
         L.seed_everything(config.seed * 1_000_003 + server_round * 1009 + client, verbose=False)
         network = self.networks.global_network()
@@ -257,7 +266,7 @@ class Federation:
         batches, and a rerun repeats them. The partition and the splits stay those of ``seed``.
         """
         if data is None:
-            data = self.datamodule(client)
+            data = self.datamodule(client, self.config.tokenization.global_network())
             data.setup()
         loader = data.train_dataloader()
         if isinstance(loader.sampler, EpochShuffleSampler):
@@ -299,15 +308,16 @@ class Federation:
         own validation split would not do: it follows the client's skewed label shares, on which a client that
         knows few classes looks best.
         """
-        networks = self.networks
-        server = self.datamodule(None)
+        networks, tokens = self.networks, self.config.tokenization
+        server = self.datamodule(None, tokens.global_network())
         server.setup()
-        loader = DataLoader(server.train_set, batch_size=self.config.batch_size)
         accuracies = {}
         for client, (state, _) in enumerate(clients):
             if networks.has_global_architecture(client):
                 network = networks.global_network()
                 network.load_state_dict(state)
+                collate = tokens.client(client)
+                loader = DataLoader(server.train_set, batch_size=self.config.batch_size, collate_fn=collate)
                 metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), loader, verbose=False)
                 accuracies[client] = float(metrics[0]["test/acc"])
         if not accuracies:
@@ -328,7 +338,8 @@ class Federation:
         model = self._distillation(student, networks.num_classes, teachers, [float(n) for _, n in clients])
         L.seed_everything(config.seed, verbose=False)
         cache = CacheReferenceOutputs(cache_dir=str(config.out / "cache"))
-        self._trainer(config.consolidation_epochs, [cache]).fit(model, datamodule=self.datamodule(None))
+        data = self.datamodule(None, config.tokenization.consolidation(len(teachers)))
+        self._trainer(config.consolidation_epochs, [cache]).fit(model, datamodule=data)
         return _cpu_state(student)
 
     def _distillation(
@@ -346,7 +357,8 @@ class Federation:
         """Test accuracy and loss of the global network with ``state`` on the global test set."""
         network = self.networks.global_network()
         network.load_state_dict(state)
-        metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), self.datamodule(None), verbose=False)
+        data = self.datamodule(None, self.config.tokenization.global_network())
+        metrics = self._trainer(1).test(StudentOnly(network, self.num_classes), data, verbose=False)
         return float(metrics[0]["test/acc"]), float(metrics[0]["test/loss"])
 
     # ------------------------------------------------------------------ the strategy

@@ -217,9 +217,9 @@ def federation_record(config: FederationConfig, networks: Sequence[str]) -> dict
     """What the rows of a federation's ``rounds.csv`` depend on, as JSON (``federation.json``).
 
     The data, partition and splits, the networks (``networks``: their ``repr``), the pre-training and consolidation,
-    the local training and the strategy; not ``rounds`` (more rounds extend the starts), the targets (read from the
-    rows), ``starts``, the output, progress or logger. A value JSON does not hold is written as its ``str``, without
-    memory addresses (:func:`~kdlightning.pipeline.without_addresses`).
+    the local training, the strategy and (on text) the tokenizers; not ``rounds`` (more rounds extend the starts),
+    the targets (read from the rows), ``starts``, the output, progress or logger. A value JSON does not hold is
+    written as its ``str``, without memory addresses (:func:`~kdlightning.pipeline.without_addresses`).
     """
     settings = {
         "dataset": [type(config.dataset).__qualname__, vars(config.dataset)],
@@ -239,6 +239,8 @@ def federation_record(config: FederationConfig, networks: Sequence[str]) -> dict
         "strategy": config.strategy,
         "trainer": config.trainer,
     }
+    if (tokens := config.tokenization.fingerprint()) is not None:  # the tokenizers and max_length
+        settings["tokenizers"] = tokens
     record: dict[str, Any] = json.loads(without_addresses(json.dumps(settings, sort_keys=True, default=str)))
     return record
 
