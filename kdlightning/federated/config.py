@@ -177,7 +177,7 @@ class FederationConfig:
                 f"`client_tokenizers` must give one tokenizer per client architecture ({architectures} in "
                 f"`client_networks`), got {len(self.client_tokenizers)}."
             )
-        Tokenization(self.tokenizer, self.client_tokenizers, self.max_length)  # its values, named
+        self.tokenization  # noqa: B018 - built now: its values are checked, named
         normalized = {
             "client_networks": None if self.client_networks is None else tuple(self.client_networks),
             "client_tokenizers": None if self.client_tokenizers is None else tuple(self.client_tokenizers),
@@ -192,9 +192,9 @@ class FederationConfig:
         for name, value in normalized.items():
             object.__setattr__(self, name, value)  # a frozen dataclass sets its own fields this way
 
-    @property
+    @functools.cached_property
     def tokenization(self) -> Tokenization:
-        """How the networks read text: the global model's tokenizer and each client architecture's."""
+        """How the networks read text: the global model's tokenizer and each client architecture's (built once)."""
         return Tokenization(self.tokenizer, self.client_tokenizers, self.max_length)
 
     @property

@@ -45,9 +45,10 @@ class Tokenization:
         self.tokenizer = tokenizer
         self.client_tokenizers = tuple(client_tokenizers) if client_tokenizers is not None else (tokenizer,)
         self.max_length = max_length
-        if tokenizer is not None:
-            for each in (tokenizer, *self.client_tokenizers):  # a path or a bad length fails now
-                TokenizeCollate(each, max_length)
+        self._client_argument = "tokenizer" if client_tokenizers is None else "client_tokenizers"
+        # Built once (a path or a bad length fails now): each serialises its tokenizer's rules.
+        self._global = TokenizeCollate(tokenizer, max_length) if tokenizer is not None else None
+        self._clients = [TokenizeCollate(each, max_length) for each in self.client_tokenizers] if self.text else []
 
     def check_data(self, dataset: DatasetSource) -> None:
         """Refuse text without a tokenizer, or a tokenizer on numeric data (reads ``dataset``).
@@ -76,7 +77,7 @@ class Tokenization:
         """
         if not self.text:
             return
-        argument = "tokenizer" if self.client_tokenizers == (self.tokenizer,) else "client_tokenizers"
+        argument = self._client_argument
         with torch.random.fork_rng():  # building networks draws initial weights
             check_readable(networks.global_network(), self.tokenizer, self.max_length, "global network", "tokenizer")
             for client in range(networks.architectures):
@@ -94,11 +95,11 @@ class Tokenization:
 
     def global_network(self) -> TokenizeCollate | None:
         """The global model's inputs (FedAvg's rounds, the tests, the best client's choice)."""
-        return TokenizeCollate(self.tokenizer, self.max_length) if self.text else None
+        return self._global
 
     def client(self, client: int) -> TokenizeCollate | None:
         """Client ``client``'s own network's inputs (its pre-training and its accuracy on the public split)."""
-        return TokenizeCollate(self.client_tokenizer(client), self.max_length) if self.text else None
+        return self._clients[client % len(self._clients)] if self.text else None
 
     def consolidation(self, clients: int) -> TokenizeCollate | None:
         """The global model's inputs as the student, and each client's model's as ``teacher_<k>``."""
