@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[hf,wandb,test,docs,federated]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[hf,wandb,test,docs,federated,tweets]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

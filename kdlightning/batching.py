@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from kdlightning.data import ClassificationDataModule, MemberStreams
@@ -193,6 +194,7 @@ def pretrain_together(
     trainer: Callable[[], L.Trainer],
     *,
     max_members: int | None = 32,
+    optimizer: OptimizerCallable | None = None,
 ) -> Iterator[list[str]]:
     """Pre-train networks of one architecture, each with :class:`~kdlightning.StudentOnly` on its own data, together.
 
@@ -207,12 +209,16 @@ def pretrain_together(
         epochs: epochs of each network.
         trainer: builds a fresh trainer of one epoch (the fit's epoch holds every network's ``epochs``).
         max_members: networks per fit (memory grows with it); None for all in one.
+        optimizer: builds each network's optimizer; None for :class:`~kdlightning.StudentOnly`'s default.
     """
     names = list(parties)
     size = len(names) if max_members is None else max(int(max_members), 1)
     for start in range(0, len(names), size):
         chunk = names[start : start + size]
         members = {name: StudentOnly(parties[name][0], parties[name][1].num_classes) for name in chunk}
+        if optimizer is not None:
+            for member in members.values():
+                member.use_optimizer(optimizer)
         try:
             model = OwnDataMembers(members)
             trainer().fit(model, datamodule=MemberStreams([parties[name][1] for name in chunk], epochs))

@@ -27,15 +27,19 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from kdlightning.atomic import UNREADABLE, atomic_path
 from kdlightning.errors import ConfigurationError, StorageError
 from kdlightning.trainers import quiet_trainer
+
+if TYPE_CHECKING:
+    from kdlightning.methods import DistillationModule
 
 __all__ = [
     "ABSENT",
@@ -51,6 +55,7 @@ __all__ = [
     "from_args",
     "has_config",
     "load_weights",
+    "optimized",
     "pretrain_once",
     "save_weights",
     "show",
@@ -60,6 +65,8 @@ __all__ = [
 
 NetworkFactory = Callable[[int], nn.Module]
 """Builds a fresh network for ``num_classes`` classes (in YAML: a ``class_path`` with ``init_args``)."""
+
+_Method = TypeVar("_Method", bound="DistillationModule")
 
 DEFAULTS = Path(__file__).with_name("defaults")
 """The packaged default configs: ``study.yaml`` and ``federated.yaml`` (the bundled digits)."""
@@ -316,3 +323,13 @@ def from_args(
 def has_config(args: Sequence[str]) -> bool:
     """Whether ``args`` name a config (``-c``/``--config``): it then replaces the embedded default whole."""
     return any(arg in ("-c", "--config") or str(arg).startswith("--config=") for arg in args)
+
+
+def optimized(model: _Method, optimizer: OptimizerCallable | None) -> _Method:
+    """``model`` trained with a pipeline's one ``optimizer`` (:meth:`~kdlightning.DistillationModule.use_optimizer`).
+
+    Unchanged when ``optimizer`` is None: the method then trains with its own.
+    """
+    if optimizer is not None:
+        model.use_optimizer(optimizer)
+    return model

@@ -138,6 +138,27 @@ def test_num_labels_is_validated() -> None:
         sequence_classifier("anything", num_labels=1)
 
 
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_num_labels_unlike_the_data_s_classes_is_refused_when_the_method_is_built(
+    role: str, assets: dict[str, Path]
+) -> None:
+    networks = {name: sequence_classifier(str(assets[name]), num_labels=NUM_CLASSES) for name in ("student", "teacher")}
+    networks[role] = sequence_classifier(str(assets[role]), num_labels=NUM_CLASSES + 1, ignore_mismatched_sizes=True)
+    with pytest.raises(ValueError, match=rf"`num_labels` of the {role} is 4, but the data set has 3 classes"):
+        VanillaKD(networks["student"], networks["teacher"], num_classes=NUM_CLASSES)
+    VanillaKD(TinyNet(), TinyNet(), num_classes=TINY_CLASSES)  # networks without num_labels are not checked here
+
+
+def test_a_tokenizer_whose_vocabulary_did_not_load_is_refused_before_training(assets: dict[str, Path]) -> None:
+    # transformers 5 builds a 5-token vocabulary from `vocab_file` without a warning: every word is [UNK]
+    broken = transformers.BertTokenizerFast(vocab_file=str(assets["student"] / "vocab.txt"))
+    assert len(broken) < len(STUDENT_VOCAB)
+    data = _datamodule(assets, {"student": load_tokenizer(str(assets["student"])), "teacher": broken})
+    with pytest.raises(ValueError, match=r"`tokenizers`: the teacher's tokenizer .* maps 100% .* unknown token"):
+        data.setup("fit")
+    _datamodule(assets, load_tokenizer(str(assets["student"]))).setup("fit")  # the loaded vocabulary passes
+
+
 # ---------------------------------------------------------------------------------------------- tokenization
 def test_different_tokenizers_give_one_input_dict_per_network(assets: dict[str, Path]) -> None:
     dm = _datamodule(assets, _both(assets))

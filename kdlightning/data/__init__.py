@@ -27,6 +27,7 @@ from kdlightning.data.strategies import (
 )
 from kdlightning.data.streams import MemberStreams
 from kdlightning.data.text import TokenizeCollate
+from kdlightning.data.tweets import Tweets
 
 __all__ = [
     "ClassificationDataModule",
@@ -46,6 +47,7 @@ __all__ = [
     "QuantitySkewPartitioner",
     "ResumableDataLoader",
     "TokenizeCollate",
+    "Tweets",
     "dirichlet",
     "iid",
     "label_skew",

@@ -272,6 +272,8 @@ class PartitionedDataModule(ClassificationDataModule):
                 "tokenizer, one per network role, or a TokenizeCollate), e.g. `class_path: "
                 "kdlightning.hf.load_tokenizer` with the model's directory."
             )
+        if isinstance(self.collate_fn, TokenizeCollate):
+            self.collate_fn.check_vocabulary(data.train_inputs[:256].tolist())
         if not self.parts:
             self.parts, self.public_index = self.split_pool()
         own_train, own_val = self._train_val(self.partition_id)

@@ -293,6 +293,10 @@ class HFDataset(DatasetSource):
         input_kind: ``"auto"`` (from the column's feature type), ``"image"``, ``"text"`` or ``"numeric"``.
         num_classes: the number of classes, if known; None reads it from the data set's metadata (a
             ``ClassLabel`` label column) or, failing that, from the loaded labels.
+        train_size: keep a random ``train_size`` of the training pool (drawn with ``seed``); None keeps it all.
+        test_size: keep a random ``test_size`` of the test set (drawn with ``seed``); None keeps it all.
+        builder_kwargs: further arguments of ``load_dataset`` for the builder, e.g. ``{"encoding_errors":
+            "replace"}`` for a ``csv`` file with bytes that are not UTF-8.
     """
 
     def __init__(
@@ -309,7 +313,13 @@ class HFDataset(DatasetSource):
         seed: int = 0,
         input_kind: Literal["auto", "image", "text", "numeric"] = "auto",
         num_classes: int | None = None,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        builder_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        for name, size in (("train_size", train_size), ("test_size", test_size)):
+            if size is not None and int(size) < 1:
+                raise ConfigurationError(f"`{name}` must be >= 1 or None, got {size!r}.")
         if not 0.0 < test_fraction < 1.0:
             raise ConfigurationError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}.")
         if input_kind not in ("auto", "image", "text", "numeric"):
@@ -322,18 +332,30 @@ class HFDataset(DatasetSource):
         self.train_split, self.test_split = train_split, test_split
         self.test_fraction, self.seed, self.input_kind = test_fraction, seed, input_kind
         self.num_classes = num_classes
+        self.train_size, self.test_size = train_size, test_size
+        self.builder_kwargs = dict(builder_kwargs or {})
 
     def _load(self) -> Any:
         import datasets
 
         try:
-            return datasets.load_dataset(self.path, self.name, data_dir=self.data_dir, data_files=self.data_files)
+            return datasets.load_dataset(
+                self.path, self.name, data_dir=self.data_dir, data_files=self.data_files, **self.builder_kwargs
+            )
         except FileNotFoundError as error:
             raise MissingFileError(
                 f"Could not load data set '{self.path}' (data_dir={self.data_dir!r}, data_files={self.data_files!r}): "
                 f"{error}. Check the local path, or, for a hub id, that the hub is reachable (HF_DATASETS_OFFLINE=1 "
                 "allows only data already in the local cache)."
             ) from error
+        except datasets.exceptions.DatasetGenerationError as error:
+            if isinstance(error.__cause__, UnicodeDecodeError):
+                raise ConfigurationError(
+                    f"Data set '{self.path}' (data_files={self.data_files!r}) holds bytes that are not UTF-8 "
+                    f"({error.__cause__}): give its encoding, e.g. `builder_kwargs: {{encoding: latin-1}}`, or "
+                    "`builder_kwargs: {encoding_errors: replace}` to read them as U+FFFD."
+                ) from error
+            raise
         except ConnectionError as error:
             raise ConnectionError(
                 f"Could not reach the Hugging Face hub for data set '{self.path}': {error}. Download it where there "
@@ -382,6 +404,7 @@ class HFDataset(DatasetSource):
         else:
             parts = train.train_test_split(test_size=self.test_fraction, seed=self.seed)
             train, test = parts["train"], parts["test"]
+        train, test = self._subsample(train, self.train_size), self._subsample(test, self.test_size)
         names = self._class_names(train, test)
         train_y, test_y = self._labels(train, names), self._labels(test, names)
         num_classes = len(names) if names is not None else int(max(train_y.max(), test_y.max())) + 1
@@ -396,6 +419,13 @@ class HFDataset(DatasetSource):
         return LabelledData(
             self._inputs(train), train_y, self._inputs(test), test_y, num_classes=num_classes, class_names=names
         )
+
+    def _subsample(self, split: Any, size: int | None) -> Any:
+        """A random ``size`` rows of ``split`` (drawn with ``seed``), in their original order; all of it if None."""
+        if size is None or size >= len(split):
+            return split
+        rows = np.sort(np.random.default_rng(self.seed).permutation(len(split))[: int(size)])
+        return split.select(rows)
 
     def _class_names(self, train: Any, test: Any) -> tuple[str, ...] | None:
         feature = train.features[self.label_column]

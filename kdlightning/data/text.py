@@ -118,6 +118,34 @@ class TokenizeCollate:
             batch["index"] = torch.as_tensor(rest[0], dtype=torch.long)
         return batch
 
+    def check_vocabulary(self, texts: Sequence[str], sample: int = 256, most: float = 0.5) -> None:
+        """Refuse a tokenizer that maps most of ``texts`` to its unknown token: a vocabulary that did not load.
+
+        (``BertTokenizerFast(vocab_file=...)`` in transformers 5 builds a 5-token vocabulary without a word of
+        warning; a network trained through it learns from text lengths alone.) Reads the first ``sample`` texts.
+
+        Raises:
+            ConfigurationError: more than ``most`` of the tokens of some role's tokenizer are its unknown token,
+                naming ``tokenizers`` and the role.
+        """
+        texts = [str(text) for text in texts[:sample]]
+        checked: set[int] = set()
+        for role, tokenizer in self.tokenizers.items():
+            unknown = getattr(tokenizer, "unk_token_id", None)
+            if id(tokenizer) in checked or unknown is None or not texts:
+                continue
+            checked.add(id(tokenizer))
+            ids = [i for row in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in row]
+            share = sum(i == unknown for i in ids) / max(len(ids), 1)
+            if share > most:
+                raise ConfigurationError(
+                    f"`tokenizers`: the {role}'s tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) maps "
+                    f"{share:.0%} of the tokens of the first {len(texts)} texts to its unknown token "
+                    f"{getattr(tokenizer, 'unk_token', unknown)!r}: its vocabulary did not load. Load it with "
+                    "kdlightning.hf.load_tokenizer(<the model's directory>) (AutoTokenizer.from_pretrained), the "
+                    "tokenizer saved with the model."
+                )
+
     def fingerprint(self) -> str:
         """SHA-256 of what determines the networks' inputs: each role's tokenizer and ``max_length``."""
         digest = hashlib.sha256(repr(self.max_length).encode())

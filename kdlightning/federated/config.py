@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from kdlightning import pipeline
@@ -94,6 +95,11 @@ class FederationConfig:
         client_tokenizers: one tokenizer per client architecture, in the order of ``client_networks``: a client
             pre-trains reading its architecture's; FedAvg's rounds train the global model, which reads ``tokenizer``.
         max_length: with a tokenizer: truncate each text to this many tokens (None: the tokenizer's maximum).
+        optimizer: the optimizer of every fit: each client's pre-training and local rounds, and the consolidation
+            (replacing its own), e.g. ``functools.partial(torch.optim.AdamW, lr=5e-5)`` to fine-tune pre-trained
+            transformers (in YAML ``class_path: torch.optim.AdamW`` with ``init_args: {lr: 5.0e-5}``). None:
+            Adam with lr 1e-3 and the consolidation's own. Recorded in ``federation.json``; the clients'
+            files key by it.
         trainer: ``lightning.Trainer`` settings of every fit (pre-training, local rounds, consolidation,
             evaluation), e.g. ``{precision: bf16-mixed}``; on top of the federation's own defaults
             (``accelerator: cpu``, ``limit_val_batches: 0``).
@@ -140,6 +146,7 @@ class FederationConfig:
     tokenizer: Any = None
     client_tokenizers: Sequence[Any] | None = None
     max_length: int | None = 128
+    optimizer: OptimizerCallable | None = None
     trainer: dict[str, Any] | None = None
     out: Path = Path("runs/federated")
     strategy: dict[str, Any] | None = None

@@ -213,6 +213,7 @@ class Federation:
         key = [repr(type(config.dataset)), vars(config.dataset), str(config.partitioner), config.num_clients]
         key += [config.public_fraction, config.val_fraction, config.batch_size, config.seed]
         key += [fingerprint] if (fingerprint := config.tokenization.fingerprint()) is not None else []
+        key += [pipeline.describe(config.optimizer)] if config.optimizer is not None else []
         return pipeline.digest(*key, *parts)
 
     # ------------------------------------------------------------------ the clients' side
@@ -231,7 +232,8 @@ class Federation:
         path = config.out / "clients" / f"client{client}-{key}.pt"
 
         def pretrain(network: nn.Module) -> None:
-            self._trainer(config.pretrain_epochs).fit(StudentOnly(network, networks.num_classes), datamodule=data)
+            model = pipeline.optimized(StudentOnly(network, networks.num_classes), config.optimizer)
+            self._trainer(config.pretrain_epochs).fit(model, datamodule=data)
 
         return _cpu_state(pipeline.pretrain_once(path, network, pretrain)), _size(data.train_set)
 
@@ -255,7 +257,9 @@ class Federation:
         network.load_state_dict(state)
         trainer = self._trainer(config.local_epochs, callbacks)
         loader = self.train_loader(client, server_round, data)
-        trainer.fit(StudentOnly(network, self.num_classes), loader, data.val_dataloader())
+        trainer.fit(
+            pipeline.optimized(StudentOnly(network, self.num_classes), config.optimizer), loader, data.val_dataloader()
+        )
         loss = trainer.callback_metrics.get("train/loss")
         return _cpu_state(network), _size(data.train_set), float(loss) if loss is not None else math.nan
 
@@ -351,7 +355,7 @@ class Federation:
         model = build(student, teachers, num_classes, weights=weights)
         if not isinstance(model, MultiTeacherKD):
             raise InputTypeError(f"`consolidation` must build a MultiTeacherKD, it built a {type(model).__name__}.")
-        return model
+        return pipeline.optimized(model, self.config.optimizer)
 
     def evaluate(self, state: dict[str, Tensor]) -> tuple[float, float]:
         """Test accuracy and loss of the global network with ``state`` on the global test set."""

@@ -23,7 +23,7 @@ from kdlightning.errors import ConfigurationError
 from kdlightning.federated.aggregate import PAPER_REDUCTION, Targets, accuracy_curves, count_to_target
 from kdlightning.federated.config import FederationConfig
 from kdlightning.federated.strategy import failure_reason
-from kdlightning.pipeline import differences, show, without_addresses
+from kdlightning.pipeline import describe, differences, show, without_addresses
 from kdlightning.reporting import read_csv, write_csv
 
 __all__ = ["RECORD", "FederationRecords", "check_record", "federation_record"]
@@ -241,6 +241,8 @@ def federation_record(config: FederationConfig, networks: Sequence[str]) -> dict
     }
     if (tokens := config.tokenization.fingerprint()) is not None:  # the tokenizers and max_length
         settings["tokenizers"] = tokens
+    if config.optimizer is not None:
+        settings["optimizer"] = describe(config.optimizer)
     record: dict[str, Any] = json.loads(without_addresses(json.dumps(settings, sort_keys=True, default=str)))
     return record
 

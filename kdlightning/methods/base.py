@@ -131,6 +131,7 @@ class DistillationModule(L.LightningModule):
         """
         if name in self._frozen:
             raise ConfigurationError(f"{name!r} is a frozen reference; a network is either trained or frozen.")
+        self.check_labels(name, module)
         setattr(self, name, module)
         self._trainable[name] = evaluated_as
         for stage in _STAGES:
@@ -149,6 +150,7 @@ class DistillationModule(L.LightningModule):
         """
         if name in self._trainable:
             raise ConfigurationError(f"{name!r} is a trained network; a network is either trained or frozen.")
+        self.check_labels(name, module)
         module.requires_grad_(False)
         module.eval()
         setattr(self, name, module)
@@ -156,6 +158,22 @@ class DistillationModule(L.LightningModule):
         if name not in self._frozen:
             self._frozen.append(name)
         return module
+
+    def check_labels(self, name: str, module: nn.Module) -> None:
+        """Refuse a classifier that declares another number of classes than the method's (before any training).
+
+        A Hugging Face sequence classifier declares its head's outputs as ``num_labels``; other networks are
+        checked by the shape of their first logits (:meth:`check_logits`).
+
+        Raises:
+            ConfigurationError: ``module.num_labels`` differs from ``num_classes``, naming both.
+        """
+        declared = getattr(module, "num_labels", None)
+        if isinstance(declared, int) and declared != self.num_classes:
+            raise ConfigurationError(
+                f"`num_labels` of the {name} is {declared}, but the data set has {self.num_classes} classes "
+                f"(`num_classes`): build the {name} with num_labels={self.num_classes}."
+            )
 
     @property
     def frozen_names(self) -> tuple[str, ...]:
@@ -474,6 +492,15 @@ class DistillationModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """The student's optimizer (and scheduler)."""
         return self.build_optimizer(self.optimizer, self.trainable_parameters())
+
+    def use_optimizer(self, optimizer: OptimizerCallable) -> DistillationModule:
+        """Train every network of this method with ``optimizer`` (a pipeline's one optimizer for all its fits).
+
+        Replaces the ``optimizer`` given to the constructor (and, in methods that train other networks, theirs:
+        DML's ``peer_optimizer``); takes effect when the fit builds its optimizers. Returns ``self``.
+        """
+        self.optimizer = optimizer
+        return self
 
     # ------------------------------------------------------------------ helpers
     def _unsaved_arguments(self, known: Mapping[str, Any]) -> list[str]:

@@ -76,6 +76,12 @@ class DeepMutualLearning(DistillationModule):
         self.gradient_clip_val = gradient_clip_val
         self._monitors: list[str] = []
 
+    def use_optimizer(self, optimizer: OptimizerCallable) -> DeepMutualLearning:
+        """Train the student and the peer with ``optimizer`` (see :meth:`DistillationModule.use_optimizer`)."""
+        super().use_optimizer(optimizer)
+        self.peer_optimizer = optimizer
+        return self
+
     def configure_optimizers(self) -> Any:
         """One optimizer (and scheduler) per network: the student's first, the peer's second."""
         configs = [

@@ -150,7 +150,7 @@ class CellRunner:
     def _build(self, name: str, student: nn.Module, teacher: nn.Module, num_classes: int, seed: int) -> Any:
         """Method ``name`` from fresh copies of the pre-trained networks, seeded as every run of its cell."""
         L.seed_everything(seed, verbose=False)
-        return self._factory(name)(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+        return self.config.optimized(self._factory(name)(copy.deepcopy(student), copy.deepcopy(teacher), num_classes))
 
     def _fit(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
         data, student, teacher, before = self.start(scenario, seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from kdlightning.cache import CacheReferenceOutputs
@@ -30,7 +31,7 @@ from kdlightning.data import (
 )
 from kdlightning.errors import ConfigurationError
 from kdlightning.methods import DistillationModule, VanillaKD
-from kdlightning.pipeline import NetworkFactory, digest, trainer
+from kdlightning.pipeline import NetworkFactory, describe, digest, optimized, trainer
 from kdlightning.reporting import slug
 from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
@@ -127,6 +128,8 @@ class StudyConfig:
     tokenizers: Mapping[str, Any] | None = None
     """On text: each network's tokenizer (:func:`tokenizers_by_network`); None for numeric inputs."""
     max_length: int | None = 128
+    optimizer: OptimizerCallable | None = None
+    """Every fit's optimizer (pre-training, the control, every method, tuned KD's points); None: each method's own."""
     batched: bool = True
     max_members: int | None = 32
     ray: bool | str = False
@@ -170,6 +173,13 @@ class StudyConfig:
                 len(p.values or ()) for p in check_space(self.tuning, VanillaKD, section="tuning").values()
             )
         return self.tuning.n_trials
+
+    def optimized(self, model: DistillationModule) -> DistillationModule:
+        """``model`` trained with the study's ``optimizer`` (:meth:`~kdlightning.DistillationModule.use_optimizer`).
+
+        Unchanged when the study sets none: each method then trains with its own.
+        """
+        return optimized(model, self.optimizer)
 
     # ------------------------------------------------------------------ a cell's data, files and trainers
     def datamodule(
@@ -227,6 +237,7 @@ class StudyConfig:
             self.pretrain_epochs,
             *([self.public_fraction] if self.public_fraction else []),
             *([collate.fingerprint()] if (collate := self.collate()) is not None else []),
+            *([describe(self.optimizer)] if self.optimizer is not None else []),
             *parts,
         )
 

@@ -65,7 +65,7 @@ class Pretraining:
             try:
                 # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
                 trainer = self.config.fit_trainer(self.config.pretrain_epochs, limit_val_batches=0)
-                trainer.fit(StudentOnly(network, data.num_classes), datamodule=data)
+                trainer.fit(self.config.optimized(StudentOnly(network, data.num_classes)), datamodule=data)
             except FloatingPointError as error:
                 raise DivergedError(f"the {role} party's pre-training diverged: {error}") from error
             finally:
@@ -99,7 +99,11 @@ class Pretraining:
             try:
                 one_epoch = functools.partial(self.config.fit_trainer, 1, limit_val_batches=0)  # every network's epochs
                 chunks = pretrain_together(
-                    parties, self.config.pretrain_epochs, one_epoch, max_members=self.config.max_members
+                    parties,
+                    self.config.pretrain_epochs,
+                    one_epoch,
+                    max_members=self.config.max_members,
+                    optimizer=self.config.optimizer,
                 )
                 for trained in chunks:
                     for name in trained:

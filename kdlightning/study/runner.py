@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from kdlightning.data import DatasetSource, Digits, Partitioner
@@ -92,6 +93,11 @@ class Study:
             method, the control and tuned KD's search with both. Load one with
             :func:`kdlightning.hf.load_tokenizer` (in YAML ``class_path: kdlightning.hf.load_tokenizer``).
         max_length: with ``tokenizers``: truncate each text to this many tokens (None: the tokenizer's maximum).
+        optimizer: the optimizer of every fit of the study: each party's pre-training, the control, every method
+            (it replaces a method's own, DML's peer's included: the methods compare under one optimizer) and tuned
+            KD's points, e.g. ``functools.partial(torch.optim.AdamW, lr=5e-5)`` to fine-tune pre-trained
+            transformers (in YAML ``class_path: torch.optim.AdamW`` with ``init_args: {lr: 5.0e-5}``). None: each
+            method's own (Adam, lr 1e-3, by default). Recorded in ``study.json``; the pre-trained files key by it.
         batched: train each cell's (scenario and seed's) control, the methods that can be members
             (:func:`~kdlightning.methods.member_error`) and tuned KD's grid as batched members
             (:class:`~kdlightning.methods.BatchedMembers`): one fit where they would be dozens, each member as
@@ -145,6 +151,7 @@ class Study:
         trainer: dict[str, Any] | None = None,
         tokenizers: Any = None,
         max_length: int | None = 128,
+        optimizer: OptimizerCallable | None = None,
         batched: bool = True,
         max_members: int | None = 32,
         ray: bool | str = False,
@@ -201,6 +208,7 @@ class Study:
             trainer=settings,
             tokenizers=tokenizers_by_network(tokenizers),
             max_length=max_length,
+            optimizer=optimizer,
             batched=batched,
             max_members=max_members,
             ray=ray,
@@ -263,10 +271,10 @@ class Study:
                 for name, network in (("student", student), ("teacher", teacher)):
                     check_readable(network, config.tokenizers[name], config.max_length, name)
             methods: dict[str, Any] = {config.control: {"factory": describe(continue_alone)}}
-            control = continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+            control = config.optimized(continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes))
             for name, factory in config.methods.items():
                 try:
-                    model = factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes)
+                    model = config.optimized(factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes))
                 except ValueError as error:
                     raise ConfigurationError(f"`methods.{name}`: {error}") from error
                 check_trainer_for(model, config.trainer, f"methods.{name}")
@@ -293,6 +301,7 @@ class Study:
             **({"public_fraction": config.public_fraction} if config.public_fraction else {}),
             **({"trainer": describe(dict(config.trainer))} if config.trainer else {}),
             **({"tokenizers": collate.fingerprint()} if (collate := config.collate()) is not None else {}),
+            **({"optimizer": describe(config.optimizer)} if config.optimizer is not None else {}),
         }
         configuration = json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read from the file
         return _Checked(configuration, frozenset(members))

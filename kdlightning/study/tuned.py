@@ -50,6 +50,7 @@ class TunedSearches:
             L.seed_everything(trial_seed, verbose=False)
             hyperparameters: dict[str, Any] = dict(values)  # the searched floats: temperature, alpha
             model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **hyperparameters)
+            config.optimized(model)
             return _Trial(model, trial_data, functools.partial(config.fit_trainer, config.epochs, callbacks))
 
         description = [config.key(scenario, seed, repr(student), repr(teacher)), config.epochs]

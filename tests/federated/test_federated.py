@@ -31,7 +31,7 @@ from kdlightning.federated import (
     run,
     weighted_average,
 )
-from kdlightning.federated.records import FederationRecords
+from kdlightning.federated.records import FederationRecords, federation_record
 from kdlightning.losses import ensemble_logits, multi_teacher_terms
 from kdlightning.models import MLP, SmallCNN
 from kdlightning.reporting import read_csv
@@ -655,3 +655,24 @@ def test_the_progress_bar_shows_only_when_asked_and_on_a_terminal() -> None:
     assert progress_bar(4, "round", enabled=False).disable
     assert progress_bar(4, "round", enabled=None).disable  # on a terminal only: pytest captures stderr
     assert not progress_bar(4, "fit", enabled=True).disable
+
+
+def test_the_federation_s_optimizer_trains_every_fit(tmp_path: Path) -> None:
+    frozen = partial(torch.optim.SGD, lr=0.0)  # a fit that uses it moves nothing
+    federation = checked(num_clients=2, pretrain_epochs=1, consolidation_epochs=1, optimizer=frozen, out=tmp_path)
+    initial = federation.networks.initial_client_network(0).state_dict()
+    clients = [federation.pretrained_client(k) for k in range(2)]
+    assert all(torch.equal(clients[0][0][k], v) for k, v in initial.items())  # the pre-training used it
+    start = federation.networks.global_network().state_dict()
+    trained, _, _ = federation.train_client(1, start, 1)
+    assert all(torch.equal(trained[k], v) for k, v in start.items())  # a local round used it
+    consolidated = federation.consolidate(clients)
+    assert all(torch.equal(consolidated[k], v) for k, v in start.items())  # so did the consolidation, not its own
+    assert federation_record(federation.config, ["x"])["optimizer"] == {
+        "class_path": "torch.optim.sgd.SGD",
+        "init_args": {"lr": 0.0},
+    }
+    own = checked(num_clients=2, pretrain_epochs=1, out=tmp_path)
+    assert "optimizer" not in federation_record(own.config, ["x"])
+    own.pretrained_client(0)  # another optimizer: another pre-trained file, beside the first
+    assert len(list((tmp_path / "clients").glob("client0-*.pt"))) == 2

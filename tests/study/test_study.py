@@ -662,3 +662,40 @@ def test_the_progress_bar_counts_fits_so_a_tuned_kd_run_weighs_its_trials(tmp_pa
         assert bar.total == bar.done == 1 + 1 + 4  # control, vanilla KD, tuned KD's 4 trials
     assert apart.descriptions[-1] == "run 3/3: iid seed 0 tuned_kd"
     assert batched.descriptions == ["run 3/3: iid seed 0 3 methods as batched members"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_study_s_optimizer_trains_every_fit(tmp_path: Path, batched: bool) -> None:
+    frozen = partial(torch.optim.SGD, lr=0.0)  # nothing moves: every fit that uses it leaves its network as it was
+    faster = partial(VanillaKD, optimizer=partial(torch.optim.Adam, lr=0.01))
+    methods = {"vanilla_kd": VanillaKD, "faster": faster, "dml": DeepMutualLearning, "dpkd": DataPartitioningKD}
+    runner = study(
+        tmp_path,
+        methods=methods,
+        scenarios=[IIDPartitioner()],
+        seeds=[0],
+        tuned_kd=True,
+        tuning=SMALL_GRID,
+        optimizer=frozen,
+        batched=batched,
+    )
+    if batched:
+        assert runner.cells().members == {"student_only", "vanilla_kd", "faster", "dpkd"}  # one optimizer: one fit
+    rows = runner.run(progress=False)
+    assert {r["method"] for r in rows} == {"student_only", *methods, "tuned_kd"}
+    assert all(float(r["acc_after"]) == float(r["acc_before"]) for r in rows)
+    L.seed_everything(0, verbose=False)
+    (student,) = (tmp_path / "pretrained").glob("student-*.pt")
+    fresh = MLP(in_features=64, hidden_sizes=(8,), num_classes=10)
+    saved = torch.load(student, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())  # the pre-training moved nothing
+    recorded = json.loads((tmp_path / "study.json").read_text())["settings"]["optimizer"]
+    assert recorded == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.0}}
+
+
+def test_without_the_study_s_optimizer_each_method_trains_with_its_own(tmp_path: Path) -> None:
+    rows = study(tmp_path, methods={"vanilla_kd": VanillaKD}, scenarios=[IIDPartitioner()], seeds=[0]).run(
+        progress=False
+    )
+    assert all(float(r["acc_after"]) != float(r["acc_before"]) for r in rows)
+    assert "optimizer" not in json.loads((tmp_path / "study.json").read_text())["settings"]
