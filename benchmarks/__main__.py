@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import members, partitioning, training, tuning
+from benchmarks import members, partitioning, text, training, tuning
 from benchmarks.measure import as_json
 
 
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return figures
 
     train = timed_part("training", lambda: training.run(quick=args.quick), training.format_table)
+    on_text = timed_part("text", lambda: text.run(quick=args.quick), text.format_table)
     parts = timed_part(
         "partitioning", lambda: partitioning.run(quick=args.quick, flwr=not args.no_flwr), partitioning.format_table
     )
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdicts = {
         **training.targets_met(train),
+        **text.targets_met(on_text),
         **partitioning.targets_met(parts),
         **tuning.targets_met(search),
         **members.targets_met(batched),
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "part_seconds": took,
             "verdicts": verdicts,
             "training": train,
+            "text": on_text,
             "partitioning": parts,
             "tuning": search,
             "members": batched,

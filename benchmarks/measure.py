@@ -12,16 +12,18 @@ goes to the JSON, so any figure can be recomputed.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FULL_REPEATS", "MIN_REPEATS", "Figure", "as_json", "interleave", "paired", "timed"]
+__all__ = ["FULL_REPEATS", "MIN_REPEATS", "Figure", "as_json", "interleave", "paired", "report", "timed", "verdicts"]
 
 MIN_REPEATS = 5
 """Rounds of every comparison, at the least (``--quick``)."""
@@ -178,3 +180,20 @@ def _bootstrap_median(values: Sequence[float]) -> tuple[float, float]:
 def as_json(value: Any) -> Any:
     """``json.dumps``'s ``default``: a :class:`Figure` as its dict (every round's value), anything else as text."""
     return value.as_dict() if isinstance(value, Figure) else str(value)
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]], label: Callable[[Mapping[str, Any]], str]) -> dict[str, str]:
+    """The verdict of every figure with a target in ``rows`` (each with its ``figures``), named ``label(row): name``."""
+    return {
+        f"{label(row)}: {name}": figure.verdict
+        for row in rows
+        for name, figure in row["figures"].items()
+        if figure.target is not None
+    }
+
+
+def report(figures: Mapping[str, Any], table: Callable[[Any], str], path: Path | None) -> None:
+    """Print a part's ``table`` of ``figures``; write them, every round's value included, to ``path`` if given."""
+    print(table(figures))
+    if path:
+        path.write_text(json.dumps(figures, indent=2, default=as_json))

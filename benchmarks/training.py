@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import logging
 import math
 import platform
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, as_json, interleave, paired
+from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, interleave, paired, report, verdicts
 from kdlightning import DeepMutualLearning, DistillationModule, StudentOnly, VanillaKD
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import DatasetSource, FashionMNIST, LabelledData, PartitionedDataModule
@@ -443,12 +442,7 @@ def format_table(figures: dict[str, Any]) -> str:
 
 def targets_met(figures: dict[str, Any]) -> dict[str, str]:
     """Each SPEC §8 training target's verdict, per workload."""
-    return {
-        f"{row['workload'].split(',')[0]}: {name}": figure.verdict
-        for row in figures["rows"]
-        for name, figure in row["figures"].items()
-        if figure.target is not None
-    }
+    return verdicts(figures["rows"], lambda row: row["workload"].split(",")[0])
 
 
 def described(settings: dict[str, Any] | None) -> str:
@@ -469,9 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="Trainer precision of every fit, e.g. bf16-mixed (default: 32-true)")
     args = parser.parse_args(argv)
     figures = run(quick=args.quick, settings=trainer_settings(args))
-    print(format_table(figures))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=as_json))
+    report(figures, format_table, args.json)
     return 0
 
 

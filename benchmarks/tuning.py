@@ -22,7 +22,6 @@ Run ``python -m benchmarks.tuning [--quick] [--json PATH]``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, Figure, as_json, interleave, paired
+from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, Figure, interleave, paired, report
 from kdlightning.cli import KDLightningCLI
 from kdlightning.cli import main as kdl
 from kdlightning.tuning import tune
@@ -219,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heatmap", type=Path, help="copy the grid search's heatmap.png here")
     args = parser.parse_args(argv)
     figures = run(quick=args.quick, heatmap=args.heatmap)
-    print(format_table(figures))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=as_json))
+    report(figures, format_table, args.json)
     return 0
 
 

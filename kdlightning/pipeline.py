@@ -326,7 +326,9 @@ def has_config(args: Sequence[str]) -> bool:
 
 
 def optimized(model: _Method, optimizer: OptimizerCallable | None) -> _Method:
-    """``model`` trained with a pipeline's one ``optimizer`` (:meth:`~kdlightning.DistillationModule.use_optimizer`).
+    """``model`` trained with a pipeline's one ``optimizer``.
+
+    See :meth:`~kdlightning.methods.DistillationModule.use_optimizer`.
 
     Unchanged when ``optimizer`` is None: the method then trains with its own.
     """

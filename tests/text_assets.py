@@ -43,12 +43,12 @@ def write_csv(path: Path, rows: list[tuple[str, int]]) -> None:
     path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
 
 
-def save_bert(directory: Path, vocab: list[str], hidden: int, head: bool = True) -> Path:
-    """A one-layer BERT and its word-piece tokenizer, written as ``save_pretrained`` writes them."""
+def save_bert(directory: Path, vocab: list[str], hidden: int, head: bool = True, layers: int = 1) -> Path:
+    """A BERT of ``layers`` layers (one by default) and its word-piece tokenizer, written as ``save_pretrained`` does."""
     config = transformers.BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * hidden,
         max_position_embeddings=32,
@@ -73,3 +73,12 @@ def make_assets(root: Path) -> dict[str, Path]:
         "student": save_bert(root / "student", STUDENT_VOCAB, hidden=16),
         "teacher": save_bert(root / "teacher", TEACHER_VOCAB, hidden=24),
     }
+
+
+def stand_in_minilm(root: Path, words: list[str] | None = None) -> Path:
+    """A tiny 6-layer BERT encoder where the text configs read all-MiniLM-L6-v2 (``models/all-MiniLM-L6-v2`` under
+    ``root``, their working directory), so they parse and run without the real model; ``words`` adds to its
+    vocabulary (the words of the text it will read)."""
+    torch.manual_seed(0)
+    vocab = list(dict.fromkeys([*STUDENT_VOCAB, *(words or [])]))
+    return save_bert(root / "models" / "all-MiniLM-L6-v2", vocab, hidden=16, head=False, layers=6)

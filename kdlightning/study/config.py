@@ -175,7 +175,9 @@ class StudyConfig:
         return self.tuning.n_trials
 
     def optimized(self, model: DistillationModule) -> DistillationModule:
-        """``model`` trained with the study's ``optimizer`` (:meth:`~kdlightning.DistillationModule.use_optimizer`).
+        """``model`` trained with the study's ``optimizer``.
+
+        See :meth:`~kdlightning.methods.DistillationModule.use_optimizer`.
 
         Unchanged when the study sets none: each method then trains with its own.
         """

@@ -297,11 +297,15 @@ def test_fedavg_on_flower_averages_the_clients_by_their_examples(
     assert calls["n"] == 0
 
 
-def test_every_federated_config_parses(tmp_path: Path) -> None:
+def test_every_federated_config_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from text_assets import stand_in_minilm
+
     from kdlightning.federated import load_experiment
 
+    monkeypatch.chdir(tmp_path)  # the text config reads models/all-MiniLM-L6-v2
+    stand_in_minilm(tmp_path)
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
-    assert len(paths) == 4
+    assert len(paths) == 5
     paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
     for path in paths:
         experiment = load_experiment(["-c", str(path), "--out", str(tmp_path)])

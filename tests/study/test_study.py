@@ -269,9 +269,13 @@ def test_kdl_study_runs_the_embedded_default_with_overrides(tmp_path: Path, caps
     assert (tmp_path / "summary.md").read_text() in out  # the summary, printed
 
 
-def test_every_study_config_parses(tmp_path: Path) -> None:
+def test_every_study_config_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """configs/study/*.yaml build a Study (checked without training)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
+    from text_assets import stand_in_minilm
+
+    monkeypatch.chdir(tmp_path)  # the text configs read models/all-MiniLM-L6-v2
+    stand_in_minilm(tmp_path)
 
     root = Path(__file__).resolve().parents[2] / "configs" / "study"
     paths = sorted(root.glob("*.yaml"))
