@@ -25,9 +25,11 @@ from torch import nn
 from kdlightning.errors import ConfigurationError, MissingFileError
 
 __all__ = [
+    "ClassifierFromConfig",
     "PretrainedClassifier",
     "SequenceClassifier",
     "check_readable",
+    "classifier_from_config",
     "keep_layers",
     "load_tokenizer",
     "pretrained_classifier",
@@ -202,6 +204,55 @@ def pretrained_classifier(
     return model if layers is None else keep_layers(model, layers)
 
 
+def classifier_from_config(
+    num_labels: int, model_type: str = "bert", config: dict[str, Any] | None = None, vocab_size_of: Any = None
+) -> nn.Module:
+    """A pipeline's network factory: a newly initialised sequence classifier of a ``transformers`` architecture.
+
+    ``AutoConfig.for_model(model_type, num_labels=..., **config)`` then
+    ``AutoModelForSequenceClassification.from_config``: no weights are read, so each party's "pre-training"
+    trains it from scratch. In YAML this is ``kdlightning.hf.ClassifierFromConfig``, e.g. a small byte-level
+    student beside a pre-trained teacher with another tokenizer::
+
+        student:
+          class_path: kdlightning.hf.ClassifierFromConfig
+          init_args:
+            model_type: bert
+            config: {hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 512}
+            vocab_size_of: {class_path: transformers.ByT5Tokenizer}   # one embedding per token of it
+
+    Args:
+        num_labels: the classification head's outputs (the pipeline's number of classes).
+        model_type: a ``transformers`` model type (``bert``, ``distilbert``, ``roberta``, ...).
+        config: the architecture's configuration fields (``hidden_size``, ``num_hidden_layers``, ...).
+        vocab_size_of: a tokenizer whose length sets ``vocab_size`` (instead of giving it in ``config``).
+
+    Raises:
+        ConfigurationError: ``num_labels < 2``; an unknown ``model_type``; ``vocab_size`` given twice; a
+            ``config`` that ``transformers`` refuses (its message, naming ``config``).
+    """
+    if int(num_labels) < 2:
+        raise ConfigurationError(f"`num_labels` must be >= 2, got {num_labels!r}.")
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    fields = dict(config or {})
+    if vocab_size_of is not None:
+        if "vocab_size" in fields:
+            raise ConfigurationError("Give `vocab_size` in `config` or `vocab_size_of`, not both.")
+        fields["vocab_size"] = len(vocab_size_of)
+    try:
+        built = AutoConfig.for_model(model_type, num_labels=int(num_labels), **fields)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"`model_type` {model_type!r} is not a transformers model type (bert, distilbert, roberta, ...)."
+        ) from error
+    try:
+        model = AutoModelForSequenceClassification.from_config(built)
+    except ValueError as error:
+        raise ConfigurationError(f"`config` {fields!r} does not make a {model_type} classifier: {error}") from error
+    return model.train()
+
+
 def check_readable(
     network: nn.Module, tokenizer: Any, max_length: int | None, network_name: str, argument: str = "tokenizers"
 ) -> None:
@@ -260,6 +311,9 @@ def load_tokenizer(path: str, revision: str | None = None, local_files_only: boo
 
 SequenceClassifier = class_from_function(sequence_classifier, nn.Module, name="SequenceClassifier")
 """YAML-friendly form of :func:`sequence_classifier`: ``class_path: kdlightning.hf.SequenceClassifier``."""
+
+ClassifierFromConfig = class_from_function(classifier_from_config, nn.Module, name="ClassifierFromConfig")
+"""YAML-friendly form of :func:`classifier_from_config`, a network factory of ``kdl study`` and ``kdl federate``."""
 
 PretrainedClassifier = class_from_function(pretrained_classifier, nn.Module, name="PretrainedClassifier")
 """YAML-friendly form of :func:`pretrained_classifier`, a network factory of ``kdl study`` and ``kdl federate``."""

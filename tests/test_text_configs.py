@@ -16,9 +16,12 @@ import pytest
 pytest.importorskip("transformers")
 
 from text_assets import stand_in_minilm
+from transformers import ByT5Tokenizer
 
 from kdlightning.cli import main
 from kdlightning.data import Tweets
+from kdlightning.data.text import TokenizeCollate
+from kdlightning.hf import load_tokenizer
 from kdlightning.reporting import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,15 @@ def test_the_text_federation_config_runs(tweets_workdir: Path) -> None:
     rows = read_csv(out / "rounds.csv")
     assert {row["start"] for row in rows} == {"fresh", "consolidated", "best_client"}
     assert {int(row["round"]) for row in rows} == {0, 1}
+
+
+def test_the_byte_student_config_reads_two_tokenizers(tweets_workdir: Path) -> None:
+    out = tweets_workdir / "bytes"
+    config = ROOT / "configs" / "study" / "tweets_bytes_student.yaml"
+    main(["study", "-c", str(config), "--out", str(out), "--pretrain_epochs=1", "--epochs=1", *SMALL, *ONE_CELL])
+    rows = read_csv(out / "results.csv")
+    assert {row["method"] for row in rows} == {"student_only", "vanilla_kd", "dml", "dpkd"}
+    assert all(0.0 <= float(row["acc_after"]) <= 1.0 for row in rows)
+    minilm = load_tokenizer("models/all-MiniLM-L6-v2")
+    pair = TokenizeCollate({"student": ByT5Tokenizer(), "teacher": minilm, "peer": minilm}, max_length=32)
+    assert json.loads((out / "study.json").read_text())["settings"]["tokenizers"] == pair.fingerprint()

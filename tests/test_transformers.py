@@ -25,7 +25,8 @@ from kdlightning import DataPartitioningKD, DeepMutualLearning, StudentOnly, Van
 from kdlightning.cache import CacheReferenceOutputs, transfer_fingerprint
 from kdlightning.cli import KDLightningCLI
 from kdlightning.data import Digits, HFDataset, PartitionedDataModule, TokenizeCollate
-from kdlightning.hf import load_tokenizer, sequence_classifier
+from kdlightning.errors import ConfigurationError
+from kdlightning.hf import classifier_from_config, load_tokenizer, sequence_classifier
 from kdlightning.methods import BatchedMembers
 
 transformers = pytest.importorskip("transformers")
@@ -131,6 +132,24 @@ def test_a_missing_model_names_the_path_and_how_to_get_it(tmp_path: Path) -> Non
     with pytest.raises(OSError, match=r"(?s)'nobody-here/no-such-model'.*hf download nobody-here/no-such-model"):
         sequence_classifier("nobody-here/no-such-model", num_labels=2)
     assert time.perf_counter() - start < 10
+
+
+def test_a_classifier_from_a_config_is_new_and_sized_by_its_tokenizer() -> None:
+    fields = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    tokenizer = transformers.ByT5Tokenizer()
+    model = classifier_from_config(4, "bert", fields, vocab_size_of=tokenizer)
+    assert isinstance(model, transformers.BertForSequenceClassification) and model.training
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) and model.classifier.out_features == 4
+    encoded = tokenizer(["bytes, not words"], return_tensors="pt")
+    assert model(**encoded).logits.shape == (1, 4)
+    with pytest.raises(ConfigurationError, match="`model_type` 'no-such-type'"):
+        classifier_from_config(4, "no-such-type", fields)
+    with pytest.raises(ConfigurationError, match=r"`config` .*hidden_size"):
+        classifier_from_config(4, "bert", {**fields, "hidden_size": 15})
+    with pytest.raises(ConfigurationError, match="`vocab_size` in `config` or `vocab_size_of`"):
+        classifier_from_config(4, "bert", {**fields, "vocab_size": 10}, vocab_size_of=tokenizer)
+    with pytest.raises(ConfigurationError, match="num_labels"):
+        classifier_from_config(1, "bert", fields)
 
 
 def test_num_labels_is_validated() -> None:
