@@ -56,10 +56,12 @@ class OutputStore:
     Args:
         num_samples: size ``N`` of the index space (the data set's training pool).
         num_classes: number of logits ``C`` per sample.
+        dtype: the stored logits' dtype: float32, or float64 for a fit in ``64-true`` precision (whose cached
+            run then reads what its uncached run computes).
     """
 
-    def __init__(self, num_samples: int, num_classes: int) -> None:
-        self.values = torch.zeros(num_samples, num_classes, dtype=torch.float32)
+    def __init__(self, num_samples: int, num_classes: int, dtype: torch.dtype = torch.float32) -> None:
+        self.values = torch.zeros(num_samples, num_classes, dtype=dtype)
         self.filled = torch.zeros(num_samples, dtype=torch.bool)
 
     def to(self, device: torch.device | str) -> OutputStore:
@@ -77,13 +79,13 @@ class OutputStore:
     def put(self, index: Tensor, logits: Tensor) -> None:
         """Store the logits ``(B, C)`` of samples ``index`` ``(B,)``."""
         index = index.to(self.filled.device)
-        self.values[index] = logits.detach().to(self.values.device, torch.float32)
+        self.values[index] = logits.detach().to(self.values.device, self.values.dtype)
         self.filled[index] = True
 
     def merge(self, values: Tensor, filled: Tensor) -> None:
         """Add the rows another store (a file, another rank) has filled."""
         filled = filled.to(self.filled.device)
-        self.values[filled] = values.to(self.values.device, torch.float32)[filled]
+        self.values[filled] = values.to(self.values.device, self.values.dtype)[filled]
         self.filled |= filled
 
     @property
@@ -215,7 +217,8 @@ class CacheReferenceOutputs(L.Callback):
             )
         data_key = transfer_fingerprint(datamodule) if on_disk else ""
         for name in names:
-            store = OutputStore(datamodule.pool_size, pl_module.num_classes)
+            dtype = torch.float64 if str(trainer.precision).startswith("64") else torch.float32
+            store = OutputStore(datamodule.pool_size, pl_module.num_classes, dtype)
             if self.cache_dir is not None:
                 try:
                     key = cache_key(getattr(pl_module, name), data_key, trainer.precision)

@@ -176,8 +176,11 @@ def pretrain_once(path: str | Path, network: nn.Module, train: Callable[[nn.Modu
     path = Path(path)
     if path.is_file() and load_weights(path, network):
         return network
-    train(network)
-    save_weights(path, network)
+    trained = copy.deepcopy(network)
+    train(trained)
+    save_weights(path, trained)
+    # as a later run loads it: in the network's own dtypes (a fit in `64-true` precision trains a double copy)
+    network.load_state_dict(trained.state_dict())
     return network
 
 

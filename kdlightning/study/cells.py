@@ -26,7 +26,7 @@ from kdlightning.data import Partitioner
 from kdlightning.errors import DivergedError
 from kdlightning.methods import DistillationModule, NotBatchable, StudentOnly
 from kdlightning.reporting import ResultRow, error_line
-from kdlightning.study.config import TUNED_NAMES, MethodFactory, StudyConfig
+from kdlightning.study.config import MethodFactory, StudyConfig
 from kdlightning.study.pretraining import Pretraining
 from kdlightning.study.tuned import Start, TunedSearches
 from kdlightning.tuning import Search, TuneResult
@@ -49,6 +49,7 @@ class CellRunner:
         pretraining: the parties' pre-trained networks.
         members: the methods that train as batched members (the control and those that can be members).
         described: each method's class and hyperparameters as ``study.json`` records them (a failed row's).
+        classes: each tuned method's class (:class:`~kdlightning.study.tuned.TunedSearches`).
     """
 
     def __init__(
@@ -57,10 +58,11 @@ class CellRunner:
         pretraining: Pretraining,
         members: frozenset[str],
         described: Mapping[str, Mapping[str, Any]],
+        classes: Mapping[str, type[DistillationModule]] | None = None,
     ) -> None:
         self.config, self.pretraining = config, pretraining
         self.members, self.described = members, described
-        self.tuned = TunedSearches(config, self.start)
+        self.tuned = TunedSearches(config, self.start, classes)
         self._before: dict[tuple[str, int], float] = {}
         self._diverged: dict[tuple[str, int], str] = {}
 
@@ -122,7 +124,10 @@ class CellRunner:
         if not self.config.batched:
             return []
         grid = self.config.tuning.sampler == "grid"
-        return [name for name in names if name in self.members or (name in TUNED_NAMES.values() and grid)]
+        runs = self.config.tuned_runs
+        # a tuned run's points are members where its method is one (tuned KD's VanillaKD always is)
+        tuned = {name for name, run in runs.items() if grid and (run.method is None or run.method in self.members)}
+        return [name for name in names if name in self.members or name in tuned]
 
     def run_recorded(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
         """:meth:`run`, with a diverging run recorded as a failed row (as tuned KD's search records a trial).
@@ -140,7 +145,7 @@ class CellRunner:
 
     def run(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
         """Run one method, the control or tuned KD from the pre-trained student, on its own; return its row."""
-        if name in TUNED_NAMES.values():
+        if name in self.config.tuned_runs:
             return self._run_tuned(name, scenario, seed)
         return self._fit(name, scenario, seed)
 
@@ -164,10 +169,10 @@ class CellRunner:
         return self._row(name, scenario, seed, model, self.test_accuracy(model, data), before, seconds)
 
     def _run_tuned(self, name: str, scenario: Partitioner, seed: int) -> ResultRow:
-        """Tuned KD, trial by trial: search on a validation split, test the chosen point."""
+        """A tuned run, trial by trial: search on a validation split, test the chosen point."""
         start = time.perf_counter()
         _, _, _, before = self.start(scenario, seed)
-        search = self.tuned.search(scenario, seed, batched=False, validation=self.config.validation_of(name))
+        search = self.tuned.search(scenario, seed, batched=False, name=name)
         result = search.run()
         return self.tuned.row(name, scenario, seed, before, result, time.perf_counter() - start)
 
@@ -229,7 +234,7 @@ class CellRunner:
             data, student, teacher, before = self.start(scenario, seed)
         except FloatingPointError:  # the cell's pre-training diverged: every run is a failed row
             return [self.run_recorded(name, scenario, seed) for name in names]
-        tuned = [name for name in names if name in TUNED_NAMES.values()]
+        tuned = [name for name in names if name in self.config.tuned_runs]
         builders = {
             name: functools.partial(self._build, name, student, teacher, data.num_classes, seed)
             for name in names
@@ -239,11 +244,17 @@ class CellRunner:
         results: dict[str, tuple[TuneResult, float]] = {}
         try:
             if tuned:
-                searches = {
-                    name: self.tuned.search(scenario, seed, batched=True, validation=self.config.validation_of(name))
-                    for name in tuned
-                }
-                fits, results = self._fit_with_grids(scenario, seed, builders, searches)
+                # one fit per tuned method: its searches (one per validation) share its grid's points
+                groups: dict[str | None, dict[str, Search]] = {}
+                for name in tuned:
+                    search = self.tuned.search(scenario, seed, batched=True, name=name)
+                    groups.setdefault(self.config.tuned_runs[name].method, {})[name] = search
+                for number, searches in enumerate(groups.values()):
+                    group_fits, group_results = self._fit_with_grids(
+                        scenario, seed, builders if number == 0 else {}, searches
+                    )
+                    fits.update(group_fits)
+                    results.update(group_results)
             else:
                 for chunk in fit_members(
                     builders, data, self._members_trainer, max_members=self.config.max_members, test=list(builders)

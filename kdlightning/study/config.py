@@ -30,19 +30,20 @@ from kdlightning.data import (
     TokenizeCollate,
 )
 from kdlightning.errors import ConfigurationError
-from kdlightning.methods import DistillationModule, VanillaKD
+from kdlightning.methods import DistillationModule
 from kdlightning.pipeline import NetworkFactory, describe, digest, optimized, trainer
 from kdlightning.reporting import slug
 from kdlightning.tuning import TuneOptions
-from kdlightning.tuning.options import check_space
 
 __all__ = [
     "NETWORKS",
     "TUNED_KD",
     "TUNED_KD_PUBLIC",
     "TUNED_NAMES",
+    "TUNED_PREFIX",
     "MethodFactory",
     "StudyConfig",
+    "TunedRun",
     "default_scenarios",
 ]
 
@@ -59,6 +60,30 @@ TUNED_KD_PUBLIC = "tuned_kd_public"
 
 TUNED_NAMES = {"own": TUNED_KD, "public": TUNED_KD_PUBLIC}
 """Tuned KD's name in the results for each ``tuning.validation``."""
+
+TUNED_PREFIX = "tuned_"
+"""What starts the name of every tuned run: ``tuned_kd`` and ``tuned_<method>`` (``_public`` after it)."""
+
+
+@dataclass(frozen=True)
+class TunedRun:
+    """A tuned run of each cell: which method its search trains, and where the search validates.
+
+    Args:
+        method: the name of the study's method (a key of ``methods``) whose float arguments are searched, or
+            None for tuned KD (:class:`~kdlightning.VanillaKD` with its defaults besides the searched values).
+        validation: ``own`` or ``public``.
+    """
+
+    method: str | None
+    validation: str
+
+    @property
+    def name(self) -> str:
+        """The run's name in the results: ``tuned_kd[_public]`` or ``tuned_<method>[_public]``."""
+        if self.method is None:
+            return TUNED_NAMES[self.validation]
+        return f"{TUNED_PREFIX}{self.method}" + ("" if self.validation == "own" else f"_{self.validation}")
 
 
 NETWORKS = ("student", "teacher")
@@ -135,29 +160,38 @@ class StudyConfig:
     ray: bool | str = False
     cpus_per_cell: float = 1.0
     gpus_per_cell: float = 0.0
+    tuned: tuple[str, ...] = ()
+    """The methods (keys of ``methods``) tuned besides tuned KD, each over the ``tuning`` space."""
 
     # ------------------------------------------------------------------ the methods' names
+    @functools.cached_property
+    def tuned_runs(self) -> dict[str, TunedRun]:
+        """Every tuned run of a cell by name: tuned KD's, then each of ``tuned``'s, for each validation."""
+        methods: list[str | None] = [*([None] if self.tuned_kd else []), *self.tuned]
+        runs = [TunedRun(method, mode) for method in methods for mode in self.tuning.validations]
+        return {run.name: run for run in runs}
+
     @property
     def tuned_names(self) -> list[str]:
-        """Tuned KD's runs of each cell: ``tuned_kd`` (own validation) and/or ``tuned_kd_public``."""
-        return [TUNED_NAMES[mode] for mode in self.tuning.validations] if self.tuned_kd else []
+        """The tuned runs of each cell: ``tuned_kd`` (own validation) and/or ``tuned_kd_public``, then ``tuned``'s."""
+        return list(self.tuned_runs)
 
-    @staticmethod
-    def validation_of(name: str) -> str:
+    def validation_of(self, name: str) -> str:
         """Where the search of tuned run ``name`` validates (``own`` or ``public``)."""
-        return {tuned: mode for mode, tuned in TUNED_NAMES.items()}[name]
+        return self.tuned_runs[name].validation
 
     @property
     def tuned_settings(self) -> list[str]:
-        """The names of the hyperparameters tuned KD searches (``temperature``, ``alpha``), in the search's order."""
-        if not self.tuned_kd:
+        """The names of the hyperparameters the searches try (``temperature``, ``alpha``), in the search's order."""
+        if not self.tuned_runs:
             return []
-        return [key.rsplit(".", 1)[-1] for key in check_space(self.tuning, VanillaKD, section="tuning")]
+        keys = [*self.tuning.grid, *(self.tuning.ranges if self.tuning.sampler == "tpe" else ())]
+        return [key.rsplit(".", 1)[-1] for key in dict.fromkeys(keys)]
 
     def untuned_names(self, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
-        """The methods tuned KD is compared with: the study's and earlier rows', neither the control nor tuned."""
+        """The methods the tuned runs are compared with: the study's and earlier rows', not the control nor tuned."""
         methods = dict.fromkeys([*self.methods, *(str(row["method"]) for row in rows)])
-        return [name for name in methods if name != self.control and name not in TUNED_NAMES.values()]
+        return [name for name in methods if name != self.control and not name.startswith(TUNED_PREFIX)]
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
@@ -165,13 +199,11 @@ class StudyConfig:
         return [(str(s), seed, name) for s in self.scenarios for seed in self.seeds for name in names]
 
     def fits(self, method: str) -> int:
-        """How many fits the run of ``method`` is: the progress bar's weight of it (tuned KD: one per trial)."""
-        if method not in TUNED_NAMES.values():
+        """How many fits the run of ``method`` is: the progress bar's weight of it (a tuned run: one per trial)."""
+        if method not in self.tuned_runs:
             return 1
         if self.tuning.sampler == "grid":
-            return math.prod(
-                len(p.values or ()) for p in check_space(self.tuning, VanillaKD, section="tuning").values()
-            )
+            return math.prod(len(values) for values in self.tuning.grid.values())
         return self.tuning.n_trials
 
     def optimized(self, model: DistillationModule) -> DistillationModule:
@@ -243,10 +275,14 @@ class StudyConfig:
             *parts,
         )
 
-    def tuning_dir(self, scenario: Partitioner, seed: int, validation: str = "own") -> Path:
-        """Where tuned KD's search for ``scenario`` and ``seed`` (validating on ``validation``) keeps its files."""
+    def tuning_dir(self, scenario: Partitioner, seed: int, validation: str = "own", method: str | None = None) -> Path:
+        """Where the search for ``scenario`` and ``seed`` (validating on ``validation``) keeps its files.
+
+        Tuned KD's under ``tuning/<scenario>-seed<seed>[-public]``, a tuned ``method``'s under ``tuning/<method>/``.
+        """
         suffix = "" if validation == "own" else f"-{validation}"
-        return self.out / "tuning" / f"{slug(str(scenario))}-seed{seed}{suffix}"
+        root = self.out / "tuning" if method is None else self.out / "tuning" / slug(method)
+        return root / f"{slug(str(scenario))}-seed{seed}{suffix}"
 
     def fit_trainer(self, max_epochs: int, callbacks: Sequence[L.Callback] = (), **defaults: Any) -> L.Trainer:
         """A quiet trainer with the study's ``trainer`` settings (over the pipeline's ``defaults``)."""

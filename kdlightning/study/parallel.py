@@ -162,7 +162,7 @@ def _run_cell(
 def _for_workers(runner: CellRunner) -> CellRunner:
     """``runner`` as its tasks get it: the study's ``out`` an absolute path, as a worker elsewhere must find it."""
     config = dataclasses.replace(runner.config, out=runner.config.out.resolve())
-    return CellRunner(config, Pretraining(config), runner.members, runner.described)
+    return CellRunner(config, Pretraining(config), runner.members, runner.described, runner.tuned.classes)
 
 
 def _description(done: int, total: int, pending: int, last: str | None = None) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from kdlightning.atomic import save_figure, write_text_atomic
-from kdlightning.methods import VanillaKD
 from kdlightning.reporting import (
     add_gains,
     hyperparameters_of,
@@ -23,9 +22,10 @@ from kdlightning.reporting import (
     read_csv,
     render_guidance_page,
     render_summary,
+    slug,
     write_csv,
 )
-from kdlightning.study.config import StudyConfig
+from kdlightning.study.config import StudyConfig, TunedRun
 from kdlightning.tuning.options import Param, check_space
 from kdlightning.tuning.reports import draw_heatmap, short_names
 
@@ -62,10 +62,11 @@ def plot_tuning(
     metric: str,
     direction: str,
     seeds: int,
+    name: str = "tuned_kd",
 ) -> None:
     """Write one heatmap per ``(scenario, points, chosen)`` panel to ``path`` (nothing when there are none).
 
-    ``chosen`` are the points tuned KD chose in that scenario, one per seed: framed in red.
+    ``chosen`` are the points the tuned run ``name`` chose in that scenario, one per seed: framed in red.
     """
     if not panels:
         return
@@ -76,7 +77,7 @@ def plot_tuning(
     lines = -(-len(panels) // columns)
     figure = Figure(figsize=(5.0 * columns, 3.9 * lines), layout="constrained")
     FigureCanvasAgg(figure)
-    figure.suptitle(f"Tuned KD: validation gain over the grid, mean of {seeds} seeds; chosen points framed in red")
+    figure.suptitle(f"{name}: validation gain over the grid, mean of {seeds} seeds; chosen points framed in red")
     for index, (scenario, points, chosen) in enumerate(panels):
         axes = figure.add_subplot(lines, columns, index + 1)
         draw_heatmap(axes, points, space, metric, direction=direction, title=scenario, chosen=chosen)
@@ -137,14 +138,22 @@ class StudyReport:
         config = self.config
         title = f"{type(config.dataset).__name__}, {config.num_parties} parties"
         plot_gains(rows, config.out / "gains.png", control=config.control, title=title)
-        space = check_space(config.tuning, VanillaKD, section="tuning") if config.tuned_kd else {}
-        for name in config.tuned_names:
-            validation = config.validation_of(name)
+        space = check_space(config.tuning, None, section="tuning") if config.tuned_runs else {}
+        for name, run in config.tuned_runs.items():
             panels = []
             for scenario in config.scenarios:
-                trials = [config.tuning_dir(scenario, seed, validation) / "trials.csv" for seed in config.seeds]
+                trials = [
+                    config.tuning_dir(scenario, seed, run.validation, run.method) / "trials.csv"
+                    for seed in config.seeds
+                ]
                 points = mean_validation_gains(trials, space)
                 if points:
                     panels.append((str(scenario), points, chosen_points(rows, str(scenario), name)))
-            tuning, file = config.tuning, "tuning.png" if validation == "own" else f"tuning_{validation}.png"
-            plot_tuning(config.out / file, panels, space, tuning.metric, tuning.direction, len(config.seeds))
+            tuning, file = config.tuning, f"{_plot_name(run)}.png"
+            plot_tuning(config.out / file, panels, space, tuning.metric, tuning.direction, len(config.seeds), name)
+
+
+def _plot_name(run: TunedRun) -> str:
+    """The tuning plot of a tuned run: ``tuning[_public]`` for tuned KD, ``tuning_<method>[_public]``."""
+    method = "" if run.method is None else f"_{slug(run.method)}"
+    return f"tuning{method}" + ("" if run.validation == "own" else f"_{run.validation}")

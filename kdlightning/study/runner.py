@@ -36,7 +36,7 @@ from kdlightning.reporting import add_gains, read_csv
 from kdlightning.study.cells import CellRunner
 from kdlightning.study.config import (
     TUNED_KD,
-    TUNED_NAMES,
+    TUNED_PREFIX,
     MethodFactory,
     StudyConfig,
     default_scenarios,
@@ -112,6 +112,12 @@ class Study:
             machine runs its CPUs / ``cpus_per_cell`` cells at once.
         gpus_per_cell: with ``ray``: Ray's GPUs for each cell (a fraction: cells share a GPU). Ray hides the
             GPUs from a cell that asks for none: it trains on the CPU.
+        tuned: methods (keys of ``methods``) to tune besides tuned KD, e.g. ``["dpkd", "dml"]``: each searched
+            over ``tuning``'s space (its float arguments, e.g. temperature and alpha; the method's other arguments
+            as given), validated as ``tuning.validation`` says, in the rows ``tuned_<method>`` (own split) and
+            ``tuned_<method>_public``. A method that trains as a batched member has its grid trained as batched
+            members too; the others' points are fitted one at a time. Their searches' files go to
+            ``<out>/tuning/<method>/<scenario>-seed<seed>[-public]/``.
 
     The constructor checks the arguments' values; :meth:`check` (which :meth:`run` calls first) reads the data
     set, partitions it for every scenario and builds every method once, so that a bad scenario or hyperparameter
@@ -125,7 +131,8 @@ class Study:
 
     Raises:
         ConfigurationError: a bad argument: duplicate seeds or scenarios, a party out of range, epochs below 1,
-            ``tokenizers`` that name other networks.
+            ``tokenizers`` that name other networks; ``tuned`` naming no method of ``methods``. A tuned method
+            whose float arguments the ``tuning`` space does not name is refused by :meth:`check`, naming ``tuned``.
     """
 
     def __init__(
@@ -157,12 +164,23 @@ class Study:
         ray: bool | str = False,
         cpus_per_cell: float = 1.0,
         gpus_per_cell: float = 0.0,
+        tuned: Sequence[str] = (),
     ) -> None:
         if not methods and not tuned_kd:
             raise ConfigurationError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
-        for reserved, role in ((control, "the control"), *((name, "tuned KD") for name in TUNED_NAMES.values())):
-            if reserved in methods:
-                raise ConfigurationError(f"`methods` must not use the name {reserved!r}: it is {role}'s.")
+        if control in methods:
+            raise ConfigurationError(f"`methods` must not use the name {control!r}: it is the control's.")
+        for name in methods:
+            if name.startswith(TUNED_PREFIX):
+                raise ConfigurationError(
+                    f"`methods` must not use the name {name!r}: names starting {TUNED_PREFIX!r} are the tuned runs'."
+                )
+        _check_unique("tuned", list(tuned), "each method is tuned once")
+        unknown = [name for name in tuned if name not in methods]
+        if unknown:
+            raise ConfigurationError(
+                f"`tuned` names {unknown}, which are not methods of the study: choose among {sorted(methods)}."
+            )
         if not seeds:
             raise ConfigurationError("`seeds` is empty: give at least one seed.")
         _check_unique("seeds", list(seeds), "each seed is one sample of every run")
@@ -201,7 +219,7 @@ class Study:
             epochs=epochs,
             batch_size=batch_size,
             val_fraction=val_fraction,
-            public_fraction=public_fraction if "public" in tuning.validations and tuned_kd else 0.0,
+            public_fraction=public_fraction if "public" in tuning.validations and (tuned_kd or tuned) else 0.0,
             control=control,
             control_factory=continue_alone,
             out=Path(out),
@@ -214,6 +232,7 @@ class Study:
             ray=ray,
             cpus_per_cell=cpus_per_cell,
             gpus_per_cell=gpus_per_cell,
+            tuned=tuple(tuned),
         )
         self.config.datamodule(self.config.scenarios[0], self.config.seeds[0], student_party)  # its own checks
         self.pretraining = Pretraining(self.config)
@@ -272,6 +291,7 @@ class Study:
                     check_readable(network, config.tokenizers[name], config.max_length, name)
             methods: dict[str, Any] = {config.control: {"factory": describe(continue_alone)}}
             control = config.optimized(continue_alone(copy.deepcopy(student), copy.deepcopy(teacher), num_classes))
+            built: dict[str, type[DistillationModule]] = {}
             for name, factory in config.methods.items():
                 try:
                     model = config.optimized(factory(copy.deepcopy(student), copy.deepcopy(teacher), num_classes))
@@ -280,15 +300,19 @@ class Study:
                 check_trainer_for(model, config.trainer, f"methods.{name}")
                 if member_error(model, like=control) is None:  # trains as the control does: one fit with it
                     members.add(name)
+                built[name] = type(model)
                 methods[name] = {
                     "factory": describe(factory),
                     "class": type(model).__name__,
                     "hyperparameters": describe(dict(model.hparams)),
                 }
+        classes = {name: self._tunable(name, built[name], student, teacher, num_classes) for name in config.tuned}
         options = {k: v for k, v in dataclasses.asdict(config.tuning).items() if k not in _UNCHECKED_TUNING}
-        for name in config.tuned_names:
-            tuning = {**options, "validation": config.validation_of(name)}
-            methods[name] = {"class": VanillaKD.__name__, "tuning": describe(tuning)}
+        for name, run in config.tuned_runs.items():
+            tuning = {**options, "validation": run.validation}
+            kind = VanillaKD if run.method is None else classes[run.method]
+            tuned = {"method": run.method} if run.method is not None else {}
+            methods[name] = {"class": kind.__name__, **tuned, "tuning": describe(tuning)}
         settings = {
             "dataset": {"class_path": describe(type(config.dataset)), "init_args": describe(vars(config.dataset))},
             "student": {"factory": describe(config.student), "network": digest(repr(student))},
@@ -304,14 +328,38 @@ class Study:
             **({"optimizer": describe(config.optimizer)} if config.optimizer is not None else {}),
         }
         configuration = json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read from the file
-        return _Checked(configuration, frozenset(members))
+        return _Checked(configuration, frozenset(members), classes)
+
+    def _tunable(
+        self, name: str, kind: type[DistillationModule], student: nn.Module, teacher: nn.Module, num_classes: int
+    ) -> type[DistillationModule]:
+        """Tuned method ``name``'s class, once the ``tuning`` space is shown to be its float arguments.
+
+        Raises:
+            ConfigurationError: a space naming an argument the method lacks (or a method without float arguments),
+                or a factory that does not take the searched values as keyword arguments; naming ``tuned``.
+        """
+        config = self.config
+        try:
+            space = check_space(config.tuning, kind, section="tuning")
+        except ConfigurationError as error:
+            raise ConfigurationError(f"`tuned` lists {name!r}, which cannot be searched: {error}") from error
+        first = {key.rsplit(".", 1)[-1]: param.values[0] if param.values else param.low for key, param in space.items()}
+        try:
+            config.methods[name](copy.deepcopy(student), copy.deepcopy(teacher), num_classes, **first)
+        except TypeError as error:
+            raise ConfigurationError(
+                f"`tuned` lists {name!r}, whose factory does not take the searched values {sorted(first)} as keyword "
+                f"arguments ({error}): give it as a class (in YAML `class_path`) or a `functools.partial` of one."
+            ) from error
+        return kind
 
     def cells(self) -> CellRunner:
         """The runner of the study's cells (after :meth:`check`)."""
         self.check()
         assert self._checked is not None
         described = self._checked.configuration["methods"]
-        return CellRunner(self.config, self.pretraining, self._checked.members, described)
+        return CellRunner(self.config, self.pretraining, self._checked.members, described, self._checked.classes)
 
     def runs(self) -> list[tuple[str, int, str]]:
         """Every ``(scenario, seed, method)`` of the study, in the order they run."""
@@ -399,6 +447,8 @@ class _Checked:
 
     configuration: dict[str, Any]
     members: frozenset[str]
+    classes: Mapping[str, type[DistillationModule]]
+    """Each tuned method's class."""
 
 
 def continue_alone(student: nn.Module, teacher: nn.Module, num_classes: int) -> DistillationModule:

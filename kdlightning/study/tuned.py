@@ -1,8 +1,10 @@
-"""Tuned KD in a study: the search of a cell (scenario and seed), built from the cell's pre-trained networks.
+"""Tuned runs in a study: the search of a cell (scenario and seed), built from the cell's pre-trained networks.
 
-Every trial of a cell's search starts from the same pre-trained student and reads the teacher's outputs from the
-study's cache; the search keeps its files under ``<out>/tuning/<scenario>-seed<seed>[-public]/`` and resumes from
-them. :class:`TunedSearches` builds the searches and turns a search's result into the cell's row.
+A tuned run is tuned KD (:class:`~kdlightning.VanillaKD`) or one of the study's methods, its float arguments
+searched over the study's ``tuning`` space. Every trial of a cell's search starts from the same pre-trained
+student and reads the teacher's outputs from the study's cache; the search keeps its files under
+``<out>/tuning/[<method>/]<scenario>-seed<seed>[-public]/`` and resumes from them. :class:`TunedSearches` builds
+the searches and turns a search's result into the cell's row.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from torch import nn
 
 from kdlightning.data import PartitionedDataModule, Partitioner
 from kdlightning.methods import DistillationModule, VanillaKD
+from kdlightning.pipeline import describe
 from kdlightning.reporting import ResultRow
-from kdlightning.study.config import StudyConfig
+from kdlightning.study.config import TUNED_KD, StudyConfig
 from kdlightning.tuning import Search, TuneResult
 
 __all__ = ["Start", "TunedSearches"]
@@ -29,46 +32,68 @@ Start = tuple[PartitionedDataModule, nn.Module, nn.Module, float]
 
 
 class TunedSearches:
-    """Tuned KD's searches of a study's cells, and their rows.
+    """The tuned runs' searches of a study's cells, and their rows.
 
     Args:
         config: the study's configuration.
         start: a cell's start, by ``(scenario, seed)`` (:meth:`~kdlightning.study.cells.CellRunner.start`).
+        classes: each tuned method's class (a key of ``config.methods``), whose float arguments are searched.
     """
 
-    def __init__(self, config: StudyConfig, start: Callable[[Partitioner, int], Start]) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        start: Callable[[Partitioner, int], Start],
+        classes: Mapping[str, type[DistillationModule]] | None = None,
+    ) -> None:
         self.config = config
         self.start = start
+        self.classes = dict(classes or {})
 
-    def search(self, scenario: Partitioner, seed: int, batched: bool, validation: str = "own") -> Search:
-        """Tuned KD's search for ``scenario`` and ``seed`` (its points trained as batched members when ``batched``)."""
+    def method_class(self, name: str) -> type[DistillationModule]:
+        """The class tuned run ``name`` trains: VanillaKD for tuned KD, else its method's."""
+        method = self.config.tuned_runs[name].method
+        return VanillaKD if method is None else self.classes[method]
+
+    def factory(self, name: str) -> Callable[..., DistillationModule]:
+        """Builds tuned run ``name``'s method from ``(student, teacher, num_classes, **searched values)``."""
+        method = self.config.tuned_runs[name].method
+        return VanillaKD if method is None else self.config.methods[method]
+
+    def search(self, scenario: Partitioner, seed: int, batched: bool, name: str = TUNED_KD) -> Search:
+        """The search of tuned run ``name`` for ``scenario`` and ``seed`` (points as batched members if ``batched``)."""
         config = self.config
+        run = config.tuned_runs[name]
         data, student, teacher, _ = self.start(scenario, seed)
+        factory = self.factory(name)
 
         def build(values: Mapping[str, float], trial_seed: int, callbacks: Sequence[L.Callback]) -> _Trial:
             trial_data = config.datamodule(scenario, trial_seed, config.student_party)
             L.seed_everything(trial_seed, verbose=False)
             hyperparameters: dict[str, Any] = dict(values)  # the searched floats: temperature, alpha
-            model = VanillaKD(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **hyperparameters)
+            model = factory(copy.deepcopy(student), copy.deepcopy(teacher), data.num_classes, **hyperparameters)
             config.optimized(model)
             return _Trial(model, trial_data, functools.partial(config.fit_trainer, config.epochs, callbacks))
 
-        description = [config.key(scenario, seed, repr(student), repr(teacher)), config.epochs]
-        out = config.tuning_dir(scenario, seed, validation)
+        parts = [repr(student), repr(teacher)] + ([] if run.method is None else [describe(factory)])
+        description = [config.key(scenario, seed, *parts), config.epochs]
+        validation = run.validation
+        out = config.tuning_dir(scenario, seed, validation, run.method)
         # the study reports the chosen point's test accuracy
         options = dataclasses.replace(
             config.tuning, test=True, batched=batched, max_members=config.max_members, validation=cast(Any, validation)
         )
         hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed
-            options = dataclasses.replace(options, study_name=f"{options.study_name}-{out.name}")
+            cell = "-".join(out.relative_to(config.out / "tuning").parts)  # e.g. iid-seed0, dpkd-iid-seed0-public
+            options = dataclasses.replace(options, study_name=f"{options.study_name}-{cell}")
             hint = (
                 "Pass another `--out` or `--tuning.study_name` to `kdl study` "
                 f"(this cell's search is {options.study_name!r})."
             )
         return Search(
             build,
-            VanillaKD,
+            self.method_class(name),
             options,
             out,
             description=description,
@@ -88,7 +113,7 @@ class TunedSearches:
             str(scenario),
             seed,
             name,
-            VanillaKD.__name__,
+            self.method_class(name).__name__,
             acc_before=before,
             acc_after=result.test_metrics["test/acc"],
             hyperparameters={**chosen, "trials": len(result.trials), "val_acc": result.best_value},

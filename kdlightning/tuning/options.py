@@ -169,12 +169,13 @@ class Param:
     log: bool = False
 
 
-def check_space(options: TuneOptions, method: type, section: str = "tune") -> dict[str, Param]:
+def check_space(options: TuneOptions, method: type | None, section: str = "tune") -> dict[str, Param]:
     """The search space of ``options`` for ``method``, by full key, in search order.
 
     Args:
         options: the search.
-        method: the method's class, whose float constructor arguments may be searched.
+        method: the method's class, whose float constructor arguments may be searched (None: the values alone are
+            checked, e.g. for a report of searches already run).
         section: where the user wrote ``options``, named in the errors: ``tune`` (``kdl tune``) or ``tuning``
             (a study's tuned KD).
 
@@ -182,7 +183,7 @@ def check_space(options: TuneOptions, method: type, section: str = "tune") -> di
         ValueError: an empty grid, an argument ``method`` does not have or that is not a float, a value out
             of its range (alpha outside [0, 1], temperature <= 0), a repeated value or an empty range.
     """
-    floats = _float_arguments(method)
+    floats = _float_arguments(method) if method is not None else set()
     keys = list(options.grid)
     if options.sampler == "tpe":
         keys += [key for key in options.ranges if key not in options.grid]
@@ -194,7 +195,7 @@ def check_space(options: TuneOptions, method: type, section: str = "tune") -> di
     for key in keys:
         name = key[len(PREFIX) :]
         where = "ranges" if key in options.ranges else "grid"
-        if name not in floats:
+        if method is not None and name not in floats:
             known = sorted(floats) or "none"
             raise ConfigurationError(
                 f"`{section}.{where}` key {name!r}: {method.__name__} has no float argument {name!r} (its float "

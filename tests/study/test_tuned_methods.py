@@ -1,0 +1,141 @@
+"""Every method tuned: the study searches any listed method's float arguments, in rows ``tuned_<method>``."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from test_study import SMALL_GRID, study
+
+from kdlightning import DataPartitioningKD, DeepMutualLearning, VanillaKD
+from kdlightning.data import DirichletPartitioner, IIDPartitioner
+from kdlightning.models import MLP
+from kdlightning.reporting import read_csv
+from kdlightning.tuning import TuneOptions
+
+ONE_CELL = {"scenarios": [DirichletPartitioner(alpha=0.5)], "seeds": [1], "tuning": SMALL_GRID}
+GRID = {(t, a) for t in (1.0, 4.0) for a in (0.1, 0.9)}
+
+
+def trials(out: Path, folder: str) -> dict[tuple[float, float], dict]:
+    """A search's trials by point (temperature, alpha)."""
+    return {(float(t["temperature"]), float(t["alpha"])): t for t in read_csv(out / "tuning" / folder / "trials.csv")}
+
+
+def test_a_tuned_method_is_searched_over_its_own_arguments_in_a_row_of_its_own(tmp_path: Path) -> None:
+    methods = {"vanilla_kd": VanillaKD, "dpkd": partial(DataPartitioningKD, selection="unsupervised")}
+    rows = study(tmp_path, methods=methods, tuned=["dpkd"], **ONE_CELL).run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "vanilla_kd", "dpkd", "tuned_dpkd"]
+    tuned = rows[-1]
+    chosen = json.loads(tuned["hyperparameters"])
+    assert tuned["class"] == "DataPartitioningKD" and tuned["validation"] == "own"
+    assert (chosen["temperature"], chosen["alpha"]) in GRID and chosen["trials"] == 4
+    searched = trials(tmp_path, "dpkd/dirichlet-alpha-0.5-seed1")
+    assert set(searched) == GRID
+    best = max(searched.values(), key=lambda t: float(t["val/acc"]))
+    assert chosen["val_acc"] == pytest.approx(float(best["val/acc"]))  # the point the search ranked first
+    recorded = json.loads((tmp_path / "study.json").read_text())["methods"]["tuned_dpkd"]
+    assert recorded["class"] == "DataPartitioningKD" and recorded["method"] == "dpkd"
+    assert (tmp_path / "tuning_dpkd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Relative improvement of tuned_dpkd over the best untuned method" in summary
+
+
+def double(hidden: int):
+    """A network factory of a float64 MLP."""
+    return lambda num_classes: MLP(in_features=64, hidden_sizes=(hidden,), num_classes=num_classes).double()
+
+
+def test_a_batched_tuned_dpkd_grid_equals_its_separate_fits_in_float64(tmp_path: Path) -> None:
+    options = {
+        "student": double(8),
+        "teacher": double(32),
+        "methods": {"dpkd": DataPartitioningKD},
+        "tuned": ["dpkd"],
+        "trainer": {"precision": "64-true"},
+        **ONE_CELL,
+    }
+    apart = study(tmp_path / "apart", batched=False, **options).run(progress=False)
+    together = study(tmp_path / "batched", **options).run(progress=False)
+    assert [r["method"] for r in together] == [r["method"] for r in apart] == ["student_only", "dpkd", "tuned_dpkd"]
+    searched = [trials(tmp_path / run, "dpkd/dirichlet-alpha-0.5-seed1") for run in ("apart", "batched")]
+    assert set(searched[0]) == set(searched[1]) == GRID
+    for point in GRID:  # each member validated as its own trial (Lightning logs a separate fit's loss in float32)
+        assert float(searched[1][point]["val_loss"]) == pytest.approx(float(searched[0][point]["val_loss"]), rel=1e-6)
+        assert float(searched[1][point]["val/acc"]) == pytest.approx(float(searched[0][point]["val/acc"]), abs=1e-6)
+    assert [r["acc_after"] for r in together] == [r["acc_after"] for r in apart]
+    alone, joint = (json.loads(rows[-1]["hyperparameters"]) for rows in (apart, together))
+    assert {key: joint[key] for key in ("temperature", "alpha", "trials")} == {
+        key: alone[key] for key in ("temperature", "alpha", "trials")
+    }
+    assert joint["val_acc"] == pytest.approx(alone["val_acc"], abs=1e-6)
+    best = [
+        torch.load(tmp_path / run / "tuning" / "dpkd" / "dirichlet-alpha-0.5-seed1" / "best_model.pt")["state_dict"]
+        for run in ("apart", "batched")
+    ]
+    assert set(best[0]) == set(best[1])
+    for key, value in best[0].items():  # the chosen point's weights, as its own fit left them
+        assert value.dtype == torch.float64 and (best[1][key] - value).abs().max() <= 1e-9, key
+
+
+def test_tuned_dml_fits_its_points_apart_on_both_validations(tmp_path: Path) -> None:
+    tuning = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}, validation=["own", "public"])
+    options = {**ONE_CELL, "tuning": tuning, "public_fraction": 0.1}
+    rows = study(tmp_path, methods={"dml": DeepMutualLearning}, tuned=["dml"], **options).run(progress=False)
+    assert [r["method"] for r in rows] == ["student_only", "dml", "tuned_dml", "tuned_dml_public"]
+    assert [r["class"] for r in rows[2:]] == ["DeepMutualLearning"] * 2
+    assert [r["validation"] for r in rows[2:]] == ["own", "public"]
+    own, public = (trials(tmp_path, f"dml/dirichlet-alpha-0.5-seed1{s}") for s in ("", "-public"))
+    assert set(own) == set(public) == GRID
+    assert [own[p]["val_loss"] for p in sorted(GRID)] != [public[p]["val_loss"] for p in sorted(GRID)]
+
+
+class NoFloats(VanillaKD):
+    """A method without float arguments to search."""
+
+    def __init__(self, student, teacher, num_classes: int) -> None:
+        super().__init__(student, teacher, num_classes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tuned": ["nope"]}, r"`tuned` names \['nope'\], which are not methods of the study: choose among \['dpkd'"),
+        ({"tuned": ["dpkd", "dpkd"]}, r"`tuned` repeats \['dpkd'\]"),
+        (
+            {"methods": {"none": NoFloats}, "tuned": ["none"]},
+            r"`tuned` lists 'none', which cannot be searched: .*NoFloats has no float argument 'temperature'.*none",
+        ),
+        (
+            {"tuned": ["dpkd"], "tuning": TuneOptions(grid={"gamma": [0.1, 0.2]})},
+            r"`tuned` lists 'dpkd', which cannot be searched: .*DataPartitioningKD has no float argument 'gamma'",
+        ),
+        (
+            {"methods": {"kd": lambda s, t, c: VanillaKD(s, t, c)}, "tuned": ["kd"]},
+            r"`tuned` lists 'kd', whose factory does not take the searched values \['alpha', 'temperature'\]",
+        ),
+        ({"methods": {"tuned_x": VanillaKD}}, r"`methods` must not use the name 'tuned_x'"),
+    ],
+)
+def test_a_method_that_cannot_be_tuned_is_refused_before_any_training(
+    tmp_path: Path, kwargs: dict, message: str
+) -> None:
+    options = {"methods": {"dpkd": DataPartitioningKD}, "tuning": SMALL_GRID, "scenarios": [IIDPartitioner()]}
+    with pytest.raises(ValueError, match=message):
+        study(tmp_path / "out", **{**options, **kwargs}).run(progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_kdl_study_tunes_the_methods_listed_in_tuned(tmp_path: Path) -> None:
+    from kdlightning.cli import main
+
+    grid = "--tuning.grid={temperature: [1.0, 4.0], alpha: [0.5]}"
+    one = ["--seeds=[0]", "--pretrain_epochs=1", "--epochs=1", "--progress=false", "--tuned_kd=false"]
+    scenario = "--scenarios=[{class_path: kdlightning.data.IIDPartitioner}]"
+    main(["study", "--out", str(tmp_path), *one, scenario, grid, "--tuned=[dpkd]"])
+    rows = {row["method"]: row for row in read_csv(tmp_path / "results.csv")}
+    assert set(rows) == {"student_only", "vanilla_kd", "dml", "dpkd", "tuned_dpkd"}
+    assert json.loads(rows["tuned_dpkd"]["hyperparameters"])["trials"] == 2
