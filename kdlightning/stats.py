@@ -295,25 +295,29 @@ def _relative_improvement(tuned: npt.NDArray[np.float64], best: npt.NDArray[np.f
 
 
 def _improvement_draws(
-    tuned: Values, untuned: Mapping[str, Values], n_resamples: int, rng: np.random.Generator
+    tuned: Values | Mapping[str, Values], untuned: Mapping[str, Values], n_resamples: int, rng: np.random.Generator
 ) -> tuple[float, npt.NDArray[np.float64], int]:
     """The relative improvement on the data, its ``(n_resamples,)`` bootstrap replicates, and the number of seeds."""
-    gains = _as_array(tuned, "tuned")
+    if isinstance(tuned, Mapping):  # several tuned methods: the best of them, chosen again in every resample
+        if not tuned:
+            raise ConfigurationError("`tuned` must name at least one method.")
+        mine = np.stack([_as_array(values, f"tuned[{name!r}]") for name, values in tuned.items()])  # (K, n)
+    else:
+        mine = _as_array(tuned, "tuned")[None, :]
     if not untuned:
         raise ConfigurationError("`untuned` must name at least one method.")
     others = np.stack([_as_array(values, f"untuned[{name!r}]") for name, values in untuned.items()])  # (M, n)
-    if others.shape[1] != gains.size:
+    n = mine.shape[1]
+    if others.shape[1] != n or len({len(row) for row in mine}) > 1:
         sizes = {name: len(np.atleast_1d(values)) for name, values in untuned.items()}
-        raise ConfigurationError(
-            f"Every method needs one value per seed: `tuned` has {gains.size}, `untuned` has {sizes}."
-        )
+        raise ConfigurationError(f"Every method needs one value per seed: `tuned` has {n}, `untuned` has {sizes}.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ConfigurationError(f"`n_resamples` must be an integer >= 1, got {n_resamples!r}.")
-    point = float(_relative_improvement(np.asarray(gains.mean()), others.mean(axis=1).max()))
-    picks = rng.integers(0, gains.size, size=(n_resamples, gains.size))  # (R, n): seeds, the same for every method
-    # the best untuned method is chosen again in every resample: max over methods of (M, R) resampled means
-    draws = _relative_improvement(gains[picks].mean(axis=1), others[:, picks].mean(axis=2).max(axis=0))
-    return point, draws, int(gains.size)
+    point = float(_relative_improvement(mine.mean(axis=1).max(), others.mean(axis=1).max()))
+    picks = rng.integers(0, n, size=(n_resamples, n))  # (R, n): seeds, the same for every method
+    # the best method of each side is chosen again in every resample: max over methods of (M, R) resampled means
+    draws = _relative_improvement(mine[:, picks].mean(axis=2).max(axis=0), others[:, picks].mean(axis=2).max(axis=0))
+    return point, draws, int(n)
 
 
 def _percentile_interval(point: float, draws: npt.NDArray[np.float64], confidence: float, n: int) -> Interval:
@@ -328,7 +332,7 @@ def _percentile_interval(point: float, draws: npt.NDArray[np.float64], confidenc
 
 
 def bootstrap_relative_improvement(
-    tuned: Values,
+    tuned: Values | Mapping[str, Values],
     untuned: Mapping[str, Values],
     n_resamples: int = 10_000,
     confidence: float = 0.95,
@@ -350,7 +354,8 @@ def bootstrap_relative_improvement(
     resampling is numpy's, from ``np.random.default_rng(seed)``.
 
     Args:
-        tuned: tuned KD's per-seed gains, ``(n,)``.
+        tuned: tuned KD's per-seed gains, ``(n,)``; or several tuned methods' by name, the best of them chosen
+            again in every resample as the best untuned method is.
         untuned: each untuned method's per-seed gains on the same seeds, ``(n,)`` each.
         n_resamples: bootstrap resamples.
         confidence: the interval's coverage, in ``(0, 1)``.
@@ -378,7 +383,7 @@ def bootstrap_relative_improvement(
 
 
 def bootstrap_average_improvement(
-    scenarios: Sequence[tuple[Values, Mapping[str, Values]]],
+    scenarios: Sequence[tuple[Values | Mapping[str, Values], Mapping[str, Values]]],
     average: Literal["mean", "median"] = "mean",
     n_resamples: int = 10_000,
     confidence: float = 0.95,

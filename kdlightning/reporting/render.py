@@ -25,6 +25,7 @@ from kdlightning.reporting.rows import (
     tuned_improvement,
     tuned_validation,
 )
+from kdlightning.reporting.tuned import render_best_tuned
 from kdlightning.stats import MIN_SEEDS, Interval, Ranked, bootstrap_average_improvement, rank
 
 __all__ = ["plot_gains", "render_guidance", "render_guidance_page", "render_summary"]
@@ -48,6 +49,7 @@ def render_summary(
     untuned: Sequence[str],
     control: str,
     settings: Sequence[str] = (),
+    pairs: Mapping[str, str] | None = None,
     iid_scenarios: Sequence[str] = ("iid",),
     confidence: float = 0.95,
     n_resamples: int = 10_000,
@@ -62,6 +64,9 @@ def render_summary(
     - for each tuned method of ``tuned`` present in ``rows``, where its search validated and its relative
       improvement over the best untuned method with a bootstrap interval (:func:`tuned_improvement`), then the
       IID figure and the non-IID average and median beside the paper's;
+    - with several tuned runs, the best of them against the best untuned method per scenario, and with ``pairs``
+      (tuned run → the untuned run of its method) the gain of tuning each method, paired by seed
+      (:func:`kdlightning.reporting.tuned.render_best_tuned`);
     - the guidance table (:func:`render_guidance`), with each tuned method's chosen ``settings`` (the names of
       its searched hyperparameters: ``temperature``, ``alpha``).
 
@@ -129,6 +134,9 @@ def render_summary(
         ]
     for name in tuned:
         lines += ["", *_render_improvement(rows, name, untuned, iid_scenarios, control, confidence, n_resamples, seed)]
+    present = {name: other for name, other in (pairs or {}).items() if name in tuned}
+    best = render_best_tuned(rows, tuned, untuned, present, control, iid_scenarios, confidence, n_resamples, seed)
+    lines += ["", *best] if best else []
     lines += ["", *render_guidance(rows, tuned=tuned, control=control, settings=settings, confidence=confidence)]
     lines += _render_failures(rows)
     return "\n".join(lines) + "\n"
@@ -289,8 +297,8 @@ def _guidance_table(
         f"from at least {MIN_SEEDS} seeds, with some spread across them. Otherwise the row says no method beats "
         "the control here and names the best one. How sure: whether the interval excludes 0 (or why it is no "
         "evidence); whether the method is clearly ahead of the runner-up (their intervals do not overlap, both "
-        "evidence); the share of seeds where it gained more than the control. Tuned KD's settings: the "
-        f"({', '.join(settings)}) its search chose on most seeds.",
+        "evidence); the share of seeds where it gained more than the control. A tuned run's settings (beside a "
+        f"recommended tuned run too): the ({', '.join(settings)}) its search chose on most seeds.",
         "",
         "| " + " | ".join(["scenario", "recommended", "gain over the control (pp)", "how sure", *columns]) + " |",
         "|---|---|---|---|" + "---|" * len(columns),
@@ -307,7 +315,8 @@ def _guidance_table(
                 sure.append(f"{relation} {runner.name} ({runner.interval.mean:+.2f})")
             sure.append(f"wins {result.win_rate:.0%} of {result.n} seeds")
             if _beats_control(top.interval):
-                cells = [top.name, str(top.interval), "; ".join(sure)]
+                chosen = f" ({_chosen_settings(rows, scenario, top.name, settings)})" if top.name in tuned else ""
+                cells = [top.name + chosen, str(top.interval), "; ".join(sure)]
             else:
                 cells = [NO_WINNER, f"best: {top.name} {top.interval}", "; ".join(sure)]
         cells += [_chosen_settings(rows, scenario, name, settings) for name in tuned]

@@ -25,6 +25,7 @@ from kdlightning.reporting import (
     slug,
     write_csv,
 )
+from kdlightning.reporting.tuned import counterparts
 from kdlightning.study.config import StudyConfig, TunedRun
 from kdlightning.tuning.options import Param, check_space
 from kdlightning.tuning.reports import draw_heatmap, short_names
@@ -111,12 +112,15 @@ class StudyReport:
             f"{config.pretrain_epochs} pre-training epochs, {config.epochs} epochs per method\n\n"
         )
         rows = add_gains(rows, control=config.control)
+        untuned = config.untuned_names(rows)
+        methods = {name: run.method for name, run in config.tuned_runs.items()}
         return header + render_summary(
             rows,
             tuned=config.tuned_names,
-            untuned=config.untuned_names(rows),
+            untuned=untuned,
             control=config.control,
             settings=config.tuned_settings,
+            pairs=counterparts(rows, methods, untuned),
         )
 
     def guidance(self, rows: Sequence[Mapping[str, Any]]) -> str:

@@ -358,7 +358,10 @@ def test_each_tuned_row_states_its_validation_and_its_improvement(tmp_path: Path
     assert (own.best_gain.mean, own.tuned_gain.mean, own.relative.mean) == pytest.approx((1.6, 2.0, 25.0))
     assert f"| iid | {own.difference.n} | {own.best} | {own.best_gain} | {own.tuned_gain} |" in text
     seeds = own.difference.n
-    assert f"| {seeds} | tuned_kd_public |" not in text and f"| {seeds} | tuned_kd |" not in text
+    improvements, best = text.split("## The best tuned method against the best untuned one")
+    assert f"| {seeds} | tuned_kd_public |" not in improvements and f"| {seeds} | tuned_kd |" not in improvements
+    # the best of both tuned rows against vanilla_kd, the one untuned method
+    assert f"| iid | {seeds} | tuned_kd_public | +2.20 [" in best and "| vanilla_kd | +1.60 [" in best
     iid = tuned_improvement(tuned_rows(), "tuned_kd_public", untuned=("vanilla_kd",), control=CONTROL)["iid"]
     assert iid.relative.mean == pytest.approx(100 * (2.2 - 1.6) / 1.6)
     assert "| tuned_kd (own validation): chosen settings | tuned_kd_public (public validation): chosen settings |" in (
@@ -443,7 +446,8 @@ def test_guidance_recommends_the_highest_gain_over_the_control_with_the_settings
         f"wins {result.win_rate:.0%} of {result.n} seeds"
     )
     row = next(cells(line) for line in lines if line.startswith("| iid |"))
-    assert row == ["iid", top.name, str(top.interval), how_sure, *(chosen_most(name) for name in TUNED)]
+    recommended = f"{top.name} ({chosen_most(top.name)})"  # a recommended tuned run with the settings it chose
+    assert row == ["iid", recommended, str(top.interval), how_sure, *(chosen_most(name) for name in TUNED)]
     # summary.md holds the same table
     table = [line for line in lines if line.startswith("|")]
     summary = render_summary(

@@ -42,6 +42,8 @@ def test_a_tuned_method_is_searched_over_its_own_arguments_in_a_row_of_its_own(t
     assert (tmp_path / "tuning_dpkd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "summary.md").read_text()
     assert "Relative improvement of tuned_dpkd over the best untuned method" in summary
+    gain = float(tuned["gain_pp"]) - float(rows[2]["gain_pp"])  # what tuning DP-KD gained on the one seed
+    assert f"| dirichlet(alpha=0.5) | tuned_dpkd | dpkd | 1 | {gain:+.2f} [no interval] |" in summary
 
 
 def double(hidden: int):
