@@ -76,3 +76,17 @@ def test_the_byte_student_config_reads_two_tokenizers(tweets_workdir: Path) -> N
     minilm = load_tokenizer("models/all-MiniLM-L6-v2")
     pair = TokenizeCollate({"student": ByT5Tokenizer(), "teacher": minilm, "peer": minilm}, max_length=32)
     assert json.loads((out / "study.json").read_text())["settings"]["tokenizers"] == pair.fingerprint()
+
+
+def test_the_text_federation_summary_in_the_docs_is_what_its_rounds_give(tweets_workdir: Path) -> None:
+    """The committed ``summary.md`` of the text federation is what its config's experiment makes of ``rounds.csv``."""
+    from kdlightning.federated import load_experiment
+
+    folder = ROOT / "docs" / "results" / "tweets_minilm_federated"
+    config = ROOT / "configs" / "federated" / "tweets_minilm.yaml"
+    experiment = load_experiment(["-c", str(config), "--max_length=32", "--out", str(tweets_workdir / "federated")])
+    experiment.check()
+    rows = read_csv(folder / "rounds.csv")
+    assert {row["scenario"] for row in rows} == {"iid", "dirichlet(alpha=0.5)", "dirichlet(alpha=0.1)"}
+    assert {row["seed"] for row in rows} == {"0", "1", "2"}
+    assert (folder / "summary.md").read_text() == experiment.records.summary(rows)

@@ -25,7 +25,7 @@ from kdlightning.reporting.rows import (
     tuned_improvement,
     tuned_validation,
 )
-from kdlightning.reporting.tuned import render_best_tuned
+from kdlightning.reporting.tuned import render_best_tuned, render_teacher_gap
 from kdlightning.stats import MIN_SEEDS, Interval, Ranked, bootstrap_average_improvement, rank
 
 __all__ = ["plot_gains", "render_guidance", "render_guidance_page", "render_summary"]
@@ -67,6 +67,8 @@ def render_summary(
     - with several tuned runs, the best of them against the best untuned method per scenario, and with ``pairs``
       (tuned run → the untuned run of its method) the gain of tuning each method, paired by seed
       (:func:`kdlightning.reporting.tuned.render_best_tuned`);
+    - where the rows carry the teacher's accuracy, the teacher's lead over the student per scenario beside what
+      tuning gains (:func:`kdlightning.reporting.tuned.render_teacher_gap`);
     - the guidance table (:func:`render_guidance`), with each tuned method's chosen ``settings`` (the names of
       its searched hyperparameters: ``temperature``, ``alpha``).
 
@@ -137,6 +139,8 @@ def render_summary(
     present = {name: other for name, other in (pairs or {}).items() if name in tuned}
     best = render_best_tuned(rows, tuned, untuned, present, control, iid_scenarios, confidence, n_resamples, seed)
     lines += ["", *best] if best else []
+    gap = render_teacher_gap(rows, tuned, untuned, control, confidence, n_resamples, seed)
+    lines += ["", *gap] if gap else []
     lines += ["", *render_guidance(rows, tuned=tuned, control=control, settings=settings, confidence=confidence)]
     lines += _render_failures(rows)
     return "\n".join(lines) + "\n"

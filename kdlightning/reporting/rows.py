@@ -70,6 +70,7 @@ class ResultRow:
         method_class: the method's class name (the ``class`` column).
         acc_before: the student's test accuracy before the run ("" where its pre-training diverged).
         acc_after: after it; None for a failed run.
+        acc_teacher: the teacher party's pre-trained network's test accuracy in the run's cell ("" where unknown).
         hyperparameters: the method's hyperparameters, or a tuned run's chosen values with its search's figures.
         seconds: the run's wall time (a batched member's share of its fit); None for a failed run.
         epochs: epochs of the run.
@@ -88,6 +89,7 @@ class ResultRow:
     epochs: int = 0
     validation: str = ""
     error: str = ""
+    acc_teacher: float | str = ""
 
     def to_csv(self) -> dict[str, Any]:
         """The row's ``results.csv`` columns, in their order: a failed row has ``error`` and no ``seconds``.
@@ -103,6 +105,7 @@ class ResultRow:
             "class": self.method_class,
             "acc_before": self.acc_before,
             "acc_after": "" if self.acc_after is None else self.acc_after,
+            "acc_teacher": self.acc_teacher,
             "hyperparameters": json.dumps(dict(self.hyperparameters), default=str),
         }
         if self.error:

@@ -24,7 +24,15 @@ from kdlightning.stats import (
     paired_difference,
 )
 
-__all__ = ["BestTuned", "best_tuned_improvement", "counterparts", "render_best_tuned", "tuning_gains"]
+__all__ = [
+    "BestTuned",
+    "best_tuned_improvement",
+    "counterparts",
+    "render_best_tuned",
+    "render_teacher_gap",
+    "teacher_gaps",
+    "tuning_gains",
+]
 
 
 @dataclass(frozen=True)
@@ -248,4 +256,70 @@ def render_best_tuned(
                 f"| {scenario} | {name} | {pairs[name]} | {gain.n} | {gain.difference} | {p_value} "
                 f"| {gain.win_rate:.0%} |"
             )
+    return lines
+
+
+def teacher_gaps(
+    rows: Sequence[Mapping[str, Any]], control: str, confidence: float = 0.95
+) -> dict[str, PairedDifference]:
+    """Per scenario, the teacher's test accuracy minus the student's before any method (pp), paired by seed.
+
+    Read from the control's rows (``acc_teacher`` and ``acc_before``); a scenario whose rows carry no teacher
+    accuracy (a study written before it was recorded) is left out.
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": seed, "method": "student_only", "acc_before": 0.80, "acc_teacher": teacher}
+        ...     for seed, teacher in ((0, 0.85), (1, 0.86), (2, 0.84))
+        ... ]
+        >>> str(teacher_gaps(rows, "student_only")["iid"].difference)
+        '+5.00 [+2.52, +7.48]'
+    """
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        teacher, student = row.get("acc_teacher"), row.get("acc_before")
+        if str(row["method"]) != control or teacher in (None, "") or student in (None, ""):
+            continue
+        mine = pairs.setdefault(str(row["scenario"]), ([], []))
+        mine[0].append(100.0 * float(teacher))
+        mine[1].append(100.0 * float(student))
+    return {scenario: paired_difference(t, s, confidence) for scenario, (t, s) in pairs.items()}
+
+
+def render_teacher_gap(
+    rows: Sequence[Mapping[str, Any]],
+    tuned: Sequence[str],
+    untuned: Sequence[str],
+    control: str,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> list[str]:
+    """Markdown lines: per scenario, how much better the teacher is than the student, beside what tuning gains."""
+    gaps = teacher_gaps(rows, control, confidence)
+    if not gaps:
+        return []
+    level = f"{confidence:.0%}"
+    best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed) if tuned else {}
+    lines = [
+        "## The teacher against the student",
+        "",
+        f"Per seed, the teacher party's pre-trained network's test accuracy minus the student's before any method "
+        f"(pp): the mean with its {level} interval, and the share of seeds where the teacher is the more accurate. "
+        "Beside it, the best tuned run's gain minus the best untuned method's (pp, paired by seed) and the "
+        "relative improvement, from the table above: where the teacher is weaker than the student, the best "
+        "untuned gain is small and a relative figure large.",
+        "",
+        "| scenario | seeds | teacher - student (pp) | teacher ahead | best tuned - best untuned (pp) | improvement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario, gap in gaps.items():
+        result = best.get(scenario)
+        tuning = ["-", "-"]
+        if result is not None:
+            relative = result.relative
+            shown = relative.format(1, "%") if math.isfinite(relative.mean) else "-"
+            tuning = [f"{result.difference.difference} ({result.tuned} - {result.untuned})", shown]
+        cells = [str(gap.n), str(gap.difference), f"{gap.win_rate:.0%}", *tuning]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return lines

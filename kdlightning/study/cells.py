@@ -64,6 +64,7 @@ class CellRunner:
         self.members, self.described = members, described
         self.tuned = TunedSearches(config, self.start, classes)
         self._before: dict[tuple[str, int], float] = {}
+        self._teacher: dict[tuple[str, int], float] = {}
         self._diverged: dict[tuple[str, int], str] = {}
 
     # ------------------------------------------------------------------ a cell's start
@@ -82,7 +83,14 @@ class CellRunner:
             raise
         if key not in self._before:
             self._before[key] = self.test_accuracy(StudentOnly(copy.deepcopy(student), data.num_classes), data)
+            # the teacher read as it reads alone (its own tokenizer), on the same global test set
+            alone = config.datamodule(scenario, seed, config.student_party, network="teacher")
+            self._teacher[key] = self.test_accuracy(StudentOnly(copy.deepcopy(teacher), data.num_classes), alone)
         return data, student, teacher, self._before[key]
+
+    def teacher_accuracy(self, scenario: Partitioner, seed: int) -> float | str:
+        """The teacher party's pre-trained network's test accuracy in a cell ("" before :meth:`start` measured it)."""
+        return self._teacher.get((str(scenario), seed), "")
 
     def test_accuracy(self, model: DistillationModule, data: L.LightningDataModule) -> float:
         """The student's accuracy on the global test set."""
@@ -174,7 +182,9 @@ class CellRunner:
         _, _, _, before = self.start(scenario, seed)
         search = self.tuned.search(scenario, seed, batched=False, name=name)
         result = search.run()
-        return self.tuned.row(name, scenario, seed, before, result, time.perf_counter() - start)
+        return self.tuned.row(
+            name, scenario, seed, before, result, time.perf_counter() - start, self.teacher_accuracy(scenario, seed)
+        )
 
     # ------------------------------------------------------------------ rows
     def _row(
@@ -195,6 +205,7 @@ class CellRunner:
             type(model).__name__,
             acc_before=before,
             acc_after=after,
+            acc_teacher=self.teacher_accuracy(scenario, seed),
             hyperparameters=hyperparameters,
             seconds=round(seconds, 2),
             epochs=self.config.epochs,
@@ -216,6 +227,7 @@ class CellRunner:
             kind,
             acc_before=self._before.get((str(scenario), seed), ""),
             acc_after=None,
+            acc_teacher=self.teacher_accuracy(scenario, seed),
             hyperparameters=json.loads(json.dumps(values, sort_keys=True, default=str)),
             epochs=self.config.epochs,
             error=error,
@@ -266,7 +278,9 @@ class CellRunner:
         rows = []
         for name in names:
             if name in results:
-                rows.append(self.tuned.row(name, scenario, seed, before, *results[name]))
+                rows.append(
+                    self.tuned.row(name, scenario, seed, before, *results[name], self.teacher_accuracy(scenario, seed))
+                )
             elif fits[name].error is not None:
                 failure = f"{DivergedError.__name__}: {fits[name].error}"
                 rows.append(self._failed(name, scenario, seed, failure, model=fits[name].model))

@@ -105,7 +105,14 @@ class TunedSearches:
         )
 
     def row(
-        self, name: str, scenario: Partitioner, seed: int, before: float, result: TuneResult, seconds: float
+        self,
+        name: str,
+        scenario: Partitioner,
+        seed: int,
+        before: float,
+        result: TuneResult,
+        seconds: float,
+        teacher: float | str = "",
     ) -> ResultRow:
         """The row of tuned run ``name``: the chosen values, the search's trials and validation, the test accuracy."""
         chosen = {key.rsplit(".", 1)[-1]: value for key, value in result.best_params.items()}
@@ -116,6 +123,7 @@ class TunedSearches:
             self.method_class(name).__name__,
             acc_before=before,
             acc_after=result.test_metrics["test/acc"],
+            acc_teacher=teacher,
             hyperparameters={**chosen, "trials": len(result.trials), "val_acc": result.best_value},
             seconds=round(seconds, 2),
             epochs=self.config.epochs,

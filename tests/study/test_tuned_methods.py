@@ -27,7 +27,8 @@ def trials(out: Path, folder: str) -> dict[tuple[float, float], dict]:
 
 def test_a_tuned_method_is_searched_over_its_own_arguments_in_a_row_of_its_own(tmp_path: Path) -> None:
     methods = {"vanilla_kd": VanillaKD, "dpkd": partial(DataPartitioningKD, selection="unsupervised")}
-    rows = study(tmp_path, methods=methods, tuned=["dpkd"], **ONE_CELL).run(progress=False)
+    made = study(tmp_path, methods=methods, tuned=["dpkd"], **ONE_CELL)
+    rows = made.run(progress=False)
     assert [r["method"] for r in rows] == ["student_only", "vanilla_kd", "dpkd", "tuned_dpkd"]
     tuned = rows[-1]
     chosen = json.loads(tuned["hyperparameters"])
@@ -43,6 +44,18 @@ def test_a_tuned_method_is_searched_over_its_own_arguments_in_a_row_of_its_own(t
     summary = (tmp_path / "summary.md").read_text()
     assert "Relative improvement of tuned_dpkd over the best untuned method" in summary
     gain = float(tuned["gain_pp"]) - float(rows[2]["gain_pp"])  # what tuning DP-KD gained on the one seed
+    # every row of the cell carries its teacher's test accuracy, and the summary sets it beside the student's
+    scenario = ONE_CELL["scenarios"][0]
+    teacher = made.pretraining.pretrained("teacher", scenario, 1)
+    data = made.config.datamodule(scenario, 1, made.config.student_party)
+    data.setup("test")
+    inputs = torch.stack([x for x, _ in data.test_set])
+    labels = torch.tensor([int(y) for _, y in data.test_set])
+    with torch.no_grad():
+        expected = (teacher(inputs).argmax(1) == labels).float().mean().item()
+    assert [float(row["acc_teacher"]) for row in rows] == pytest.approx([expected] * len(rows))
+    gap = 100 * (expected - float(rows[0]["acc_before"]))
+    assert f"| dirichlet(alpha=0.5) | 1 | {gap:+.2f} [no interval] |" in summary
     assert f"| dirichlet(alpha=0.5) | tuned_dpkd | dpkd | 1 | {gain:+.2f} [no interval] |" in summary
 
 
