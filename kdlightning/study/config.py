@@ -162,6 +162,20 @@ class StudyConfig:
     gpus_per_cell: float = 0.0
     tuned: tuple[str, ...] = ()
     """The methods (keys of ``methods``) tuned besides tuned KD, each over the ``tuning`` space."""
+    teacher_pretrain_epochs: int | None = None
+    """The teacher party's pre-training epochs; None: ``pretrain_epochs``, as the student's."""
+
+    def pretrain_epochs_of(self, role: str) -> int:
+        """The pre-training epochs of ``role``'s network (``student`` or ``teacher``)."""
+        if role == "teacher" and self.teacher_pretrain_epochs is not None:
+            return self.teacher_pretrain_epochs
+        return self.pretrain_epochs
+
+    @property
+    def teacher_parts(self) -> list[Any]:
+        """What a key of anything the teacher's pre-training shapes adds: its own epochs, where they are set."""
+        epochs = self.teacher_pretrain_epochs
+        return [] if epochs is None else [("teacher_pretrain_epochs", epochs)]
 
     # ------------------------------------------------------------------ the methods' names
     @functools.cached_property

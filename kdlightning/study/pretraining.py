@@ -53,7 +53,8 @@ class Pretraining:
         data = config.datamodule(scenario, seed, party, network=role)
         L.seed_everything(seed, verbose=False)
         network = factory(data.num_classes)
-        path = config.out / "pretrained" / f"{role}-{config.key(scenario, seed, party, repr(network))}.pt"
+        parts = config.teacher_parts if role == "teacher" else []
+        path = config.out / "pretrained" / f"{role}-{config.key(scenario, seed, party, repr(network), *parts)}.pt"
         return path, network, data
 
     def pretrained(self, role: str, scenario: Partitioner, seed: int) -> nn.Module:
@@ -64,7 +65,7 @@ class Pretraining:
             start = time.perf_counter()
             try:
                 # no validation: nothing reads it, and 60 validation loops cost a quarter of a digits pre-training
-                trainer = self.config.fit_trainer(self.config.pretrain_epochs, limit_val_batches=0)
+                trainer = self.config.fit_trainer(self.config.pretrain_epochs_of(role), limit_val_batches=0)
                 trainer.fit(self.config.optimized(StudentOnly(network, data.num_classes)), datamodule=data)
             except FloatingPointError as error:
                 raise DivergedError(f"the {role} party's pre-training diverged: {error}") from error
@@ -100,7 +101,7 @@ class Pretraining:
                 one_epoch = functools.partial(self.config.fit_trainer, 1, limit_val_batches=0)  # every network's epochs
                 chunks = pretrain_together(
                     parties,
-                    self.config.pretrain_epochs,
+                    self.config.pretrain_epochs_of(role),
                     one_epoch,
                     max_members=self.config.max_members,
                     optimizer=self.config.optimizer,

@@ -109,7 +109,9 @@ class StudyReport:
         header = (
             f"# Study: {type(config.dataset).__name__}, {config.num_parties} parties "
             f"(student {config.student_party}, teacher {config.teacher_party}), seeds {seeds}, "
-            f"{config.pretrain_epochs} pre-training epochs, {config.epochs} epochs per method\n\n"
+            f"{config.pretrain_epochs} pre-training epochs"
+            + (f" ({config.teacher_pretrain_epochs} for the teacher)" if config.teacher_pretrain_epochs else "")
+            + f", {config.epochs} epochs per method\n\n"
         )
         rows = add_gains(rows, control=config.control)
         untuned = config.untuned_names(rows)

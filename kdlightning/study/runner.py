@@ -118,6 +118,10 @@ class Study:
             ``tuned_<method>_public``. A method that trains as a batched member has its grid trained as batched
             members too; the others' points are fitted one at a time. Their searches' files go to
             ``<out>/tuning/<method>/<scenario>-seed<seed>[-public]/``.
+        teacher_pretrain_epochs: the teacher party's pre-training epochs, if not ``pretrain_epochs``: fewer make
+            a weaker teacher (with the same architecture), so a study run for several values sweeps the teacher's
+            strength relative to the student; ``summary.md`` sets the teacher's lead over the student beside what
+            tuning gains. Recorded in ``study.json``; the teacher's pre-trained files key by it.
 
     The constructor checks the arguments' values; :meth:`check` (which :meth:`run` calls first) reads the data
     set, partitions it for every scenario and builds every method once, so that a bad scenario or hyperparameter
@@ -165,6 +169,7 @@ class Study:
         cpus_per_cell: float = 1.0,
         gpus_per_cell: float = 0.0,
         tuned: Sequence[str] = (),
+        teacher_pretrain_epochs: int | None = None,
     ) -> None:
         if not methods and not tuned_kd:
             raise ConfigurationError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
@@ -186,7 +191,11 @@ class Study:
         _check_unique("seeds", list(seeds), "each seed is one sample of every run")
         if student_party == teacher_party:
             raise ConfigurationError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
-        for name, value in (("pretrain_epochs", pretrain_epochs), ("epochs", epochs)):
+        epochs_given = [("pretrain_epochs", pretrain_epochs), ("epochs", epochs)]
+        epochs_given += (
+            [("teacher_pretrain_epochs", teacher_pretrain_epochs)] if teacher_pretrain_epochs is not None else []
+        )
+        for name, value in epochs_given:
             if value < 1:
                 raise ConfigurationError(f"`{name}` must be >= 1, got {value!r}.")
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
@@ -233,6 +242,7 @@ class Study:
             cpus_per_cell=cpus_per_cell,
             gpus_per_cell=gpus_per_cell,
             tuned=tuple(tuned),
+            teacher_pretrain_epochs=teacher_pretrain_epochs,
         )
         self.config.datamodule(self.config.scenarios[0], self.config.seeds[0], student_party)  # its own checks
         self.pretraining = Pretraining(self.config)
@@ -326,6 +336,7 @@ class Study:
             **({"trainer": describe(dict(config.trainer))} if config.trainer else {}),
             **({"tokenizers": collate.fingerprint()} if (collate := config.collate()) is not None else {}),
             **({"optimizer": describe(config.optimizer)} if config.optimizer is not None else {}),
+            **dict(config.teacher_parts),
         }
         configuration = json.loads(json.dumps({"settings": settings, "methods": methods}))  # as read from the file
         return _Checked(configuration, frozenset(members), classes)

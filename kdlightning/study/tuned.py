@@ -75,7 +75,8 @@ class TunedSearches:
             config.optimized(model)
             return _Trial(model, trial_data, functools.partial(config.fit_trainer, config.epochs, callbacks))
 
-        parts = [repr(student), repr(teacher)] + ([] if run.method is None else [describe(factory)])
+        parts = [repr(student), repr(teacher), *config.teacher_parts]
+        parts += [] if run.method is None else [describe(factory)]
         description = [config.key(scenario, seed, *parts), config.epochs]
         validation = run.validation
         out = config.tuning_dir(scenario, seed, validation, run.method)

@@ -154,3 +154,29 @@ def test_kdl_study_tunes_the_methods_listed_in_tuned(tmp_path: Path) -> None:
     rows = {row["method"]: row for row in read_csv(tmp_path / "results.csv")}
     assert set(rows) == {"student_only", "vanilla_kd", "dml", "dpkd", "tuned_dpkd"}
     assert json.loads(rows["tuned_dpkd"]["hyperparameters"])["trials"] == 2
+
+
+def test_a_weaker_teacher_is_its_own_pretraining_and_the_student_s_is_shared(tmp_path: Path) -> None:
+    """``teacher_pretrain_epochs`` sweeps the teacher's strength: only the teacher's pre-training changes."""
+    options = {
+        "methods": {"vanilla_kd": VanillaKD},
+        "scenarios": [IIDPartitioner()],
+        "seeds": [0],
+        "pretrain_epochs": 3,
+    }
+    strong = study(tmp_path / "strong", **options)
+    weak = study(tmp_path / "weak", teacher_pretrain_epochs=1, **options)
+    rows = {name: made.run(progress=False) for name, made in (("strong", strong), ("weak", weak))}
+    files = {name: sorted(p.name for p in (tmp_path / name / "pretrained").iterdir()) for name in rows}
+    students, teachers = (
+        [[f for f in files[n] if f.startswith(role)] for n in files] for role in ("student", "teacher")
+    )
+    assert students[0] == students[1] and teachers[0] != teachers[1]  # the same student file, another teacher's
+    weights = [made.pretraining.pretrained("teacher", IIDPartitioner(), 0).state_dict() for made in (strong, weak)]
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert rows["strong"][0]["acc_before"] == rows["weak"][0]["acc_before"]  # the same pre-trained student
+    recorded = json.loads((tmp_path / "weak" / "study.json").read_text())["settings"]
+    assert recorded["teacher_pretrain_epochs"] == 1
+    assert "3 pre-training epochs (1 for the teacher)" in (tmp_path / "weak" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="`teacher_pretrain_epochs` must be >= 1"):
+        study(tmp_path / "bad", teacher_pretrain_epochs=0, **options)
