@@ -38,6 +38,21 @@ def test_the_shipped_study_s_summary_and_guidance_are_what_its_results_give() ->
     assert (folder / "summary.md").read_text().endswith(summary)
 
 
+@pytest.mark.parametrize("epochs", [60, 8, 2])
+def test_the_teacher_strength_summaries_are_what_their_results_give(epochs: int) -> None:
+    """The digits studies beside a teacher pre-trained for fewer epochs: their committed reports, regenerated."""
+    from kdlightning.reporting import read_csv, render_guidance_page, render_summary
+
+    folder = ROOT / "docs" / "results" / "teacher_strength_digits" / f"teacher_epochs_{epochs}"
+    rows = read_csv(folder / "results.csv")
+    assert len({row["seed"] for row in rows}) == 10 and all(row["acc_teacher"] for row in rows)
+    roles = {"tuned": ["tuned_kd"], "control": "student_only", "settings": ["temperature", "alpha"]}
+    assert (folder / "guidance.md").read_text() == render_guidance_page(rows, **roles)
+    summary = render_summary(rows, untuned=["vanilla_kd", "dml", "dpkd"], pairs={"tuned_kd": "vanilla_kd"}, **roles)
+    assert (folder / "summary.md").read_text().endswith(summary) and "## The teacher against the student" in summary
+    assert f"({epochs} for the teacher)" in (folder / "summary.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("name", "args"), [("scenarios", []), ("heterogeneous", ["--seeds=[0, 1, 2, 3, 4]"])], ids=["scenarios", "hetero"]
 )
