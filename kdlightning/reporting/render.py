@@ -25,7 +25,7 @@ from kdlightning.reporting.rows import (
     tuned_improvement,
     tuned_validation,
 )
-from kdlightning.reporting.tuned import render_best_tuned, render_teacher_gap
+from kdlightning.reporting.tuned import best_tuned_improvement, render_best_tuned, render_teacher_gap
 from kdlightning.stats import MIN_SEEDS, Interval, Ranked, bootstrap_average_improvement, rank
 
 __all__ = ["plot_gains", "render_guidance", "render_guidance_page", "render_summary"]
@@ -137,10 +137,13 @@ def render_summary(
     for name in tuned:
         lines += ["", *_render_improvement(rows, name, untuned, iid_scenarios, control, confidence, n_resamples, seed)]
     present = {name: other for name, other in (pairs or {}).items() if name in tuned}
-    best = render_best_tuned(rows, tuned, untuned, present, control, iid_scenarios, confidence, n_resamples, seed)
-    lines += ["", *best] if best else []
-    gap = render_teacher_gap(rows, tuned, untuned, control, confidence, n_resamples, seed)
-    lines += ["", *gap] if gap else []
+    best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)  # bootstrapped once
+    sections = [
+        render_best_tuned(rows, best, tuned, untuned, present, control, iid_scenarios, confidence, n_resamples, seed),
+        render_teacher_gap(rows, best, control, confidence),
+    ]
+    for section in sections:
+        lines += ["", *section] if section else []
     lines += ["", *render_guidance(rows, tuned=tuned, control=control, settings=settings, confidence=confidence)]
     lines += _render_failures(rows)
     return "\n".join(lines) + "\n"

@@ -179,6 +179,7 @@ def tuning_gains(
 
 def render_best_tuned(
     rows: Sequence[Mapping[str, Any]],
+    best: Mapping[str, BestTuned | None],
     tuned: Sequence[str],
     untuned: Sequence[str],
     pairs: Mapping[str, str],
@@ -188,10 +189,13 @@ def render_best_tuned(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> list[str]:
-    """Markdown lines: the best tuned run against the best untuned method, then the gain of tuning each method."""
+    """Markdown lines: the best tuned run against the best untuned method, then the gain of tuning each method.
+
+    ``best`` is :func:`best_tuned_improvement` of the same rows and methods.
+    """
     level = f"{confidence:.0%}"
     lines: list[str] = []
-    best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)
+    rows = _with_gains(rows, control)
     if len(tuned) > 1 and any(result is not None for result in best.values()):
         lines += [
             "## The best tuned method against the best untuned one",
@@ -211,7 +215,7 @@ def render_best_tuned(
             if result is None:
                 lines.append(f"| {scenario} | - | - | - | - | - | - | - |")
                 continue
-            data[scenario] = _split(_with_gains(rows, control), scenario, tuned, untuned)
+            data[scenario] = _split(rows, scenario, tuned, untuned)
             relative = result.relative
             cells = [
                 str(result.difference.n),
@@ -287,20 +291,16 @@ def teacher_gaps(
 
 
 def render_teacher_gap(
-    rows: Sequence[Mapping[str, Any]],
-    tuned: Sequence[str],
-    untuned: Sequence[str],
-    control: str,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
+    rows: Sequence[Mapping[str, Any]], best: Mapping[str, BestTuned | None], control: str, confidence: float = 0.95
 ) -> list[str]:
-    """Markdown lines: per scenario, how much better the teacher is than the student, beside what tuning gains."""
+    """Markdown lines: per scenario, how much better the teacher is than the student, beside what tuning gains.
+
+    ``best`` is :func:`best_tuned_improvement` of the same rows.
+    """
     gaps = teacher_gaps(rows, control, confidence)
     if not gaps:
         return []
     level = f"{confidence:.0%}"
-    best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed) if tuned else {}
     lines = [
         "## The teacher against the student",
         "",

@@ -34,6 +34,7 @@ from kdlightning.methods import DistillationModule
 from kdlightning.pipeline import NetworkFactory, describe, digest, optimized, trainer
 from kdlightning.reporting import slug
 from kdlightning.tuning import TuneOptions
+from kdlightning.tuning.options import check_space
 
 __all__ = [
     "NETWORKS",
@@ -199,8 +200,7 @@ class StudyConfig:
         """The names of the hyperparameters the searches try (``temperature``, ``alpha``), in the search's order."""
         if not self.tuned_runs:
             return []
-        keys = [*self.tuning.grid, *(self.tuning.ranges if self.tuning.sampler == "tpe" else ())]
-        return [key.rsplit(".", 1)[-1] for key in dict.fromkeys(keys)]
+        return [key.rsplit(".", 1)[-1] for key in check_space(self.tuning, None, section="tuning")]
 
     def untuned_names(self, rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
         """The methods the tuned runs are compared with: the study's and earlier rows', not the control nor tuned."""
@@ -217,7 +217,7 @@ class StudyConfig:
         if method not in self.tuned_runs:
             return 1
         if self.tuning.sampler == "grid":
-            return math.prod(len(values) for values in self.tuning.grid.values())
+            return math.prod(len(p.values or ()) for p in check_space(self.tuning, None, section="tuning").values())
         return self.tuning.n_trials
 
     def optimized(self, model: DistillationModule) -> DistillationModule:

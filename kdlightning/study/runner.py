@@ -191,12 +191,10 @@ class Study:
         _check_unique("seeds", list(seeds), "each seed is one sample of every run")
         if student_party == teacher_party:
             raise ConfigurationError(f"`student_party` and `teacher_party` must differ, both are {student_party}.")
-        epochs_given = [("pretrain_epochs", pretrain_epochs), ("epochs", epochs)]
-        epochs_given += (
-            [("teacher_pretrain_epochs", teacher_pretrain_epochs)] if teacher_pretrain_epochs is not None else []
-        )
-        for name, value in epochs_given:
-            if value < 1:
+        epochs_given: dict[str, int | None] = {"pretrain_epochs": pretrain_epochs, "epochs": epochs}
+        epochs_given["teacher_pretrain_epochs"] = teacher_pretrain_epochs  # None: the student's
+        for name, value in epochs_given.items():
+            if value is not None and value < 1:
                 raise ConfigurationError(f"`{name}` must be >= 1, got {value!r}.")
         for party, name in ((student_party, "student_party"), (teacher_party, "teacher_party")):
             if not 0 <= party < num_parties:
