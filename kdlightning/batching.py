@@ -41,7 +41,7 @@ class MemberFit:
     """One member's fit.
 
     Attributes:
-        model: the member's method, trained (its student holds the member's weights).
+        model: the member's method, trained (its student, and DML's peer, hold the member's weights).
         history: per validation of ``fit`` (one per epoch): ``{"val/acc": ..., "val/loss": ...}``.
         histories: the ``history`` of each validation loader (the first is ``history``), when the datamodule
             validates on several splits.
@@ -150,7 +150,8 @@ def _fit_batched(
     share = (time.perf_counter() - start) / len(models)
     fits = {}
     for name, member in models.items():
-        member.student.load_state_dict(model.member_state_dict(name))
+        for network, module in member.trainable_modules().items():  # the student; DML's peer
+            module.load_state_dict(model.member_state_dict(name, network))
         histories = [
             [{"val/acc": epoch[name][0], "val/loss": epoch[name][1]} for epoch in split]
             for split in model.validation_histories

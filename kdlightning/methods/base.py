@@ -360,6 +360,21 @@ class DistillationModule(L.LightningModule):
         """Return the loss components for one batch; must include the total under ``"loss"``."""
         raise NotImplementedError(f"{type(self).__name__} must implement `training_losses(batch)`.")
 
+    def objective_error(self) -> str | None:
+        """Why a training step of this method is not one optimizer step on ``training_losses(batch)["loss"]``, or None.
+
+        :class:`~kdlightning.methods.BatchedMembers` trains a member by its :meth:`training_losses` alone, every
+        network it trains (:meth:`trainable_modules`) under one optimizer built by ``self.optimizer``: a method
+        whose step is that descent trains as a member exactly as in its own fit. Here: automatic optimization
+        and this class's :meth:`training_step`. A method that steps its networks itself overrides this where
+        its step is still that descent (:class:`~kdlightning.DeepMutualLearning` without ``alternate``).
+        """
+        if not self.automatic_optimization:
+            return f"{type(self).__name__} optimizes manually (it trains networks against each other)"
+        if type(self).training_step is not DistillationModule.training_step:
+            return f"{type(self).__name__} overrides training_step (its objective is not its training_losses)"
+        return None
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         """Compute :meth:`training_losses`, check they are finite, log them as ``train/<name>``."""
         losses = self.training_losses(batch)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature, distillation_terms
 from kdlightning.methods.base import Batch, DistillationModule
+from kdlightning.methods.stacking import builds_the_same
 
 __all__ = ["DeepMutualLearning"]
 
@@ -92,6 +93,22 @@ class DeepMutualLearning(DistillationModule):
         # the schedulers itself, each plateau scheduler on its own network's validation loss.
         self._monitors = [config["lr_scheduler"].pop("monitor") for config in configs if "lr_scheduler" in config]
         return configs
+
+    def objective_error(self) -> str | None:
+        """None unless ``alternate`` or ``gradient_clip_val`` is set or the two optimizers differ.
+
+        Without ``alternate``, a step is one backward of :meth:`training_losses`' ``loss`` (each network's
+        gradient is its own objective's: the other's logits are detached) and a step of each network's
+        optimizer; with the same element-wise optimizer for both, that is one optimizer over both networks,
+        so DML trains as a :class:`~kdlightning.methods.BatchedMembers` member (a pair per member).
+        """
+        if self.alternate:
+            return "DeepMutualLearning with alternate=True steps the student before the peer learns from it"
+        if self.gradient_clip_val is not None:
+            return "DeepMutualLearning clips each network's gradients itself (`gradient_clip_val`)"
+        if not builds_the_same(self.peer_optimizer, self.optimizer, "optimizer"):
+            return "DeepMutualLearning's `peer_optimizer` builds another optimizer than its student's `optimizer`"
+        return None
 
     @staticmethod
     def _combine(student: dict[str, Tensor], peer: dict[str, Tensor]) -> dict[str, Tensor]:

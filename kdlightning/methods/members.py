@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import torch
@@ -23,6 +22,7 @@ from torch.func import functional_call, vmap
 from kdlightning.errors import ConfigurationError, DivergedError, NotFoundError
 from kdlightning.losses import at_least_float32
 from kdlightning.methods.base import Batch, DistillationModule, logits_of
+from kdlightning.methods.member_groups import MemberGroup, grouped, member_groups
 from kdlightning.methods.member_metrics import MemberMetrics, computed
 from kdlightning.methods.stacking import (
     ELEMENTWISE_OPTIMIZERS,
@@ -51,22 +51,19 @@ class NotBatchable(RuntimeError):
 def member_error(method: Any, like: DistillationModule | None = None) -> str | None:
     """Why ``method`` cannot be a member of :class:`BatchedMembers` (beside ``like``), or None if it can.
 
-    A member is a :class:`~kdlightning.methods.DistillationModule` that trains only its ``student``, with
-    automatic optimization and the base class's ``training_step`` (so its objective is its
-    :meth:`~kdlightning.methods.DistillationModule.training_losses`). Members of one fit also share one
-    optimizer and scheduler: with ``like``, ``method`` must build the same ones as ``like``.
+    A member is a :class:`~kdlightning.methods.DistillationModule` whose training step is one optimizer step on
+    its :meth:`~kdlightning.methods.DistillationModule.training_losses` (its
+    :meth:`~kdlightning.methods.DistillationModule.objective_error` is None); it may train several networks
+    (DML's student and peer). Members of one fit also share one optimizer and scheduler: with ``like``,
+    ``method`` must build the same ones as ``like``.
     """
     if not isinstance(method, DistillationModule):
         return f"{type(method).__name__} is not a DistillationModule"
     if isinstance(method, BatchedMembers):
         return "it is itself a BatchedMembers"
-    if not method.automatic_optimization:
-        return f"{type(method).__name__} optimizes manually (it trains networks against each other)"
-    trained = sorted(method.trainable_modules())
-    if trained != ["student"]:
-        return f"{type(method).__name__} trains {trained}, not the student alone"
-    if type(method).training_step is not DistillationModule.training_step:
-        return f"{type(method).__name__} overrides training_step (its objective is not its training_losses)"
+    reason = method.objective_error()
+    if reason is not None:
+        return reason
     if like is not None:
         for attribute in ("optimizer", "lr_scheduler"):
             mine, theirs = getattr(method, attribute), getattr(like, attribute)
@@ -75,41 +72,23 @@ def member_error(method: Any, like: DistillationModule | None = None) -> str | N
     return None
 
 
-@dataclass
-class _Group:
-    """Members of one class with the same fixed settings: one vmapped call of the prototype's ``training_losses``."""
-
-    prototype: DistillationModule
-    start: int
-    stop: int
-    """The group's members are ``[start, stop)`` of the stacked dimension."""
-    varying: tuple[str, ...]
-    """Numeric hyperparameters that differ between the group's members."""
-    values: tuple[Tensor, ...]
-    """Their values over the group's members, in float64 (a float32 copy of 0.1 is not 0.1)."""
-    placed: dict[torch.device, tuple[Tensor, ...]] = field(default_factory=dict)
-
-    def values_on(self, device: torch.device) -> tuple[Tensor, ...]:
-        """:attr:`values` on ``device``, copied there once."""
-        if device not in self.placed:
-            self.placed[device] = tuple(value.to(device) for value in self.values)
-        return self.placed[device]
-
-
 class BatchedMembers(DistillationModule):
     r"""K students of one architecture, each trained by its own method, in one Lightning fit.
 
     Each member is a method (:class:`~kdlightning.StudentOnly`, :class:`~kdlightning.VanillaKD` at any
-    ``(temperature, alpha)``, :class:`~kdlightning.DataPartitioningKD`, or your own subclass whose objective is
-    its :meth:`~kdlightning.methods.DistillationModule.training_losses`). Their students must share an
+    ``(temperature, alpha)``, :class:`~kdlightning.DataPartitioningKD`, :class:`~kdlightning.DeepMutualLearning`
+    without ``alternate``, or your own subclass whose step is one on its
+    :meth:`~kdlightning.methods.DistillationModule.training_losses`). Their students must share an
     architecture; their frozen references (teacher, DP-KD's initial student) must be the same networks. The
     students' parameters are stacked, the forward is ``vmap`` over ``functional_call`` (dropout draws per
     member; batch norm keeps running statistics per member), and the loss summed over members gives every
-    member exactly the gradient of its own loss. One optimizer over the stacked parameters is K independent
-    optimizers for element-wise optimizers (:data:`ELEMENTWISE_OPTIMIZERS`); gradient-norm clipping
-    (``Trainer(gradient_clip_val=...)``) is applied per member.
+    member exactly the gradient of its own loss. A member that trains other networks (DML's ``peer``) has them
+    stacked with the same network of the other members that train one: a DML member is a pair, each network's
+    loss against its own peer. One optimizer over the stacked parameters is K independent optimizers for
+    element-wise optimizers (:data:`ELEMENTWISE_OPTIMIZERS`); gradient-norm clipping
+    (``Trainer(gradient_clip_val=...)``) is applied per member and network.
 
-    Logged: ``train/loss`` (the members' mean), ``train/<component>_<member>``, and per member
+    Logged: ``train/loss`` (the members' mean), ``train/<component>_<member>``, and per member (its student)
     ``val/acc_<member>``, ``val/loss_<member>`` (``test/...`` alike); ``val/acc_best`` is the best member's.
     A member whose loss turns non-finite is recorded in :attr:`failed` and the others go on (their parameters
     never meet its gradients); when every member has failed, ``FloatingPointError`` is raised.
@@ -158,16 +137,25 @@ class BatchedMembers(DistillationModule):
             reason = member_error(method)
             if reason is not None:
                 raise ConfigurationError(f"`members.{name}` cannot be a batched member: {reason}. Fit it on its own.")
-        members = self._grouped(members)
+        members = grouped(members)
         methods = list(members.values())
         num_classes = {method.num_classes for method in methods}
         if len(num_classes) > 1:
             raise ConfigurationError(f"`members` disagree on `num_classes`: {sorted(num_classes)}.")
         optimizer = shared_factory(members, "optimizer", optimizer)
         lr_scheduler = shared_factory(members, "lr_scheduler", lr_scheduler)
-        stacked = stack_networks([method.student for method in methods], list(members))
-        super().__init__(stacked, num_classes.pop(), optimizer=optimizer, lr_scheduler=lr_scheduler)
-        self.add_trainable("student", stacked, evaluated_as=None)  # members are evaluated together, below
+        self.stacks: dict[str, tuple[str, ...]] = {
+            network: tuple(name for name, method in members.items() if network in method.trainable_modules())
+            for network in dict.fromkeys(n for method in methods for n in method.trainable_modules())
+        }
+        """The members in each trained network's stack, in its order: every member in ``student``'s."""
+        stacked = {
+            network: stack_networks([getattr(members[name], network) for name in names], list(names), network)
+            for network, names in self.stacks.items()
+        }
+        super().__init__(stacked["student"], num_classes.pop(), optimizer=optimizer, lr_scheduler=lr_scheduler)
+        for network, module in stacked.items():  # members are evaluated together, below
+            self.add_trainable(network, module, evaluated_as=None)
         self.member_names: tuple[str, ...] = tuple(members)
         """The members' names, in the order of the stacked dimension (members of one class and settings together)."""
         self.failed: dict[str, str] = {}
@@ -180,46 +168,13 @@ class BatchedMembers(DistillationModule):
         self._split_metrics: dict[int, MemberMetrics] = {}  # validation loaders after the first
         for reference, module in shared_references(members).items():
             self.add_frozen(reference, module)
-        self._groups = self._group(members)
+        self._groups = member_groups(members, self.stacks)
         for stage in self.metrics:
             self.metrics_of(stage)["student"] = MemberMetrics(len(members))
         self.hparams["members"] = {
             name: {"class_path": f"{type(m).__module__}.{type(m).__qualname__}", "init_args": dict(m.hparams)}
             for name, m in members.items()
         }
-
-    @staticmethod
-    def _grouped(members: Mapping[str, DistillationModule]) -> dict[str, DistillationModule]:
-        """``members`` ordered so that each group (class and fixed settings) is contiguous, first come first."""
-        groups: dict[Any, dict[str, DistillationModule]] = {}
-        for name, method in members.items():
-            groups.setdefault(_group_key(method), {})[name] = method
-        return {name: method for group in groups.values() for name, method in group.items()}
-
-    def _group(self, members: Mapping[str, DistillationModule]) -> list[_Group]:
-        """The groups of ``members`` (already grouped); their varying hyperparameters become tensors over members."""
-        names, methods = list(members), list(members.values())
-        result, start = [], 0
-        while start < len(methods):
-            key = _group_key(methods[start])
-            stop = start
-            while stop < len(methods) and _group_key(methods[stop]) == key:
-                stop += 1
-            group = methods[start:stop]
-            numeric = [k for k, v in group[0].hparams.items() if _is_number(v)]
-            varying = tuple(k for k in numeric if len({float(m.hparams[k]) for m in group}) > 1)
-            for key_name in varying:
-                for name, method in zip(names[start:stop], group, strict=True):
-                    value = getattr(method, key_name, None)
-                    if not isinstance(value, (int, float)) or float(value) != float(method.hparams[key_name]):
-                        raise ConfigurationError(
-                            f"`members.{name}`: `{key_name}` differs between {type(method).__name__} members, but "
-                            f"the method does not keep it as the attribute `{key_name}` its training_losses reads."
-                        )
-            values = tuple(torch.tensor([float(m.hparams[k]) for m in group], dtype=torch.float64) for k in varying)
-            result.append(_Group(group[0], start, stop, varying, values))
-            start = stop
-        return result
 
     # ------------------------------------------------------------------ members
     @property
@@ -228,18 +183,23 @@ class BatchedMembers(DistillationModule):
         return len(self.member_names)
 
     def member_logits(self, batch: Batch) -> Tensor:
-        """Logits ``(K, N, C)`` of every member on ``batch`` (one vmapped forward)."""
-        inputs = self.network_inputs(batch, "student")
-        params = dict(self.student.named_parameters())
-        buffers = dict(self.student.named_buffers())
+        """Logits ``(K, N, C)`` of every member's student on ``batch`` (one vmapped forward)."""
+        return self.stacked_logits("student", batch)
+
+    def stacked_logits(self, network: str, batch: Batch) -> Tensor:
+        """Logits ``(K, N, C)`` of trained network ``network`` of each member in its stack (one vmapped forward)."""
+        module = getattr(self, network)
+        inputs = self.network_inputs(batch, network)
+        params = dict(module.named_parameters())
+        buffers = dict(module.named_buffers())
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
             if isinstance(inputs, Mapping):
-                return logits_of(functional_call(self.student, (p, b), args=(), kwargs=dict(inputs)))
-            return logits_of(functional_call(self.student, (p, b), (inputs,)))
+                return logits_of(functional_call(module, (p, b), args=(), kwargs=dict(inputs)))
+            return logits_of(functional_call(module, (p, b), (inputs,)))
 
         logits = self.vmapped(one, params, buffers)
-        self.check_logits("student", logits)
+        self.check_logits(network, logits)
         return logits
 
     def vmapped(self, function: Any, *args: Any) -> Any:
@@ -259,20 +219,23 @@ class BatchedMembers(DistillationModule):
         """Every member's logits ``(K, N, C)``."""
         return self.member_logits((inputs, None) if not isinstance(inputs, Mapping) else inputs)
 
-    def member_index(self, name: str) -> int:
-        """Position of member ``name`` in the stacked dimension."""
+    def member_index(self, name: str, network: str = "student") -> int:
+        """Position of member ``name`` in the stack of its trained network ``network``."""
         if name not in self.member_names:
             raise NotFoundError(f"No member {name!r}; the members are {list(self.member_names)}.")
-        return self.member_names.index(name)
+        if name not in self.stacks.get(network, ()):
+            trained = [stack for stack, names in self.stacks.items() if name in names]
+            raise NotFoundError(f"Member {name!r} trains no `{network}`; it trains {trained}.")
+        return self.stacks[network].index(name)
 
-    def member_state_dict(self, name: str) -> dict[str, Tensor]:
-        """Member ``name``'s student weights, as its own network's ``state_dict`` holds them."""
-        k = self.member_index(name)
-        return {key: value[k].detach().clone() for key, value in self.student.state_dict().items()}
+    def member_state_dict(self, name: str, network: str = "student") -> dict[str, Tensor]:
+        """Member ``name``'s weights of ``network`` (its student; DML's ``peer``), as its own network holds them."""
+        k = self.member_index(name, network)
+        return {key: value[k].detach().clone() for key, value in getattr(self, network).state_dict().items()}
 
-    def member_network(self, name: str) -> nn.Module:
-        """A standalone copy of member ``name``'s student (its own parameters and buffers)."""
-        return unstacked(self.student, self.member_index(name))
+    def member_network(self, name: str, network: str = "student") -> nn.Module:
+        """A standalone copy of member ``name``'s ``network`` (its student; its own parameters and buffers)."""
+        return unstacked(getattr(self, network), self.member_index(name, network))
 
     # ------------------------------------------------------------------ trainer state and checkpoints
     def setup(self, stage: str) -> None:
@@ -315,28 +278,32 @@ class BatchedMembers(DistillationModule):
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every member's loss components, each ``(K,)`` (NaN where a member's method has no such component)."""
-        logits = self.member_logits(batch)
+        logits = {network: self.stacked_logits(network, batch) for network in self.stacks}
         references = {name: self.logits(name, batch) for name in self.frozen_names}
         parts = []
         for group in self._groups:
-            values = group.values_on(logits.device)
+            values = group.values_on(logits["student"].device)
             prototype = group.prototype
 
-            def losses_of(z: Tensor, *hyper: Tensor, prototype: DistillationModule = prototype, g: _Group = group):
-                with prototype.given({**references, "student": z}, **dict(zip(g.varying, hyper, strict=True))):
+            def losses_of(
+                z: dict[str, Tensor], *hyper: Tensor, prototype: DistillationModule = prototype, g: MemberGroup = group
+            ) -> dict[str, Tensor]:
+                with prototype.given({**references, **z}, **dict(zip(g.varying, hyper, strict=True))):
                     return prototype.training_losses(batch)
 
-            parts.append((group, vmap(losses_of)(logits[group.start : group.stop], *values)))
+            trained = {network: logits[network][where] for network, where in group.slices.items()}
+            parts.append((group, vmap(losses_of)(trained, *values)))
         if len(parts) == 1:
             return dict(parts[0][1])
         components = dict.fromkeys(component for _, result in parts for component in result)
-        dtype = at_least_float32(logits).dtype
+        student = at_least_float32(logits["student"])
+        device, dtype = student.device, student.dtype
         return {
             component: torch.cat(
                 [
                     result[component].to(dtype)
                     if component in result
-                    else torch.full((group.stop - group.start,), math.nan, device=logits.device, dtype=dtype)
+                    else torch.full((group.stop - group.start,), math.nan, device=device, dtype=dtype)
                     for group, result in parts
                 ]
             )
@@ -396,22 +363,28 @@ class BatchedMembers(DistillationModule):
     ) -> None:
         """Clip by value as configured; clip by norm (Lightning's default algorithm) per member.
 
-        One norm over the stacked parameters would couple the members: each member's gradients are scaled by
-        its own norm, as ``torch.nn.utils.clip_grad_norm_`` scales them in its own fit, in the gradients' dtype.
+        One norm over the stacked parameters would couple the members: each member's gradients of each network
+        are scaled by their own norm, as ``torch.nn.utils.clip_grad_norm_`` scales a network's in its own fit, in
+        the gradients' dtype.
         """
         if not gradient_clip_val:
             return
         if (gradient_clip_algorithm or "norm").lower() != "norm":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
-        if not grads:
-            return
-        per_tensor = torch.stack([torch.linalg.vector_norm(g.detach().flatten(1), dim=1) for g in grads])
-        norms = torch.linalg.vector_norm(per_tensor, dim=0)  # (K,)
-        scale = (float(gradient_clip_val) / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+        for module in self.trainable_modules().values():
+            grads = [p.grad for p in module.parameters() if p.requires_grad and p.grad is not None]
+            if not grads:
+                continue
+            per_tensor = torch.stack([torch.linalg.vector_norm(g.detach().flatten(1), dim=1) for g in grads])
+            norms = torch.linalg.vector_norm(per_tensor, dim=0)  # (K_network,)
+            scale = (float(gradient_clip_val) / (norms + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The stacked parameters of every trained network (the students', and DML members' peers')."""
+        return (p for module in self.trainable_modules().values() for p in module.parameters() if p.requires_grad)
 
     def configure_optimizers(self) -> Any:
         """One optimizer over the stacked parameters, fused where it may be.
@@ -484,13 +457,3 @@ class BatchedMembers(DistillationModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Every member's class probabilities ``(K, N, C)``."""
         return self.member_logits(batch).softmax(dim=-1)
-
-
-# ---------------------------------------------------------------------- helpers
-def _group_key(method: DistillationModule) -> tuple[Any, ...]:
-    """Members of one group: the same class and the same non-numeric settings (``selection``)."""
-    return type(method), tuple(sorted((k, repr(v)) for k, v in method.hparams.items() if not _is_number(v)))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -64,6 +64,10 @@ class OwnDataMembers(BatchedMembers):
                     "own data would each need their forward on their own batches; use BatchedMembers on shared ones."
                 )
         super().__init__(members, optimizer=optimizer)
+        if list(self.stacks) != ["student"]:
+            raise ConfigurationError(
+                f"`members` train {list(self.stacks)}: members on their own data train their student alone."
+            )
         if len(self._groups) > 1:
             kinds = sorted({type(group.prototype).__name__ for group in self._groups})
             raise ConfigurationError(
@@ -163,17 +167,17 @@ class OwnDataMembers(BatchedMembers):
                     name = self.member_names[k]
                     self.finished[name] = super().member_state_dict(name)
 
-    def member_state_dict(self, name: str) -> dict[str, Tensor]:
+    def member_state_dict(self, name: str, network: str = "student") -> dict[str, Tensor]:
         """Member ``name``'s student weights: those of its last step if its data ran out before the fit ended."""
-        if name in self.finished:
+        if name in self.finished and network == "student":
             return {key: value.clone() for key, value in self.finished[name].items()}
-        return super().member_state_dict(name)
+        return super().member_state_dict(name, network)
 
-    def member_network(self, name: str) -> nn.Module:
+    def member_network(self, name: str, network: str = "student") -> nn.Module:
         """A standalone copy of member ``name``'s student, with :meth:`member_state_dict`'s weights."""
-        network = super().member_network(name)
-        network.load_state_dict(self.member_state_dict(name))
-        return network
+        module = super().member_network(name, network)
+        module.load_state_dict(self.member_state_dict(name, network))
+        return module
 
     # nothing to validate here: see the class's docstring
     validation_step = L.LightningModule.validation_step  # type: ignore[assignment]

@@ -152,17 +152,20 @@ def _slots(network: nn.Module) -> list[tuple[str, nn.Module, str, Tensor]]:
     return slots
 
 
-def stack_networks(networks: list[nn.Module], names: list[str]) -> nn.Module:
+def stack_networks(networks: list[nn.Module], names: list[str], network: str = "student") -> nn.Module:
     """A copy of the first network holding, in place of each parameter and buffer, the networks' values stacked.
+
+    ``names`` are the members the networks belong to and ``network`` which of their networks these are
+    (``student``, DML's ``peer``), named in the error.
 
     Raises:
         ValueError: a network differs from the first in parameter and buffer names, shapes or dtypes.
     """
     expected = _structure(networks[0])
-    for name, network in zip(names, networks, strict=True):
-        if _structure(network) != expected:
+    for name, module in zip(names, networks, strict=True):
+        if _structure(module) != expected:
             raise ConfigurationError(
-                f"`members.{name}`'s student differs from `members.{names[0]}`'s in architecture (parameter and "
+                f"`members.{name}`'s {network} differs from `members.{names[0]}`'s in architecture (parameter and "
                 "buffer names, shapes, dtypes): batched members are copies of one network."
             )
     stacked = copy.deepcopy(networks[0])

@@ -266,9 +266,9 @@ def test_what_would_couple_members_or_cannot_be_one_is_refused(tmp_path) -> None
         BatchedMembers({})
     with pytest.raises(ValueError, match="name 'a b' cannot end a metric key"):
         BatchedMembers({"a b": StudentOnly(student, NUM_CLASSES)})
-    dml = DeepMutualLearning(copy.deepcopy(student), copy.deepcopy(teacher), NUM_CLASSES)
-    assert "optimizes manually" in member_error(dml)
-    with pytest.raises(ValueError, match=r"`members.dml` cannot be a batched member: DeepMutualLearning optimizes"):
+    dml = DeepMutualLearning(copy.deepcopy(student), copy.deepcopy(teacher), NUM_CLASSES, alternate=True)
+    assert "alternate=True steps the student before the peer" in member_error(dml)
+    with pytest.raises(ValueError, match=r"`members.dml` cannot be a batched member: DeepMutualLearning with alt"):
         BatchedMembers({"dml": dml})
     other = nn.Sequential(nn.Linear(NUM_FEATURES, 5), nn.Linear(5, NUM_CLASSES))
     with pytest.raises(ValueError, match=r"`members.b`'s student differs from `members.a`'s in architecture"):

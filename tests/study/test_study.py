@@ -686,7 +686,13 @@ def test_the_study_s_optimizer_trains_every_fit(tmp_path: Path, batched: bool) -
         batched=batched,
     )
     if batched:
-        assert runner.cells().members == {"student_only", "vanilla_kd", "faster", "dpkd"}  # one optimizer: one fit
+        assert runner.cells().members == {
+            "student_only",
+            "vanilla_kd",
+            "faster",
+            "dpkd",
+            "dml",
+        }  # one optimizer: one fit
     rows = runner.run(progress=False)
     assert {r["method"] for r in rows} == {"student_only", *methods, "tuned_kd"}
     assert all(float(r["acc_after"]) == float(r["acc_before"]) for r in rows)

@@ -64,19 +64,23 @@ def double(hidden: int):
     return lambda num_classes: MLP(in_features=64, hidden_sizes=(hidden,), num_classes=num_classes).double()
 
 
-def test_a_batched_tuned_dpkd_grid_equals_its_separate_fits_in_float64(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "method"), [("dpkd", DataPartitioningKD), ("dml", DeepMutualLearning)])
+def test_a_batched_tuned_grid_equals_its_separate_fits_in_float64(tmp_path: Path, name: str, method) -> None:
+    """Tuned DP-KD's points as batched members, tuned DML's as batched pairs: each point is its own fit."""
     options = {
         "student": double(8),
         "teacher": double(32),
-        "methods": {"dpkd": DataPartitioningKD},
-        "tuned": ["dpkd"],
+        "methods": {name: method},
+        "tuned": [name],
         "trainer": {"precision": "64-true"},
         **ONE_CELL,
     }
     apart = study(tmp_path / "apart", batched=False, **options).run(progress=False)
-    together = study(tmp_path / "batched", **options).run(progress=False)
-    assert [r["method"] for r in together] == [r["method"] for r in apart] == ["student_only", "dpkd", "tuned_dpkd"]
-    searched = [trials(tmp_path / run, "dpkd/dirichlet-alpha-0.5-seed1") for run in ("apart", "batched")]
+    made = study(tmp_path / "batched", **options)
+    assert made.cells().batched_runs(["student_only", name, f"tuned_{name}"]) == ["student_only", name, f"tuned_{name}"]
+    together = made.run(progress=False)
+    assert [r["method"] for r in together] == [r["method"] for r in apart] == ["student_only", name, f"tuned_{name}"]
+    searched = [trials(tmp_path / run, f"{name}/dirichlet-alpha-0.5-seed1") for run in ("apart", "batched")]
     assert set(searched[0]) == set(searched[1]) == GRID
     for point in GRID:  # each member validated as its own trial (Lightning logs a separate fit's loss in float32)
         assert float(searched[1][point]["val_loss"]) == pytest.approx(float(searched[0][point]["val_loss"]), rel=1e-6)
@@ -88,15 +92,16 @@ def test_a_batched_tuned_dpkd_grid_equals_its_separate_fits_in_float64(tmp_path:
     }
     assert joint["val_acc"] == pytest.approx(alone["val_acc"], abs=1e-6)
     best = [
-        torch.load(tmp_path / run / "tuning" / "dpkd" / "dirichlet-alpha-0.5-seed1" / "best_model.pt")["state_dict"]
+        torch.load(tmp_path / run / "tuning" / name / "dirichlet-alpha-0.5-seed1" / "best_model.pt")["state_dict"]
         for run in ("apart", "batched")
     ]
     assert set(best[0]) == set(best[1])
+    assert any(key.startswith("peer.") for key in best[0]) == (name == "dml")  # DML's chosen pair: both networks
     for key, value in best[0].items():  # the chosen point's weights, as its own fit left them
         assert value.dtype == torch.float64 and (best[1][key] - value).abs().max() <= 1e-9, key
 
 
-def test_tuned_dml_fits_its_points_apart_on_both_validations(tmp_path: Path) -> None:
+def test_tuned_dml_trains_its_points_once_validated_on_both_splits(tmp_path: Path) -> None:
     tuning = TuneOptions(grid={"temperature": [1.0, 4.0], "alpha": [0.1, 0.9]}, validation=["own", "public"])
     options = {**ONE_CELL, "tuning": tuning, "public_fraction": 0.1}
     rows = study(tmp_path, methods={"dml": DeepMutualLearning}, tuned=["dml"], **options).run(progress=False)
