@@ -53,6 +53,19 @@ def test_the_teacher_strength_summaries_are_what_their_results_give(epochs: int)
     assert f"({epochs} for the teacher)" in (folder / "summary.md").read_text()
 
 
+def test_the_teacher_sweep_table_is_what_the_three_studies_give() -> None:
+    """The docs' table of the teacher's strength against what tuning gains, regenerated from the studies."""
+    from kdlightning.reporting import read_csv
+    from kdlightning.reporting.teachers import render_teacher_sweep
+
+    folder = ROOT / "docs" / "results" / "teacher_strength_digits"
+    studies = {f"{e} epochs": read_csv(folder / f"teacher_epochs_{e}" / "results.csv") for e in (60, 8, 2)}
+    roles = {"tuned": ["tuned_kd"], "untuned": ["dml", "dpkd", "vanilla_kd"], "control": "student_only"}
+    assert (folder / "sweep.md").read_text() == render_teacher_sweep(studies, **roles)
+    assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '--8<-- "docs/results/teacher_strength_digits/sweep.md"' in (ROOT / "docs" / "study.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("name", "args"), [("scenarios", []), ("heterogeneous", ["--seeds=[0, 1, 2, 3, 4]"])], ids=["scenarios", "hetero"]
 )

@@ -3,7 +3,9 @@
 Nothing here trains or imports Lightning: a study's ``results.csv`` rows go in, numbers and Markdown
 come out, so ``summary.md`` and the guidance page can always be recomputed from ``results.csv``. Every
 statistic is :mod:`kdlightning.stats`'s. :mod:`kdlightning.reporting.rows` defines the rows and computes the
-gains' statistics; :mod:`kdlightning.reporting.render` writes them as Markdown tables and plots.
+gains' statistics; :mod:`kdlightning.reporting.render` writes them as Markdown tables and plots;
+:mod:`kdlightning.reporting.tuned` sets the tuned runs against the untuned methods, and
+:mod:`kdlightning.reporting.teachers` studies beside teachers of different strength.
 """
 
 from kdlightning.reporting.render import plot_gains, render_guidance, render_guidance_page, render_summary

@@ -26,6 +26,7 @@ from kdlightning.stats import (
 
 __all__ = [
     "BestTuned",
+    "average_improvement",
     "best_tuned_improvement",
     "counterparts",
     "render_best_tuned",
@@ -177,6 +178,34 @@ def tuning_gains(
     return out
 
 
+def average_improvement(
+    rows: Sequence[Mapping[str, Any]],
+    best: Mapping[str, BestTuned | None],
+    tuned: Sequence[str],
+    untuned: Sequence[str],
+    iid: bool,
+    iid_scenarios: Sequence[str] = ("iid",),
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[Interval, int] | None:
+    """The mean relative improvement over the IID (``iid``) or the non-IID scenarios, and how many scenarios.
+
+    Over the scenarios of ``best`` (:func:`best_tuned_improvement` of ``rows`` with gains) whose best untuned gain is
+    not 0, with :func:`kdlightning.stats.bootstrap_average_improvement` (each scenario's seeds resampled on their
+    own, both bests chosen again in each resample). None where no such scenario is.
+    """
+    scenarios = [
+        scenario
+        for scenario, result in best.items()
+        if result is not None and math.isfinite(result.relative.mean) and (scenario in iid_scenarios) == iid
+    ]
+    sides = [side for side in (_split(rows, scenario, tuned, untuned) for scenario in scenarios) if side is not None]
+    if not sides:
+        return None
+    return bootstrap_average_improvement(sides, "mean", n_resamples, confidence, seed), len(sides)
+
+
 def render_best_tuned(
     rows: Sequence[Mapping[str, Any]],
     best: Mapping[str, BestTuned | None],
@@ -210,12 +239,10 @@ def render_best_tuned(
             "| improvement |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        data: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]] | None] = {}
         for scenario, result in best.items():
             if result is None:
                 lines.append(f"| {scenario} | - | - | - | - | - | - | - |")
                 continue
-            data[scenario] = _split(rows, scenario, tuned, untuned)
             relative = result.relative
             cells = [
                 str(result.difference.n),
@@ -227,18 +254,14 @@ def render_best_tuned(
                 relative.format(1, "%") if math.isfinite(relative.mean) else "- (the best untuned gain is 0)",
             ]
             lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
-        finite = [s for s, result in best.items() if result is not None and math.isfinite(result.relative.mean)]
         lines.append("")
-        for label, scenarios in (
-            ("IID", [s for s in finite if s in iid_scenarios]),
-            ("Non-IID average", [s for s in finite if s not in iid_scenarios]),
-        ):
-            sides = [side for side in (data[s] for s in scenarios) if side is not None]
-            if sides:
-                figure = bootstrap_average_improvement(sides, "mean", n_resamples, confidence, seed)
-                paper = "+16%" if label == "IID" else "+139%"
+        for label, iid in (("IID", True), ("Non-IID average", False)):
+            average = average_improvement(rows, best, tuned, untuned, iid, iid_scenarios, confidence, n_resamples, seed)
+            if average is not None:
+                figure, count = average
+                paper = "+16%" if iid else "+139%"
                 lines.append(
-                    f"{label}: {figure.format(1, '%')} over {len(sides)} scenario(s) (the study reports {paper} for "
+                    f"{label}: {figure.format(1, '%')} over {count} scenario(s) (the study reports {paper} for "
                     "tuned KD alone)."
                 )
     gains = tuning_gains(rows, pairs, control, confidence)

@@ -101,7 +101,8 @@ class Study:
         batched: train each cell's (scenario and seed's) control, the methods that can be members
             (:func:`~kdlightning.methods.member_error`) and tuned KD's grid as batched members
             (:class:`~kdlightning.methods.BatchedMembers`): one fit where they would be dozens, each member as
-            its own fit would train it. Other methods (DML) are fitted apart. False fits every run apart.
+            its own fit would train it (DML as a student-peer pair). Other methods are fitted apart. False fits every
+            run apart.
         max_members: batched: members per fit (memory grows with it); None for a whole cell in one fit.
             Also tuned KD's ``tuning.batched`` and ``tuning.max_members``.
         ray: run the cells (scenario × seed) in parallel, one Ray task each (the ``federated`` extra): false
