@@ -9,6 +9,8 @@ on, quiet trainers with no logger or checkpoint), after a warm-up of each fit, t
   one batched fit (:class:`~kdlightning.methods.BatchedMembers`, 25 members);
 - separate KD fits of one grid point reading the teacher's outputs from the cache (25 of them are the
   sequential grid), at least 2 to a unit;
+- the same 25 points of :class:`~kdlightning.DeepMutualLearning` (the student and a copy of the teacher trained
+  against each other) as one fit of 25 batched pairs, and separate DML fits of one point, at least 2 to a unit;
 - on the CPU for Fashion-MNIST, the members' matrix products alone (:func:`matmul_floor`), the grid's floor;
 - without ``--quick``, ``StudentOnly`` fits on the same data read sample by sample (PyTorch's default collate).
 
@@ -17,7 +19,8 @@ Fashion-MNIST MLP (784-128-10, MLP teacher 512-256, batch 128, 2 epochs) and, wi
 ``--students tokens``, a Hugging Face BERT student (2 layers, 64 wide, 32-token ids, batch 32, 2 epochs). The
 figures, each the median of its per-round ratios with a 95% bootstrap interval and a verdict: batched grid ÷ one
 run (target ≤ 3.0 where a run is overhead-bound: digits, or any student on a GPU), batched grid ÷ its members'
-matrix products (target ≤ 1.5, Fashion-MNIST on the CPU), 25 KD fits ÷ batched grid (target ≥ 5).
+matrix products (target ≤ 1.5, Fashion-MNIST on the CPU), 25 KD fits ÷ batched grid (target ≥ 5), and 25 DML fits
+÷ the batched pairs (no target: what batching DML's grid saves).
 Without ``--quick`` it then pre-trains the
 embedded study's 18 cells' networks, each role one network a fit and then all in one fit
 (:class:`~kdlightning.methods.OwnDataMembers`: ``pretraining_speedup``), and runs ``kdl study`` with the
@@ -56,7 +59,7 @@ from torch.utils.data import default_collate
 
 from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, as_json, interleave, paired, timed
 from benchmarks.training import SyntheticTokens, TokenClassifier, described, trainer_settings
-from kdlightning import BatchedMembers, StudentOnly, VanillaKD
+from kdlightning import BatchedMembers, DeepMutualLearning, StudentOnly, VanillaKD
 from kdlightning.cache import CacheReferenceOutputs
 from kdlightning.data import Digits, FashionMNIST, IIDPartitioner, PartitionedDataModule
 from kdlightning.models import MLP, SmallCNN
@@ -157,14 +160,30 @@ def measure_grid(
         cache = CacheReferenceOutputs(cache_dir=str(cache_root / f"{name}-separate"))
         trainer(epochs, [cache], settings).fit(kd(4.0, 0.5), datamodule=data)
 
+    def dml(t: float, a: float) -> DeepMutualLearning:
+        peer = copy.deepcopy(teacher).requires_grad_(True)  # a copy of the teacher, trained (KD froze the teacher)
+        return DeepMutualLearning(copy.deepcopy(student), peer, classes, temperature=t, alpha=a)
+
+    def pairs() -> None:
+        L.seed_everything(0, verbose=False)
+        model = BatchedMembers({f"T={t:g},alpha={a:g}": dml(t, a) for t, a in GRID})
+        trainer(epochs, settings=settings).fit(model, datamodule=data)
+
+    def dml_run() -> None:
+        L.seed_everything(0, verbose=False)
+        trainer(epochs, settings=settings).fit(dml(4.0, 0.5), datamodule=data)
+
     batched(1)  # warm-up, and the teacher's outputs into the cache every grid then reads
     kd_run()  # its cache, which every separate KD fit then reads
-    one_runs, grids = (max(1, round(unit_seconds / timed(fit))) for fit in (one_run, batched))
-    kd_runs = max(2, round(unit_seconds / timed(kd_run)))  # the median of 2 or more: 25 of them are the figure
+    one_runs, grids, pair_grids = (max(1, round(unit_seconds / timed(fit))) for fit in (one_run, batched, pairs))
+    # the median of 2 or more: 25 of them are the figure
+    kd_runs, dml_runs = (max(2, round(unit_seconds / timed(fit))) for fit in (kd_run, dml_run))
     units: dict[str, Callable[[], float]] = {
         "one_runs": functools.partial(repeated, one_run, one_runs),
         "grids": functools.partial(repeated, batched, grids),
         "kd_runs": functools.partial(repeated, kd_run, kd_runs),
+        "pair_grids": functools.partial(repeated, pairs, pair_grids),
+        "dml_runs": functools.partial(repeated, dml_run, dml_runs),
     }
     if full:
         one_run(by_sample)
@@ -182,11 +201,14 @@ def measure_grid(
     one_each = [value / one_runs for value in seconds["one_runs"]]
     grid_each = [value / grids for value in seconds["grids"]]
     kd_each = [value / kd_runs for value in seconds["kd_runs"]]
+    pairs_each = [value / pair_grids for value in seconds["pair_grids"]]
+    dml_each = [value / dml_runs for value in seconds["dml_runs"]]
     # 3 runs where a run is overhead-bound; on the CPU, within 1.5x of the Fashion-MNIST members' arithmetic,
     # which alone exceeds 3 runs there (SPEC §8)
     figures = [
         paired("batched grid ÷ one run", grid_each, one_each, target=GRID_TARGET if overhead_bound else None),
         paired("25 KD fits ÷ batched grid", kd_each, grid_each, target=SPEEDUP_TARGET, at_most=False, scale=25),
+        paired("25 DML fits ÷ batched pairs", dml_each, pairs_each, scale=25),
     ]
     if full:
         figures.append(
@@ -201,7 +223,13 @@ def measure_grid(
     return {
         "epochs": epochs,
         "train_samples": len(data.train_set),
-        "fits_per_unit": {"one_runs": one_runs, "grids": grids, "kd_runs": kd_runs},
+        "fits_per_unit": {
+            "one_runs": one_runs,
+            "grids": grids,
+            "kd_runs": kd_runs,
+            "pair_grids": pair_grids,
+            "dml_runs": dml_runs,
+        },
         "seconds": seconds,
         "figures": {figure.name: figure for figure in figures},
     }
@@ -369,7 +397,8 @@ def format_table(figures: dict[str, Any]) -> str:
         counts = s["fits_per_unit"]
         lines.append(
             f"- {name}, {s['epochs']} epochs, {s['train_samples']} training samples (units: {counts['one_runs']} "
-            f"runs, {counts['grids']} batched grids, {counts['kd_runs']} KD fits):"
+            f"runs, {counts['grids']} batched grids, {counts['kd_runs']} KD fits, {counts.get('pair_grids', 0)} "
+            f"batched DML grids, {counts.get('dml_runs', 0)} DML fits):"
         )
         lines += [f"  - {label}: {figure}" for label, figure in s["figures"].items()]
     if "pretraining_speedup" in figures:

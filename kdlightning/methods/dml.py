@@ -28,7 +28,9 @@ class DeepMutualLearning(DistillationModule):
     with the other network's logits detached. With ``alternate=True`` (Alg. 1 of the paper) the
     student steps first and the peer then learns from the student's refreshed predictions; with
     ``alternate=False`` both learn from the same forward pass in one backward (identical gradients
-    to two separate backwards). Both run under plain ``ddp``.
+    to two separate backwards). Both run under plain ``ddp``. Without ``alternate`` (and with one optimizer
+    for both networks), DML is a :class:`~kdlightning.methods.BatchedMembers` member: a pair, its student and
+    its peer each stacked with the other members' (a grid of DML points in one fit).
 
     Manual optimization: ``trainer.global_step`` advances twice per batch, so express budgets in
     epochs; trainer-level ``gradient_clip_val`` / ``accumulate_grad_batches`` are not allowed, use
