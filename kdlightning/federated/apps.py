@@ -322,7 +322,9 @@ def fedavg(
     observed = RoundFailures(grid, start)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        failures = observed.failures.get(server_round, [])
+        # a strategy that works on the server (FedDF) may say why a round kept its plain aggregate
+        server = getattr(strategy, "server_failures", {}).get(server_round, [])
+        failures = [*observed.failures.get(server_round, []), *server]
         return MetricRecord({"test_acc": evaluate(server_round, arrays.to_torch_state_dict(), failures=failures)})
 
     result = strategy.start(

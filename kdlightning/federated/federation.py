@@ -339,18 +339,50 @@ class Federation:
             teacher.load_state_dict(state)
             teachers.append(teacher)
         student = networks.global_network()
-        model = self._distillation(student, networks.num_classes, teachers, [float(n) for _, n in clients])
+        weights = [float(n) for _, n in clients] if config.weight_by_size else None
+        model = self._distillation(student, networks.num_classes, teachers, weights)
         L.seed_everything(config.seed, verbose=False)
         cache = CacheReferenceOutputs(cache_dir=str(config.out / "cache"))
         data = self.datamodule(None, config.tokenization.consolidation(len(teachers)))
         self._trainer(config.consolidation_epochs, [cache]).fit(model, datamodule=data)
         return _cpu_state(student)
 
+    def distil_round(
+        self,
+        server_round: int,
+        aggregate: dict[str, Tensor],
+        teachers: Sequence[tuple[int | None, dict[str, Tensor]]],
+        weights: Sequence[float],
+        epochs: int,
+    ) -> dict[str, Tensor]:
+        """FedDF's step: distil the round's client models into the aggregate on the public transfer set.
+
+        The global network starts from ``aggregate`` and learns, with the ``consolidation`` method
+        (:class:`~kdlightning.MultiTeacherKD`), the ``weights``-weighted average of the teachers' softened
+        predictions for ``epochs`` epochs. Each teacher is its client's network (``(client, state)``; a client
+        of unknown id has the global architecture). No teacher-output cache: the teachers change every round.
+
+        Raises:
+            FloatingPointError: the distillation's loss turned non-finite (the strategy keeps the aggregate).
+        """
+        networks, config = self.networks, self.config
+        models = []
+        for client, state in teachers:
+            teacher = networks.global_network() if client is None else networks.client_network(client)
+            teacher.load_state_dict(state)
+            models.append(teacher)
+        student = networks.global_network()
+        student.load_state_dict(aggregate)
+        model = self._distillation(student, networks.num_classes, models, list(weights))
+        L.seed_everything(config.seed + server_round, verbose=False)
+        data = self.datamodule(None, config.tokenization.consolidation(len(models)))
+        self._trainer(epochs).fit(model, datamodule=data)
+        return _cpu_state(student)
+
     def _distillation(
-        self, student: nn.Module, num_classes: int, teachers: list[nn.Module], examples: list[float]
+        self, student: nn.Module, num_classes: int, teachers: list[nn.Module], weights: list[float] | None
     ) -> MultiTeacherKD:
-        """``consolidation`` of ``teachers`` into ``student``, weighted by ``examples`` if ``weight_by_size``."""
-        weights = examples if self.config.weight_by_size else None
+        """``consolidation`` of ``teachers`` into ``student``, their predictions weighted by ``weights`` or equally."""
         build: Callable[..., Any] = self.config.consolidation
         model = build(student, teachers, num_classes, weights=weights)
         if not isinstance(model, MultiTeacherKD):
@@ -373,7 +405,8 @@ class Federation:
     def server_strategy(self) -> Any:
         """A new ``config.strategy`` (:func:`~kdlightning.federated.strategy.server_strategy`)."""
         config = self.config
-        return server_strategy(config.strategy, config.fraction_train, config.num_clients)
+        services = {"distiller": self.distil_round}
+        return server_strategy(config.strategy, config.fraction_train, config.num_clients, services)
 
 
 def _cpu_state(network: nn.Module) -> dict[str, Tensor]:

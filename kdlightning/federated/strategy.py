@@ -127,7 +127,12 @@ def _suggestion(path: str) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
-def server_strategy(strategy: Mapping[str, Any] | None, fraction_train: float, num_clients: int) -> Any:
+def server_strategy(
+    strategy: Mapping[str, Any] | None,
+    fraction_train: float,
+    num_clients: int,
+    services: Mapping[str, Any] | None = None,
+) -> Any:
     """A new ``strategy``: its ``init_args``, ``fraction_train`` of the clients sampled, no client evaluation.
 
     The server tests the global model on the global test set instead of asking the clients.
@@ -136,6 +141,9 @@ def server_strategy(strategy: Mapping[str, Any] | None, fraction_train: float, n
         strategy: the ``strategy`` setting, as given or as :func:`strategy_spec` returns it (None: ``FedAvg``).
         fraction_train: share of the clients sampled each round.
         num_clients: number of clients.
+        services: what the federation offers a strategy, by argument name (``distiller``: its server-side
+            distillation, which :class:`~kdlightning.federated.feddf.FedDF` takes); each is passed to a strategy
+            whose constructor names that argument, and to no other.
     """
     spec = strategy_spec(strategy)
     cls = strategy_class(spec)
@@ -150,12 +158,15 @@ def server_strategy(strategy: Mapping[str, Any] | None, fraction_train: float, n
     parameters = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         sampling = {key: value for key, value in sampling.items() if key in parameters}
+    offered = {key: value for key, value in (services or {}).items() if key in parameters}
+    if set(offered) & set(spec["init_args"]):
+        raise ConfigurationError(f"`strategy.init_args` sets {sorted(offered)}: the federation gives it.")
     flower = logging.getLogger("flwr")
     level = flower.level
     flower.setLevel(max(level, logging.ERROR))  # FedAvg's notice that the clients do not evaluate is intended
     problem = ""
     try:
-        return cls(**sampling, **spec["init_args"])
+        return cls(**sampling, **offered, **spec["init_args"])
     except (TypeError, ValueError) as error:
         problem = f"{type(error).__name__}: {error}"
     finally:

@@ -493,12 +493,41 @@ def test_a_strategy_that_refuses_its_init_args_fails_at_the_check(tmp_path: Path
         federation.check()
 
 
+def arrival_grid(client_app, num_clients: int, arrival: list[int]):
+    """A Flower grid of ``num_clients`` connected ClientApps that reply in the order of ``arrival`` (partition ids)."""
+    from flwr.app import Context, RecordDict
+    from flwr.serverapp import Grid
+
+    nodes = {101 + client: client for client in range(num_clients)}
+
+    class Arrival(Grid):
+        def get_node_ids(self) -> list[int]:
+            return list(nodes)
+
+        def send_and_receive(self, messages, *, timeout=None) -> list:
+            replies = {}
+            for message in messages:
+                client = nodes[message.metadata.dst_node_id]
+                config = {"partition-id": client, "num-partitions": num_clients}
+                context = Context(
+                    run_id=1,
+                    node_id=message.metadata.dst_node_id,
+                    node_config=config,
+                    state=RecordDict(),
+                    run_config={},
+                )
+                replies[client] = client_app(message, context)
+            return [replies[client] for client in arrival if client in replies]
+
+        set_run = run = create_message = get_nodes = push_messages = pull_messages = None
+
+    return Arrival()
+
+
 def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clients_reply_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The strategy sums the clients' float32 models, so their order decides the last bits: it is the clients'."""
-    from flwr.app import Context, RecordDict
-    from flwr.serverapp import Grid
     from flwr.supercore.task_identity import TaskIdentity
 
     from kdlightning.federated.apps import client_app_for, fedavg
@@ -518,33 +547,7 @@ def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clie
 
     monkeypatch.setattr(federation, "train_client", train_client)
     client_app = client_app_for(federation)
-    nodes = {101 + client: client for client in range(4)}
-
-    class Arrival(Grid):
-        """Four connected clients whose ClientApps reply in the order of ``arrival`` (their partition ids)."""
-
-        def __init__(self, arrival: list[int]) -> None:
-            self.arrival = arrival
-
-        def get_node_ids(self) -> list[int]:
-            return list(nodes)
-
-        def send_and_receive(self, messages, *, timeout=None) -> list:
-            replies = {}
-            for message in messages:
-                client = nodes[message.metadata.dst_node_id]
-                config = {"partition-id": client, "num-partitions": 4}
-                context = Context(
-                    run_id=1,
-                    node_id=message.metadata.dst_node_id,
-                    node_config=config,
-                    state=RecordDict(),
-                    run_config={},
-                )
-                replies[client] = client_app(message, context)
-            return [replies[client] for client in self.arrival if client in replies]
-
-        set_run = run = create_message = get_nodes = push_messages = pull_messages = None
+    Arrival = partial(arrival_grid, client_app, 4)
 
     def one_round(arrival: list[int]) -> tuple[dict, float]:
         losses = []

@@ -1,0 +1,144 @@
+"""FedDF: FedAvg, then the round's client models distilled as an ensemble into the aggregate on the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_federated import SMALL, arrival_grid, checked
+
+from kdlightning.federated.apps import client_app_for, fedavg
+from kdlightning.losses import ensemble_logits
+
+FEDDF = "kdlightning.federated.feddf.FedDF"
+
+
+@pytest.fixture
+def server_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's task identity, as in a run (Flower reads it when the strategy sends messages)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def one_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: dict | None) -> tuple[object, dict, list]:
+    """One round of 3 clients whose trained models are the start plus noise; the global model after it."""
+    federation = checked(num_clients=3, rounds=1, starts=["fresh"], progress=False, out=tmp_path, strategy=strategy)
+    start = federation.networks.global_network().state_dict()
+    generator = torch.Generator().manual_seed(5)
+    trained = [
+        {key: value + 0.5 * torch.randn(value.shape, generator=generator) for key, value in start.items()}
+        for _ in range(3)
+    ]
+    examples = [40, 70, 25]
+
+    def train_client(client: int, state: dict, server_round: int, callbacks=()) -> tuple:
+        return trained[client], examples[client], 0.5
+
+    monkeypatch.setattr(federation, "train_client", train_client)
+    noted: list = []
+
+    def evaluate(server_round: int, state: dict, failures=()) -> float:
+        noted.extend(failures)
+        return federation.evaluate(state)[0]
+
+    grid = arrival_grid(client_app_for(federation), 3, [0, 1, 2])
+    model = fedavg(federation, grid, start, evaluate, timeout=60)
+    return federation, model, [trained, examples, noted]
+
+
+def test_feddf_with_no_distillation_is_fedavg_exactly(tmp_path: Path, monkeypatch, server_task) -> None:
+    _, plain, _ = one_round(tmp_path / "fedavg", monkeypatch, None)
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 0}}
+    _, none, _ = one_round(tmp_path / "feddf", monkeypatch, strategy)
+    assert all(torch.equal(plain[key], none[key]) for key in plain)
+
+
+def test_feddf_moves_the_global_model_toward_the_ensemble_on_the_public_set(
+    tmp_path: Path, monkeypatch, server_task
+) -> None:
+    _, plain, _ = one_round(tmp_path / "fedavg", monkeypatch, None)
+    distilled = {}
+    for epochs in (2, 10):
+        strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": epochs}}
+        federation, distilled[epochs], (trained, examples, failures) = one_round(
+            tmp_path / f"feddf{epochs}", monkeypatch, strategy
+        )
+        assert not failures
+    server = federation.datamodule(None)
+    server.setup()
+    inputs = torch.stack([item[0] for item in server.train_set])  # the public transfer set
+    teachers = []
+    for state in trained:
+        network = SMALL(num_classes=federation.num_classes)
+        network.load_state_dict(state)
+        teachers.append(network.eval())
+
+    def divergence(state: dict) -> float:
+        """KL(ensemble || model) on the public set, the ensemble weighted by the clients' examples (T = 4)."""
+        network = SMALL(num_classes=federation.num_classes)
+        network.load_state_dict(state)
+        with torch.no_grad():
+            target = ensemble_logits([t(inputs) for t in teachers], 4.0, examples).softmax(-1)
+            mine = (network.eval()(inputs) / 4.0).log_softmax(-1)
+        return float(torch.nn.functional.kl_div(mine, target, reduction="batchmean"))
+
+    # FedAvg's aggregate, then 2 and 10 epochs of distillation: ever closer to the ensemble
+    assert divergence(plain) > divergence(distilled[2]) > divergence(distilled[10])
+
+
+def test_a_diverging_distillation_keeps_the_plain_aggregate_and_says_so_in_the_round(
+    tmp_path: Path, monkeypatch, server_task
+) -> None:
+    _, plain, _ = one_round(tmp_path / "fedavg", monkeypatch, None)
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 1}}
+
+    def diverging(*args, **kwargs):
+        raise FloatingPointError("Non-finite training loss at global step 0 (epoch 0): loss=nan\nLower the lr.")
+
+    from kdlightning.federated import Federation
+
+    monkeypatch.setattr(Federation, "distil_round", lambda self, *a, **k: diverging())
+    _, kept, (_, _, failures) = one_round(tmp_path / "feddf", monkeypatch, strategy)
+    assert all(torch.equal(plain[key], kept[key]) for key in plain)
+    assert failures == ["server distillation kept the plain aggregate: Non-finite training loss at global step 0 "
+                        "(epoch 0): loss=nan"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("init_args", "message"),
+    [
+        ({"distillation_epochs": -1}, r"`strategy.distillation_epochs` must be an integer >= 0"),
+        ({"distillation_epochs": 1.5}, r"`strategy.distillation_epochs` must be an integer >= 0"),
+        ({"weighting": "size"}, r"`strategy.weighting` must be one of \['examples', 'uniform'\]"),
+        ({"distiller": None}, r"`strategy.init_args` sets \['distiller'\]: the federation gives it"),
+    ],
+)
+def test_bad_feddf_settings_are_refused_naming_them(tmp_path: Path, init_args: dict, message: str) -> None:
+    from kdlightning.federated import Federation, FederationConfig
+
+    federation = Federation(
+        FederationConfig(SMALL, num_clients=2, strategy={"class_path": FEDDF, "init_args": init_args}, out=tmp_path)
+    )
+    with pytest.raises(ValueError, match=message):
+        federation.server_strategy()
+
+
+@pytest.mark.parametrize(("weighting", "expected"), [("examples", [40.0, 70.0, 25.0]), ("uniform", [1.0, 1.0, 1.0])])
+def test_the_distillation_gets_every_client_s_model_and_weight(
+    tmp_path: Path, monkeypatch, server_task, weighting: str, expected: list
+) -> None:
+    from kdlightning.federated import Federation
+
+    calls = []
+
+    def recording(self, server_round, aggregate, teachers, weights, epochs):
+        calls.append((server_round, [client for client, _ in teachers], list(weights), epochs))
+        return aggregate
+
+    monkeypatch.setattr(Federation, "distil_round", recording)
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 2, "weighting": weighting}}
+    one_round(tmp_path, monkeypatch, strategy)
+    assert calls == [(1, [0, 1, 2], expected, 2)]
