@@ -305,13 +305,16 @@ def test_every_federated_config_parses(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)  # the text config reads models/all-MiniLM-L6-v2
     stand_in_minilm(tmp_path)
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
-    assert len(paths) == 5
+    assert len(paths) == 6
     paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
+    strategies = set()
     for path in paths:
         experiment = load_experiment(["-c", str(path), "--out", str(tmp_path)])
         assert experiment.cells
         for federation in experiment.cells.values():
             assert federation.config.num_clients >= 2 and federation.config.starts
+            strategies.add(type(federation.server_strategy()).__name__)  # its class and init_args, checked
+    assert strategies == {"FedAvg", "FedDF"}
 
 
 def test_kdl_dispatches_federate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
