@@ -3,10 +3,11 @@
 Lin, Kong, Stich and Jaggi, "Ensemble Distillation for Robust Model Fusion in Federated Learning" (NeurIPS 2020,
 arXiv:2006.07242). After each round's FedAvg aggregation the server trains the aggregated model to match the
 (weighted) average of the clients' softened predictions on unlabelled public data. A Flower strategy: give it as
-``strategy: {class_path: kdlightning.federated.feddf.FedDF, init_args: {distillation_epochs: 1}}``. The distillation
-itself is the federation's (:meth:`~kdlightning.federated.federation.Federation.distil_round`, with its ``consolidation``
-method, :class:`~kdlightning.MultiTeacherKD`, on the server's public split), handed to the strategy as ``distiller``
-when ``kdl federate`` builds it. This module imports Flower: import it only where Flower is installed.
+``strategy: {class_path: kdlightning.federated.feddf.FedDF, init_args: {distillation_epochs: 1}}``. The
+distillation itself is the federation's (:meth:`~kdlightning.federated.federation.Federation.distil_round`, with
+its ``consolidation`` method, :class:`~kdlightning.MultiTeacherKD`, on the server's public split), handed to the
+strategy as ``distiller`` when ``kdl federate`` builds it. This module imports Flower: import it only where Flower
+is installed.
 """
 
 from __future__ import annotations
