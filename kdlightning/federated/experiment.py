@@ -29,6 +29,7 @@ from kdlightning.federated.config import DEFAULT_CONFIG, FederationConfig
 from kdlightning.federated.experiment_records import CellKey, ExperimentRecords
 from kdlightning.federated.federation import Federation
 from kdlightning.federated.records import check_record
+from kdlightning.federated.strategy import strategy_name
 from kdlightning.reporting import read_csv, slug
 
 __all__ = ["FederatedExperiment", "cell_directory", "experiment_parser", "load_experiment"]
@@ -106,6 +107,7 @@ class FederatedExperiment:
             dataset=type(self.config.dataset).__name__,
             num_clients=self.config.num_clients,
             local_epochs=self.config.local_epochs,
+            strategy=strategy_name(self.config.strategy),
         )
 
     @property

@@ -42,6 +42,7 @@ class ExperimentRecords:
         dataset: the data set's name, in the summary's heading.
         num_clients: number of clients, likewise.
         local_epochs: epochs each client trains per round, likewise.
+        strategy: the server strategy's name, likewise.
     """
 
     def __init__(
@@ -55,10 +56,12 @@ class ExperimentRecords:
         dataset: str,
         num_clients: int,
         local_epochs: int,
+        strategy: str = "FedAvg",
     ) -> None:
         self.out, self.cells, self.seeds, self.starts = out, list(cells), list(seeds), list(starts)
         self.rounds, self.targets = rounds, targets
         self.dataset, self.num_clients, self.local_epochs = dataset, num_clients, local_epochs
+        self.strategy = strategy
         self.scenarios = list(dict.fromkeys(name for name, _ in self.cells))
 
     def rows_by_cell(self, rows: Sequence[Mapping[str, Any]]) -> dict[CellKey, list[dict[str, Any]]]:
@@ -111,7 +114,7 @@ class ExperimentRecords:
         censored_at = self.rounds + 1
         lines = [
             f"# Federated across scenarios and seeds: {self.dataset}, {self.num_clients} clients, "
-            f"FedAvg {self.rounds} rounds x {self.local_epochs} local epoch(s)",
+            f"{self.strategy} {self.rounds} rounds x {self.local_epochs} local epoch(s)",
             "",
             f"{len(done)} of {len(self.cells)} cells finished ({len(self.scenarios)} scenario(s) x seeds "
             f"{self.seeds}). Per seed, a start's total rounds are the FedAvg rounds to each target plus the round "

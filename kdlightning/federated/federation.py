@@ -48,7 +48,7 @@ from kdlightning.federated.aggregate import weighted_average
 from kdlightning.federated.config import DEFAULT_CONFIG, FederationConfig
 from kdlightning.federated.networks import Networks
 from kdlightning.federated.records import FederationRecords, federation_record
-from kdlightning.federated.strategy import server_strategy, strategy_class
+from kdlightning.federated.strategy import server_strategy, strategy_class, strategy_name
 from kdlightning.methods import MultiTeacherKD, StudentOnly
 
 __all__ = ["Clients", "Federation", "load_federation"]
@@ -142,6 +142,7 @@ class Federation:
             partitioner=str(config.partitioner),
             local_epochs=config.local_epochs,
             seed=config.seed,
+            strategy=strategy_name(config.strategy),
         )
         self._checked = _Checked(networks, starts, records)
 

@@ -45,6 +45,7 @@ class FederationRecords:
         partitioner: the partition's name, likewise.
         local_epochs: epochs each client trains per round, in the heading.
         seed: the federation's seed, likewise.
+        strategy: the server strategy's name, likewise.
     """
 
     def __init__(
@@ -58,10 +59,11 @@ class FederationRecords:
         partitioner: str,
         local_epochs: int,
         seed: int,
+        strategy: str = "FedAvg",
     ) -> None:
         self.out, self.starts, self.rounds, self.targets = out, list(starts), rounds, targets
         self.dataset, self.num_clients, self.partitioner = dataset, num_clients, partitioner
-        self.local_epochs, self.seed = local_epochs, seed
+        self.local_epochs, self.seed, self.strategy = local_epochs, seed, strategy
 
     def finished_starts(self) -> dict[str, list[dict[str, str]]]:
         """Rows of ``rounds.csv`` per start that ran all its rounds (a start cut short is run again)."""
@@ -138,7 +140,7 @@ class FederationRecords:
         curves = accuracy_curves(rows)
         lines = [
             f"# Federated: {self.dataset}, {self.num_clients} clients ({self.partitioner}), "
-            f"FedAvg {self.rounds} rounds x {self.local_epochs} local epoch(s), seed {self.seed}",
+            f"{self.strategy} {self.rounds} rounds x {self.local_epochs} local epoch(s), seed {self.seed}",
             "",
         ]
         targets = self.targets.of(curves)

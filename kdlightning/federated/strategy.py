@@ -19,7 +19,16 @@ from typing import Any
 
 from kdlightning.errors import ConfigurationError
 
-__all__ = ["ALLOWED", "SAMPLING", "STRATEGIES", "failure_reason", "server_strategy", "strategy_class", "strategy_spec"]
+__all__ = [
+    "ALLOWED",
+    "SAMPLING",
+    "STRATEGIES",
+    "failure_reason",
+    "server_strategy",
+    "strategy_class",
+    "strategy_name",
+    "strategy_spec",
+]
 
 STRATEGIES = "flwr.serverapp.strategy"
 """Where a ``strategy`` class name without a module is found: Flower's server strategies."""
@@ -68,6 +77,16 @@ def strategy_spec(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
             f"`strategy.class_path` must be a dotted path to a class, got {class_path!r}. {ALLOWED}"
         )
     return {"class_path": path, "init_args": dict(init_args)}
+
+
+def strategy_name(strategy: Mapping[str, Any] | None) -> str:
+    """The class name of ``strategy`` (``FedAvg`` for None), as a summary's heading names it.
+
+    Examples:
+        >>> strategy_name(None), strategy_name({"class_path": "kdlightning.federated.feddf.FedDF"})
+        ('FedAvg', 'FedDF')
+    """
+    return strategy_spec(strategy)["class_path"].rpartition(".")[2]
 
 
 def _check_proximal_mu(value: Any, where: str) -> None:

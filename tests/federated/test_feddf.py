@@ -142,3 +142,15 @@ def test_the_distillation_gets_every_client_s_model_and_weight(
     strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 2, "weighting": weighting}}
     one_round(tmp_path, monkeypatch, strategy)
     assert calls == [(1, [0, 1, 2], expected, 2)]
+
+
+def test_the_summary_names_the_server_strategy(tmp_path: Path) -> None:
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 1}}
+    feddf = checked(num_clients=2, rounds=3, starts=["fresh"], out=tmp_path / "feddf", strategy=strategy)
+    fedavg_ = checked(num_clients=2, rounds=3, starts=["fresh"], out=tmp_path / "fedavg")
+    assert feddf.records.summary([]).startswith(
+        "# Federated: Digits, 2 clients (dirichlet(alpha=0.5)), FedDF 3 rounds x "
+    )
+    assert fedavg_.records.summary([]).startswith(
+        "# Federated: Digits, 2 clients (dirichlet(alpha=0.5)), FedAvg 3 rounds x "
+    )
