@@ -16,7 +16,7 @@ from typing import Any
 
 from kdlightning.atomic import save_figure
 from kdlightning.reporting.rows import _with_gains
-from kdlightning.reporting.tuned import average_improvement, best_tuned_improvement, teacher_gaps
+from kdlightning.reporting.tuned import BestTuned, average_improvement, best_tuned_improvement, teacher_gaps
 from kdlightning.stats import Interval
 
 __all__ = ["TeacherPoint", "plot_teacher_sweep", "render_teacher_sweep", "teacher_sweep"]
@@ -55,13 +55,25 @@ def teacher_sweep(
     """
     points = []
     for label, rows in studies.items():
-        gaps = teacher_gaps(rows, control, confidence)
         best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)
-        for scenario, result in best.items():
-            if result is not None and scenario in gaps:
-                gap = gaps[scenario].difference
-                points.append(TeacherPoint(label, scenario, gap, result.relative, result.tuned, result.untuned))
+        points += _points(label, rows, best, control, confidence)
     return points
+
+
+def _points(
+    label: str,
+    rows: Sequence[Mapping[str, Any]],
+    best: Mapping[str, BestTuned | None],
+    control: str,
+    confidence: float,
+) -> list[TeacherPoint]:
+    """Study ``label``'s scenarios with a teacher accuracy and a :func:`best_tuned_improvement` (``best``)."""
+    gaps = teacher_gaps(rows, control, confidence)
+    return [
+        TeacherPoint(label, scenario, gaps[scenario].difference, result.relative, result.tuned, result.untuned)
+        for scenario, result in best.items()
+        if result is not None and scenario in gaps
+    ]
 
 
 def render_teacher_sweep(
@@ -86,10 +98,10 @@ def render_teacher_sweep(
         "|---|---|---|---|---|",
     ]
     for label, rows in studies.items():
-        points = teacher_sweep({label: rows}, tuned, untuned, control, confidence, n_resamples, seed)
+        best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)
+        points = _points(label, rows, best, control, confidence)
         iid = [point for point in points if point.scenario in iid_scenarios]
         off = [point.gap.mean for point in points if point.scenario not in iid_scenarios]
-        best = best_tuned_improvement(rows, tuned, untuned, control, confidence, n_resamples, seed)
         with_gains = _with_gains(rows, control)
         figures = [
             average_improvement(with_gains, best, tuned, untuned, side, iid_scenarios, confidence, n_resamples, seed)
