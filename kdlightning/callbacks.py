@@ -1,4 +1,6 @@
-"""Lightning callbacks that report on a run: add them to ``trainer.callbacks`` (in YAML by ``class_path``).
+"""Lightning callbacks that report on a run or keep its best weights.
+
+Add them to ``trainer.callbacks`` (in YAML by ``class_path``).
 
 The teacher-output cache, a callback too, lives with its store in :mod:`kdlightning.cache`.
 """
@@ -17,9 +19,9 @@ from lightning.pytorch.utilities.model_summary import get_formatted_model_size, 
 
 from kdlightning.data.partitioners import plot_partition
 from kdlightning.data.text import TokenizeCollate
-from kdlightning.errors import InputTypeError
+from kdlightning.errors import ConfigurationError, InputTypeError
 
-__all__ = ["FitSummary", "LogPartition", "ModelSummary", "SavePretrained"]
+__all__ = ["FitSummary", "LogPartition", "ModelSummary", "RestoreBest", "SavePretrained"]
 
 
 class LogPartition(L.Callback):
@@ -240,3 +242,58 @@ class SavePretrained(L.Callback):
                 tokenizer.save_pretrained(directory)
         self.saved = directory
         rank_zero_info(f"the {self.network} is saved to {directory} (from_pretrained loads it)")
+
+
+class RestoreBest(L.Callback):
+    """Keep, in memory, the trained networks' weights where ``monitor`` was best; load them back when ``fit`` ends.
+
+    Beside Lightning's ``EarlyStopping``, a fit then ends at its best validation, not its last, with no checkpoint
+    written (e.g. the server's distillation in a FedDF round). The networks are those the method trains
+    (:meth:`~kdlightning.methods.DistillationModule.trainable_modules`); a fit that never validated keeps its last
+    weights.
+
+    Args:
+        monitor: the logged metric, e.g. ``val/loss_kd``.
+        mode: ``"min"`` or ``"max"``: whether lower or higher is better.
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ConfigurationError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        """The best value of ``monitor`` seen in the current fit."""
+        self.state: dict[str, dict[str, torch.Tensor]] | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Forget the previous fit's best."""
+        self.best, self.state = None, None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the trained networks' weights if ``monitor`` improved."""
+        logged = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or logged is None:
+            return
+        value = float(logged)
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+            self.state = {
+                name: {key: tensor.detach().clone() for key, tensor in module.state_dict().items()}
+                for name, module in _trained(pl_module).items()
+            }
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Load the best weights back into the trained networks."""
+        if self.state is not None:
+            for name, module in _trained(pl_module).items():
+                module.load_state_dict(self.state[name])
+
+
+def _trained(pl_module: L.LightningModule) -> dict[str, Any]:
+    trainable = getattr(pl_module, "trainable_modules", None)
+    if trainable is None:
+        raise InputTypeError(
+            f"RestoreBest restores a kdlightning method's trained networks; {type(pl_module).__name__} has no "
+            "`trainable_modules()`."
+        )
+    return dict(trainable())

@@ -115,6 +115,8 @@ class PartitionedDataModule(ClassificationDataModule):
       partitioning, drawn uniformly like the test set, the same for every party and method, never trained on);
       ``validation=["own", "public"]``: both, as two validation loaders in that order (``val_sets``), for
       :class:`~kdlightning.methods.BatchedMembers`, which validates every member on each;
+      ``validation="holdout"``: a seeded ``holdout_fraction`` of the transfer set, held out from ``train_set``
+      (e.g. to stop a distillation on unlabelled public data early);
     - ``test_set``: the data set's global, unpartitioned test set.
 
     Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
@@ -138,7 +140,10 @@ class PartitionedDataModule(ClassificationDataModule):
         val_fraction: share of the party's partition held out for validation, in ``(0, 1)``.
         validation: which split ``val_dataloader`` reads: ``"own"`` (the party's held-out share) or
             ``"public"`` (the public split; needs ``public_fraction`` > 0 and a transfer set other than it),
-            or a list of both: one validation loader each, in the list's order.
+            or a list of both: one validation loader each, in the list's order; or ``"holdout"`` (a share of the
+            transfer set; needs ``holdout_fraction`` > 0).
+        holdout_fraction: share of the transfer set held out from training as the ``"holdout"`` split, in
+            ``[0, 1)``; 0 holds nothing out.
         batch_size: samples per batch.
         num_workers: data loader worker processes.
         seed: seed of the partition, the held-out splits and the shuffling.
@@ -163,7 +168,8 @@ class PartitionedDataModule(ClassificationDataModule):
         teacher_partition_id: int = 1,
         public_fraction: float = 0.0,
         val_fraction: float = 0.1,
-        validation: Literal["own", "public"] | list[Literal["own", "public"]] = "own",
+        validation: Literal["own", "public", "holdout"] | list[Literal["own", "public", "holdout"]] = "own",
+        holdout_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -195,7 +201,9 @@ class PartitionedDataModule(ClassificationDataModule):
             )
         if not 0.0 < val_fraction < 1.0:
             raise ConfigurationError(f"`val_fraction` must lie in (0, 1), got {val_fraction!r}.")
-        check_validation(validation, public_fraction, transfer)
+        if not 0.0 <= holdout_fraction < 1.0:
+            raise ConfigurationError(f"`holdout_fraction` must lie in [0, 1), got {holdout_fraction!r}.")
+        check_validation(validation, public_fraction, transfer, holdout_fraction)
         self.dataset = dataset if dataset is not None else Digits(seed=seed)
         self.partitioner = partitioner if partitioner is not None else IIDPartitioner()
         self.num_parties = num_parties
@@ -205,6 +213,7 @@ class PartitionedDataModule(ClassificationDataModule):
         self.public_fraction = public_fraction
         self.val_fraction = val_fraction
         self.validation = validation
+        self.holdout_fraction = holdout_fraction
         self.train_transform = train_transform
         if tokenizers is None or isinstance(tokenizers, TokenizeCollate):
             self.collate_fn = tokenizers
@@ -285,14 +294,28 @@ class PartitionedDataModule(ClassificationDataModule):
         train = self.transfer_index()
         if len(train) == 0:
             raise ConfigurationError(f"The transfer set {self.transfer!r} of party {self.partition_id} is empty.")
+        train, holdout = self._holdout(train)
         self.train_set = ArrayDataset(
             data.train_inputs, data.train_labels, train, transform=self.train_transform, with_index=True
         )
-        check_validation(self.validation, self.public_fraction, self.transfer)
-        splits = {"own": own_val, "public": self.public_index}
+        check_validation(self.validation, self.public_fraction, self.transfer, self.holdout_fraction)
+        splits = {"own": own_val, "public": self.public_index, "holdout": holdout}
         self.val_sets = [ArrayDataset(data.train_inputs, data.train_labels, splits[name]) for name in self.validations]
         self.val_set = self.val_sets[0]
         self.test_set = ArrayDataset(data.test_inputs, data.test_labels)
+
+    def _holdout(self, transfer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The transfer set less its ``holdout_fraction`` (drawn by ``seed``), and that held-out share."""
+        if self.holdout_fraction == 0.0:
+            return transfer, np.empty(0, dtype=np.int64)
+        shuffled = np.random.default_rng([self.seed, len(transfer), 1]).permutation(transfer)
+        cut = max(1, round(self.holdout_fraction * len(transfer)))
+        if cut >= len(transfer):
+            raise ConfigurationError(
+                f"`holdout_fraction={self.holdout_fraction}` of the {len(transfer)} transfer examples leaves none "
+                "to train on; lower it."
+            )
+        return np.sort(shuffled[cut:]), np.sort(shuffled[:cut])
 
     @property
     def validations(self) -> list[str]:
@@ -316,8 +339,12 @@ class PartitionedDataModule(ClassificationDataModule):
         return partition_stats(data.train_labels, self.parts, num_classes=data.num_classes)
 
 
-def check_validation(validation: str | Sequence[str], public_fraction: float, transfer: str) -> None:
-    """Raise ``ConfigurationError`` unless ``validation`` is ``"own"``, or ``"public"`` with a public split.
+def check_validation(
+    validation: str | Sequence[str], public_fraction: float, transfer: str, holdout_fraction: float = 0.0
+) -> None:
+    """Raise ``ConfigurationError`` unless ``validation`` names splits there are.
+
+    ``"own"`` always; ``"public"`` with a public split; ``"holdout"`` with a held-out share of the transfer set.
 
     The public split is one no party trains on.
 
@@ -335,13 +362,17 @@ def check_validation(validation: str | Sequence[str], public_fraction: float, tr
         names = list(validation)
         if not names or len(set(names)) < len(names):
             raise ConfigurationError(
-                f"`validation` must list distinct splits of 'own' and 'public', got {validation!r}."
+                f"`validation` must list distinct splits of 'own', 'public' and 'holdout', got {validation!r}."
             )
         for name in names:
-            check_validation(name, public_fraction, transfer)
+            check_validation(name, public_fraction, transfer, holdout_fraction)
         return
-    if validation not in ("own", "public"):
-        raise ConfigurationError(f"`validation` must be 'own' or 'public', got {validation!r}.")
+    if validation not in ("own", "public", "holdout"):
+        raise ConfigurationError(f"`validation` must be 'own', 'public' or 'holdout', got {validation!r}.")
+    if validation == "holdout" and holdout_fraction == 0.0:
+        raise ConfigurationError(
+            "`validation='holdout'` needs `holdout_fraction` > 0: the share of the transfer set held out."
+        )
     if validation == "public" and public_fraction == 0.0:
         raise ConfigurationError(
             "`validation='public'` needs `public_fraction` > 0: the split held out before partitioning."

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from kdlightning.errors import ConfigurationError, RunError
 from kdlightning.federated.aggregate import COLLECTION_ROUNDS
+from kdlightning.federated.feddf import PROTOTYPE
 from kdlightning.federated.federation import Clients, Federation, load_federation
 from kdlightning.federated.strategy import failure_reason
 from kdlightning.reporting import read_csv
@@ -145,10 +146,16 @@ def client_app_for(federation: Federation | None = None) -> ClientApp:
         client = _partition(fed, context)
         config = message.content.config_records["config"]
         server_round = int(_number(config, "server-round"))
-        state = message.content.array_records["arrays"].to_torch_state_dict()
+        records = message.content.array_records
+        # FedDF sends each other architecture its own prototype; every other client trains the global network
+        prototype = fed.networks.prototype_of(client)
+        key = "arrays" if prototype is None else PROTOTYPE.format(prototype)
+        own = key != "arrays" and key in records
+        state = records[key if own else "arrays"].to_torch_state_dict()
         mu = _number(config, "proximal-mu") if "proximal-mu" in config else 0.0  # FedProx's strategy sends it
+        callbacks = [Proximal(mu)] if mu else []
         with quiet():
-            trained, examples, loss = fed.train_client(client, state, server_round, [Proximal(mu)] if mu else [])
+            trained, examples, loss = fed.train_client(client, state, server_round, callbacks, own_architecture=own)
         return _reply(message, trained, {"num-examples": examples, "train_loss": loss}, client)
 
     return app
@@ -307,8 +314,9 @@ def fedavg(
         federation: the experiment, checked; its ``server_strategy()`` (``FedAvg`` by default) runs the rounds.
         grid: the grid of the connected clients.
         state: the start's global model.
-        evaluate: called as ``evaluate(server_round, state, failures=[...])`` after every round (and for
-            round 0, the start itself), with the errors of the clients that failed the round; returns the
+        evaluate: called as ``evaluate(server_round, state, failures=[...], server_seconds=s)`` after every round
+            (and for round 0, the start itself), with the errors of the clients that failed the round and the
+            seconds the server spent on the round's model beyond aggregating (FedDF's distillation); returns the
             test accuracy.
         timeout: seconds to wait for the clients in each round.
         start: the start's name, for the error of a round in which no client trained.
@@ -325,7 +333,9 @@ def fedavg(
         # a strategy that works on the server (FedDF) may say why a round kept its plain aggregate
         server = getattr(strategy, "server_failures", {}).get(server_round, [])
         failures = [*observed.failures.get(server_round, []), *server]
-        return MetricRecord({"test_acc": evaluate(server_round, arrays.to_torch_state_dict(), failures=failures)})
+        seconds = getattr(strategy, "server_seconds", {}).get(server_round, 0.0)
+        state = arrays.to_torch_state_dict()
+        return MetricRecord({"test_acc": evaluate(server_round, state, failures=failures, server_seconds=seconds)})
 
     result = strategy.start(
         grid=observed,
@@ -386,10 +396,14 @@ def _recorder(
     """``start``'s ``evaluate`` for :func:`fedavg`: test the round's model, record its row, advance ``bar``, log."""
     began = time.perf_counter()
 
-    def evaluate(server_round: int, state: dict[str, Tensor], failures: Sequence[str] = ()) -> float:
+    def evaluate(
+        server_round: int, state: dict[str, Tensor], failures: Sequence[str] = (), server_seconds: float = 0.0
+    ) -> float:
         accuracy, loss = federation.evaluate(state)
         seconds = time.perf_counter() - began
-        row = federation.records.record_round(rows, start, server_round, accuracy, loss, seconds, failures)
+        row = federation.records.record_round(
+            rows, start, server_round, accuracy, loss, seconds, failures, server_seconds
+        )
         if tracker is not None:
             metrics = {"test/acc": row["test_acc"], "test/loss": row["test_loss"], "failures": row["failures"]}
             tracker.log_metrics(metrics, step=server_round)

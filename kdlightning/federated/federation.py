@@ -37,17 +37,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from kdlightning import pipeline
 from kdlightning.cache import CacheReferenceOutputs
+from kdlightning.callbacks import RestoreBest
 from kdlightning.data import EpochShuffleSampler, PartitionedDataModule, TokenizeCollate
 from kdlightning.errors import ConfigurationError, InputTypeError, RunError
 from kdlightning.federated.aggregate import weighted_average
 from kdlightning.federated.config import DEFAULT_CONFIG, FederationConfig
 from kdlightning.federated.networks import Networks
 from kdlightning.federated.records import FederationRecords, federation_record
+from kdlightning.federated.server_distillation import ServerDistillation
 from kdlightning.federated.strategy import server_strategy, strategy_class, strategy_name
 from kdlightning.methods import MultiTeacherKD, StudentOnly
 
@@ -185,11 +188,14 @@ class Federation:
         self.records.check_resume(self.configuration())
 
     # ------------------------------------------------------------------ data
-    def datamodule(self, client: int | None, tokens: TokenizeCollate | None = None) -> PartitionedDataModule:
+    def datamodule(
+        self, client: int | None, tokens: TokenizeCollate | None = None, holdout_fraction: float = 0.0
+    ) -> PartitionedDataModule:
         """Client ``client``'s data, or (``None``) the server's: the public transfer set and the global test set.
 
         ``tokens``: on text, the tokenization of the networks that read it (see
-        :class:`~kdlightning.federated.tokens.Tokenization`).
+        :class:`~kdlightning.federated.tokens.Tokenization`). ``holdout_fraction``: a share of the transfer set
+        held out as the validation split (the server's, to stop a distillation early).
         """
         config = self.config
         return PartitionedDataModule(
@@ -200,14 +206,17 @@ class Federation:
             transfer="public" if client is None else "own",
             public_fraction=config.public_fraction,
             val_fraction=config.val_fraction,
+            validation="holdout" if holdout_fraction else "own",
+            holdout_fraction=holdout_fraction,
             batch_size=config.batch_size,
             seed=config.seed,
             tokenizers=tokens,
         )
 
-    def _trainer(self, epochs: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    def _trainer(self, epochs: int, callbacks: Sequence[L.Callback] = (), validate: bool = False) -> L.Trainer:
         # Simulated clients get no GPU from Flower (see apps.run_simulation): CPU unless `trainer` says otherwise.
-        return pipeline.trainer(epochs, callbacks, self.config.trainer, accelerator="cpu", limit_val_batches=0)
+        validation: dict[str, Any] = {"num_sanity_val_steps": 0} if validate else {"limit_val_batches": 0}
+        return pipeline.trainer(epochs, callbacks, self.config.trainer, accelerator="cpu", **validation)
 
     def _key(self, *parts: Any) -> str:
         config = self.config
@@ -239,22 +248,29 @@ class Federation:
         return _cpu_state(pipeline.pretrain_once(path, network, pretrain)), _size(data.train_set)
 
     def train_client(
-        self, client: int, state: dict[str, Tensor], server_round: int, callbacks: Sequence[L.Callback] = ()
+        self,
+        client: int,
+        state: dict[str, Tensor],
+        server_round: int,
+        callbacks: Sequence[L.Callback] = (),
+        own_architecture: bool = False,
     ) -> tuple[dict[str, Tensor], int, float]:
         """One FedAvg round on client ``client``: ``local_epochs`` from the global ``state``.
 
         The client's batches come in the round's own order (:meth:`train_loader`); ``callbacks`` join the fit
-        (e.g. FedProx's proximal term).
+        (e.g. FedProx's proximal term). ``own_architecture``: ``state`` is of the client's own network (its
+        architecture's prototype under FedDF), which reads the client's own inputs; else of the global network.
 
         Returns the trained state, the client's training examples (FedAvg's weight) and its last
         training loss.
         """
         self._check_client(client)
         config = self.config
-        data = self.datamodule(client, config.tokenization.global_network())
+        tokens = config.tokenization.client(client) if own_architecture else config.tokenization.global_network()
+        data = self.datamodule(client, tokens)
         data.setup()
         L.seed_everything(config.seed * 1_000_003 + server_round * 1009 + client, verbose=False)
-        network = self.networks.global_network()
+        network = self.networks.client_network(client) if own_architecture else self.networks.global_network()
         network.load_state_dict(state)
         trainer = self._trainer(config.local_epochs, callbacks)
         loader = self.train_loader(client, server_round, data)
@@ -354,14 +370,18 @@ class Federation:
         aggregate: dict[str, Tensor],
         teachers: Sequence[tuple[int | None, dict[str, Tensor]]],
         weights: Sequence[float],
-        epochs: int,
+        settings: ServerDistillation,
+        prototype: int | None = None,
     ) -> dict[str, Tensor]:
-        """FedDF's step: distil the round's client models into the aggregate on the public transfer set.
+        """FedDF's step: distil the round's client models into an aggregate on the public transfer set.
 
-        The global network starts from ``aggregate`` and learns, with the ``consolidation`` method
-        (:class:`~kdlightning.MultiTeacherKD`), the ``weights``-weighted average of the teachers' softened
-        predictions for ``epochs`` epochs. Each teacher is its client's network (``(client, state)``; a client
-        of unknown id has the global architecture). No teacher-output cache: the teachers change every round.
+        The network starts from ``aggregate`` and learns, with the ``consolidation`` method
+        (:class:`~kdlightning.MultiTeacherKD`, at ``settings.temperature`` if set), the ``weights``-weighted
+        average of the teachers' softened predictions for ``settings.epochs`` epochs; with ``settings.patience``,
+        it trains on the public split less a held-out share, stops when the distillation loss there stops falling
+        and keeps its best weights. Each teacher is its client's network (``(client, state)``; a client of
+        unknown id has the global architecture). The network is the global one, or (``prototype``, a client)
+        that client's architecture's. No teacher-output cache: the teachers change every round.
 
         Raises:
             FloatingPointError: the distillation's loss turned non-finite (the strategy keeps the aggregate).
@@ -372,20 +392,33 @@ class Federation:
             teacher = networks.global_network() if client is None else networks.client_network(client)
             teacher.load_state_dict(state)
             models.append(teacher)
-        student = networks.global_network()
+        student = networks.global_network() if prototype is None else networks.client_network(prototype)
         student.load_state_dict(aggregate)
-        model = self._distillation(student, networks.num_classes, models, list(weights))
+        model = self._distillation(student, networks.num_classes, models, list(weights), settings.temperature)
         L.seed_everything(config.seed + server_round, verbose=False)
-        data = self.datamodule(None, config.tokenization.consolidation(len(models)))
-        self._trainer(epochs).fit(model, datamodule=data)
+        tokens = config.tokenization.consolidation([client for client, _ in teachers], prototype)
+        data = self.datamodule(None, tokens, holdout_fraction=settings.held_out)
+        callbacks: list[L.Callback] = []
+        if settings.patience is not None:
+            callbacks = [EarlyStopping("val/loss_kd", patience=settings.patience), RestoreBest("val/loss_kd")]
+        self._trainer(settings.epochs, callbacks, validate=bool(callbacks)).fit(model, datamodule=data)
         return _cpu_state(student)
 
     def _distillation(
-        self, student: nn.Module, num_classes: int, teachers: list[nn.Module], weights: list[float] | None
+        self,
+        student: nn.Module,
+        num_classes: int,
+        teachers: list[nn.Module],
+        weights: list[float] | None,
+        temperature: float | None = None,
     ) -> MultiTeacherKD:
-        """``consolidation`` of ``teachers`` into ``student``, their predictions weighted by ``weights`` or equally."""
+        """``consolidation`` of ``teachers`` into ``student``, their predictions weighted by ``weights`` or equally.
+
+        ``temperature``: in place of the ``consolidation`` method's, if given.
+        """
         build: Callable[..., Any] = self.config.consolidation
-        model = build(student, teachers, num_classes, weights=weights)
+        given = {} if temperature is None else {"temperature": temperature}
+        model = build(student, teachers, num_classes, weights=weights, **given)
         if not isinstance(model, MultiTeacherKD):
             raise InputTypeError(f"`consolidation` must build a MultiTeacherKD, it built a {type(model).__name__}.")
         return pipeline.optimized(model, self.config.optimizer)
@@ -406,7 +439,7 @@ class Federation:
     def server_strategy(self) -> Any:
         """A new ``config.strategy`` (:func:`~kdlightning.federated.strategy.server_strategy`)."""
         config = self.config
-        services = {"distiller": self.distil_round}
+        services = {"distiller": self.distil_round, "architectures": self.networks if self.checked else None}
         return server_strategy(config.strategy, config.fraction_train, config.num_clients, services)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -68,8 +69,37 @@ class Networks:
 
     def has_global_architecture(self, client: int) -> bool:
         """Whether client ``client``'s network has the global network's parameters (names and shapes)."""
+        return self._global_architectures[client % len(self.client_networks)]
+
+    @functools.cached_property
+    def _global_architectures(self) -> tuple[bool, ...]:
         with torch.random.fork_rng():
-            return _shapes(self.client_network(client)) == _shapes(self.global_network())
+            shapes = _shapes(self.global_network())
+            return tuple(_shapes(build(self.num_classes)) == shapes for build in self.client_networks)
+
+    def prototype_of(self, client: int | None) -> int | None:
+        """The prototype client ``client`` trains in FedDF's rounds, named by a client of its architecture.
+
+        None (the global network) for a client of the global architecture or of unknown id, else its
+        architecture's first client, ``client % len(client_networks)``.
+        """
+        if client is None or self.has_global_architecture(client):
+            return None
+        return client % len(self.client_networks)
+
+    def initial_prototypes(self) -> dict[int, dict[str, torch.Tensor]]:
+        """The starting weights of each other architecture's prototype, by :meth:`prototype_of`.
+
+        Each is that architecture's fresh initialisation, drawn by ``seed`` and the architecture: the same in
+        every start and every process.
+        """
+        prototypes = {}
+        with torch.random.fork_rng():
+            for client in range(self.architectures):
+                if self.prototype_of(client) == client:
+                    torch.manual_seed(self.seed * 1009 + client + 1)
+                    prototypes[client] = self.client_network(client).state_dict()
+        return prototypes
 
     def one_architecture(self) -> bool:
         """Whether every client's network has the global network's parameters (names and shapes)."""

@@ -104,6 +104,7 @@ class FederationRecords:
         loss: float,
         seconds: float,
         failures: Sequence[str] = (),
+        server_seconds: float = 0.0,
     ) -> dict[str, Any]:
         """Add the row of round ``server_round`` of ``start`` to ``rows`` and record them all; return the row.
 
@@ -116,6 +117,8 @@ class FederationRecords:
             seconds: the time since this start's FedAvg began.
             failures: the errors of the round's clients that failed (the row's ``failures``, their count, and
                 ``failure``, the line of the first one's error that names the exception: :func:`failure_reason`).
+            server_seconds: of ``seconds``, those the server spent on the round's model beyond aggregating it
+                (FedDF's distillation; 0 for FedAvg).
         """
         row = {
             "start": start,
@@ -125,6 +128,7 @@ class FederationRecords:
             "seconds": round(seconds, 2),
             "failures": len(failures),
             "failure": failure_reason(failures[0]) if failures else "",
+            "server_seconds": round(server_seconds, 2),
         }
         rows.append(row)
         self.record(rows)

@@ -179,7 +179,8 @@ def server_strategy(
         sampling = {key: value for key, value in sampling.items() if key in parameters}
     offered = {key: value for key, value in (services or {}).items() if key in parameters}
     if set(offered) & set(spec["init_args"]):
-        raise ConfigurationError(f"`strategy.init_args` sets {sorted(offered)}: the federation gives it.")
+        given = sorted(set(offered) & set(spec["init_args"]))
+        raise ConfigurationError(f"`strategy.init_args` sets {given}: the federation gives it.")
     flower = logging.getLogger("flwr")
     level = flower.level
     flower.setLevel(max(level, logging.ERROR))  # FedAvg's notice that the clients do not evaluate is intended

@@ -101,11 +101,19 @@ class Tokenization:
         """Client ``client``'s own network's inputs (its pre-training and its accuracy on the public split)."""
         return self._clients[client % len(self._clients)] if self.text else None
 
-    def consolidation(self, clients: int) -> TokenizeCollate | None:
-        """The global model's inputs as the student, and each client's model's as ``teacher_<k>``."""
+    def consolidation(self, clients: int | Sequence[int | None], student: int | None = None) -> TokenizeCollate | None:
+        """The student's inputs, and each teacher's as ``teacher_<i>``: the i-th of ``clients``' models.
+
+        ``clients``: the teachers' clients in order (a count ``K``: clients ``0 .. K-1``); a client None has the
+        global network's inputs. ``student``: the client whose architecture the student has, None for the global
+        network.
+        """
         if not self.text:
             return None
-        roles = {"student": self.tokenizer, **{f"teacher_{k}": self.client_tokenizer(k) for k in range(clients)}}
+        teachers = range(clients) if isinstance(clients, int) else clients
+        roles = {"student": self.tokenizer if student is None else self.client_tokenizer(student)}
+        for i, client in enumerate(teachers):
+            roles[f"teacher_{i}"] = self.tokenizer if client is None else self.client_tokenizer(client)
         return TokenizeCollate(roles, self.max_length)
 
     def fingerprint(self) -> str | None:

@@ -77,3 +77,16 @@ class MultiTeacherKD(DistillationModule):
         return multi_teacher_terms(
             logits, teacher_logits, self.labels(batch), self.temperature, self.alpha, self.weights
         )
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Log ``val/loss`` and ``val/acc``, and ``val/loss_kd``: the distillation term alone, which needs no label.
+
+        ``val/loss_kd`` measures how far the student is from the teachers' ensemble on the validation split (e.g.
+        a held-out share of unlabelled transfer data, to stop the distillation early).
+        """
+        super().validation_step(batch, batch_idx)
+        logits = self.logits("student", batch)
+        teacher_logits = [self.logits(name, batch) for name in self.teacher_names]
+        labels = self.labels(batch)
+        terms = multi_teacher_terms(logits, teacher_logits, labels, self.temperature, 1.0, self.weights)
+        self.log("val/loss_kd", terms["loss_kd"], batch_size=labels.shape[0], sync_dist=True)

@@ -34,13 +34,13 @@ def one_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: dict | 
     ]
     examples = [40, 70, 25]
 
-    def train_client(client: int, state: dict, server_round: int, callbacks=()) -> tuple:
+    def train_client(client: int, state: dict, server_round: int, callbacks=(), own_architecture=False) -> tuple:
         return trained[client], examples[client], 0.5
 
     monkeypatch.setattr(federation, "train_client", train_client)
     noted: list = []
 
-    def evaluate(server_round: int, state: dict, failures=()) -> float:
+    def evaluate(server_round: int, state: dict, failures=(), server_seconds=0.0) -> float:
         noted.extend(failures)
         return federation.evaluate(state)[0]
 
@@ -134,14 +134,14 @@ def test_the_distillation_gets_every_client_s_model_and_weight(
 
     calls = []
 
-    def recording(self, server_round, aggregate, teachers, weights, epochs):
-        calls.append((server_round, [client for client, _ in teachers], list(weights), epochs))
+    def recording(self, server_round, aggregate, teachers, weights, settings, prototype=None):
+        calls.append((server_round, [client for client, _ in teachers], list(weights), settings.epochs, prototype))
         return aggregate
 
     monkeypatch.setattr(Federation, "distil_round", recording)
     strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 2, "weighting": weighting}}
     one_round(tmp_path, monkeypatch, strategy)
-    assert calls == [(1, [0, 1, 2], expected, 2)]
+    assert calls == [(1, [0, 1, 2], expected, 2, None)]
 
 
 def test_the_summary_names_the_server_strategy(tmp_path: Path) -> None:

@@ -545,7 +545,7 @@ def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clie
     ]
     examples = [37, 52, 61, 29]
 
-    def train_client(client: int, state: dict, server_round: int, callbacks=()) -> tuple:
+    def train_client(client: int, state: dict, server_round: int, callbacks=(), own_architecture=False) -> tuple:
         return trained[client], examples[client], 0.5
 
     monkeypatch.setattr(federation, "train_client", train_client)
@@ -555,7 +555,7 @@ def test_a_rounds_global_model_and_test_loss_do_not_depend_on_the_order_the_clie
     def one_round(arrival: list[int]) -> tuple[dict, float]:
         losses = []
 
-        def evaluate(server_round: int, state: dict, failures=()) -> float:
+        def evaluate(server_round: int, state: dict, failures=(), server_seconds=0.0) -> float:
             accuracy, loss = federation.evaluate(state)
             losses.append(loss)
             return accuracy
