@@ -263,11 +263,13 @@ class RestoreBest(L.Callback):
         self.monitor, self.mode = monitor, mode
         self.best: float | None = None
         """The best value of ``monitor`` seen in the current fit."""
+        self.history: list[float] = []
+        """Every value of ``monitor`` seen in the current fit, in order."""
         self.state: dict[str, dict[str, torch.Tensor]] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Forget the previous fit's best."""
-        self.best, self.state = None, None
+        self.best, self.state, self.history = None, None, []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained networks' weights if ``monitor`` improved."""
@@ -275,6 +277,7 @@ class RestoreBest(L.Callback):
         if trainer.sanity_checking or logged is None:
             return
         value = float(logged)
+        self.history.append(value)
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = value
             self.state = {

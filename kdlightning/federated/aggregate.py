@@ -207,12 +207,14 @@ class TargetCount(NamedTuple):
         return self.rounds + self.collection
 
 
-def count_to_target(curves: Mapping[str, Mapping[int, float]], start: str, target: float) -> TargetCount:
+def count_to_target(
+    curves: Mapping[str, Mapping[int, float]], start: str, target: float, collection: int | None = None
+) -> TargetCount:
     """``start``'s rounds to ``target`` in ``curves`` and its reduction against ``fresh``, both censored.
 
     A start (fresh as well) that reaches the target in none of the rounds run counts as reaching it at the first
     round not run (:func:`censored_rounds_to_target`); the reduction is :func:`round_reduction`, the start's
-    collection round counted in.
+    collection round counted in: ``collection`` rounds, by default the start's :data:`COLLECTION_ROUNDS`.
 
     Examples:
         >>> curves = {"fresh": {0: 0.1, 1: 0.5, 2: 0.8, 3: 0.92}, "consolidated": {0: 0.95, 1: 0.96}}
@@ -222,7 +224,7 @@ def count_to_target(curves: Mapping[str, Mapping[int, float]], start: str, targe
     """
     curve = curves[start]
     reached, missed = censored_rounds_to_target([curve[r] for r in sorted(curve)], target)
-    collection = COLLECTION_ROUNDS.get(start, 1)
+    collection = COLLECTION_ROUNDS.get(start, 1) if collection is None else collection
     fresh = curves.get("fresh")
     reduction, fresh_missed = None, False
     if fresh and start != "fresh":
@@ -244,8 +246,14 @@ class StartResult(NamedTuple):
     counted at the first round not run."""
 
 
-def start_results(curves: Mapping[str, Mapping[int, float]], targets: Sequence[float]) -> dict[str, StartResult]:
+def start_results(
+    curves: Mapping[str, Mapping[int, float]],
+    targets: Sequence[float],
+    collections: Mapping[str, int] | None = None,
+) -> dict[str, StartResult]:
     """Per start of one finished federation: its total rounds and reduction, each the mean over ``targets``.
+
+    ``collections``: a start's collection rounds where its name does not say them (:func:`count_to_target`).
 
     Each count is :func:`count_to_target`'s. The rounds are nan without a target (no ``fresh`` start to scale
     fractions by); the reduction is nan for ``fresh`` itself, without ``fresh``, or where fresh meets every target at
@@ -259,7 +267,7 @@ def start_results(curves: Mapping[str, Mapping[int, float]], targets: Sequence[f
     """
     results = {}
     for start in curves:
-        counts = [count_to_target(curves, start, target) for target in targets]
+        counts = [count_to_target(curves, start, target, (collections or {}).get(start)) for target in targets]
         reductions = [count.reduction for count in counts if count.reduction is not None]
         censored = any(count.censored or (count.reduction is not None and count.fresh_censored) for count in counts)
         results[start] = StartResult(_mean([count.total for count in counts]), _mean(reductions), censored)

@@ -442,3 +442,26 @@ def test_text_without_tokenizers_is_refused_naming_the_argument(tmp_path: Path) 
     data = PartitionedDataModule(dataset=dataset, num_parties=2)
     with pytest.raises(ValueError, match=r"inputs are text.*set `tokenizers`"):
         data.setup("fit")
+
+
+def test_a_held_out_share_of_the_transfer_set_is_the_holdout_validation_split() -> None:
+    dm = make(transfer="public", public_fraction=0.2, validation="holdout", holdout_fraction=0.25)
+    trained, held = set(dm.train_set.index), set(dm.val_set.index)
+    assert not trained & held and trained | held == set(dm.public_index)
+    assert len(held) == round(0.25 * len(dm.public_index))
+    again = make(transfer="public", public_fraction=0.2, validation="holdout", holdout_fraction=0.25)
+    assert set(again.val_set.index) == held  # drawn by the seed: the same in every process
+    assert len(make(transfer="public", public_fraction=0.2).train_set) == len(dm.public_index)  # 0: nothing held
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"validation": "holdout"}, r"`validation='holdout'` needs `holdout_fraction` > 0"),
+        ({"holdout_fraction": 1.0}, r"`holdout_fraction` must lie in \[0, 1\), got 1.0"),
+        ({"validation": "mine"}, r"`validation` must be 'own', 'public' or 'holdout', got 'mine'"),
+    ],
+)
+def test_a_bad_holdout_is_refused_naming_it(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PartitionedDataModule(num_parties=2, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,133 @@ def test_the_summary_names_the_server_strategy(tmp_path: Path) -> None:
     assert fedavg_.records.summary([]).startswith(
         "# Federated: Digits, 2 clients (dirichlet(alpha=0.5)), FedAvg 3 rounds x "
     )
+
+
+@pytest.mark.parametrize(
+    ("init_args", "message"),
+    [
+        ({"temperature": 0}, r"`strategy.temperature` must be a number > 0"),
+        ({"early_stop_patience": 0}, r"`strategy.early_stop_patience` must be an integer >= 1"),
+        ({"holdout_fraction": 1.0}, r"`strategy.holdout_fraction` must lie in \(0, 1\)"),
+    ],
+)
+def test_bad_distillation_settings_are_refused_naming_them(tmp_path: Path, init_args: dict, message: str) -> None:
+    from kdlightning.federated import Federation, FederationConfig
+
+    federation = Federation(
+        FederationConfig(SMALL, num_clients=2, strategy={"class_path": FEDDF, "init_args": init_args}, out=tmp_path)
+    )
+    with pytest.raises(ValueError, match=message):
+        federation.server_strategy()
+
+
+def client_states(federation, count: int, seed: int) -> list[tuple[int, dict]]:
+    """``count`` clients' models of the global architecture, each the start plus noise."""
+    start = federation.networks.global_network().state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (client, {key: value + 0.5 * torch.randn(value.shape, generator=generator) for key, value in start.items()})
+        for client in range(count)
+    ]
+
+
+def test_early_stopping_holds_out_part_of_the_public_set_and_keeps_the_best_weights(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kdlightning.federated import Federation
+    from kdlightning.federated.server_distillation import ServerDistillation
+
+    lively = partial(torch.optim.SGD, lr=30.0)  # the held-out loss soon rises: early stopping must act
+    federation = checked(num_clients=3, out=tmp_path, optimizer=lively)
+    fits = []
+    build = Federation._trainer
+
+    def spying(self, epochs, callbacks=(), validate=False):
+        trainer = build(self, epochs, callbacks, validate)
+        fits.append(trainer)
+        return trainer
+
+    monkeypatch.setattr(Federation, "_trainer", spying)
+    teachers = client_states(federation, 3, seed=1)
+    aggregate = federation.networks.global_network().state_dict()
+    settings = ServerDistillation(epochs=60, temperature=2.0, patience=1, holdout_fraction=0.25)
+    state = federation.distil_round(1, aggregate, teachers, [1.0, 1.0, 1.0], settings)
+
+    trainer = fits[-1]
+    model, data = trainer.lightning_module, trainer.datamodule
+    assert model.temperature == 2.0  # the strategy's, over the consolidation's 4.0
+    public = data.public_index
+    trained, held = data.train_set.index, data.val_set.index
+    assert len(held) == round(0.25 * len(public)) and set(trained) | set(held) == set(public)
+    assert not set(trained) & set(held)  # the held-out share is never trained on
+    assert trainer.current_epoch < 60  # stopped: the distillation loss on the held-out share stopped falling
+    best = next(c for c in trainer.callbacks if type(c).__name__ == "RestoreBest")
+    assert best.best == min(best.history) and best.history.index(best.best) < len(best.history) - 1
+    assert all(torch.equal(state[key], best.state["student"][key]) for key in state)  # the best, not the last
+
+
+def test_without_patience_the_whole_public_set_is_trained_on_for_every_epoch(tmp_path: Path, monkeypatch) -> None:
+    from kdlightning.federated import Federation
+    from kdlightning.federated.server_distillation import ServerDistillation
+
+    federation = checked(num_clients=3, out=tmp_path)
+    fits = []
+    build = Federation._trainer
+    monkeypatch.setattr(Federation, "_trainer", lambda self, *a, **k: fits.append(build(self, *a, **k)) or fits[-1])
+    aggregate = federation.networks.global_network().state_dict()
+    federation.distil_round(1, aggregate, client_states(federation, 3, 2), [1.0] * 3, ServerDistillation(epochs=3))
+    trainer = fits[-1]
+    assert trainer.current_epoch == 3 and trainer.lightning_module.temperature == 4.0
+    assert sorted(trainer.datamodule.train_set.index) == sorted(trainer.datamodule.public_index)
+
+
+def test_clients_of_other_architectures_train_their_prototype_distilled_from_the_whole_ensemble(
+    tmp_path: Path, monkeypatch, server_task
+) -> None:
+    from kdlightning.federated import Federation
+    from kdlightning.federated.aggregate import weighted_average
+
+    narrow = partial(SMALL.func, in_features=64, hidden_sizes=(5,))
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 1}}
+    federation = checked(
+        num_clients=4, client_networks=[SMALL, narrow], rounds=2, starts=["fresh"], out=tmp_path, strategy=strategy
+    )
+    received, trained, examples = {}, {}, [40, 70, 25, 55]
+
+    def train_client(client, state, server_round, callbacks=(), own_architecture=False):
+        received[(server_round, client)] = (own_architecture, state)
+        trained[(server_round, client)] = {key: value + client + server_round for key, value in state.items()}
+        return trained[(server_round, client)], examples[client], 0.5
+
+    monkeypatch.setattr(federation, "train_client", train_client)
+    distilled = []
+
+    def distil_round(self, server_round, aggregate, teachers, weights, settings, prototype=None):
+        distilled.append((server_round, prototype, [client for client, _ in teachers], list(weights)))
+        return {key: value * 2 for key, value in aggregate.items()}  # marks what the server distilled
+
+    monkeypatch.setattr(Federation, "distil_round", distil_round)
+    strategies = []
+    build = federation.server_strategy
+    monkeypatch.setattr(federation, "server_strategy", lambda: strategies.append(build()) or strategies[-1])
+    start = federation.networks.global_network().state_dict()
+    grid = arrival_grid(client_app_for(federation), 4, [3, 1, 0, 2])
+    final = fedavg(federation, grid, start, lambda *a, **k: 0.0, timeout=60)
+
+    # clients 1 and 3 (the narrow MLP) train their architecture's prototype, the others the global network
+    shapes = {key: value.shape for key, value in federation.networks.client_network(1).state_dict().items()}
+    for (_, client), (own, state) in received.items():
+        assert own == (client % 2 == 1)
+        if own:
+            assert {key: value.shape for key, value in state.items()} == shapes
+    first = federation.networks.initial_prototypes()[1]
+    assert all(torch.equal(received[(1, 1)][1][key], first[key]) for key in first)  # round 1: its initialisation
+    # each prototype is aggregated among its own clients, by their examples, then distilled from all four
+    narrow_aggregate = weighted_average([trained[(1, 1)], trained[(1, 3)]], [70.0, 55.0])
+    assert all(torch.allclose(received[(2, 3)][1][key], 2 * narrow_aggregate[key]) for key in narrow_aggregate)
+    global_aggregate = weighted_average([trained[(2, 0)], trained[(2, 2)]], [40.0, 25.0])
+    assert all(torch.allclose(final[key], 2 * global_aggregate[key]) for key in final)
+    assert distilled == [
+        (r, prototype, [0, 1, 2, 3], [40.0, 70.0, 25.0, 55.0]) for r in (1, 2) for prototype in (None, 1)
+    ]
+    assert set(strategies[-1].server_seconds) == {1, 2}

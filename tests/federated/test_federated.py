@@ -305,8 +305,8 @@ def test_every_federated_config_parses(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)  # the text config reads models/all-MiniLM-L6-v2
     stand_in_minilm(tmp_path)
     paths = sorted((ROOT / "configs" / "federated").glob("*.yaml"))
-    assert len(paths) == 6
-    paths.append(ROOT / "examples" / "flower_app" / "federation.yaml")
+    assert len(paths) == 8
+    paths += sorted((ROOT / "examples" / "flower_app").glob("*.yaml"))
     strategies = set()
     for path in paths:
         experiment = load_experiment(["-c", str(path), "--out", str(tmp_path)])
@@ -335,6 +335,13 @@ def test_the_deployed_apps_build_the_experiment_from_the_run_config(tmp_path: Pa
     from flwr.app import Context, RecordDict
 
     from kdlightning.federated.apps import _partition, _resolve
+
+    feddf = ROOT / "examples" / "flower_app" / "feddf.yaml"
+    run_config = {"kdl-config": str(feddf), "kdl-out": str(tmp_path / "feddf")}
+    federation = _resolve(None, Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=run_config))
+    strategy = federation.server_strategy()  # FedDF, given the federation's distillation and networks
+    assert type(strategy).__name__ == "FedDF" and strategy.architectures is federation.networks
+    assert strategy.distiller == federation.distil_round and strategy.settings.patience == 1
 
     config = ROOT / "examples" / "flower_app" / "federation.yaml"
     context = Context(
