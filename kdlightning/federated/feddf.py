@@ -124,12 +124,15 @@ class FedDF(FedAvg):
         """Per round, why the server's distillation kept the plain aggregate (a non-finite loss)."""
         self.server_seconds: dict[int, float] = {}
         """Per round, the seconds the server spent distilling."""
+        self.sent: ArrayRecord | None = None
+        """The global model the round's clients were sent."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's training messages, each also carrying every other architecture's prototype (:data:`PROTOTYPE`)."""
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.sent = arrays
         if self.architectures is not None and not self.prototypes:
             self.prototypes = {k: ArrayRecord(s) for k, s in self.architectures.initial_prototypes().items()}
         for message in messages:
@@ -144,6 +147,7 @@ class FedDF(FedAvg):
 
         The global network's aggregate is returned (with its clients' metrics); the other architectures' are
         kept in :attr:`prototypes`. With 0 distillation epochs this is FedAvg's aggregation, per architecture.
+        Where no client has the global architecture, the global model the clients were sent is distilled.
         """
         replies = list(replies)
         mine: list[Message] = []  # the replies of the global network's clients
@@ -153,9 +157,12 @@ class FedDF(FedAvg):
             (mine if prototype is None else groups.setdefault(prototype, [])).append(reply)
         arrays, metrics = super().aggregate_train(server_round, mine)
         for k, group in groups.items():
-            record, _ = super().aggregate_train(server_round, group)
+            record, group_metrics = super().aggregate_train(server_round, group)
             if record is not None:
                 self.prototypes[k] = record
+                if arrays is None and self.distillation_epochs > 0:
+                    # no client has the global architecture: the global model learns from the ensemble alone
+                    arrays, metrics = self.sent, group_metrics
         if arrays is None or self.distillation_epochs == 0:
             return arrays, metrics
         if self.distiller is None:

@@ -285,3 +285,25 @@ def test_clients_of_other_architectures_train_their_prototype_distilled_from_the
         (r, prototype, [0, 1, 2, 3], [40.0, 70.0, 25.0, 55.0]) for r in (1, 2) for prototype in (None, 1)
     ]
     assert set(strategies[-1].server_seconds) == {1, 2}
+
+
+def test_a_global_network_no_client_has_learns_from_the_ensemble_alone(
+    tmp_path: Path, monkeypatch, server_task
+) -> None:
+    from kdlightning.federated import Federation
+
+    narrow = partial(SMALL.func, in_features=64, hidden_sizes=(5,))
+    strategy = {"class_path": FEDDF, "init_args": {"distillation_epochs": 1}}
+    federation = checked(num_clients=2, client_networks=[narrow], rounds=2, starts=["fresh"], out=tmp_path,
+                         strategy=strategy)  # fmt: skip
+    monkeypatch.setattr(
+        federation, "train_client", lambda client, state, r, callbacks=(), own_architecture=False: (state, 10, 0.5)
+    )
+    monkeypatch.setattr(
+        Federation, "distil_round", lambda self, r, aggregate, *a, **k: {n: v + 1 for n, v in aggregate.items()}
+    )
+    start = federation.networks.global_network().state_dict()
+    final = fedavg(
+        federation, arrival_grid(client_app_for(federation), 2, [0, 1]), start, lambda *a, **k: 0.0, timeout=60
+    )
+    assert all(torch.allclose(final[key], start[key] + 2) for key in start)  # distilled in each of the 2 rounds
