@@ -6,7 +6,10 @@ nothing from kdlightning. Called by ``python -m benchmarks.partitioning``; usabl
 
     .venv-flwr/bin/python benchmarks/flwr_partition.py --labels labels.npy --parties 1000
 
-What is timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
+The strategies: ``DirichletPartitioner`` and ``PathologicalPartitioner``; with ``--more`` also ``ShardPartitioner``
+and ``LinearPartitioner`` (on the same labels) and ``InnerDirichletPartitioner`` (on the first ``--inner-samples``
+labels into ``--inner-parties`` parties of equal size: one sample at a time in Python, it is too slow for
+1,000,000). What is timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
 
 - ``index_s`` (best of ``--repeats``; with ``--calls N``, the total of N runs, each on a fresh partitioner):
   computing every party's indices. flwr does this lazily, on
@@ -23,9 +26,9 @@ What is timed, per strategy, each run on a fresh partitioner given the same ``da
 
 Building the ``Dataset`` from the labels (``Dataset.from_dict``) is never timed; it is reported as
 ``build_s``. With ``--serve`` it first times one unit (``--calls`` index computations of each partitioner, or N
-for a line ``go N``) per line read from standard input, writing each unit's seconds as a JSON line, so that a
-caller interleaves its own units with flwr's in one process's lifetime; the figures above follow when standard
-input closes.
+for a line ``go N``, or as many as a line ``go {"dirichlet": N, ...}`` gives each) per line read from standard
+input, writing each unit's seconds as a JSON line, so that a caller interleaves its own units with flwr's in one
+process's lifetime; the figures above follow when standard input closes.
 """
 
 from __future__ import annotations
@@ -57,8 +60,13 @@ def best_time(make: Callable[[], Any], action: Callable[[Any], Any], repeats: in
     return best, last
 
 
-def check(partitioner: Any, labels: np.ndarray, num_parties: int) -> dict[str, Any]:
-    """Untimed sanity check of flwr's split: disjoint, covering, party sizes and classes per party."""
+def check(partitioner: Any, num_parties: int) -> dict[str, Any]:
+    """Untimed sanity check of flwr's split: disjoint, covering, party sizes and classes per party.
+
+    The labels are read from the partitioner's dataset, which ``ShardPartitioner`` replaces by a sorted copy that
+    its indices refer to.
+    """
+    labels = np.asarray(partitioner.dataset["label"])
     parts = [np.asarray(partitioner._partition_id_to_indices[i], dtype=np.int64) for i in range(num_parties)]
     everything = np.concatenate(parts)
     sizes = np.array([len(part) for part in parts])
@@ -80,14 +88,18 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--classes-per-party", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--more", action="store_true", help="also shards, the linear size rule and inner Dirichlet")
+    parser.add_argument("--shards-per-party", type=int, default=2)
+    parser.add_argument("--inner-samples", type=int, default=100_000, help="labels inner Dirichlet splits")
+    parser.add_argument("--inner-parties", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (Arrow-format dataset)")
     parser.add_argument("--calls", type=int, default=1, help="runs in one timed unit (each on a fresh partitioner)")
     parser.add_argument(
         "--serve",
         action="store_true",
-        help="after the set-up, time one unit of --calls runs (N for a line 'go N') per partitioner for each line read "
-        "from stdin, "
-        "printing its seconds as one JSON line (a caller interleaves its own units with these)",
+        help="after the set-up, time one unit of --calls runs (N for a line 'go N', or per partitioner for a line "
+        "'go {\"dirichlet\": N, ...}') of each partitioner for each line read from stdin, printing its seconds as one "
+        "JSON line (a caller interleaves its own units with these)",
     )
     parser.add_argument("--default-format", action="store_true", help="also time the default-format dataset once")
     parser.add_argument("--load-all", action="store_true", help="also time load_partition for every party, once")
@@ -96,14 +108,23 @@ def main() -> None:
 
     import datasets
     import flwr_datasets
-    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        InnerDirichletPartitioner,
+        LinearPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
 
     labels = np.load(args.labels)
     start = time.perf_counter()
     plain = datasets.Dataset.from_dict({"label": labels})
     arrow = plain.with_format("arrow")
+    inner_plain = datasets.Dataset.from_dict({"label": labels[: args.inner_samples]})
+    inner_arrow = inner_plain.with_format("arrow")
     build_s = time.perf_counter() - start
 
+    # name -> (class, its arguments); datasets_of[name]: its datasets (Arrow-formatted, default format) and parties
     settings: dict[str, tuple[Any, dict[str, Any]]] = {
         "dirichlet": (
             DirichletPartitioner,
@@ -129,6 +150,32 @@ def main() -> None:
             },
         ),
     }
+    datasets_of = dict.fromkeys(settings, (arrow, plain, args.parties))
+    if args.more:
+        inner_size = args.inner_samples // args.inner_parties
+        settings["shards"] = (
+            ShardPartitioner,
+            {
+                "num_partitions": args.parties,
+                "partition_by": "label",
+                "num_shards_per_partition": args.shards_per_party,
+                "shuffle": False,
+                "seed": args.seed,
+            },
+        )
+        settings["sized_linear"] = (LinearPartitioner, {"num_partitions": args.parties})
+        settings["inner_dirichlet"] = (
+            InnerDirichletPartitioner,
+            {
+                "partition_sizes": [inner_size] * args.inner_parties,
+                "partition_by": "label",
+                "alpha": args.alpha,
+                "shuffle": False,
+                "seed": args.seed,
+            },
+        )
+        datasets_of["shards"] = datasets_of["sized_linear"] = (arrow, plain, args.parties)
+        datasets_of["inner_dirichlet"] = (inner_arrow, inner_plain, args.inner_parties)
     results: dict[str, Any] = {
         "flwr_datasets": getattr(flwr_datasets, "__version__", "?"),
         "datasets": datasets.__version__,
@@ -146,45 +193,46 @@ def main() -> None:
     def compute_indices(partitioner: Any) -> None:
         # The num_partitions property runs _determine_partition_id_to_indices_if_needed (every
         # party's indices) without selecting any rows: the cheapest public trigger.
-        assert partitioner.num_partitions == args.parties
+        assert partitioner.num_partitions >= 1
 
     def load_all(partitioner: Any) -> None:
-        for partition_id in range(args.parties):
+        for partition_id in range(partitioner.num_partitions):
             partitioner.load_partition(partition_id)
+
+    def make(name: str, dataset: Any) -> Any:
+        cls, kwargs = settings[name]
+        partitioner = cls(**kwargs)
+        partitioner.dataset = dataset
+        return partitioner
 
     if args.serve:
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
-            calls = int(line.split()[1]) if len(line.split()) > 1 else args.calls  # "go" or "go N"
+            # "go", "go N" or 'go {"dirichlet": N, ...}'
+            given = line.split(maxsplit=1)[1] if len(line.split()) > 1 else str(args.calls)
+            calls = json.loads(given)
             unit = {}
-            for name, (cls, kwargs) in settings.items():
-
-                def fresh(cls: Any = cls, kwargs: dict[str, Any] = kwargs) -> Any:
-                    partitioner = cls(**kwargs)
-                    partitioner.dataset = arrow
-                    return partitioner
-
-                unit[name], _ = best_time(fresh, compute_indices, 1, calls)
+            for name in settings:
+                count = calls if isinstance(calls, int) else calls.get(name, args.calls)
+                unit[name], _ = best_time(lambda name=name: make(name, datasets_of[name][0]), compute_indices, 1, count)
             print(json.dumps(unit), flush=True)
 
     for name, (cls, kwargs) in settings.items():
-
-        def make(dataset: Any, cls: Any = cls, kwargs: dict[str, Any] = kwargs) -> Any:
-            partitioner = cls(**kwargs)
-            partitioner.dataset = dataset
-            return partitioner
-
-        index_s, partitioner = best_time(lambda: make(arrow), compute_indices, args.repeats, args.calls)
+        fast, slow, parties = datasets_of[name]
+        index_s, partitioner = best_time(lambda n=name, d=fast: make(n, d), compute_indices, args.repeats, args.calls)
         entry: dict[str, Any] = {
             "class": cls.__name__,
-            "settings": kwargs,
+            "settings": {key: value for key, value in kwargs.items() if key != "partition_sizes"},
             "index_s": index_s,
-            "check": check(partitioner, labels, args.parties),
+            "check": check(partitioner, parties),
         }
+        if "partition_sizes" in kwargs:
+            entry["settings"]["partition_sizes"] = f"[{kwargs['partition_sizes'][0]}] * {parties}"
+            entry["num_labels"] = fast.num_rows
         if args.default_format:
-            entry["index_default_format_s"], _ = best_time(lambda: make(plain), compute_indices, 1)
+            entry["index_default_format_s"], _ = best_time(lambda n=name, d=slow: make(n, d), compute_indices, 1)
         if args.load_all:
-            entry["load_all_s"], _ = best_time(lambda: make(arrow), load_all, 1)
+            entry["load_all_s"], _ = best_time(lambda n=name, d=fast: make(n, d), load_all, 1)
         results[name] = entry
     print(json.dumps(results))
 

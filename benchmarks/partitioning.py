@@ -13,11 +13,14 @@ needs ``datasets<5`` while the project pins datasets 5.2.0, so flwr runs in its 
 temporary ``.npy`` and times only the partitioning; see that file for exactly what is timed.
 If flwr cannot be run, our figures are still printed with the reason flwr was skipped.
 
+A full run (not ``--quick``) also times our ``shards``, ``sized`` (the linear rule) and ``inner_dirichlet``
+against flwr-datasets' ``ShardPartitioner``, ``LinearPartitioner`` and ``InnerDirichletPartitioner``.
+
 The units run interleaved over 5 (``--quick``) or 9 rounds (see :mod:`benchmarks.measure`): ours, each
 partitioner called several times (about a second); flwr, one subprocess kept for the whole run that times,
-each round, several index computations of each of its two partitioners (its start and the dataset's build
-untimed). The figures: our
-Dirichlet's seconds per call (target < 1 s) and flwr's seconds ÷ ours per call for both partitioners (target:
+each round, several index computations of each of its partitioners (as many as fill about a second, each
+partitioner its own count; its start and the dataset's build untimed). The figures: our
+Dirichlet's seconds per call (target < 1 s) and flwr's seconds ÷ ours per call for every partitioner (target:
 faster, ≥ 1), each a median over the rounds with a 95% bootstrap interval and a verdict.
 
 Settings, chosen so that both sides do the same job in one Dirichlet draw:
@@ -29,7 +32,17 @@ Settings, chosen so that both sides do the same job in one Dirichlet draw:
   min_partition_size=0, self_balancing=False, shuffle=False, seed=0)`` and
   ``PathologicalPartitioner(num_partitions=1000, partition_by="label", num_classes_per_partition=2,
   class_assignment_mode="first-deterministic", shuffle=False, seed=0)`` ("first-deterministic",
-  like ours, gives every class to at least one party; ``shuffle=False`` spares flwr a pass).
+  like ours, gives every class to at least one party; ``shuffle=False`` spares flwr a pass);
+- full run, ours: ``shards(labels, 1000, shards_per_party=2, seed=0)`` (2,000 shards of 500, none left over),
+  ``sized(labels, 1000, "linear", seed=0)`` and, on the first 100,000 labels,
+  ``inner_dirichlet(labels[:100_000], 100, sizes=[1000] * 100, alpha=0.5, seed=0)``;
+- full run, flwr: ``ShardPartitioner(num_partitions=1000, partition_by="label", num_shards_per_partition=2,
+  shuffle=False, seed=0)`` (the same 2,000 shards of 500; flwr sorts the dataset by label, a step of its job),
+  ``LinearPartitioner(num_partitions=1000)`` (the same sizes; flwr hands out contiguous runs where ours draws the
+  samples at random and sorts them) and ``InnerDirichletPartitioner(partition_sizes=[1000] * 100,
+  partition_by="label", alpha=0.5, shuffle=False, seed=0)`` on the same 100,000 labels. Inner Dirichlet runs on
+  fewer labels because flwr's draws one sample at a time in Python: seconds for 100,000 labels, minutes for
+  1,000,000.
 """
 
 from __future__ import annotations
@@ -48,7 +61,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, Figure, as_json, interleave, paired, timed
+from kdlightning.data.partition_sizes import inner_dirichlet, sized
 from kdlightning.data.partitioners import dirichlet, iid, label_skew, quantity_skew
+from kdlightning.data.shards import shards
 
 ROOT = Path(__file__).resolve().parents[1]
 FLWR_VENV = ROOT / ".venv-flwr"
@@ -61,6 +76,10 @@ NUM_PARTIES = 1000
 ALPHA = 0.5
 CLASSES_PER_PARTY = 2
 BETA = 0.5
+SHARDS_PER_PARTY = 2
+INNER_LABELS = 100_000
+"""Labels inner Dirichlet splits (the first of the 1,000,000): flwr's one-sample-at-a-time loop is slow."""
+INNER_PARTIES = 100
 SEED = 0
 TARGET_S = 1.0  # SPEC §8: Dirichlet of 1,000,000 labels into 1,000 parties in under a second
 UNIT_S = 1.0
@@ -112,6 +131,9 @@ class FlwrUnits:
             f"--parties={NUM_PARTIES}",
             f"--alpha={ALPHA}",
             f"--classes-per-party={CLASSES_PER_PARTY}",
+            f"--shards-per-party={SHARDS_PER_PARTY}",
+            f"--inner-samples={INNER_LABELS}",
+            f"--inner-parties={INNER_PARTIES}",
             f"--seed={SEED}",
             "--repeats=1",
             f"--calls={calls}",
@@ -132,10 +154,14 @@ class FlwrUnits:
             raise RuntimeError(f"flwr_partition.py stopped: {' / '.join(tail)}")
         return json.loads(line)
 
-    def unit(self, calls: int | None = None) -> dict[str, float]:
-        """One unit's seconds, per partitioner (``dirichlet``, ``label_skew``): of ``calls`` calls, or the default."""
+    def unit(self, calls: int | dict[str, int] | None = None) -> dict[str, float]:
+        """One unit's seconds, per partitioner (``dirichlet``, ``label_skew``, ...).
+
+        Args:
+            calls: calls of every partitioner, or of each by name; None for the default.
+        """
         assert self.process.stdin is not None
-        self.process.stdin.write("go\n" if calls is None else f"go {calls}\n")
+        self.process.stdin.write("go\n" if calls is None else f"go {json.dumps(calls)}\n")
         self.process.stdin.flush()
         return self._read()
 
@@ -162,6 +188,11 @@ def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[st
         "dirichlet": lambda: dirichlet(labels, NUM_PARTIES, ALPHA, SEED, min_size=0),
         "label_skew": lambda: label_skew(labels, NUM_PARTIES, CLASSES_PER_PARTY, SEED),
     }
+    if not quick:  # against flwr's counterparts
+        inner_labels, inner_sizes = labels[:INNER_LABELS], [INNER_LABELS // INNER_PARTIES] * INNER_PARTIES
+        ours["shards"] = lambda: shards(labels, NUM_PARTIES, SHARDS_PER_PARTY, SEED)
+        ours["sized_linear"] = lambda: sized(labels, NUM_PARTIES, "linear", SEED)
+        ours["inner_dirichlet"] = lambda: inner_dirichlet(inner_labels, INNER_PARTIES, inner_sizes, ALPHA, SEED)
     if not quick:  # for reference
         ours["iid"] = lambda: iid(labels, NUM_PARTIES, SEED)
         ours["quantity_skew"] = lambda: quantity_skew(labels, NUM_PARTIES, BETA, SEED)
@@ -176,11 +207,12 @@ def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[st
         labels_path = Path(tmp) / "labels.npy"
         np.save(labels_path, labels)
         flwr_units: FlwrUnits | None = None
+        flwr_calls: dict[str, int] = {}  # calls of each flwr partitioner in one unit
         if python is not None:
-            reference = ["--default-format", "--load-all"] if not quick else []
+            reference = ["--default-format", "--load-all", "--more"] if not quick else []
             flwr_units = FlwrUnits(python, labels_path, 1, reference)
             flwr_units.unit()  # a warm-up
-            flwr_calls = max(1, round(UNIT_S / flwr_units.unit()["dirichlet"]))
+            flwr_calls = {name: max(1, round(UNIT_S / seconds)) for name, seconds in flwr_units.unit().items()}
 
             def flwr_round() -> float:
                 assert flwr_units is not None
@@ -196,15 +228,17 @@ def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[st
         *(Figure(f"our {name}, seconds a call", tuple(each[name]), unit=" s") for name in ours if name != "dirichlet"),
     ]
     if flwr_rounds:
-        for name in ("dirichlet", "label_skew"):
-            theirs = [entry[name] / flwr_calls for entry in flwr_rounds]
-            figures.append(paired(f"flwr's {name} ÷ ours (speed-up)", theirs, each[name], target=1.0, at_most=False))
+        for name in flwr_calls:
+            theirs = [entry[name] / flwr_calls[name] for entry in flwr_rounds]
+            # flwr's LinearPartitioner hands out contiguous runs, a lighter job than ours: no target
+            target = None if name == "sized_linear" else 1.0
+            figures.append(paired(f"flwr's {name} ÷ ours (speed-up)", theirs, each[name], target=target, at_most=False))
     return {
         "num_labels": NUM_LABELS,
         "num_classes": NUM_CLASSES,
         "num_parties": NUM_PARTIES,
         "repeats": repeats,
-        "calls_per_unit": {**calls, **({"flwr": flwr_calls} if flwr_rounds else {})},
+        "calls_per_unit": {**calls, **({f"flwr {name}": n for name, n in flwr_calls.items()} if flwr_rounds else {})},
         "numpy": np.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -231,6 +265,12 @@ def format_table(figures: dict[str, Any]) -> str:
         f"{figures['cpus']} CPUs; dirichlet(..., min_size=0) and label_skew(..., classes_per_party=2), seed 0; "
         "each returns one sorted int64 index array per party.",
     ]
+    if "shards" in figures["calls_per_unit"]:
+        lines.append(
+            f"ours too: shards(..., shards_per_party={SHARDS_PER_PARTY}), sized(..., 'linear') and inner_dirichlet on "
+            f"the first {INNER_LABELS:,} labels into {INNER_PARTIES} parties of {INNER_LABELS // INNER_PARTIES:,} "
+            f"(alpha={ALPHA})."
+        )
     flwr = figures["flwr"]
     if flwr is None:
         lines.append(f"flwr-datasets skipped: {figures['flwr_skipped']}")
@@ -243,8 +283,7 @@ def format_table(figures: dict[str, Any]) -> str:
     lines += [
         f"flwr: flwr-datasets {flwr['flwr_datasets']} (datasets {flwr['datasets']}, numpy {flwr['numpy']}, "
         f"Python {flwr['python']}) in {FLWR_VENV.name}, one subprocess for the run:",
-        f"  {d['class']}({settings(d)})",
-        f"  {p['class']}({settings(p)})",
+        *(f"  {entry['class']}({settings(entry)})" for entry in flwr.values() if isinstance(entry, dict)),
         "  flwr = computing every party's indices (flwr does it on first use; triggered by the num_partitions "
         'property, no rows selected) on Dataset.from_dict({"label": labels}).with_format("arrow"), where '
         "flwr's np.array(dataset['label']) is a zero-copy read: flwr's best case.",
@@ -253,6 +292,14 @@ def format_table(figures: dict[str, Any]) -> str:
         f"  flwr's splits (checked, untimed): dirichlet covers all samples={d['check']['covers_all']}, "
         f"disjoint={d['check']['disjoint']}; pathological covers all={p['check']['covers_all']}, classes per "
         f"party {p['check']['classes_per_party_min']}..{p['check']['classes_per_party_max']}.",
+        *(
+            f"  flwr's {name} (checked, untimed): covers all samples={flwr[name]['check']['covers_all']}, "
+            f"disjoint={flwr[name]['check']['disjoint']}, party sizes {flwr[name]['check']['min_size']}.."
+            f"{flwr[name]['check']['max_size']}, classes per party {flwr[name]['check']['classes_per_party_min']}.."
+            f"{flwr[name]['check']['classes_per_party_max']}."
+            for name in ("shards", "sized_linear", "inner_dirichlet")
+            if name in flwr
+        ),
     ]
     if "default_column_s" in flwr:
         reference, rd, rp = flwr, d, p
@@ -262,6 +309,12 @@ def format_table(figures: dict[str, Any]) -> str:
             f"(np.array(dataset['label']) alone {reference['default_column_s']:.2f} s); loading every party "
             f"(load_partition x1000) {rd['load_all_s']:.2f} s and {rp['load_all_s']:.2f} s."
         )
+        lines += [
+            f"  and its {name}: {flwr[name]['index_default_format_s']:.2f} s on the default-format Dataset; loading "
+            f"every party {flwr[name]['load_all_s']:.2f} s."
+            for name in ("shards", "sized_linear", "inner_dirichlet")
+            if name in flwr
+        ]
     return "\n".join(lines)
 
 

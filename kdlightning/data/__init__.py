@@ -10,6 +10,7 @@ from kdlightning.data.datasets import (
     load_digits_arrays,
 )
 from kdlightning.data.loading import EpochShuffleSampler, ResumableDataLoader
+from kdlightning.data.partition_sizes import inner_dirichlet, sized
 from kdlightning.data.partitioners import (
     dirichlet,
     iid,
@@ -18,12 +19,16 @@ from kdlightning.data.partitioners import (
     plot_partition,
     quantity_skew,
 )
+from kdlightning.data.shards import shards
 from kdlightning.data.strategies import (
     DirichletPartitioner,
     IIDPartitioner,
+    InnerDirichletPartitioner,
     LabelSkewPartitioner,
     Partitioner,
     QuantitySkewPartitioner,
+    ShardPartitioner,
+    SizeRulePartitioner,
 )
 from kdlightning.data.streams import MemberStreams
 from kdlightning.data.text import TokenizeCollate
@@ -39,6 +44,7 @@ __all__ = [
     "FashionMNIST",
     "HFDataset",
     "IIDPartitioner",
+    "InnerDirichletPartitioner",
     "LabelSkewPartitioner",
     "LabelledData",
     "MemberStreams",
@@ -46,13 +52,18 @@ __all__ = [
     "Partitioner",
     "QuantitySkewPartitioner",
     "ResumableDataLoader",
+    "ShardPartitioner",
+    "SizeRulePartitioner",
     "TokenizeCollate",
     "Tweets",
     "dirichlet",
     "iid",
+    "inner_dirichlet",
     "label_skew",
     "load_digits_arrays",
     "partition_stats",
     "plot_partition",
     "quantity_skew",
+    "shards",
+    "sized",
 ]

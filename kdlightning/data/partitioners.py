@@ -5,25 +5,44 @@ Every partitioner is a pure function of ``(labels, seed)``: it draws only from i
 every process. The result is a list of ``num_parties`` sorted ``int64`` index arrays that are
 disjoint and together cover every sample; wrap any torch ``Dataset`` with ``Subset(dataset, part)``.
 The classes that hold a strategy's parameters for a YAML ``class_path`` are in
-:mod:`kdlightning.data.strategies`.
+:mod:`kdlightning.data.strategies`. Shard partitions are in :mod:`kdlightning.data.shards`, size rules and
+inner Dirichlet in :mod:`kdlightning.data.partition_sizes`; the checks and building blocks every partition
+shares are in the private ``kdlightning.data._partitioning``.
 
 This module imports numpy only (matplotlib lazily, in :func:`plot_partition`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from os import PathLike
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from kdlightning.atomic import save_figure
+from kdlightning.data._partitioning import (
+    _ALPHA,
+    _BETA,
+    _MAX_RETRIES,
+    IndexArray,
+    _check_choice,
+    _check_common,
+    _check_int,
+    _check_labels,
+    _check_positive,
+    _deal,
+    _deal_by_class,
+    _dense,
+    _even_sizes,
+    _Names,
+    _split_counts,
+)
 from kdlightning.errors import ConfigurationError
 
 __all__ = [
+    "ClassAssignment",
     "dirichlet",
     "iid",
     "label_skew",
@@ -32,200 +51,10 @@ __all__ = [
     "quantity_skew",
 ]
 
-IndexArray = npt.NDArray[np.int64]
+ClassAssignment = Literal["random", "deterministic", "first-deterministic"]
+"""How :func:`label_skew` picks each party's classes (flwr-datasets' ``class_assignment_mode``)."""
 
-# Up to this many parties (or classes) the ids fit in uint16, which numpy's stable argsort sorts
-# with a radix sort: about 10x faster than its stable sort for wider integers.
-_UINT16_LIMIT = 1 << 16
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------
-
-_MAX_RETRIES = 100
-"""Redraws :func:`dirichlet` allows by default."""
-
-_ALPHA = " (the Dirichlet concentration of each class's shares over the parties)"
-"""What a partition's ``alpha`` is, said in its errors: not a distillation weight."""
-
-_BETA = " (the Dirichlet concentration of the party sizes)"
-"""What a partition's ``beta`` is, said in its errors."""
-
-
-class _Names:
-    """How a partition's errors name its arguments: as the function's keywords, or as a strategy class's YAML keys.
-
-    Args:
-        owner: the function (``"dirichlet"``) or the class (``"DirichletPartitioner"``) the arguments go to.
-        configured: for a class, its own parameters, which a config gives under ``partitioner``
-            (``partitioner.alpha``); the others (``num_parties``, ``seed``, ``labels``) come from the caller and
-            keep their names. None for a function: every argument is one of its keywords
-            (``dirichlet(alpha=...)``).
-
-    Examples:
-        >>> _Names("dirichlet")("alpha"), _Names("DirichletPartitioner", ("alpha",))("alpha")
-        ('`dirichlet(alpha=...)`', '`partitioner.alpha`')
-    """
-
-    def __init__(self, owner: str, configured: tuple[str, ...] | None = None) -> None:
-        self.owner, self.configured = owner, configured
-
-    def __call__(self, argument: str) -> str:
-        """``argument`` as an error names it on its own."""
-        if self.configured is None:
-            return f"`{self.owner}({argument}=...)`"
-        return f"`{self.key(argument)}`"
-
-    def key(self, argument: str) -> str:
-        """``argument`` as an error names it beside its value (``key=value``)."""
-        return f"partitioner.{argument}" if self.configured and argument in self.configured else argument
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
-    """Return ``value`` as an ``int`` if it is an integer in ``[low, high]``, else raise ``ValueError``."""
-    allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigurationError(f"{name} must be an integer {allowed}, got {value!r}")
-    number = int(value)
-    if number < low or (high is not None and number > high):
-        raise ConfigurationError(f"{name} must be an integer {allowed}{why}, got {number}")
-    return number
-
-
-def _check_positive(name: str, value: object, what: str = "") -> float:
-    """Return ``value`` as a ``float`` if it is finite and > 0, else raise ``ValueError`` (``what`` says what it is)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(f"{name} must be a finite number > 0{what}, got {value!r}")
-    number = float(value)
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigurationError(f"{name} must be a finite number > 0{what}, got {number}")
-    return number
-
-
-def _check_labels(labels: npt.ArrayLike, names: _Names) -> npt.NDArray[np.integer]:
-    """Return ``labels`` as a 1-D non-negative integer array, else raise ``ValueError``."""
-    name = names("labels")
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise ConfigurationError(f"{name} must be a 1-D array of class ids, got shape {array.shape}")
-    if array.size == 0:
-        raise ConfigurationError(f"{name} must be non-empty (size >= 1), got an empty array")
-    if array.dtype.kind not in "iu":
-        raise ConfigurationError(f"{name} must be integer class ids (dtype int or uint), got dtype {array.dtype}")
-    if array.dtype.kind == "i" and array.min() < 0:
-        raise ConfigurationError(f"{name} must be class ids >= 0, got a minimum of {array.min()}")
-    if array.dtype == np.uint64:
-        # np.bincount refuses uint64; class ids beyond int64 make no sense.
-        if array.max() > np.iinfo(np.int64).max:
-            raise ConfigurationError(f"{name} must be class ids < 2**63, got a maximum of {array.max()}")
-        array = array.astype(np.int64)
-    return array
-
-
-def _check_common(
-    labels: npt.ArrayLike, num_parties: object, seed: object, names: _Names
-) -> tuple[npt.NDArray[np.integer], int]:
-    """Validate the arguments every partitioner takes; return the labels and ``num_parties``."""
-    array = _check_labels(labels, names)
-    _check_int(names("seed"), seed, 0)
-    parties = _check_int(names("num_parties"), num_parties, 1, array.size, " (at most one party per sample)")
-    return array, parties
-
-
-# ----------------------------------------------------------------------------------------------
-# Vectorised building blocks
-# ----------------------------------------------------------------------------------------------
-
-
-def _owner_dtype(num_parties: int) -> type[np.integer]:
-    """The dtype for party ids: uint16 when they fit."""
-    return np.uint16 if num_parties <= _UINT16_LIMIT else np.int64
-
-
-def _dense(
-    labels: npt.NDArray[np.integer],
-) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Renumber the classes present in ``labels`` as ``0 .. C-1``.
-
-    Returns:
-        The renumbered labels in the narrowest unsigned dtype (so sorting them is a radix sort),
-        shape ``(N,)``; the class sizes, shape ``(C,)``; the original id of each class, shape ``(C,)``.
-    """
-    if int(labels.max()) >= max(_UINT16_LIMIT, 4 * labels.size):
-        # Sparse, large class ids: a bincount over 0 .. max would be mostly empty (or huge).
-        present, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-        dense: npt.NDArray[np.integer] = inverse
-    else:
-        all_sizes = np.bincount(labels)
-        present = np.flatnonzero(all_sizes)  # (C,)
-        sizes = all_sizes[present]
-        dense = labels if present.size == all_sizes.size else (np.cumsum(all_sizes > 0) - 1)[labels]
-    if present.size <= 1 << 8:
-        dense = dense.astype(np.uint8, copy=False)
-    elif present.size <= _UINT16_LIMIT:
-        dense = dense.astype(np.uint16, copy=False)
-    return dense, sizes.astype(np.int64, copy=False), present.astype(np.int64, copy=False)
-
-
-def _group(owner: npt.NDArray[np.integer], sizes: npt.NDArray[np.int64]) -> list[IndexArray]:
-    """Turn a party id per sample into one ascending index array per party.
-
-    Args:
-        owner: Party id of each sample, shape ``(N,)``.
-        sizes: Samples per party, ``np.bincount(owner)``, shape ``(P,)``.
-    """
-    # A stable sort keeps sample ids ascending inside each party: no per-party sort needed.
-    order = np.argsort(owner, kind="stable").astype(np.int64, copy=False)
-    return np.split(order, np.cumsum(sizes)[:-1])
-
-
-def _deal(sizes: npt.NDArray[np.int64], rng: np.random.Generator) -> list[IndexArray]:
-    """Give party ``p`` ``sizes[p]`` samples drawn uniformly at random without replacement."""
-    owner = np.repeat(np.arange(sizes.size, dtype=_owner_dtype(sizes.size)), sizes)  # (N,)
-    rng.shuffle(owner)
-    return _group(owner, sizes)
-
-
-def _deal_by_class(
-    labels: npt.NDArray[np.integer], counts: npt.NDArray[np.int64], rng: np.random.Generator
-) -> list[IndexArray]:
-    """Give party ``p`` ``counts[c, p]`` random samples of class ``c``, for every class.
-
-    Args:
-        labels: Class ids ``0 .. C-1`` (see :func:`_dense`), shape ``(N,)``.
-        counts: How many samples of each class each party gets, shape ``(C, P)``, rows summing to
-            the class sizes.
-        rng: The generator the split draws from.
-    """
-    num_classes, num_parties = counts.shape
-    by_class = np.argsort(labels, kind="stable")  # (N,) sample ids grouped by class
-    # Party ids in the same class-major order (class 0's parties, then class 1's, ...), shuffled
-    # inside each class so that any sample of a class is equally likely to go to any of its parties.
-    owners = np.repeat(np.tile(np.arange(num_parties, dtype=_owner_dtype(num_parties)), num_classes), counts.ravel())
-    ends = np.cumsum(counts.sum(axis=1))
-    for start, end in zip(ends - counts.sum(axis=1), ends, strict=True):
-        rng.shuffle(owners[start:end])
-    owner = np.empty_like(owners)
-    owner[by_class] = owners
-    return _group(owner, counts.sum(axis=0))
-
-
-def _split_counts(total: npt.NDArray[np.int64], shares: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """Split ``total[i]`` items by the shares in row ``i`` (rounding the cumulative sums down).
-
-    Args:
-        total: Items to split per row, shape ``(R,)``.
-        shares: Non-negative shares summing to 1 per row, shape ``(R, P)``.
-
-    Returns:
-        Integer counts, shape ``(R, P)``, row ``i`` summing to ``total[i]`` exactly.
-    """
-    bounds = np.floor(np.cumsum(shares, axis=1) * total[:, None]).astype(np.int64)  # (R, P)
-    bounds = np.minimum(bounds, total[:, None])
-    # The last bound is the total: float rounding must not drop or add an item.
-    bounds[:, -1] = total
-    return np.diff(bounds, axis=1, prepend=0)
+_ASSIGNMENTS: tuple[str, ...] = get_args(ClassAssignment)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,10 +93,7 @@ def iid(labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
 def _iid(labels: npt.ArrayLike, num_parties: int, seed: int, names: _Names) -> list[IndexArray]:
     """:func:`iid`, its errors naming the arguments by ``names``."""
     array, parties = _check_common(labels, num_parties, seed, names)
-    base, extra = divmod(array.size, parties)
-    sizes = np.full(parties, base, dtype=np.int64)
-    sizes[:extra] += 1
-    return _deal(sizes, np.random.default_rng(seed))
+    return _deal(_even_sizes(array.size, parties), np.random.default_rng(seed))
 
 
 def dirichlet(
@@ -358,18 +184,36 @@ def _dirichlet(
     )
 
 
-def label_skew(labels: npt.ArrayLike, num_parties: int, classes_per_party: int, seed: int) -> list[IndexArray]:
+def label_skew(
+    labels: npt.ArrayLike,
+    num_parties: int,
+    classes_per_party: int,
+    seed: int,
+    assignment: ClassAssignment = "random",
+) -> list[IndexArray]:
     """Give every party exactly ``classes_per_party`` classes ("#C=k" label skew).
 
     Each party gets ``k = classes_per_party`` distinct classes, and each class present in
     ``labels`` is held by at least one party, so the split covers every sample. A class's samples
-    are shuffled and split evenly (sizes differing by at most one) among the parties holding it
-    (NIID-Bench, Li et al., "Federated Learning on Non-IID Data Silos: An Experimental Study",
-    ICDE 2022; McMahan et al.'s pathological split when ``k = 2``).
+    are shuffled and split evenly (sizes differing by at most one, the lower party ids taking the
+    extra ones) among the parties holding it (NIID-Bench, Li et al., "Federated Learning on Non-IID
+    Data Silos: An Experimental Study", ICDE 2022; McMahan et al.'s pathological split when ``k = 2``).
 
-    Class sets are drawn so that each party's set is a uniformly random ``k``-subset: the classes
-    are first dealt out, in random order, one per party in turn (which covers every class), and
-    each party's remaining classes are drawn at random from those it does not hold yet.
+    ``assignment`` picks each party's classes, as flwr-datasets' ``PathologicalPartitioner``
+    ``class_assignment_mode`` does; classes are numbered ``0 .. C-1`` in ascending id order:
+
+    - ``"random"`` (the default): each party's set is a uniformly random ``k``-subset. The classes
+      are first dealt out, in random order, one per party in turn, and each party's remaining
+      classes are drawn at random from those it does not hold yet. flwr's ``"random"`` draws the sets
+      independently and may leave a class to no party (it warns and drops it); dealing every class
+      first rules that out.
+    - ``"deterministic"``: party ``p`` holds classes ``p, p+1, ..., p+k-1`` (mod ``C``); no
+      randomness in the sets. Every class has a party only if ``P + k - 1 >= C``.
+    - ``"first-deterministic"`` (the NIID-Bench paper's): party ``p`` holds class ``p mod C`` and
+      ``k - 1`` others drawn at random. Every class is sure to have a party only if ``P >= C``.
+
+    A setting that could leave a class to no party is refused, naming the class: flwr would drop its
+    samples.
 
     Args:
         labels: Class ids, shape ``(N,)``, non-negative integers; ``C`` is the number of distinct
@@ -377,13 +221,16 @@ def label_skew(labels: npt.ArrayLike, num_parties: int, classes_per_party: int, 
         num_parties: Number of parties ``P``, in ``[1, N]``, with ``P * k >= C``.
         classes_per_party: Classes per party ``k``, in ``[1, C]``.
         seed: Seed of the split's own generator, ``>= 0``.
+        assignment: How each party's classes are picked: ``"random"``, ``"deterministic"`` or
+            ``"first-deterministic"``.
 
     Returns:
         ``P`` sorted ``int64`` index arrays, disjoint and together covering ``range(N)``.
 
     Raises:
-        ValueError: If an argument is outside the range above, or a class has fewer samples than
-            parties holding it (a party would miss one of its ``k`` classes).
+        ValueError: If an argument is outside the range above, ``assignment`` would leave a class to
+            no party, or a class has fewer samples than parties holding it (a party would miss one of
+            its ``k`` classes).
 
     Examples:
         >>> import numpy as np
@@ -393,15 +240,24 @@ def label_skew(labels: npt.ArrayLike, num_parties: int, classes_per_party: int, 
         [2, 2, 2, 2]
         >>> np.array_equal(np.sort(np.concatenate(parts)), np.arange(100))
         True
+        >>> parts = label_skew(labels, num_parties=4, classes_per_party=2, seed=0, assignment="deterministic")
+        >>> [np.unique(labels[part]).tolist() for part in parts]
+        [[0, 1], [1, 2], [2, 3], [3, 4]]
     """
-    return _label_skew(labels, num_parties, classes_per_party, seed, _Names("label_skew"))
+    return _label_skew(labels, num_parties, classes_per_party, seed, _Names("label_skew"), assignment)
 
 
 def _label_skew(
-    labels: npt.ArrayLike, num_parties: int, classes_per_party: int, seed: int, names: _Names
+    labels: npt.ArrayLike,
+    num_parties: int,
+    classes_per_party: int,
+    seed: int,
+    names: _Names,
+    assignment: ClassAssignment = "random",
 ) -> list[IndexArray]:
     """:func:`label_skew`, its errors naming the arguments by ``names``."""
     array, parties = _check_common(labels, num_parties, seed, names)
+    mode = _check_choice(names("assignment"), assignment, _ASSIGNMENTS)
     dense, sizes, present = _dense(array)  # (N,), (C,), (C,)
     num_classes = present.size
     k = _check_int(names("classes_per_party"), classes_per_party, 1, num_classes, " (the number of classes in labels)")
@@ -411,14 +267,21 @@ def _label_skew(
             f"{names.owner}: {parties_} * {per_party} must be >= the number of classes ({num_classes}) so that "
             f"every class is held by some party, got {parties_}={parties} * {per_party}={k} = {parties * k}"
         )
+    _check_assignment_covers(mode, parties, k, present, names)
     rng = np.random.default_rng(seed)
-    # Random keys pick each party's classes; forced classes get key -1 so they are picked first.
-    keys = rng.random((parties, num_classes))  # (P, C)
-    dealt = rng.permutation(num_classes)
-    # Class dealt[i] goes to party i % P: at most ceil(C / P) <= k forced classes per party.
-    keys[np.arange(num_classes) % parties, dealt] = -1.0
-    chosen = np.argsort(keys, axis=1)[:, :k]  # (P, k)
     held = np.zeros((parties, num_classes), dtype=bool)  # (P, C)
+    if mode == "deterministic":
+        chosen = (np.arange(parties)[:, None] + np.arange(k)) % num_classes  # (P, k)
+    else:
+        # Random keys pick each party's classes; forced classes get key -1 so they are picked first.
+        keys = rng.random((parties, num_classes))  # (P, C)
+        if mode == "random":
+            dealt = rng.permutation(num_classes)
+            # Class dealt[i] goes to party i % P: at most ceil(C / P) <= k forced classes per party.
+            keys[np.arange(num_classes) % parties, dealt] = -1.0
+        else:
+            keys[np.arange(parties), np.arange(parties) % num_classes] = -1.0
+        chosen = np.argsort(keys, axis=1)[:, :k]  # (P, k)
     held[np.arange(parties)[:, None], chosen] = True
     holders = held.sum(axis=0)  # (C,)
     short = np.flatnonzero(holders > sizes)
@@ -433,6 +296,28 @@ def _label_skew(
     base, extra = np.divmod(sizes, holders)
     counts = (held * (base + (rank < extra))).T.astype(np.int64)  # (C, P)
     return _deal_by_class(dense, counts, rng)
+
+
+def _check_assignment_covers(mode: str, parties: int, k: int, present: npt.NDArray[np.int64], names: _Names) -> None:
+    """Refuse an ``assignment`` under which some class could be held by no party, naming the first such class."""
+    num_classes = present.size
+    parties_, per_party = names.key("num_parties"), names.key("classes_per_party")
+    if mode == "deterministic":
+        reached, rule, raise_ = parties + k - 1, f"{parties_} + {per_party} - 1", f"{parties_} or {per_party}"
+        how = "party p holds classes p .. p+k-1"
+    elif mode == "first-deterministic":
+        reached, rule, raise_ = parties, parties_, parties_
+        how = "only party p's first class, p mod C, is fixed"
+    else:
+        return
+    if reached < num_classes:
+        missing = num_classes - reached
+        raise ConfigurationError(
+            f"{names.owner}: with {names.key('assignment')}={mode!r} ({how}) class {present[reached]}"
+            f"{f' and {missing - 1} more' if missing > 1 else ''} could be held by no party; {rule} must be >= the "
+            f"number of classes ({num_classes}), got {reached}. Raise {raise_}, or use "
+            f"{names.key('assignment')}='random', which deals every class to a party"
+        )
 
 
 def quantity_skew(labels: npt.ArrayLike, num_parties: int, beta: float, seed: int) -> list[IndexArray]:

@@ -1,7 +1,8 @@
 """Partition strategies as classes, for a YAML ``class_path`` (``kdlightning.data.DirichletPartitioner``).
 
 Each class validates and holds one strategy's parameters and calls that strategy's function in
-:mod:`kdlightning.data.partitioners`; it adds no behaviour of its own. This module imports numpy only.
+:mod:`kdlightning.data.partitioners`, :mod:`kdlightning.data.shards` or :mod:`kdlightning.data.partition_sizes`;
+it adds no behaviour of its own. This module imports numpy only.
 """
 
 from __future__ import annotations
@@ -10,26 +11,36 @@ from abc import ABC, abstractmethod
 
 import numpy.typing as npt
 
-from kdlightning.data.partitioners import (
+from kdlightning.data._partitioning import (
     _ALPHA,
     _BETA,
     _MAX_RETRIES,
     IndexArray,
+    _check_choice,
     _check_int,
     _check_positive,
-    _dirichlet,
-    _iid,
-    _label_skew,
     _Names,
-    _quantity_skew,
 )
+from kdlightning.data.partition_sizes import (
+    SizeRule,
+    _check_concentration,
+    _check_rule,
+    _check_sizes,
+    _inner_dirichlet,
+    _sized,
+)
+from kdlightning.data.partitioners import _ASSIGNMENTS, ClassAssignment, _dirichlet, _iid, _label_skew, _quantity_skew
+from kdlightning.data.shards import _shards
 
 __all__ = [
     "DirichletPartitioner",
     "IIDPartitioner",
+    "InnerDirichletPartitioner",
     "LabelSkewPartitioner",
     "Partitioner",
     "QuantitySkewPartitioner",
+    "ShardPartitioner",
+    "SizeRulePartitioner",
 ]
 
 
@@ -37,8 +48,9 @@ class Partitioner(ABC):
     """A partition strategy with its parameters, for a YAML ``class_path``.
 
     Subclasses validate their parameters in ``__init__`` and implement :meth:`partition` by calling
-    one of the functions of :mod:`kdlightning.data.partitioners`. Their errors name their own parameters as a
-    config gives them, under ``partitioner`` (``partitioner.alpha``): a partition's ``alpha`` is not KD's.
+    one partition function (:mod:`kdlightning.data.partitioners` and its siblings). Their errors name their own
+    parameters as a config gives them, under ``partitioner`` (``partitioner.alpha``): a partition's ``alpha`` is not
+    KD's.
     """
 
     @property
@@ -126,28 +138,38 @@ class LabelSkewPartitioner(Partitioner):
 
     Args:
         classes_per_party: Classes each party holds, ``>= 1`` (and at most the number of classes).
+        assignment: How each party's classes are picked, as flwr-datasets' ``PathologicalPartitioner``
+            ``class_assignment_mode``: ``"random"`` (every class dealt to a party first, the rest at random),
+            ``"deterministic"`` (party ``p`` holds classes ``p .. p+k-1``) or ``"first-deterministic"``
+            (party ``p`` holds class ``p`` and ``k - 1`` random ones); see :func:`label_skew`.
 
     Examples:
         >>> import numpy as np
         >>> LabelSkewPartitioner(classes_per_party=2).name
         'label_skew(classes_per_party=2)'
+        >>> LabelSkewPartitioner(classes_per_party=2, assignment="deterministic").name
+        'label_skew(classes_per_party=2, assignment=deterministic)'
     """
 
-    def __init__(self, classes_per_party: int) -> None:
-        self.classes_per_party = _check_int(self._names()("classes_per_party"), classes_per_party, 1)
+    def __init__(self, classes_per_party: int, assignment: ClassAssignment = "random") -> None:
+        names = self._names()
+        self.classes_per_party = _check_int(names("classes_per_party"), classes_per_party, 1)
+        self.assignment: ClassAssignment = assignment
+        _check_choice(names("assignment"), assignment, _ASSIGNMENTS)
 
     @classmethod
     def _names(cls) -> _Names:
-        return _Names(cls.__name__, ("classes_per_party",))
+        return _Names(cls.__name__, ("classes_per_party", "assignment"))
 
     @property
     def name(self) -> str:
-        """``"label_skew(classes_per_party=...)"``."""
-        return f"label_skew(classes_per_party={self.classes_per_party})"
+        """``"label_skew(classes_per_party=...)"``, with ``assignment`` when it is not ``"random"``."""
+        extra = "" if self.assignment == "random" else f", assignment={self.assignment}"
+        return f"label_skew(classes_per_party={self.classes_per_party}{extra})"
 
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`label_skew`."""
-        return _label_skew(labels, num_parties, self.classes_per_party, seed, self._names())
+        return _label_skew(labels, num_parties, self.classes_per_party, seed, self._names(), self.assignment)
 
 
 class QuantitySkewPartitioner(Partitioner):
@@ -176,3 +198,112 @@ class QuantitySkewPartitioner(Partitioner):
     def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
         """See :func:`quantity_skew`."""
         return _quantity_skew(labels, num_parties, self.beta, seed, self._names())
+
+
+class ShardPartitioner(Partitioner):
+    """Label-sorted shards, ``shards_per_party`` random ones per party (:func:`shards`; McMahan et al. 2017).
+
+    Args:
+        shards_per_party: Shards each party gets, ``>= 1``.
+        shard_size: Samples per shard, ``>= 1``; None for ``N // (num_parties * shards_per_party)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> partitioner = ShardPartitioner(shards_per_party=2)
+        >>> partitioner.name
+        'shards(shards_per_party=2)'
+        >>> [len(part) for part in partitioner.partition(np.repeat(np.arange(5), 20), 5, seed=0)]
+        [20, 20, 20, 20, 20]
+    """
+
+    def __init__(self, shards_per_party: int, shard_size: int | None = None) -> None:
+        names = self._names()
+        self.shards_per_party = _check_int(names("shards_per_party"), shards_per_party, 1)
+        self.shard_size = None if shard_size is None else _check_int(names("shard_size"), shard_size, 1)
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("shards_per_party", "shard_size"))
+
+    @property
+    def name(self) -> str:
+        """``"shards(shards_per_party=...)"``, with ``shard_size`` when it is given."""
+        extra = "" if self.shard_size is None else f", shard_size={self.shard_size}"
+        return f"shards(shards_per_party={self.shards_per_party}{extra})"
+
+    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
+        """See :func:`shards`."""
+        return _shards(labels, num_parties, self.shards_per_party, seed, self.shard_size, self._names())
+
+
+class SizeRulePartitioner(Partitioner):
+    """IID labels, party ``k``'s size following a rule of ``k`` or given (:func:`sized`).
+
+    One class for every rule: the rules differ only in the size vector, so the rule is a value a config
+    names (``rule: square``) and its errors name ``partitioner.rule``; flwr-datasets has a class per
+    rule (``LinearPartitioner``, ``SquarePartitioner``, ``ExponentialPartitioner``, ``SizePartitioner``).
+
+    Args:
+        rule: ``"linear"`` (``k + 1``), ``"square"`` (``(k + 1)**2``), ``"exponential"`` (``e**(k + 1)``), or
+            ``"given"`` (``sizes``).
+        sizes: With ``rule="given"`` only: each party's size, integers ``>= 1`` summing to the number of
+            samples, or fractions in ``(0, 1]`` summing to 1.
+
+    Examples:
+        >>> SizeRulePartitioner(rule="linear").name
+        'sized(rule=linear)'
+        >>> SizeRulePartitioner(rule="given", sizes=[0.5, 0.3, 0.2]).name
+        'sized(sizes=[0.5, 0.3, 0.2])'
+    """
+
+    def __init__(self, rule: SizeRule, sizes: list[int] | list[float] | None = None) -> None:
+        names = self._names()
+        self.rule: SizeRule = rule
+        _check_rule(rule, sizes, names)
+        self.sizes = None if sizes is None else _check_sizes(names("sizes"), sizes).tolist()
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("rule", "sizes"))
+
+    @property
+    def name(self) -> str:
+        """``"sized(rule=...)"``, or ``"sized(sizes=[...])"`` for given sizes."""
+        return f"sized(rule={self.rule})" if self.sizes is None else f"sized(sizes={self.sizes})"
+
+    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
+        """See :func:`sized`."""
+        return _sized(labels, num_parties, self.rule, seed, self.sizes, self._names())
+
+
+class InnerDirichletPartitioner(Partitioner):
+    """Given party sizes, each party's class mix from Dirichlet(alpha) (:func:`inner_dirichlet`; Acar et al. 2021).
+
+    Args:
+        sizes: Each party's number of samples, integers ``>= 1`` summing to the number of samples.
+        alpha: Dirichlet concentration, ``> 0``: one value, or one per class in ascending class-id order.
+
+    Examples:
+        >>> InnerDirichletPartitioner(sizes=[600, 400], alpha=0.5).name
+        'inner_dirichlet(alpha=0.5, sizes=[600, 400])'
+    """
+
+    def __init__(self, sizes: list[int], alpha: float | list[float]) -> None:
+        names = self._names()
+        self.sizes = _check_sizes(names("sizes"), sizes, fractions=False).tolist()
+        concentration = _check_concentration(names("alpha"), alpha)
+        self.alpha = concentration if isinstance(concentration, float) else concentration.tolist()
+
+    @classmethod
+    def _names(cls) -> _Names:
+        return _Names(cls.__name__, ("sizes", "alpha"))
+
+    @property
+    def name(self) -> str:
+        """``"inner_dirichlet(alpha=..., sizes=[...])"``."""
+        alpha = f"{self.alpha:g}" if isinstance(self.alpha, float) else str(self.alpha)
+        return f"inner_dirichlet(alpha={alpha}, sizes={self.sizes})"
+
+    def partition(self, labels: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
+        """See :func:`inner_dirichlet`."""
+        return _inner_dirichlet(labels, num_parties, self.sizes, self.alpha, seed, self._names())

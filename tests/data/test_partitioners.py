@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from kdlightning.data import partitioners as P
+from kdlightning.data.partition_sizes import inner_dirichlet, sized
 from kdlightning.data.partitioners import dirichlet, iid, label_skew, partition_stats, plot_partition, quantity_skew
+from kdlightning.data.shards import shards
 from kdlightning.data.strategies import (
     DirichletPartitioner,
     IIDPartitioner,
@@ -181,13 +183,19 @@ def test_same_split_in_another_process() -> None:
         _digest(label_skew(labels, 10, 2, 11)),
         _digest(quantity_skew(labels, 10, 0.3, 11)),
         _digest(iid(labels, 10, 11)),
+        _digest(shards(labels, 10, 2, 11)),
+        _digest(label_skew(labels, 10, 2, 11, "first-deterministic")),
+        _digest(sized(labels, 10, "square", 11)),
+        _digest(inner_dirichlet(labels, 10, [500] * 10, 0.3, 11)),
     ]
-    script = f"""
-import hashlib, importlib.util, sys
+    script = (
+        BARE_DATA_PACKAGE
+        + """
+import hashlib
 import numpy as np
-spec = importlib.util.spec_from_file_location("partitioners", {str(MODULE_PATH)!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+from kdlightning.data import partitioners as module
+from kdlightning.data.partition_sizes import inner_dirichlet, sized
+from kdlightning.data.shards import shards
 weights = np.arange(1, 11, dtype=float)
 labels = np.random.default_rng(0).choice(10, size=5000, p=weights / weights.sum())
 def digest(parts):
@@ -199,26 +207,58 @@ print(digest(module.dirichlet(labels, 10, 0.3, 11)))
 print(digest(module.label_skew(labels, 10, 2, 11)))
 print(digest(module.quantity_skew(labels, 10, 0.3, 11)))
 print(digest(module.iid(labels, 10, 11)))
+print(digest(shards(labels, 10, 2, 11)))
+print(digest(module.label_skew(labels, 10, 2, 11, "first-deterministic")))
+print(digest(sized(labels, 10, "square", 11)))
+print(digest(inner_dirichlet(labels, 10, [500] * 10, 0.3, 11)))
 """
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == here
 
 
+PARTITION_MODULES = (
+    "kdlightning.data._partitioning",
+    "kdlightning.data.partitioners",
+    "kdlightning.data.shards",
+    "kdlightning.data.partition_sizes",
+    "kdlightning.data.strategies",
+)
+"""The partitioning core: numpy only."""
+
+BARE_DATA_PACKAGE = f"""
+import importlib, sys, types
+package = types.ModuleType("kdlightning.data")  # without its __init__, which imports the datamodules (torch)
+package.__path__ = [{str(MODULE_PATH.parent)!r}]
+sys.modules["kdlightning.data"] = package
+"""
+"""Script lines that let a subprocess import the partition modules alone."""
+
+
 def test_module_imports_numpy_only() -> None:
     """The partitioning core is pure numpy: loading it pulls in neither torch, Lightning nor matplotlib, and of
-    kdlightning only its (lazy) root, its errors and its atomic writes."""
-    script = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("partitioners", {str(MODULE_PATH)!r})
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    kdlightning only its (lazy) root, its errors, its atomic writes and the partition modules themselves."""
+    script = (
+        BARE_DATA_PACKAGE
+        + f"""
+for name in {PARTITION_MODULES!r}:
+    importlib.import_module(name)
 heavy = sorted(m for m in ("torch", "lightning", "matplotlib") if m in sys.modules)
 ours = sorted(m for m in sys.modules if m.split(".")[0] == "kdlightning")
 print(",".join(heavy) + "|" + ",".join(ours))
 """
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     heavy, ours = out.stdout.strip().split("|")
     assert heavy == ""
-    assert set(ours.split(",")) <= {"kdlightning", "kdlightning.errors", "kdlightning.atomic"}
+    assert set(PARTITION_MODULES) <= set(ours.split(","))
+    assert set(ours.split(",")) <= {
+        "kdlightning",
+        "kdlightning.errors",
+        "kdlightning.atomic",
+        "kdlightning.data",
+        *PARTITION_MODULES,
+    }
 
 
 # --------------------------------------------------------------------------------------------
