@@ -9,14 +9,18 @@ nothing from kdlightning. Called by ``python -m benchmarks.partitioning``; usabl
 The strategies: ``DirichletPartitioner`` and ``PathologicalPartitioner``; with ``--more`` also ``ShardPartitioner``
 and ``LinearPartitioner`` (on the same labels) and ``InnerDirichletPartitioner`` (on the first ``--inner-samples``
 labels into ``--inner-parties`` parties of equal size: one sample at a time in Python, it is too slow for
-1,000,000). What is timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
+1,000,000); with ``--more`` and ``--columns`` (an ``.npz`` of ``natural_id`` and ``property``, one per label) also
+``NaturalIdPartitioner`` and ``GroupedNaturalIdPartitioner`` (``natural_id``, ``--group-size`` ids a party) and
+``ContinuousPartitioner`` (``property``, ``--strictness``), on a dataset of those columns and the labels. What is
+timed, per strategy, each run on a fresh partitioner given the same ``datasets.Dataset``:
 
 - ``index_s`` (best of ``--repeats``; with ``--calls N``, the total of N runs, each on a fresh partitioner):
   computing every party's indices. flwr does this lazily, on
   first use, in ``_determine_partition_id_to_indices_if_needed``; the public ``num_partitions``
-  property triggers it without selecting rows. The dataset is Arrow-formatted
-  (``with_format("arrow")``), so flwr's ``np.array(dataset["label"])`` is a zero-copy read: this
-  is flwr's best case.
+  property triggers it without selecting rows. The natural-id partitioners' ``num_partitions`` only numbers the
+  ids: their indices are computed by ``_create_partition_id_to_indices``, which ``load_partition`` calls first.
+  The dataset is Arrow-formatted (``with_format("arrow")``), so flwr's ``np.array(dataset["label"])`` is a
+  zero-copy read: this is flwr's best case.
 - ``index_default_format_s`` (once, ``--default-format``): the same on the default-format dataset
   that ``Dataset.from_dict`` returns. With datasets 4 ``dataset["label"]`` is a lazy ``Column``
   that numpy reads element by element; ``default_column_s`` is that read alone.
@@ -92,6 +96,9 @@ def main() -> None:
     parser.add_argument("--shards-per-party", type=int, default=2)
     parser.add_argument("--inner-samples", type=int, default=100_000, help="labels inner Dirichlet splits")
     parser.add_argument("--inner-parties", type=int, default=100)
+    parser.add_argument("--columns", help="with --more: .npz of natural_id and property, one per label")
+    parser.add_argument("--group-size", type=int, default=10, help="ids a party of GroupedNaturalIdPartitioner")
+    parser.add_argument("--strictness", type=float, default=0.5, help="ContinuousPartitioner's strictness")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (Arrow-format dataset)")
     parser.add_argument("--calls", type=int, default=1, help="runs in one timed unit (each on a fresh partitioner)")
     parser.add_argument(
@@ -109,9 +116,12 @@ def main() -> None:
     import datasets
     import flwr_datasets
     from flwr_datasets.partitioner import (
+        ContinuousPartitioner,
         DirichletPartitioner,
+        GroupedNaturalIdPartitioner,
         InnerDirichletPartitioner,
         LinearPartitioner,
+        NaturalIdPartitioner,
         PathologicalPartitioner,
         ShardPartitioner,
     )
@@ -122,6 +132,12 @@ def main() -> None:
     arrow = plain.with_format("arrow")
     inner_plain = datasets.Dataset.from_dict({"label": labels[: args.inner_samples]})
     inner_arrow = inner_plain.with_format("arrow")
+    if args.more and args.columns:
+        columns = np.load(args.columns)
+        columns_plain = datasets.Dataset.from_dict(
+            {"label": labels, "natural_id": columns["natural_id"], "property": columns["property"]}
+        )
+        columns_arrow = columns_plain.with_format("arrow")
     build_s = time.perf_counter() - start
 
     # name -> (class, its arguments); datasets_of[name]: its datasets (Arrow-formatted, default format) and parties
@@ -176,6 +192,26 @@ def main() -> None:
         )
         datasets_of["shards"] = datasets_of["sized_linear"] = (arrow, plain, args.parties)
         datasets_of["inner_dirichlet"] = (inner_arrow, inner_plain, args.inner_parties)
+    if args.more and args.columns:
+        num_ids = len(np.unique(columns["natural_id"]))
+        settings["natural"] = (NaturalIdPartitioner, {"partition_by": "natural_id"})
+        settings["natural_grouped"] = (
+            GroupedNaturalIdPartitioner,
+            {"partition_by": "natural_id", "group_size": args.group_size, "mode": "allow-bigger"},
+        )
+        settings["feature_skew"] = (
+            ContinuousPartitioner,
+            {
+                "num_partitions": args.parties,
+                "partition_by": "property",
+                "strictness": args.strictness,
+                "shuffle": False,
+                "seed": args.seed,
+            },
+        )
+        datasets_of["natural"] = (columns_arrow, columns_plain, num_ids)
+        datasets_of["natural_grouped"] = (columns_arrow, columns_plain, num_ids // args.group_size)
+        datasets_of["feature_skew"] = (columns_arrow, columns_plain, args.parties)
     results: dict[str, Any] = {
         "flwr_datasets": getattr(flwr_datasets, "__version__", "?"),
         "datasets": datasets.__version__,
@@ -194,6 +230,9 @@ def main() -> None:
         # The num_partitions property runs _determine_partition_id_to_indices_if_needed (every
         # party's indices) without selecting any rows: the cheapest public trigger.
         assert partitioner.num_partitions >= 1
+        if isinstance(partitioner, NaturalIdPartitioner | GroupedNaturalIdPartitioner):
+            # there it only numbers the ids; load_partition computes the indices this way before selecting rows
+            partitioner._create_partition_id_to_indices()
 
     def load_all(partitioner: Any) -> None:
         for partition_id in range(partitioner.num_partitions):

@@ -14,7 +14,9 @@ temporary ``.npy`` and times only the partitioning; see that file for exactly wh
 If flwr cannot be run, our figures are still printed with the reason flwr was skipped.
 
 A full run (not ``--quick``) also times our ``shards``, ``sized`` (the linear rule) and ``inner_dirichlet``
-against flwr-datasets' ``ShardPartitioner``, ``LinearPartitioner`` and ``InnerDirichletPartitioner``.
+against flwr-datasets' ``ShardPartitioner``, ``LinearPartitioner`` and ``InnerDirichletPartitioner``, and our
+``natural`` (one party per id, and ids grouped) and ``feature_skew`` against its ``NaturalIdPartitioner``,
+``GroupedNaturalIdPartitioner`` and ``ContinuousPartitioner``, on a natural id and a real-valued property per label.
 
 The units run interleaved over 5 (``--quick``) or 9 rounds (see :mod:`benchmarks.measure`): ours, each
 partitioner called several times (about a second); flwr, one subprocess kept for the whole run that times,
@@ -42,7 +44,14 @@ Settings, chosen so that both sides do the same job in one Dirichlet draw:
   samples at random and sorts them) and ``InnerDirichletPartitioner(partition_sizes=[1000] * 100,
   partition_by="label", alpha=0.5, shuffle=False, seed=0)`` on the same 100,000 labels. Inner Dirichlet runs on
   fewer labels because flwr's draws one sample at a time in Python: seconds for 100,000 labels, minutes for
-  1,000,000.
+  1,000,000;
+- full run, both, on one natural id per label (1,000 ids, uniform) and one property per label (uniform in [0, 1)):
+  ours ``natural(ids)`` (a party per id), ``natural(ids, 100, seed=0, balance="values")`` (10 ids a party) and
+  ``feature_skew(property, 1000, strictness=0.5, seed=0)``; flwr ``NaturalIdPartitioner(partition_by="natural_id")``,
+  ``GroupedNaturalIdPartitioner(partition_by="natural_id", group_size=10, mode="allow-bigger")`` (flwr groups the
+  ids in their order of first appearance, ours deals them at random) and ``ContinuousPartitioner(num_partitions=1000,
+  partition_by="property", strictness=0.5, shuffle=False, seed=0)`` (flwr blends the standardised property with
+  Gaussian noise, ours the normalised rank with uniform noise; both sort once and cut into equal runs).
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.measure import FULL_REPEATS, MIN_REPEATS, Figure, as_json, interleave, paired, timed
+from kdlightning.data.feature_skew import feature_skew
+from kdlightning.data.natural import natural
 from kdlightning.data.partition_sizes import inner_dirichlet, sized
 from kdlightning.data.partitioners import dirichlet, iid, label_skew, quantity_skew
 from kdlightning.data.shards import shards
@@ -80,6 +91,10 @@ SHARDS_PER_PARTY = 2
 INNER_LABELS = 100_000
 """Labels inner Dirichlet splits (the first of the 1,000,000): flwr's one-sample-at-a-time loop is slow."""
 INNER_PARTIES = 100
+NUM_IDS = 1000
+"""Distinct natural ids among the labels: one party each (and 10 a party when grouped)."""
+GROUP_SIZE = 10
+STRICTNESS = 0.5
 SEED = 0
 TARGET_S = 1.0  # SPEC §8: Dirichlet of 1,000,000 labels into 1,000 parties in under a second
 UNIT_S = 1.0
@@ -128,6 +143,8 @@ class FlwrUnits:
             str(python),
             str(FLWR_SCRIPT),
             f"--labels={labels_path}",
+            f"--group-size={GROUP_SIZE}",
+            f"--strictness={STRICTNESS}",
             f"--parties={NUM_PARTIES}",
             f"--alpha={ALPHA}",
             f"--classes-per-party={CLASSES_PER_PARTY}",
@@ -173,6 +190,12 @@ class FlwrUnits:
         return json.loads(out.strip().splitlines()[-1])
 
 
+def columns_for(num_labels: int) -> dict[str, np.ndarray]:
+    """A natural id (``NUM_IDS`` of them, uniform) and a real-valued property (uniform in [0, 1)) per label."""
+    rng = np.random.default_rng(SEED + 1)
+    return {"natural_id": rng.integers(0, NUM_IDS, num_labels), "property": rng.random(num_labels)}
+
+
 def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[str, Any]:
     """Every figure: our partitioners (and flwr-datasets' where it runs) on 1,000,000 labels into 1,000 parties.
 
@@ -193,6 +216,11 @@ def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[st
         ours["shards"] = lambda: shards(labels, NUM_PARTIES, SHARDS_PER_PARTY, SEED)
         ours["sized_linear"] = lambda: sized(labels, NUM_PARTIES, "linear", SEED)
         ours["inner_dirichlet"] = lambda: inner_dirichlet(inner_labels, INNER_PARTIES, inner_sizes, ALPHA, SEED)
+        columns = columns_for(NUM_LABELS)
+        ids, values = columns["natural_id"], columns["property"]
+        ours["natural"] = lambda: natural(ids)
+        ours["natural_grouped"] = lambda: natural(ids, NUM_IDS // GROUP_SIZE, SEED, balance="values")
+        ours["feature_skew"] = lambda: feature_skew(values, NUM_PARTIES, STRICTNESS, SEED)
     if not quick:  # for reference
         ours["iid"] = lambda: iid(labels, NUM_PARTIES, SEED)
         ours["quantity_skew"] = lambda: quantity_skew(labels, NUM_PARTIES, BETA, SEED)
@@ -206,10 +234,13 @@ def run(quick: bool = False, flwr: bool = True, install: bool = True) -> dict[st
     with tempfile.TemporaryDirectory() as tmp:
         labels_path = Path(tmp) / "labels.npy"
         np.save(labels_path, labels)
+        columns_path = Path(tmp) / "columns.npz"
+        if not quick:
+            np.savez(columns_path, **columns_for(NUM_LABELS))
         flwr_units: FlwrUnits | None = None
         flwr_calls: dict[str, int] = {}  # calls of each flwr partitioner in one unit
         if python is not None:
-            reference = ["--default-format", "--load-all", "--more"] if not quick else []
+            reference = ["--default-format", "--load-all", "--more", f"--columns={columns_path}"] if not quick else []
             flwr_units = FlwrUnits(python, labels_path, 1, reference)
             flwr_units.unit()  # a warm-up
             flwr_calls = {name: max(1, round(UNIT_S / seconds)) for name, seconds in flwr_units.unit().items()}
@@ -269,7 +300,8 @@ def format_table(figures: dict[str, Any]) -> str:
         lines.append(
             f"ours too: shards(..., shards_per_party={SHARDS_PER_PARTY}), sized(..., 'linear') and inner_dirichlet on "
             f"the first {INNER_LABELS:,} labels into {INNER_PARTIES} parties of {INNER_LABELS // INNER_PARTIES:,} "
-            f"(alpha={ALPHA})."
+            f"(alpha={ALPHA}); natural on {NUM_IDS:,} ids (a party each, and {GROUP_SIZE} a party by "
+            f"balance='values') and feature_skew(..., strictness={STRICTNESS})."
         )
     flwr = figures["flwr"]
     if flwr is None:
@@ -297,7 +329,7 @@ def format_table(figures: dict[str, Any]) -> str:
             f"disjoint={flwr[name]['check']['disjoint']}, party sizes {flwr[name]['check']['min_size']}.."
             f"{flwr[name]['check']['max_size']}, classes per party {flwr[name]['check']['classes_per_party_min']}.."
             f"{flwr[name]['check']['classes_per_party_max']}."
-            for name in ("shards", "sized_linear", "inner_dirichlet")
+            for name in ("shards", "sized_linear", "inner_dirichlet", "natural", "natural_grouped", "feature_skew")
             if name in flwr
         ),
     ]
@@ -312,7 +344,7 @@ def format_table(figures: dict[str, Any]) -> str:
         lines += [
             f"  and its {name}: {flwr[name]['index_default_format_s']:.2f} s on the default-format Dataset; loading "
             f"every party {flwr[name]['load_all_s']:.2f} s."
-            for name in ("shards", "sized_linear", "inner_dirichlet")
+            for name in ("shards", "sized_linear", "inner_dirichlet", "natural", "natural_grouped", "feature_skew")
             if name in flwr
         ]
     return "\n".join(lines)

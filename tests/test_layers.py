@@ -28,6 +28,10 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "kdlightning.data.shards",
         "kdlightning.data.partition_sizes",
         "kdlightning.data.strategies",
+        "kdlightning.data.natural",
+        "kdlightning.data.feature_skew",
+        "kdlightning.data.data_strategies",
+        "kdlightning.data.label_mix",
         "kdlightning.federated.aggregate",
     ),
     1: (  # methods, data, networks

@@ -1,8 +1,9 @@
 """The checks and vectorised building blocks the partition functions share (numpy only).
 
 Every partition module (:mod:`kdlightning.data.partitioners`, :mod:`kdlightning.data.shards`,
-:mod:`kdlightning.data.partition_sizes`) validates its arguments and builds its split with these, so each
-check and each way of dealing samples out exists once. Nothing here is public.
+:mod:`kdlightning.data.partition_sizes`, :mod:`kdlightning.data.natural`, :mod:`kdlightning.data.feature_skew`,
+:mod:`kdlightning.data.label_mix`) validates its arguments and builds its split with these, so each check and
+each way of dealing samples out exists once. Nothing here is public.
 """
 
 from __future__ import annotations
@@ -92,6 +93,28 @@ def _check_positive(name: str, value: object, what: str = "") -> float:
     if not (math.isfinite(number) and number > 0):
         raise ConfigurationError(f"{name} must be a finite number > 0{what}, got {number}")
     return number
+
+
+def _check_unit(name: str, value: object, what: str = "") -> float:
+    """Return ``value`` as a ``float`` if it is a number in ``[0, 1]``, else raise ``ValueError`` (``what``: what)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"{name} must be a number in [0, 1]{what}, got {value!r}")
+    number = float(value)
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise ConfigurationError(f"{name} must be a number in [0, 1]{what}, got {number}")
+    return number
+
+
+def _check_samples(values: npt.ArrayLike, names: _Names, argument: str) -> npt.NDArray[np.generic]:
+    """Return ``values`` as a non-empty 1-D array (one value per sample), else raise ``ValueError``."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ConfigurationError(
+            f"{names(argument)} must be a 1-D array, one value per sample, got shape {array.shape}"
+        )
+    if array.size == 0:
+        raise ConfigurationError(f"{names(argument)} must be non-empty (size >= 1), got an empty array")
+    return array
 
 
 def _check_labels(labels: npt.ArrayLike, names: _Names) -> npt.NDArray[np.integer]:

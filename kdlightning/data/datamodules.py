@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from kdlightning.data.datasets import DatasetSource, Digits, LabelledData
+from kdlightning.data.label_mix import label_matched_subset
 from kdlightning.data.loading import ArrayDataset, EpochShuffleSampler, ResumableDataLoader, WholeBatches, as_read
 from kdlightning.data.partitioners import partition_stats
 from kdlightning.data.strategies import IIDPartitioner, Partitioner
@@ -90,7 +91,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Validation batches."""
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """Test batches."""
         return self._loader(self.test_set, shuffle=False)
 
@@ -117,7 +118,16 @@ class PartitionedDataModule(ClassificationDataModule):
       :class:`~kdlightning.methods.BatchedMembers`, which validates every member on each;
       ``validation="holdout"``: a seeded ``holdout_fraction`` of the transfer set, held out from ``train_set``
       (e.g. to stop a distillation on unlabelled public data early);
-    - ``test_set``: the data set's global, unpartitioned test set.
+    - ``test_set``: the data set's global, unpartitioned test set;
+    - with ``party_test=True``, ``party_test_set``: the party's own test set, drawn from the global test set
+      (seeded, without replacement, as large as the global test set allows) so that its label proportions are
+      those of the party's training split, within rounding (:func:`~kdlightning.data.label_matched_subset`);
+      ``test_dataloader`` then returns two loaders, the global test set's and the party's, and Lightning names
+      a method's test metrics by loader: ``test/acc/dataloader_idx_0`` (global) and ``test/acc/dataloader_idx_1``
+      (the party's), likewise ``test/loss/...``.
+
+    The pool is split by ``partitioner.partition_data`` (:meth:`~kdlightning.data.Partitioner.partition_data`),
+    which splits the labels, or for a strategy that reads the data, a column of it or its inputs.
 
     Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
     batches are then dicts of token tensors with ``"labels"`` (and ``"index"``, the pool index, in
@@ -156,6 +166,8 @@ class PartitionedDataModule(ClassificationDataModule):
             with ``init_args: {path: ...}``).
         max_length: with ``tokenizers`` (not a ``TokenizeCollate``, which has its own), truncate each text to
             this many tokens (None: the tokenizer's maximum); batches are padded to their longest text.
+        party_test: also test on a party test set with the party's label mix (see above); False tests on the
+            global test set alone.
     """
 
     def __init__(
@@ -176,6 +188,7 @@ class PartitionedDataModule(ClassificationDataModule):
         train_transform: Callable[[Any], Any] | None = None,
         tokenizers: Any = None,
         max_length: int | None = 128,
+        party_test: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if num_parties < 1:
@@ -219,8 +232,10 @@ class PartitionedDataModule(ClassificationDataModule):
             self.collate_fn = tokenizers
         else:
             self.collate_fn = TokenizeCollate(tokenizers, max_length=max_length)
+        self.party_test = bool(party_test)
         self.parts: list[np.ndarray] = []
         self.public_index = np.empty(0, dtype=np.int64)
+        self.party_test_index = np.empty(0, dtype=np.int64)
 
     @property
     def num_classes(self) -> int:
@@ -246,7 +261,7 @@ class PartitionedDataModule(ClassificationDataModule):
             shuffled = rng.permutation(pool)
             cut = round(self.public_fraction * len(pool))
             public, pool = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
-        parts = self.partitioner.partition(labels[pool], self.num_parties, self.seed)
+        parts = self.partitioner.partition_data(self.data, pool, self.num_parties, self.seed)
         return [pool[part] for part in parts], public
 
     def _train_val(self, party: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +318,11 @@ class PartitionedDataModule(ClassificationDataModule):
         self.val_sets = [ArrayDataset(data.train_inputs, data.train_labels, splits[name]) for name in self.validations]
         self.val_set = self.val_sets[0]
         self.test_set = ArrayDataset(data.test_inputs, data.test_labels)
+        if self.party_test:
+            # its own stream: drawing it leaves every other split as it is without party_test
+            seed = [self.seed, self.partition_id, 2]
+            self.party_test_index = label_matched_subset(data.test_labels, data.train_labels[own_train], seed)
+            self.party_test_set = ArrayDataset(data.test_inputs, data.test_labels, self.party_test_index)
 
     def _holdout(self, transfer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The transfer set less its ``holdout_fraction`` (drawn by ``seed``), and that held-out share."""
@@ -327,6 +347,12 @@ class PartitionedDataModule(ClassificationDataModule):
         if isinstance(self.validation, str):
             return super().val_dataloader()
         return [self._loader(dataset, shuffle=False) for dataset in self.val_sets]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Test batches of the global test set; with ``party_test``, a second loader of the party's test set."""
+        if not self.party_test:
+            return super().test_dataloader()
+        return [self._loader(self.test_set, shuffle=False), self._loader(self.party_test_set, shuffle=False)]
 
     @property
     def pool_size(self) -> int:

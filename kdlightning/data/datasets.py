@@ -12,8 +12,8 @@ import json
 import os
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,9 @@ class LabelledData:
         test_labels: ``(M,)`` int64 class indices.
         num_classes: number of classes.
         class_names: optional class names, indexed by label.
+        train_columns: further per-sample columns of the training pool by name, each ``(N, ...)``: e.g. the
+            author of each text, which :class:`~kdlightning.data.NaturalPartitioner` splits by, or a real-valued
+            property for :class:`~kdlightning.data.FeatureSkewPartitioner`. Empty by default.
     """
 
     train_inputs: np.ndarray
@@ -58,10 +61,20 @@ class LabelledData:
     test_labels: np.ndarray
     num_classes: int
     class_names: tuple[str, ...] | None = None
+    train_columns: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.train_inputs) != len(self.train_labels) or len(self.test_inputs) != len(self.test_labels):
             raise ConfigurationError("inputs and labels must have the same length in each split")
+        for name, column in self.train_columns.items():
+            if not isinstance(name, str):
+                raise ConfigurationError(f"`train_columns` must be named by strings, got the name {name!r}")
+            if np.ndim(column) == 0 or len(column) != len(self.train_labels):
+                length = len(column) if np.ndim(column) else "no length"
+                raise ConfigurationError(
+                    f"`train_columns[{name!r}]` must hold one value per training sample ({len(self.train_labels)}), "
+                    f"got {length}"
+                )
 
     @property
     def is_text(self) -> bool:
@@ -297,7 +310,13 @@ class HFDataset(DatasetSource):
         test_size: keep a random ``test_size`` of the test set (drawn with ``seed``); None keeps it all.
         builder_kwargs: further arguments of ``load_dataset`` for the builder, e.g. ``{"encoding_errors":
             "replace"}`` for a ``csv`` file with bytes that are not UTF-8.
+        keep_columns: further columns of the training pool to keep as arrays, in ``train_columns`` of the loaded
+            data, e.g. ``["author"]`` for a :class:`~kdlightning.data.NaturalPartitioner`. None keeps none.
     """
+
+    keep_columns: Sequence[str] = ()
+    """The columns kept besides inputs and labels. Set on an instance only when some are kept, so a source that keeps
+    none has the configuration (``vars``) it always had, and the pipelines' cached runs keyed by it stay valid."""
 
     def __init__(
         self,
@@ -316,6 +335,7 @@ class HFDataset(DatasetSource):
         train_size: int | None = None,
         test_size: int | None = None,
         builder_kwargs: dict[str, Any] | None = None,
+        keep_columns: list[str] | None = None,
     ) -> None:
         for name, size in (("train_size", train_size), ("test_size", test_size)):
             if size is not None and int(size) < 1:
@@ -334,6 +354,10 @@ class HFDataset(DatasetSource):
         self.num_classes = num_classes
         self.train_size, self.test_size = train_size, test_size
         self.builder_kwargs = dict(builder_kwargs or {})
+        if keep_columns:
+            if isinstance(keep_columns, str) or not all(isinstance(c, str) and c for c in keep_columns):
+                raise ConfigurationError(f"`keep_columns` must be a list of column names, got {keep_columns!r}.")
+            self.keep_columns = list(keep_columns)
 
     def _load(self) -> Any:
         import datasets
@@ -396,7 +420,8 @@ class HFDataset(DatasetSource):
         if self.train_split not in splits:
             raise ConfigurationError(f"`train_split` {self.train_split!r} not in the data set's splits {list(splits)}.")
         train = splits[self.train_split]
-        missing = [c for c in [*self.input_columns, self.label_column] if c not in train.column_names]
+        wanted = [*self.input_columns, self.label_column, *self.keep_columns]
+        missing = [c for c in wanted if c not in train.column_names]
         if missing:
             raise ConfigurationError(f"Columns {missing} not in data set '{self.path}'; it has {train.column_names}.")
         if self.test_split is not None and self.test_split in splits:
@@ -417,7 +442,13 @@ class HFDataset(DatasetSource):
                 )
             num_classes = given
         return LabelledData(
-            self._inputs(train), train_y, self._inputs(test), test_y, num_classes=num_classes, class_names=names
+            self._inputs(train),
+            train_y,
+            self._inputs(test),
+            test_y,
+            num_classes=num_classes,
+            class_names=names,
+            train_columns={column: np.asarray(list(train[column])) for column in self.keep_columns},
         )
 
     def _subsample(self, split: Any, size: int | None) -> Any:

@@ -6,8 +6,9 @@ every process. The result is a list of ``num_parties`` sorted ``int64`` index ar
 disjoint and together cover every sample; wrap any torch ``Dataset`` with ``Subset(dataset, part)``.
 The classes that hold a strategy's parameters for a YAML ``class_path`` are in
 :mod:`kdlightning.data.strategies`. Shard partitions are in :mod:`kdlightning.data.shards`, size rules and
-inner Dirichlet in :mod:`kdlightning.data.partition_sizes`; the checks and building blocks every partition
-shares are in the private ``kdlightning.data._partitioning``.
+inner Dirichlet in :mod:`kdlightning.data.partition_sizes`, natural partitions (by an id column) in
+:mod:`kdlightning.data.natural`, feature skew in :mod:`kdlightning.data.feature_skew`; the checks and building
+blocks every partition shares are in the private ``kdlightning.data._partitioning``.
 
 This module imports numpy only (matplotlib lazily, in :func:`plot_partition`).
 """

@@ -1,14 +1,20 @@
 """Partition strategies as classes, for a YAML ``class_path`` (``kdlightning.data.DirichletPartitioner``).
 
 Each class validates and holds one strategy's parameters and calls that strategy's function in
-:mod:`kdlightning.data.partitioners`, :mod:`kdlightning.data.shards` or :mod:`kdlightning.data.partition_sizes`;
-it adds no behaviour of its own. This module imports numpy only.
+:mod:`kdlightning.data.partitioners`, :mod:`kdlightning.data.shards`, :mod:`kdlightning.data.partition_sizes`,
+:mod:`kdlightning.data.natural` or :mod:`kdlightning.data.feature_skew`; it adds no behaviour of its own. A
+strategy that splits by something other than the labels (a column of the data, a property of the inputs) reads
+it in :meth:`Partitioner.partition_data`: those are in :mod:`kdlightning.data.data_strategies`. This module
+imports numpy only.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Protocol
 
+import numpy as np
 import numpy.typing as npt
 
 from kdlightning.data._partitioning import (
@@ -41,7 +47,24 @@ __all__ = [
     "QuantitySkewPartitioner",
     "ShardPartitioner",
     "SizeRulePartitioner",
+    "TrainingPool",
 ]
+
+
+class TrainingPool(Protocol):
+    """What :meth:`Partitioner.partition_data` reads of a data set: :class:`~kdlightning.data.LabelledData` is one."""
+
+    @property
+    def train_inputs(self) -> np.ndarray:
+        """Inputs of the training pool, ``(N, ...)``."""
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        """Class ids of the training pool, ``(N,)``."""
+
+    @property
+    def train_columns(self) -> Mapping[str, np.ndarray]:
+        """Further per-sample columns of the training pool by name, each ``(N, ...)``."""
 
 
 class Partitioner(ABC):
@@ -50,7 +73,8 @@ class Partitioner(ABC):
     Subclasses validate their parameters in ``__init__`` and implement :meth:`partition` by calling
     one partition function (:mod:`kdlightning.data.partitioners` and its siblings). Their errors name their own
     parameters as a config gives them, under ``partitioner`` (``partitioner.alpha``): a partition's ``alpha`` is not
-    KD's.
+    KD's. :class:`~kdlightning.data.PartitionedDataModule` calls :meth:`partition_data`, which splits the labels
+    with :meth:`partition` unless a strategy that reads the data otherwise overrides it.
     """
 
     @property
@@ -70,6 +94,26 @@ class Partitioner(ABC):
         Returns:
             One sorted ``int64`` index array per party.
         """
+
+    def partition_data(self, data: TrainingPool, pool: npt.ArrayLike, num_parties: int, seed: int) -> list[IndexArray]:
+        """Split the training samples ``pool`` of ``data`` into ``num_parties`` parties.
+
+        :class:`~kdlightning.data.PartitionedDataModule` calls it on its pool (the training set less the public
+        split). This one splits the pool's labels (:meth:`partition`); a strategy that reads a column of the data
+        or its inputs overrides it.
+
+        Args:
+            data: The data set (a :class:`~kdlightning.data.LabelledData`).
+            pool: Indices of the samples to split into the training set of ``data``, shape ``(M,)``.
+            num_parties: Number of parties, in ``[1, M]``.
+            seed: Seed of the split's own generator, ``>= 0``.
+
+        Returns:
+            One sorted ``int64`` array per party of positions in ``pool`` (in ``[0, M)``, as :meth:`partition`
+            gives positions in its labels), disjoint and together covering ``range(M)``: ``pool[part]`` are the
+            party's samples.
+        """
+        return self.partition(np.asarray(data.train_labels)[np.asarray(pool)], num_parties, seed)
 
     def __str__(self) -> str:
         return self.name

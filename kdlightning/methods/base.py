@@ -465,9 +465,24 @@ class DistillationModule(L.LightningModule):
         """Log ``val/loss`` and ``val/acc`` of the student (and of every evaluated network)."""
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Log ``test/loss`` and ``test/acc`` of the student (and of every evaluated network)."""
-        self._evaluate(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Log ``test/loss`` and ``test/acc`` of the student (and of every evaluated network).
+
+        With several test loaders (a :class:`~kdlightning.data.PartitionedDataModule` with ``party_test``),
+        Lightning adds the loader to each key: ``test/acc/dataloader_idx_0``, ``test/acc/dataloader_idx_1``.
+        """
+        if dataloader_idx == 0:
+            self._evaluate(batch, "test")
+            return
+        # A further loader: its accuracy as the batch-size-weighted mean of batch accuracies, which is its
+        # accuracy over the loader; the metric objects keep the first loader's state alone.
+        y = self.labels(batch)
+        for name, suffix in self.evaluated_networks().items():
+            logits = self.logits(name, batch)
+            size = y.shape[0]
+            self.log(f"test/loss{suffix}", F.cross_entropy(logits.float(), y), batch_size=size, sync_dist=True)
+            accuracy = (logits.argmax(dim=-1) == y).float().mean()
+            self.log(f"test/acc{suffix}", accuracy, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Student class probabilities ``(N, C)``."""

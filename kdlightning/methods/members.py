@@ -166,6 +166,7 @@ class BatchedMembers(DistillationModule):
         """:attr:`validation_history` of each validation loader, in order (several when the datamodule
         validates on several splits, e.g. ``PartitionedDataModule(validation=["own", "public"])``)."""
         self._split_metrics: dict[int, MemberMetrics] = {}  # validation loaders after the first
+        self._test_split_metrics: dict[int, MemberMetrics] = {}  # test loaders after the first
         for reference, module in shared_references(members).items():
             self.add_frozen(reference, module)
         self._groups = member_groups(members, self.stacks)
@@ -416,9 +417,15 @@ class BatchedMembers(DistillationModule):
         """The members' metric of ``stage`` (on the first validation loader for ``val``)."""
         return cast(MemberMetrics, self.metrics_of(stage)["student"])
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate every member's accuracy and loss."""
-        self._members_metric("test").update(self.member_logits(batch), self.labels(batch))
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Accumulate every member's accuracy and loss (per test loader)."""
+        if dataloader_idx == 0:
+            metric = self._members_metric("test")
+        else:
+            if dataloader_idx not in self._test_split_metrics:
+                self._test_split_metrics[dataloader_idx] = MemberMetrics(self.num_members).to(self.device)
+            metric = self._test_split_metrics[dataloader_idx]
+        metric.update(self.member_logits(batch), self.labels(batch))
 
     def on_validation_epoch_end(self) -> None:
         """Log each member's ``val/acc_<member>`` and ``val/loss_<member>``, and ``val/acc_best``; keep the history."""
@@ -432,8 +439,21 @@ class BatchedMembers(DistillationModule):
                 history.append(epoch)
 
     def on_test_epoch_end(self) -> None:
-        """Log ``test/acc_<member>`` and ``test/loss_<member>``."""
+        """Log ``test/acc_<member>`` and ``test/loss_<member>``, and those of further test loaders.
+
+        A further loader ``i`` (a datamodule's ``party_test``) logs ``test/acc_<member>/dataloader_idx_<i>`` and
+        ``test/loss_<member>/dataloader_idx_<i>``.
+        """
         self._log_stage("test")
+        for index in sorted(self._test_split_metrics):
+            metric = self._test_split_metrics.pop(index)
+            accuracy, loss = computed(metric)
+            logged = {
+                f"test/{c}_{name}/dataloader_idx_{index}": v[k].float()
+                for c, v in (("acc", accuracy), ("loss", loss))
+                for k, name in enumerate(self.member_names)
+            }
+            self.log_dict(logged, add_dataloader_idx=False)
 
     def _log_stage(self, stage: str) -> dict[str, tuple[float, float]]:
         accuracy, loss = computed(self._members_metric(stage))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
@@ -276,7 +277,7 @@ class Study:
                 "drop `tokenizers`, or choose a text column of the data set."
             )
         for scenario in config.scenarios:  # an impossible scenario fails now, not after hours of others
-            scenario.partition(data.train_labels, config.num_parties, config.seeds[0])
+            scenario.partition_data(data, np.arange(len(data.train_labels)), config.num_parties, config.seeds[0])
         self._checked = self._configuration(data.num_classes)
 
     @property

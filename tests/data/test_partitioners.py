@@ -223,6 +223,10 @@ PARTITION_MODULES = (
     "kdlightning.data.shards",
     "kdlightning.data.partition_sizes",
     "kdlightning.data.strategies",
+    "kdlightning.data.natural",
+    "kdlightning.data.feature_skew",
+    "kdlightning.data.data_strategies",
+    "kdlightning.data.label_mix",
 )
 """The partitioning core: numpy only."""
 

@@ -189,6 +189,17 @@ def test_sized_draws_samples_at_random() -> None:
     assert all(part[-1] - part[0] + 1 > part.size for part in parts)
 
 
+def built_from_config(class_name: str, init_args: dict) -> Partitioner:
+    """``kdlightning.data.<class_name>`` as a YAML config's ``partitioner`` builds it."""
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--partitioner", type=Partitioner)
+    config = parser.parse_args(
+        [f"--partitioner={json.dumps({'class_path': f'kdlightning.data.{class_name}', 'init_args': init_args})}"]
+    )
+    return parser.instantiate_classes(config).partitioner
+
+
 # --------------------------------------------------------------------------------------------
 # Shards
 # --------------------------------------------------------------------------------------------
@@ -616,13 +627,7 @@ def test_classes_delegate_to_the_functions(partitioner: Partitioner, function: S
     ],
 )
 def test_classes_build_from_a_config(class_name: str, init_args: dict, name: str) -> None:
-    jsonargparse = pytest.importorskip("jsonargparse")
-    parser = jsonargparse.ArgumentParser(exit_on_error=False)
-    parser.add_argument("--partitioner", type=Partitioner)
-    config = parser.parse_args(
-        [f"--partitioner={json.dumps({'class_path': f'kdlightning.data.{class_name}', 'init_args': init_args})}"]
-    )
-    partitioner = parser.instantiate_classes(config).partitioner
+    partitioner = built_from_config(class_name, init_args)
     assert type(partitioner).__name__ == class_name
     assert partitioner.name == name
     if class_name == "SizeRulePartitioner":  # counts stay integers, fractions stay fractions
