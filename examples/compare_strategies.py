@@ -1,8 +1,8 @@
 """Read federated experiments of several server strategies side by side, seed by seed.
 
 Each ``--run NAME=PATH`` is an experiment's ``rounds.csv`` (``kdl federate`` across scenarios and seeds, the same
-clients, partitions and rounds); its starts become arms ``"NAME <start>"``. The comparison's ``rounds.csv``,
-``summary.md`` and ``accuracy.png`` go to ``--out`` (see :class:`kdlightning.federated.comparison.StrategyComparison`).
+clients, partitions and rounds); its starts become arms ``"NAME <start>"``. The comparison's ``summary.md`` and
+``accuracy.png`` go to ``--out`` (see :class:`kdlightning.federated.comparison.StrategyComparison`).
 
     python examples/compare_strategies.py \
         --run FedAvg=docs/results/fashion_mnist_federated/scenarios/rounds.csv \

@@ -4,10 +4,10 @@
 (e.g. FedAvg's and FedDF's, with the same clients, partitions, starts and rounds) as *arms*, ``"<strategy>
 <start>"``, and writes, over the cells (scenario, seed) every arm finished:
 
-- ``rounds.csv``: the arms' rows, the start column naming the arm;
-- ``summary.md``: per scenario and arm, the final test accuracy, the total rounds to the targets (95/98/99% of the
-  reference arm's best: fresh FedAvg's) and the reduction against the reference, each a mean with its 95%
-  t-interval over seeds; chosen pairs of arms compared seed by seed (:func:`~kdlightning.stats.paired_difference`);
+- ``summary.md``: per scenario and arm, the test accuracy after round 1 and at the end, the total rounds to the
+  targets (95/98/99% of the reference arm's best: fresh FedAvg's) and the reduction against the reference, each a
+  mean with its 95% t-interval over seeds; chosen pairs of arms compared seed by seed
+  (:func:`~kdlightning.stats.paired_difference`);
   and the seconds a round takes, with the server's share (FedDF's distillation);
 - ``accuracy.png``: per scenario, each arm's mean test accuracy by round, with its interval.
 
@@ -21,18 +21,25 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdlightning.atomic import write_text_atomic
 from kdlightning.errors import ConfigurationError
 from kdlightning.federated.aggregate import COLLECTION_ROUNDS, StartResult, Targets, accuracy_curves, start_results
 from kdlightning.federated.experiment_records import ExperimentRecords
-from kdlightning.reporting import write_csv
 from kdlightning.stats import Interval, mean_interval, paired_difference
 
-__all__ = ["StrategyComparison"]
+__all__ = ["ArmResult", "StrategyComparison"]
 
 Rows = Sequence[Mapping[str, Any]]
+
+
+class ArmResult(NamedTuple):
+    """One arm in one cell: its counts to the targets, and its test accuracy after round 1 and at the end."""
+
+    counts: StartResult
+    first: float
+    final: float
 
 
 class StrategyComparison:
@@ -80,17 +87,18 @@ class StrategyComparison:
         self.scenarios = list(dict.fromkeys(name for name, _ in self.cells))
         self.seeds = sorted({seed for _, seed in self.cells})
 
-    def per_seed(self) -> dict[tuple[str, str], dict[int, tuple[StartResult, float]]]:
-        """Per (scenario, arm), per seed of a cell every arm finished: its counts and its final test accuracy."""
+    def per_seed(self) -> dict[tuple[str, str], dict[int, ArmResult]]:
+        """Per (scenario, arm), per seed of a cell every arm finished: its counts and test accuracies."""
         by_cell = self.records.rows_by_cell(self.rows)
-        values: dict[tuple[str, str], dict[int, tuple[StartResult, float]]] = {}
+        values: dict[tuple[str, str], dict[int, ArmResult]] = {}
         for scenario, seed in self.cells:
             curves = accuracy_curves(by_cell[(scenario, seed)])
             named = {("fresh" if arm == self.reference else arm): curve for arm, curve in curves.items()}
             targets = [value for _, value in self.targets.of(named)]
             for arm, result in start_results(named, targets, self.collections).items():
                 arm = self.reference if arm == "fresh" else arm
-                values.setdefault((scenario, arm), {})[seed] = (result, curves[arm][self.rounds])
+                curve = curves[arm]
+                values.setdefault((scenario, arm), {})[seed] = ArmResult(result, curve[1], curve[self.rounds])
         return values
 
     def seconds(self) -> dict[str, tuple[float, float]]:
@@ -128,18 +136,19 @@ class StrategyComparison:
             lines += [
                 f"## {scenario}",
                 "",
-                f"| arm | final accuracy (%) | total rounds to target | reduction vs {self.reference} "
-                "| censored seeds |",
-                "|---|---|---|---|---|",
+                f"| arm | accuracy after round 1 (%) | final accuracy (%) | total rounds to target | reduction vs "
+                f"{self.reference} | censored seeds |",
+                "|---|---|---|---|---|---|",
             ]
             for arm in self.arms:
                 values = per_seed.get((scenario, arm), {})
-                accuracy = mean_interval([100 * final for _, final in values.values()])
-                rounds = mean_interval([result.rounds for result, _ in values.values()])
-                reductions = [result.reduction for result, _ in values.values() if not math.isnan(result.reduction)]
+                first = _plain(mean_interval([100 * value.first for value in values.values()]), 2)
+                final = _plain(mean_interval([100 * value.final for value in values.values()]), 2)
+                rounds = _plain(mean_interval([value.counts.rounds for value in values.values()]), 1)
+                reductions = [v.counts.reduction for v in values.values() if not math.isnan(v.counts.reduction)]
                 reduction = "(reference)" if arm == self.reference else _or_na(reductions, 1, "%")
-                censored = sum(result.censored for result, _ in values.values())
-                lines.append(f"| {arm} | {_plain(accuracy, 2)} | {_plain(rounds, 1)} | {reduction} | {censored} |")
+                censored = sum(value.counts.censored for value in values.values())
+                lines.append(f"| {arm} | {first} | {final} | {rounds} | {reduction} | {censored} |")
             lines += ["", *self._paired_lines(per_seed, [scenario]), ""]
         lines += ["## All scenarios", "", *self._overall_lines(per_seed), "", *self._paired_lines(per_seed, None)]
         lines += [
@@ -156,10 +165,9 @@ class StrategyComparison:
         return "\n".join([*lines, ""])
 
     def write(self, out: str | Path) -> None:
-        """Write ``rounds.csv``, ``summary.md`` and ``accuracy.png`` in ``out`` (atomically)."""
+        """Write ``summary.md`` and ``accuracy.png`` in ``out`` (atomically); the rows are the runs' own files."""
         out = Path(out)
         done = set(self.cells)
-        write_csv(out / "rounds.csv", [r for r in self.rows if (str(r["scenario"]), int(r["seed"])) in done])
         write_text_atomic(out / "summary.md", self.summary())
         self.records.out = out
         self.records.plot([r for r in self.rows if (str(r["scenario"]), int(r["seed"])) in done])
@@ -167,7 +175,7 @@ class StrategyComparison:
     def _target_names(self) -> list[str]:
         return [f"{100 * f:g}%" for f in self.targets.fractions]
 
-    def _overall_lines(self, per_seed: Mapping[tuple[str, str], Mapping[int, tuple[StartResult, float]]]) -> list[str]:
+    def _overall_lines(self, per_seed: Mapping[tuple[str, str], Mapping[int, ArmResult]]) -> list[str]:
         """Per arm: its final accuracy and reduction, averaged over the scenarios within a seed, then over seeds."""
         lines = []
         for arm in self.arms:
@@ -181,7 +189,7 @@ class StrategyComparison:
 
     def _paired_lines(
         self,
-        per_seed: Mapping[tuple[str, str], Mapping[int, tuple[StartResult, float]]],
+        per_seed: Mapping[tuple[str, str], Mapping[int, ArmResult]],
         scenarios: Sequence[str] | None,
     ) -> list[str]:
         """Each pair of arms, seed by seed: in one scenario, or (None) averaged over the scenarios within a seed."""
@@ -211,7 +219,7 @@ class StrategyComparison:
         return lines
 
     def _averaged(
-        self, per_seed: Mapping[tuple[str, str], Mapping[int, tuple[StartResult, float]]], arm: str, measure: str
+        self, per_seed: Mapping[tuple[str, str], Mapping[int, ArmResult]], arm: str, measure: str
     ) -> dict[int, float]:
         """Per seed where every scenario has ``arm``'s ``measure``: its mean over the scenarios."""
         averaged = {}
@@ -223,9 +231,8 @@ class StrategyComparison:
         return averaged
 
 
-def _measure(value: tuple[StartResult, float], measure: str) -> float:
-    result, final = value
-    return final if measure == "final" else result.reduction
+def _measure(value: ArmResult, measure: str) -> float:
+    return value.final if measure == "final" else value.counts.reduction
 
 
 def _plain(interval: Interval, digits: int, unit: str = "") -> str:

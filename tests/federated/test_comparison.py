@@ -45,12 +45,13 @@ def test_each_arm_is_counted_against_the_reference_on_its_own_seed_with_its_star
     per_seed = comparison().per_seed()
     for seed in (0, 1, 2):
         best = 0.9 + 0.01 * seed  # FedAvg fresh's, at round 3: the targets are 95, 98 and 99% of it
-        fresh, final = per_seed[("iid", "FedDF fresh")][seed]
+        fresh, first, final = per_seed[("iid", "FedDF fresh")][seed]
         # FedDF fresh meets every target at round 2 (round 1 is under 95%), no collection round: 2 against 3
         assert (fresh.rounds, fresh.reduction, final) == (2.0, pytest.approx(100 / 3), pytest.approx(best + 0.02))
-        consolidated, _ = per_seed[("iid", "FedDF consolidated")][seed]
+        assert first == pytest.approx(0.85 + 0.01 * seed)
+        consolidated, _, _ = per_seed[("iid", "FedDF consolidated")][seed]
         assert consolidated.rounds == 2.0  # every target at round 1, plus the round collecting the clients' models
-        reference, _ = per_seed[("iid", "FedAvg fresh")][seed]
+        reference, _, _ = per_seed[("iid", "FedAvg fresh")][seed]
         assert reference.rounds == 3.0 and reference.reduction != reference.reduction  # nan: the reference
 
 
@@ -59,20 +60,23 @@ def test_the_summary_pairs_the_arms_by_seed_and_gives_the_servers_share_of_a_rou
     compared.write(tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     per_seed = compared.per_seed()
-    ours = [100 * per_seed[("iid", "FedDF fresh")][s][1] for s in (0, 1, 2)]
-    theirs = [100 * per_seed[("iid", "FedAvg fresh")][s][1] for s in (0, 1, 2)]
+    ours = [100 * per_seed[("iid", "FedDF fresh")][s].final for s in (0, 1, 2)]
+    theirs = [100 * per_seed[("iid", "FedAvg fresh")][s].final for s in (0, 1, 2)]
     difference = paired_difference(ours, theirs).difference
     assert (
         f"- FedDF fresh - FedAvg fresh: {difference.format(2, ' pp')} in final accuracy, paired over 3 seed(s)"
         in summary
     )
-    reductions = [per_seed[("skew", "FedDF consolidated")][s][0].reduction for s in (0, 1, 2)]
-    assert "| FedDF consolidated | 94.00 [" in summary and mean_interval(reductions).format(1, "%") in summary
+    reductions = [per_seed[("skew", "FedDF consolidated")][s].counts.reduction for s in (0, 1, 2)]
+    assert (
+        "| FedDF consolidated | 91.00 [88.52, 93.48] | 94.00 [91.52, 96.48] | 2.0 [2.0, 2.0] |" in summary
+        and mean_interval(reductions).format(1, "%") in summary
+    )
     assert "| FedDF fresh | 2.00 | 0.50 |" in summary and "| FedAvg fresh | 2.00 | 0.00 |" in summary
     untimed = [{k: v for k, v in r.items() if k != "server_seconds"} for r in rows("FedAvg")]
     assert "| FedAvg fresh | 2" not in StrategyComparison({"FedAvg": untimed, "FedDF": rows("FedDF")}, 3).summary()
     assert "2 scenario(s) x seeds [0, 1, 2]" in summary
-    assert (tmp_path / "accuracy.png").stat().st_size > 0 and (tmp_path / "rounds.csv").is_file()
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_only_the_cells_every_arm_finished_are_read() -> None:
