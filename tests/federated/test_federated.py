@@ -693,3 +693,13 @@ def test_the_federation_s_optimizer_trains_every_fit(tmp_path: Path) -> None:
     assert "optimizer" not in federation_record(own.config, ["x"])
     own.pretrained_client(0)  # another optimizer: another pre-trained file, beside the first
     assert len(list((tmp_path / "clients").glob("client0-*.pt"))) == 2
+
+
+def test_a_partition_that_reads_the_data_is_a_federation_scenario(tmp_path: Path) -> None:
+    from kdlightning.data import FeatureSkewPartitioner
+    from kdlightning.data.feature_skew import mean_intensity
+
+    federation = checked(num_clients=3, partitioner=FeatureSkewPartitioner(strictness=1.0), out=tmp_path)
+    brightness = [mean_intensity(federation.datamodule(k).data.train_inputs[parts]).mean() for k, parts in
+                  enumerate(federation.datamodule(0).split_pool()[0])]  # fmt: skip
+    assert brightness == sorted(brightness)  # strictness 1: client 0 holds the darkest images, client 2 the brightest

@@ -711,3 +711,13 @@ def test_without_the_study_s_optimizer_each_method_trains_with_its_own(tmp_path:
     )
     assert all(float(r["acc_after"]) != float(r["acc_before"]) for r in rows)
     assert "optimizer" not in json.loads((tmp_path / "study.json").read_text())["settings"]
+
+
+def test_a_partition_that_reads_the_data_is_a_study_scenario(tmp_path: Path) -> None:
+    """A feature-skew scenario reads the inputs (not only the labels) in the study's early check and its parties."""
+    from kdlightning.data import FeatureSkewPartitioner, NaturalPartitioner
+
+    skew = FeatureSkewPartitioner(feature="mean_intensity", strictness=1.0)
+    study(tmp_path / "out", scenarios=[skew]).check()
+    with pytest.raises(ValueError, match="column"):  # the digits have no `author` column: named before any fit
+        study(tmp_path / "natural", scenarios=[NaturalPartitioner(column="author")]).check()
