@@ -84,3 +84,21 @@ def test_the_federated_summaries_in_the_docs_are_what_their_rounds_give(tmp_path
     rows = read_csv(folder / "rounds.csv")
     assert len({row["seed"] for row in rows}) >= 2
     assert (folder / "summary.md").read_text() == experiment.records.summary(rows)
+
+
+def test_the_feddf_comparison_in_the_docs_is_what_the_two_experiments_rounds_give() -> None:
+    """The committed FedDF-against-FedAvg ``summary.md`` is generated from the two experiments' ``rounds.csv``."""
+    from kdlightning.federated.comparison import StrategyComparison
+    from kdlightning.reporting import read_csv
+
+    folder = ROOT / "docs" / "results" / "fashion_mnist_federated"
+    arms = ["FedAvg fresh", "FedAvg consolidated", "FedDF fresh", "FedDF consolidated"]
+    runs = {
+        name: [row for row in read_csv(folder / path / "rounds.csv") if f"{name} {row['start']}" in arms]
+        for name, path in (("FedAvg", "scenarios"), ("FedDF", "feddf"))
+    }
+    pairs = [("FedDF fresh", "FedAvg fresh"), ("FedDF consolidated", "FedAvg consolidated")]
+    pairs.append(("FedDF consolidated", "FedAvg fresh"))
+    comparison = StrategyComparison(runs, 30, pairs=pairs)
+    assert len(comparison.cells) == 25
+    assert (folder / "feddf" / "summary.md").read_text() == comparison.summary()

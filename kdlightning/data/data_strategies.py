@@ -3,7 +3,7 @@
 :class:`NaturalPartitioner` splits by an id column (:func:`~kdlightning.data.natural`),
 :class:`FeatureSkewPartitioner` by a real-valued property (:func:`~kdlightning.data.feature_skew`). Like the
 classes of :mod:`kdlightning.data.strategies`, each validates and holds its parameters and calls its function;
-it reads what it splits by in :meth:`~kdlightning.data.Partitioner.partition_data`, which
+it reads what it splits by in :meth:`~kdlightning.data.strategies.Partitioner.partition_data`, which
 :class:`~kdlightning.data.PartitionedDataModule` calls. This module imports numpy only.
 """
 
