@@ -126,8 +126,9 @@ class PartitionedDataModule(ClassificationDataModule):
       a method's test metrics by loader: ``test/acc/dataloader_idx_0`` (global) and ``test/acc/dataloader_idx_1``
       (the party's), likewise ``test/loss/...``.
 
-    The pool is split by ``partitioner.partition_data`` (:meth:`~kdlightning.data.strategies.Partitioner.partition_data`),
-    which splits the labels, or for a strategy that reads the data, a column of it or its inputs.
+    The pool is split by ``partitioner.partition_data``
+    (:meth:`~kdlightning.data.strategies.Partitioner.partition_data`), which splits the labels, or for a strategy
+    that reads the data, a column of it or its inputs.
 
     Text inputs are tokenized per network by ``tokenizers`` (a :class:`~kdlightning.data.TokenizeCollate`):
     batches are then dicts of token tensors with ``"labels"`` (and ``"index"``, the pool index, in

@@ -29,9 +29,11 @@ simulation on one machine; ``flwr run`` runs the same apps on real SuperNodes.
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -381,7 +383,9 @@ class Federation:
         it trains on the public split less a held-out share, stops when the distillation loss there stops falling
         and keeps its best weights. Each teacher is its client's network (``(client, state)``; a client of
         unknown id has the global architecture). The network is the global one, or (``prototype``, a client)
-        that client's architecture's. No teacher-output cache: the teachers change every round.
+        that client's architecture's. The teachers' outputs on the public split are computed once per round and
+        reused by every epoch and every prototype of that round (:class:`~kdlightning.cache.CacheReferenceOutputs`
+        in ``<out>/cache/rounds/<round>``, the previous round's removed): the teachers change every round.
 
         Raises:
             FloatingPointError: the distillation's loss turned non-finite (the strategy keeps the aggregate).
@@ -398,11 +402,22 @@ class Federation:
         L.seed_everything(config.seed + server_round, verbose=False)
         tokens = config.tokenization.consolidation([client for client, _ in teachers], prototype)
         data = self.datamodule(None, tokens, holdout_fraction=settings.held_out)
-        callbacks: list[L.Callback] = []
+        callbacks: list[L.Callback] = [CacheReferenceOutputs(cache_dir=str(self._round_cache(server_round)))]
         if settings.patience is not None:
-            callbacks = [EarlyStopping("val/loss_kd", patience=settings.patience), RestoreBest("val/loss_kd")]
-        self._trainer(settings.epochs, callbacks, validate=bool(callbacks)).fit(model, datamodule=data)
+            callbacks += [EarlyStopping("val/loss_kd", patience=settings.patience), RestoreBest("val/loss_kd")]
+        self._trainer(settings.epochs, callbacks, validate=settings.patience is not None).fit(model, datamodule=data)
         return _cpu_state(student)
+
+    def _round_cache(self, server_round: int) -> Path:
+        """The teacher-output cache of round ``server_round``'s distillations; other rounds' are removed."""
+        rounds = self.config.out / "cache" / "rounds"
+        here = rounds / str(server_round)
+        if rounds.is_dir():
+            for other in rounds.iterdir():
+                if other != here:
+                    shutil.rmtree(other, ignore_errors=True)
+        here.mkdir(parents=True, exist_ok=True)
+        return here
 
     def _distillation(
         self,

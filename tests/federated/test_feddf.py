@@ -307,3 +307,34 @@ def test_a_global_network_no_client_has_learns_from_the_ensemble_alone(
         federation, arrival_grid(client_app_for(federation), 2, [0, 1]), start, lambda *a, **k: 0.0, timeout=60
     )
     assert all(torch.allclose(final[key], start[key] + 2) for key in start)  # distilled in each of the 2 rounds
+
+
+def test_a_rounds_teacher_outputs_serve_every_prototype_and_leave_the_result_unchanged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from lightning import Callback
+
+    from kdlightning.federated.server_distillation import ServerDistillation
+
+    narrow = partial(SMALL.func, in_features=64, hidden_sizes=(5,))
+    federation = checked(num_clients=2, client_networks=[SMALL, narrow], starts=["fresh"], out=tmp_path)
+    torch.manual_seed(4)
+    teachers = [(0, federation.networks.global_network().state_dict())]
+    teachers.append((1, federation.networks.client_network(1).state_dict()))
+    prototypes = {None: federation.networks.global_network().state_dict(), 1: teachers[1][1]}
+    settings = ServerDistillation(epochs=3)
+
+    def distilled(server_round: int) -> dict:
+        return {
+            k: federation.distil_round(server_round, state, teachers, [1.0, 3.0], settings, k)
+            for k, state in prototypes.items()
+        }
+
+    cached = distilled(1)
+    stores = sorted(path.name for path in (tmp_path / "cache" / "rounds" / "1").iterdir())
+    assert len(stores) == 2  # one per teacher, shared by both prototypes and every epoch
+    distilled(2)
+    assert [path.name for path in (tmp_path / "cache" / "rounds").iterdir()] == ["2"]  # round 1's removed
+    monkeypatch.setattr("kdlightning.federated.federation.CacheReferenceOutputs", lambda cache_dir: Callback())
+    uncached = distilled(1)
+    assert all(torch.equal(cached[k][key], uncached[k][key]) for k in cached for key in cached[k])
