@@ -80,9 +80,7 @@ class StrategyComparison:
         self.targets = targets if targets is not None else Targets(fractions=(0.95, 0.98, 0.99))
         cells = list(dict.fromkeys((str(row["scenario"]), int(row["seed"])) for row in self.rows))
         seeds = sorted({seed for _, seed in cells})
-        self.records = ExperimentRecords(
-            Path("."), cells, seeds, self.arms, rounds, self.targets, "", 0, 0, strategy=" / ".join(runs)
-        )
+        self.records = self._records(Path("."), cells, seeds)
         self.cells = [cell for cell in cells if cell in self.records.finished_cells(self.rows)]
         self.scenarios = list(dict.fromkeys(name for name, _ in self.cells))
         self.seeds = sorted({seed for _, seed in self.cells})
@@ -169,8 +167,13 @@ class StrategyComparison:
         out = Path(out)
         done = set(self.cells)
         write_text_atomic(out / "summary.md", self.summary())
-        self.records.out = out
-        self.records.plot([r for r in self.rows if (str(r["scenario"]), int(r["seed"])) in done])
+        records = self._records(out, self.cells, self.seeds)
+        records.plot([r for r in self.rows if (str(r["scenario"]), int(r["seed"])) in done])
+
+    def _records(self, out: Path, cells: Sequence[tuple[str, int]], seeds: Sequence[int]) -> ExperimentRecords:
+        """The arms' rows as an experiment's over ``cells`` (its cell grouping, finished cells and plot)."""
+        strategy = " / ".join(self.strategies)
+        return ExperimentRecords(out, cells, seeds, self.arms, self.rounds, self.targets, "", 0, 0, strategy=strategy)
 
     def _target_names(self) -> list[str]:
         return [f"{100 * f:g}%" for f in self.targets.fractions]

@@ -114,7 +114,6 @@ class FedDF(FedAvg):
         if weighting not in WEIGHTINGS:
             raise ConfigurationError(f"`strategy.weighting` must be one of {list(WEIGHTINGS)}, got {weighting!r}.")
         super().__init__(*args, **kwargs)
-        self.distillation_epochs: int = int(distillation_epochs)
         self.weighting: str = weighting
         self.distiller: Distiller | None = distiller
         self.architectures: Architectures | None = architectures
@@ -160,10 +159,10 @@ class FedDF(FedAvg):
             record, group_metrics = super().aggregate_train(server_round, group)
             if record is not None:
                 self.prototypes[k] = record
-                if arrays is None and self.distillation_epochs > 0:
+                if arrays is None and self.settings.epochs > 0:
                     # no client has the global architecture: the global model learns from the ensemble alone
                     arrays, metrics = self.sent, group_metrics
-        if arrays is None or self.distillation_epochs == 0:
+        if arrays is None or self.settings.epochs == 0:
             return arrays, metrics
         if self.distiller is None:
             raise ConfigurationError(

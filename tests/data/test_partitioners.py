@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_layers import LAYERS
 
 from kdlightning.data import partitioners as P
 from kdlightning.data.partition_sizes import inner_dirichlet, sized
@@ -217,17 +218,7 @@ print(digest(inner_dirichlet(labels, 10, [500] * 10, 0.3, 11)))
     assert out.stdout.split() == here
 
 
-PARTITION_MODULES = (
-    "kdlightning.data._partitioning",
-    "kdlightning.data.partitioners",
-    "kdlightning.data.shards",
-    "kdlightning.data.partition_sizes",
-    "kdlightning.data.strategies",
-    "kdlightning.data.natural",
-    "kdlightning.data.feature_skew",
-    "kdlightning.data.data_strategies",
-    "kdlightning.data.label_mix",
-)
+PARTITION_MODULES = tuple(name for name in LAYERS[0] if name.startswith("kdlightning.data."))
 """The partitioning core: numpy only."""
 
 BARE_DATA_PACKAGE = f"""
