@@ -243,6 +243,21 @@ def test_feature_skew_is_the_documented_blend(seed: int) -> None:
     assert same(feature_skew(values, parties, strictness, seed), [np.sort(run) for run in runs])
 
 
+@pytest.mark.parametrize("strictness", [0.5, 1.0])
+def test_feature_skew_of_values_closer_than_its_sort_key_resolves_is_still_the_documented_blend(
+    strictness: float,
+) -> None:
+    """Values 1e-25 apart beside one at 1.0 fall into one integer sort key: the split still sorts them truly."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate(([1.0], rng.random(2000) * 1e-25))
+    noise = np.random.default_rng(5).random(values.size)
+    score = strictness * ((rankdata(values) - 1) / (values.size - 1)) + (1 - strictness) * noise
+    runs = np.array_split(np.lexsort((noise, score)), 9)
+    assert same(feature_skew(values, 9, strictness, 5), [np.sort(run) for run in runs])
+
+
 @pytest.mark.parametrize("strictness", [0.0, 0.5, 1.0])
 def test_feature_skew_of_tied_values_is_in_the_order_of_the_noise(strictness: float) -> None:
     """Tied values (a constant property) go in the order of the split's noise, at any strictness: the IID split."""
