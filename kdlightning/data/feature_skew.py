@@ -106,13 +106,8 @@ def _feature_skew(
         score = array  # in the order of its normalised ranks, ties alike
     else:
         score = blend * (_mean_ranks(array) / max(size - 1, 1)) + (1.0 - blend) * noise  # (N,) b
-    order = _order(score, noise)
     sizes = _even_sizes(size, parties)
-    if parties * 64 <= size:  # long runs: sorting each is faster than grouping by owner
-        return [np.sort(run).astype(np.int64, copy=False) for run in np.split(order, np.cumsum(sizes)[:-1])]
-    owner = np.empty(size, dtype=_owner_dtype(parties))
-    owner[order] = np.repeat(np.arange(parties, dtype=owner.dtype), sizes)
-    return _group(owner, sizes)
+    return _group(_owners(score, noise, sizes), sizes)
 
 
 def _check_property(array: npt.NDArray[np.generic], name: str, what: str) -> npt.NDArray[np.float64]:
@@ -170,18 +165,39 @@ def _ascending(values: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int64], 
     return order, values[order]
 
 
-def _order(score: npt.NDArray[np.float64], noise: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
-    """The samples in increasing order of ``score``, tied scores in increasing order of ``noise``."""
-    order, ordered = _ascending(score)  # ties in no set order
-    tied = ordered[1:] == ordered[:-1]
-    if not tied.any():
-        return order
-    # Ties (equal values at strictness 1): sort by (score, rank of the noise) as one integer key.
-    group = np.empty(score.size, dtype=np.int64)
-    group[order] = np.concatenate(([0], np.cumsum(~tied)))  # the rank of each sample's score among the scores
-    noise_rank = np.empty(score.size, dtype=np.int64)
-    noise_rank[np.argsort(noise)] = np.arange(score.size)
-    return np.argsort(group * score.size + noise_rank)
+def _owners(
+    score: npt.NDArray[np.float64], noise: npt.NDArray[np.float64], sizes: npt.NDArray[np.int64]
+) -> npt.NDArray[np.integer]:
+    """The party of each sample, the samples cut in consecutive runs of ``sizes`` in the order of ``score``.
+
+    Tied scores go in increasing order of ``noise``. The cut needs no full sort: the scores fall into ``64 P``
+    equal-width buckets, and counting them gives each bucket's run of positions in the order. A bucket whose run
+    lies inside one party's gives that party to all its samples, whatever their order within it; only the samples
+    of a bucket that a cut crosses (at most ``P - 1`` buckets) are sorted, by (score, noise), to place them.
+    """
+    parties = sizes.size
+    buckets = 64 * parties
+    low, high = float(score.min()), float(score.max())
+    with np.errstate(over="ignore"):
+        scale = buckets / (high - low) if high > low else 0.0
+    if not scale < np.inf:  # a range too wide for a float: one bucket, every sample sorted
+        scale = 0.0
+    bucket = ((score - low) * scale).astype(np.int64)
+    np.minimum(bucket, buckets - 1, out=bucket)  # the largest score, and rounding at the top
+    counts = np.bincount(bucket, minlength=buckets)
+    end = np.cumsum(counts)  # (buckets,) one past each bucket's last position
+    start = end - counts
+    cuts = np.cumsum(sizes)  # party p holds positions cuts[p - 1] .. cuts[p] - 1
+    first = np.searchsorted(cuts, start, side="right")  # the party of each bucket's first position
+    crossed = (first != np.searchsorted(cuts, end - 1, side="right")) & (counts > 0)
+    owner = first.astype(_owner_dtype(parties))[bucket]
+    mixed = np.flatnonzero(crossed[bucket])
+    if mixed.size:
+        placed = mixed[np.lexsort((noise[mixed], score[mixed], bucket[mixed]))]  # by bucket, score, noise
+        run = bucket[placed]
+        position = start[run] + np.arange(placed.size) - np.searchsorted(run, run, side="left")
+        owner[placed] = np.searchsorted(cuts, position, side="right")
+    return owner
 
 
 # ----------------------------------------------------------------------------------------------
