@@ -1,5 +1,7 @@
 # make demo: create .venv, install, run the study on the bundled digits (`kdl study`) and print its summary.
 # make test: create .venv if needed, run the whole test suite (with doctests), lint, type-check, build the docs.
+# make docs: build the docs strictly (a warning fails) into site/; make docs-serve: serve them at http://127.0.0.1:8000
+# and rebuild on every edit.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := offline
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint docs bench text clean
+.PHONY: demo test lint docs docs-serve bench text clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks --json runs/bench.json
 
 docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
+docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
 
 clean:

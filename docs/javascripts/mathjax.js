@@ -13,9 +13,14 @@ window.MathJax = {
   },
 };
 
+// mkdocs-material announces each page on document$ (the first load, and every page that instant loading
+// brings in): typeset it again once MathJax has started. Only typesetClear, texReset and typesetPromise are
+// called: they exist whatever the output jax (clearCache is the HTML output's alone; this is the SVG one).
 document$.subscribe(() => {
-  MathJax.startup.output.clearCache();
-  MathJax.typesetClear();
-  MathJax.texReset();
-  MathJax.typesetPromise();
+  if (!MathJax.startup) return; // MathJax did not load: the formulas stay as TeX
+  MathJax.startup.promise.then(() => {
+    MathJax.typesetClear();
+    MathJax.texReset();
+    return MathJax.typesetPromise();
+  });
 });
