@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
@@ -89,7 +90,14 @@ class FitSummary(L.Callback):
         self.monitor = monitor
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Print the summary line (rank zero)."""
+        """Print the summary line (rank zero), below the finished progress bar.
+
+        Lightning's rich progress bar is drawn until the trainer's teardown, after this hook: drawn again
+        below the summary, it would leave a copy of itself after the last line. It is closed first.
+        """
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, RichProgressBar):
+            bar.teardown(trainer, pl_module, "fit")
         rank_zero_info(self.line(trainer))
 
     def line(self, trainer: L.Trainer) -> str:

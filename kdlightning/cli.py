@@ -72,8 +72,10 @@ def main(args: Sequence[str] | None = None) -> None:
     """The ``kdl`` console script: run ``kdl`` with ``args`` (None: ``sys.argv``); :func:`run` returns results.
 
     An error that kdlightning raised on purpose (a :class:`~kdlightning.errors.KDLightningError`: a bad value, a
-    missing file, a diverging loss, however deep in the argument parser's error chain) is printed as one message
-    and exits with status 1; ``KDL_TRACEBACK=1`` shows the traceback instead. Other errors propagate as they are.
+    missing file, a diverging loss, however deep in the argument parser's error chain) is printed as one line on
+    stderr and exits with status 1; ``KDL_TRACEBACK=1`` shows the traceback instead. A command line the parser
+    rejects (a misspelled key, an unknown class, a value of the wrong type) is one short message and status 2
+    (:class:`~kdlightning.lightning_cli.ArgumentParser`). Other errors propagate as they are.
     """
     argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
     try:
@@ -83,7 +85,8 @@ def main(args: Sequence[str] | None = None) -> None:
         if cause is None or os.environ.get("KDL_TRACEBACK"):
             raise
         command = " ".join(["kdl", *argv[:1]])
-        print(f"{command}: {type(cause).__name__}: {cause}\n(KDL_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        message = " ".join(str(cause).split())  # one line, however the message was wrapped
+        print(f"{command}: {type(cause).__name__}: {message} (KDL_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -142,7 +145,7 @@ def _federate_parser(args: list[str]) -> ArgumentParser:
 
 
 def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
-    """``kdl study``: run (or resume) the study and print its summary."""
+    """``kdl study``: run (or resume) the study; end with the recommended method per scenario and the files."""
     from kdlightning.study import Study
 
     progress = init.pop("progress")
@@ -155,12 +158,12 @@ def _run_study(init: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
 
     with exit_on_signals("kdl study", args, report):
         rows = study.run(progress=progress)
-    print((study.out / "summary.md").read_text())
     seconds = study.seconds
     print(
-        f"results: {results} ({len(rows)} runs; this run took {seconds['total']:.0f} s, "
-        f"{seconds['pretraining']:.0f} s of it pre-training)"
+        f"\n{len(rows)} runs in {results}; this run took {seconds['total']:.0f} s, "
+        f"{seconds['pretraining']:.0f} s of it pre-training.\n"
     )
+    print(study.report.ending(rows))
     return rows
 
 

@@ -6,16 +6,18 @@ forward settings (``self.scale = 2.0``, ``self.scale = torch.tensor(2.0)``, a la
 for a Hugging Face model, the same ``config``; and two transfer sets only when the networks see the
 same inputs (:func:`data_fingerprint`, :func:`transfer_fingerprint`). A transform or collate function
 is keyed by its state, not by its ``repr`` (:func:`transform_fingerprint`): one whose state cannot be
-read is refused, and so is a random one (:func:`check_deterministic_transform`). Pure torch and numpy:
-no Lightning.
+read is refused, and so is a random one (:func:`check_deterministic_transform`). Each stored output is
+also tied to the very inputs it was computed on by :func:`input_digests`, one 64-bit digest per sample
+of a batch. Pure torch and numpy: no Lightning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "check_deterministic_transfer",
     "check_deterministic_transform",
     "data_fingerprint",
+    "input_digests",
     "module_fingerprint",
     "module_settings",
     "transfer_fingerprint",
@@ -206,11 +209,7 @@ def data_fingerprint(inputs: np.ndarray, transform: Any = None, collate: Any = N
         >>> data_fingerprint(x) == data_fingerprint(x.copy()) != data_fingerprint(x, transform="flip")
         True
     """
-    digest = hashlib.sha256(b"None" if transform is None else transform_fingerprint(transform).encode())
-    if callable(getattr(collate, "fingerprint", None)):
-        digest.update(collate.fingerprint().encode())
-    elif collate is not None:
-        digest.update(transform_fingerprint(collate, "collate_fn").encode())
+    digest = _pipeline_digest(transform, collate)
     if inputs.dtype.kind in "OUS":
         for text in inputs:
             digest.update(str(text).encode() + b"\0")
@@ -220,46 +219,195 @@ def data_fingerprint(inputs: np.ndarray, transform: Any = None, collate: Any = N
     return digest.hexdigest()
 
 
-def transfer_fingerprint(datamodule: Any) -> str:
-    """SHA-256 of what determines a reference's outputs on a datamodule's training pool.
+def _pipeline_digest(transform: Any, collate: Any) -> Any:
+    """A SHA-256 object updated with the keys of a transform and a collate function (None for none)."""
+    digest = hashlib.sha256(b"None" if transform is None else transform_fingerprint(transform).encode())
+    if callable(getattr(collate, "fingerprint", None)):
+        digest.update(collate.fingerprint().encode())
+    elif collate is not None:
+        digest.update(transform_fingerprint(collate, "collate_fn").encode())
+    return digest
 
-    It hashes what the datamodule exposes (see :class:`~kdlightning.data.PartitionedDataModule`): its
-    training inputs (``data.train_inputs``), ``train_transform`` and ``collate_fn`` (a
-    :class:`~kdlightning.data.TokenizeCollate` adds its tokenizers), with
-    :func:`~kdlightning.fingerprint.data_fingerprint`.
+
+def transfer_fingerprint(datamodule: Any) -> str:
+    """SHA-256 naming a datamodule's training data in the cache's file names: what it declares and exposes.
+
+    It covers the datamodule's ``cache_key()`` (a method returning a string, or a string attribute) if it
+    has one: the identity of its training data as the datamodule names it; and its ``train_transform`` and
+    ``collate_fn`` if it has them, keyed by their state (:func:`transform_fingerprint`; a
+    :class:`~kdlightning.data.TokenizeCollate` adds its tokenizers and ``max_length``). What a stored
+    output was computed on is checked sample by sample besides (:func:`input_digests`), so this key
+    only keeps the stores of different data apart; it is not what makes a stale store safe.
 
     Raises:
-        ValueError: the transform or the collate function cannot be keyed (see :func:`transform_fingerprint`).
+        ValueError: the transform or the collate function cannot be keyed (see :func:`transform_fingerprint`),
+            or ``cache_key`` is neither a string nor a method returning one.
     """
-    return data_fingerprint(
-        datamodule.data.train_inputs,
-        getattr(datamodule, "train_transform", None),
-        getattr(datamodule, "collate_fn", None),
-    )
+    digest = _pipeline_digest(getattr(datamodule, "train_transform", None), getattr(datamodule, "collate_fn", None))
+    declared = getattr(datamodule, "cache_key", None)
+    if declared is not None:
+        key = declared() if callable(declared) else declared
+        if not isinstance(key, str):
+            raise ConfigurationError(
+                f"{type(datamodule).__name__}.cache_key must be a string, or a method returning one, that names its "
+                f"training data; got {short_repr(key)}."
+            )
+        digest.update(b"cache_key\0" + key.encode())
+    return digest.hexdigest()
+
+
+_BIT_VIEWS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+"""The integer dtype whose bits a floating tensor is read as (every bit counts: ``-0.0`` is not ``0.0``)."""
+
+# splitmix64's odd constants, as signed int64, and masks that make int64's arithmetic right shifts logical
+_MIX = (-7046029254386353131, -4658895280553007687, -7723592293110705685)
+_LOW = {shift: (1 << (64 - shift)) - 1 for shift in (27, 30, 31)}
+
+
+def _splitmix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on an int64 tensor, element-wise (wrapping products): it spreads every bit over all."""
+    z = (z ^ ((z >> 30) & _LOW[30])) * _MIX[1]
+    z = (z ^ ((z >> 27) & _LOW[27])) * _MIX[2]
+    return z ^ ((z >> 31) & _LOW[31])
+
+
+def input_digests(inputs: Any, batch_size: int) -> torch.Tensor:
+    """64-bit digests ``(B,)`` of each sample's inputs in a batch: equal inputs, equal digests, in every process.
+
+    ``inputs`` is what a network receives: a tensor ``(B, ...)``, or a dict, tuple or list of them (plain
+    values such as flags count as settings of the whole batch). Every element's bits are weighted by a
+    pseudo-random odd number fixed by its position and summed per sample, with int64 wrap-around, on the
+    tensors' device, and the sums mixed (splitmix64's finaliser). In a dict with an
+    ``attention_mask`` (tokenized text), the positions the mask leaves out do not count, so a sample's
+    digest does not depend on how far its batch is padded.
+
+    Args:
+        inputs: the batch's inputs to one network.
+        batch_size: ``B``, the number of samples (every tensor's first dimension).
+
+    Raises:
+        ValueError: a tensor whose first dimension is not ``B``, or a value that is neither a tensor, a
+            container of them nor a plain number, string, bool or None.
+
+    Examples:
+        >>> x = torch.arange(12.0).reshape(3, 4)
+        >>> first, second = input_digests(x, 3), input_digests(x[[2, 1, 0]], 3)
+        >>> bool((first == second.flip(0)).all()), bool(first[0] != first[1])
+        (True, True)
+    """
+    digest: torch.Tensor | None = None
+    settings = hashlib.sha256()
+    for path, value, mask in _leaves(inputs, "inputs", None):
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+            settings.update(f"{path}\0{value!r}\0".encode())
+            continue
+        if value.shape[0] != batch_size:
+            raise ConfigurationError(
+                f"The teacher-output cache reads the batch's {path} as one row per sample, but its shape "
+                f"{tuple(value.shape)} does not start with the batch size {batch_size}."
+            )
+        rows = _row_digests(value, mask)
+        salt = tag(path, str(value.dtype).encode(), str(_fixed_shape(value, mask)).encode())
+        rows = rows + int.from_bytes(salt[:8], "little", signed=True)
+        digest = rows if digest is None else digest * _MIX[2] + rows
+    if digest is None:
+        digest = torch.zeros(batch_size, dtype=torch.int64)
+    return digest + int.from_bytes(settings.digest()[:8], "little", signed=True)
+
+
+def _leaves(value: Any, path: str, mask: torch.Tensor | None) -> Iterable[tuple[str, Any, torch.Tensor | None]]:
+    """``(path, value, attention mask or None)`` of every tensor or plain value in ``value``, in a fixed order."""
+    if isinstance(value, torch.Tensor) or _is_plain(value):
+        yield path, value, mask
+    elif isinstance(value, Mapping):
+        found = value.get("attention_mask")
+        inner = found if isinstance(found, torch.Tensor) and found.ndim >= 2 else mask
+        for key in sorted(value, key=str):
+            yield from _leaves(value[key], f"{path}[{key!r}]", inner)
+    elif isinstance(value, (tuple, list)):
+        for position, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{position}]", mask)
+    else:
+        raise ConfigurationError(
+            f"The teacher-output cache cannot read the batch's {path}, a {qualified(type(value))}: a network's "
+            "inputs must be tensors (B, ...), or dicts, tuples or lists of them. Train without CacheReferenceOutputs."
+        )
+
+
+def _masks(value: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether ``mask`` (B, L) covers ``value``'s leading dimensions (B, L, ...)."""
+    return mask is not None and tuple(value.shape[: mask.ndim]) == tuple(mask.shape)
+
+
+def _fixed_shape(value: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, ...]:
+    """The part of a tensor's shape that does not vary with padding."""
+    return tuple(value.shape[mask.ndim :]) if mask is not None and _masks(value, mask) else tuple(value.shape[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(length: int, device: torch.device) -> torch.Tensor:
+    """The odd int64 weights ``(length,)`` of positions ``1 .. length``: the same in every process."""
+    positions = torch.arange(1, length + 1, device=device, dtype=torch.int64)
+    return _splitmix(positions * _MIX[0]) | 1
+
+
+def _row_digests(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Digests ``(B,)`` of a tensor's rows: ``sum_k bits[b, k] * w[k]`` (int64, wrapping), then mixed.
+
+    The weights ``w`` are odd pseudo-random numbers fixed by position, so two rows that differ get the same
+    sum only by accident, with a chance of the order of 2^-64 (a linear hash over the bits: one product and
+    one sum per element, about as cheap as a copy of the batch).
+    """
+    value = value.detach()
+    if value.is_complex():
+        value = torch.view_as_real(value)
+    if value.dtype in _BIT_VIEWS:
+        bits = value.contiguous().view(_BIT_VIEWS[value.dtype])
+    elif value.dtype.is_floating_point:  # float8 and other narrow floats: their values, exactly
+        bits = value.to(torch.float64).view(torch.int64)
+    else:
+        bits = value
+    bits = bits.reshape(len(value), -1)  # (B, K)
+    terms = bits * _weights(bits.shape[1], bits.device)  # (B, K) int64
+    if mask is not None and _masks(value, mask):
+        keep = (mask != 0).reshape(*mask.shape, *([1] * (value.ndim - mask.ndim))).expand(value.shape)
+        terms = terms * keep.reshape(len(value), -1)  # padded positions count for nothing
+    return _splitmix(terms.sum(dim=1))
 
 
 def check_deterministic_transfer(datamodule: Any, probes: int = 4, draws: int = 32, keyed: bool = True) -> None:
-    """Raise ``ValueError`` if the cache cannot serve a datamodule's training pool: a random or unkeyable transform.
+    """Raise ``ValueError`` if the cache cannot serve a datamodule's training data: a random or unkeyable transform.
 
-    Probes the ``train_transform`` on the first ``probes`` samples of the training pool with
-    :func:`check_deterministic_transform`, then checks that it and the ``collate_fn`` can be keyed
+    A datamodule that exposes a ``train_transform`` and its raw training inputs (``data.train_inputs``, as
+    :class:`~kdlightning.data.PartitionedDataModule` does) has the transform probed on the first ``probes``
+    of them with :func:`check_deterministic_transform`. Any other datamodule's randomness shows during the
+    fit: a sample whose inputs differ from one epoch to the next (:func:`input_digests`) stops it. With
+    ``keyed``, the ``train_transform`` and ``collate_fn`` must also be keyable
     (:func:`transform_fingerprint`; transforms are small, so this costs next to nothing).
 
     Args:
-        datamodule: exposes ``train_transform``, ``collate_fn`` and ``data`` (the training pool).
+        datamodule: the datamodule; what it does not expose is not checked here.
         probes: samples to probe the transform on.
         draws: applications per sample.
         keyed: whether to check that the transform and the collate function can be keyed: a store
             saved to disk needs a key, one kept in memory for a single fit does not.
     """
     transform = getattr(datamodule, "train_transform", None)
-    if transform is not None and getattr(transform, "deterministic", None) is not True:
-        data = datamodule.data
+    inputs = getattr(getattr(datamodule, "data", None), "train_inputs", None)
+    if transform is not None and getattr(transform, "deterministic", None) is not True and inputs is not None:
+        text = inputs.dtype.kind in "OUS"
         samples = (
-            data.train_inputs[i] if data.is_text else torch.from_numpy(np.ascontiguousarray(data.train_inputs[i]))
-            for i in range(min(probes, len(data.train_labels)))
+            inputs[i] if text else torch.from_numpy(np.ascontiguousarray(inputs[i]))
+            for i in range(min(probes, len(inputs)))
         )
         check_deterministic_transform(transform, samples, draws)
+    elif getattr(transform, "deterministic", None) is False:
+        check_deterministic_transform(transform, (), draws)  # refused as it declares, with nothing to probe
     if not keyed:
         return
     if transform is not None:

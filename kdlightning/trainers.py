@@ -19,17 +19,28 @@ NOTICES = (
     r".*GPU available but not used.*",
     r".*smaller than the logging interval.*",
     r".*LeafSpec.*",
+    r".*`tensorboardX` has been removed as a dependency.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
 )
 """Lightning's per-fit notices that say nothing about a pipeline's many short fits (frozen references are in
-eval mode by design; in-memory data needs no loader workers)."""
+eval mode by design; in-memory data needs no loader workers; the CSV logger stands in for TensorBoard when
+it is not installed, as the trainer config says; a checkpoint directory that already holds files is
+``kdl fit``'s own check, which refuses or, with ``--overwrite`` or ``--ckpt_path``, says what it does)."""
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 _TIPS = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-"""Where Lightning logs its advertising tips (e.g. to install another logging service)."""
+"""Where Lightning logs its advertising tips (e.g. to install another logging service) and its other notices."""
+_UNSAID = (
+    "Tip:",
+    "Trainer already configured with model summary callbacks",  # kdl fit's own summary replaces Lightning's
+    "`Trainer.fit` stopped: `max_epochs=",  # FitSummary's line says it: "fit ended after N epochs"
+)
+"""Lightning's log lines that say nothing a ``kdl`` user needs: each is left out where it would be logged."""
 
 
 def _no_tip(record: logging.LogRecord) -> bool:
-    return "Tip:" not in str(record.msg)
+    message = str(record.msg)
+    return not any(text in message for text in _UNSAID)
 
 
 @contextlib.contextmanager

@@ -170,7 +170,10 @@ def test_output_store_round_trip_and_merge(tmp_path: Path) -> None:
     other.put(torch.tensor([7]), torch.tensor([[7.0, 7.0, 7.0]]))
     assert other.load(tmp_path / "s.pt")
     assert other.fraction_filled == pytest.approx(0.3)
-    assert not OutputStore(11, 3).load(tmp_path / "s.pt")  # another index space: ignored
+    assert not OutputStore(10, 4).load(tmp_path / "s.pt")  # another number of classes: ignored
+    grown = OutputStore(0, 3)
+    assert grown.load(tmp_path / "s.pt")  # a store grows to hold the file's rows
+    torch.testing.assert_close(grown.get(torch.tensor([1, 2])), store.get(torch.tensor([1, 2])))
     assert not OutputStore(10, 3).load(tmp_path / "missing.pt")
 
 
@@ -269,7 +272,11 @@ def saved(store: dict, legacy: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-STORE = {"values": torch.arange(12.0).reshape(4, 3), "filled": torch.ones(4, dtype=torch.bool)}
+STORE = {
+    "values": torch.arange(12.0).reshape(4, 3),
+    "filled": torch.ones(4, dtype=torch.bool),
+    "digests": torch.arange(4),
+}
 
 FOREIGN = {
     "text": b"hello world, this is a text file\n",  # KeyError
@@ -339,10 +346,11 @@ def test_a_transform_parameter_its_repr_leaves_out_changes_the_key(tmp_path: Pat
         assert model.teacher.samples > 0  # computed, not read from the other shift's file
     assert len(list(cache.glob("*.pt"))) == 2
     store = callback.stores["teacher"]
-    inputs = torch.from_numpy(trainer.datamodule.data.train_inputs)[store.filled]
+    rows = store.filled.nonzero().squeeze(1)  # pool indices
+    inputs = torch.from_numpy(trainer.datamodule.data.train_inputs)[rows]
     with torch.no_grad():
         expected = teacher.eval()(inputs + 1.0)
-    torch.testing.assert_close(store.values[store.filled], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(store.values[rows], expected, rtol=1e-4, atol=1e-5)
 
 
 class Offset(nn.Module):

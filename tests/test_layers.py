@@ -47,6 +47,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "kdlightning.trainers",
         "kdlightning.lightning_cli",
         "kdlightning.batching",
+        "kdlightning.tracking",
     ),
     3: (  # pipelines
         "kdlightning.pipeline",

@@ -2,7 +2,7 @@
 
 wandb 0.31 writes no ``files/wandb-summary.json`` for an offline run: everything logged is in the
 run's ``run-<id>.wandb`` file, a LevelDB-style log of ``wandb.proto`` ``Record`` messages. The
-test decodes it (:func:`_wandb_records`) and checks the history rows themselves.
+test decodes it (:func:`wandb_records.records`) and checks the history rows themselves.
 """
 
 from __future__ import annotations
@@ -16,38 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from wandb_records import records
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
 BATCHES = 4
-
-
-def _wandb_records(path: Path) -> list:
-    """Decode a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then LevelDB log chunks
-    (32 KiB blocks; each chunk: crc32 (4), little-endian length (2), type (1: full, 2: first,
-    3: middle, 4: last)) carrying serialized ``wandb_internal_pb2.Record`` messages."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log: {data[:7]!r}"
-    block, pos, buf, records = 32 * 1024, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer
-            pos += left
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        if kind == 0:  # zero padding at the end
-            break
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-            buf = b""
-    return records
 
 
 def _key(item) -> str:
@@ -99,9 +72,9 @@ def test_wandb_offline_run_without_account(tmp_path: Path) -> None:
     logs = sorted(runs[0].glob("run-*.wandb"))
     assert len(logs) == 1, sorted(p.name for p in runs[0].iterdir())
 
-    records = _wandb_records(logs[0])
+    found = records(logs[0])
     by_type: dict[str, list] = {}
-    for record in records:
+    for record in found:
         by_type.setdefault(record.WhichOneof("record_type"), []).append(record)
 
     (run,) = by_type["run"]

@@ -44,6 +44,7 @@ from kdlightning.federated.feddf import PROTOTYPE
 from kdlightning.federated.federation import Clients, Federation, load_federation
 from kdlightning.federated.strategy import failure_reason
 from kdlightning.reporting import read_csv
+from kdlightning.tracking import flat_config, network_name, wandb_logger
 from kdlightning.trainers import progress_bar, quiet
 
 __all__ = [
@@ -420,10 +421,7 @@ def _tracker(federation: Federation, start: str) -> Any:
     config = federation.config
     if config.logger is False:
         return None
-    from lightning.pytorch.loggers import WandbLogger
-
     settings: dict[str, Any] = {
-        "project": "kdlightning",
         "save_dir": str(config.out),
         "group": config.out.name,
         "job_type": "federate",
@@ -433,9 +431,12 @@ def _tracker(federation: Federation, start: str) -> Any:
         settings.update(config.logger)
     if settings["group"] != config.out.name:  # a cell of a larger experiment: its runs carry the cell's name
         settings["name"] = f"{config.out.name}/{start}"
-    tracker = WandbLogger(**settings)
+    tracker = wandb_logger(True, **settings)
+    assert tracker is not None
+    flat = flat_config(student=network_name(config.network), partition=config.partitioner, seed=config.seed)
     tracker.log_hyperparams(
         {
+            **flat,
             "start": start,
             "strategy": config.strategy,
             "num_clients": config.num_clients,

@@ -8,7 +8,15 @@ gains' statistics; :mod:`kdlightning.reporting.render` writes them as Markdown t
 :mod:`kdlightning.reporting.teachers` studies beside teachers of different strength.
 """
 
-from kdlightning.reporting.render import plot_gains, render_guidance, render_guidance_page, render_summary
+from kdlightning.reporting.render import (
+    Recommendation,
+    plot_gains,
+    recommendations,
+    render_guidance,
+    render_guidance_page,
+    render_guidance_text,
+    render_summary,
+)
 from kdlightning.reporting.rows import (
     VALIDATIONS,
     ResultRow,
@@ -28,6 +36,7 @@ from kdlightning.reporting.rows import (
 
 __all__ = [
     "VALIDATIONS",
+    "Recommendation",
     "ResultRow",
     "TunedImprovement",
     "add_gains",
@@ -37,8 +46,10 @@ __all__ = [
     "paired_gains",
     "plot_gains",
     "read_csv",
+    "recommendations",
     "render_guidance",
     "render_guidance_page",
+    "render_guidance_text",
     "render_summary",
     "slug",
     "summarize",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ from kdlightning.reporting.rows import (
 from kdlightning.reporting.tuned import best_tuned_improvement, render_best_tuned, render_teacher_gap
 from kdlightning.stats import MIN_SEEDS, Interval, Ranked, bootstrap_average_improvement, rank
 
-__all__ = ["plot_gains", "render_guidance", "render_guidance_page", "render_summary"]
+__all__ = [
+    "Recommendation",
+    "plot_gains",
+    "recommendations",
+    "render_guidance",
+    "render_guidance_page",
+    "render_guidance_text",
+    "render_summary",
+]
 
 
 def _describe_validation(validation: str) -> str:
@@ -291,11 +300,78 @@ def _against_zero(interval: Interval) -> str:
     return "interval includes 0"
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """A scenario's row of the guidance: the method with the highest mean gain over the control, and how sure.
+
+    Attributes:
+        scenario: the scenario.
+        method: the recommended method, with a tuned run's chosen settings; None where no method beats the control.
+        best: the method with the highest mean gain over the control (recommended or not); None without one.
+        gain: that method's gain over the control, paired by seed, with its interval.
+        sure: how sure: whether the interval excludes 0, the runner-up, the win rate.
+        settings: each tuned run's chosen settings (``-`` where it has none), in the order of ``tuned``.
+    """
+
+    scenario: str
+    method: str | None
+    best: str | None
+    gain: Interval | None
+    sure: str
+    settings: tuple[str, ...]
+
+
+def recommendations(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tuned: str | Sequence[str],
+    control: str,
+    settings: Sequence[str] = (),
+    confidence: float = 0.95,
+) -> list[Recommendation]:
+    """Per scenario of ``rows`` (a study's ``results.csv``), the guidance's recommendation.
+
+    The rows of :func:`render_guidance_page`'s table and of :func:`render_guidance_text`'s (``kdl study``'s ending).
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": seed, "method": method, "acc_before": 0.5, "acc_after": after}
+        ...     for seed in (0, 1, 2)
+        ...     for method, after in (("student_only", 0.60), ("dpkd", 0.62 + seed / 100))
+        ... ]
+        >>> [(r.scenario, r.method, str(r.gain)) for r in recommendations(rows, tuned=[], control="student_only")]
+        [('iid', 'dpkd', '+3.00 [+0.52, +5.48]')]
+    """
+    rows = _with_gains(rows, control)
+    tuned = [name for name in _tuned_names(tuned) if any(str(row["method"]) == name for row in rows)]
+    paired = paired_gains(rows, control, confidence)
+    found = []
+    for scenario in dict.fromkeys(str(row["scenario"]) for row in rows):
+        chosen = tuple(_chosen_settings(rows, scenario, name, settings) for name in tuned)
+        ranking = rank({m: result.difference for (s, m), result in paired.items() if s == scenario})
+        if not ranking:
+            found.append(Recommendation(scenario, None, None, None, "-", chosen))
+            continue
+        top, result = ranking[0], paired[(scenario, ranking[0].name)]
+        sure = [_against_zero(top.interval)]
+        if len(ranking) > 1:
+            runner = ranking[1]
+            relation = "clearly ahead of" if top.clearly_ahead_of_next else "no clear difference from"
+            sure.append(f"{relation} {runner.name} ({runner.interval.mean:+.2f})")
+        sure.append(f"wins {result.win_rate:.0%} of {result.n} seeds")
+        method = None
+        if _beats_control(top.interval):
+            method = top.name + (
+                f" ({_chosen_settings(rows, scenario, top.name, settings)})" if top.name in tuned else ""
+            )
+        found.append(Recommendation(scenario, method, top.name, top.interval, "; ".join(sure), chosen))
+    return found
+
+
 def _guidance_table(
     rows: Sequence[Mapping[str, Any]], tuned: Sequence[str], control: str, settings: Sequence[str], confidence: float
 ) -> list[str]:
     """The guidance table's Markdown lines, with a legend: one row per scenario (rows carry their gains)."""
-    paired = paired_gains(rows, control, confidence)
     tuned = [name for name in tuned if any(str(row["method"]) == name for row in rows)]
     columns = [f"{name} ({tuned_validation(rows, name)} validation): chosen settings" for name in tuned]
     lines = [
@@ -310,25 +386,46 @@ def _guidance_table(
         "| " + " | ".join(["scenario", "recommended", "gain over the control (pp)", "how sure", *columns]) + " |",
         "|---|---|---|---|" + "---|" * len(columns),
     ]
-    for scenario in dict.fromkeys(str(row["scenario"]) for row in rows):
-        ranking = rank({m: result.difference for (s, m), result in paired.items() if s == scenario})
-        cells = ["-", "-", "-"]
-        if ranking:
-            top, result = ranking[0], paired[(scenario, ranking[0].name)]
-            sure = [_against_zero(top.interval)]
-            if len(ranking) > 1:
-                runner = ranking[1]
-                relation = "clearly ahead of" if top.clearly_ahead_of_next else "no clear difference from"
-                sure.append(f"{relation} {runner.name} ({runner.interval.mean:+.2f})")
-            sure.append(f"wins {result.win_rate:.0%} of {result.n} seeds")
-            if _beats_control(top.interval):
-                chosen = f" ({_chosen_settings(rows, scenario, top.name, settings)})" if top.name in tuned else ""
-                cells = [top.name + chosen, str(top.interval), "; ".join(sure)]
-            else:
-                cells = [NO_WINNER, f"best: {top.name} {top.interval}", "; ".join(sure)]
-        cells += [_chosen_settings(rows, scenario, name, settings) for name in tuned]
-        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    for found in recommendations(rows, tuned=tuned, control=control, settings=settings, confidence=confidence):
+        if found.best is None:
+            cells = ["-", "-", "-"]
+        elif found.method is not None:
+            cells = [found.method, str(found.gain), found.sure]
+        else:
+            cells = [NO_WINNER, f"best: {found.best} {found.gain}", found.sure]
+        lines.append(f"| {found.scenario} | " + " | ".join([*cells, *found.settings]) + " |")
     return lines
+
+
+def render_guidance_text(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tuned: str | Sequence[str],
+    control: str,
+    settings: Sequence[str] = (),
+    confidence: float = 0.95,
+) -> str:
+    """The guidance as a short plain-text table for a terminal: per scenario, the recommended method and its gain.
+
+    One line per scenario: the recommended method (or ``none`` and the best one in brackets) and its gain over the
+    control in percentage points, paired by seed, with its interval (:func:`recommendations`).
+
+    Examples:
+        >>> rows = [
+        ...     {"scenario": "iid", "seed": 0, "method": "student_only", "acc_before": 0.5, "acc_after": 0.6},
+        ...     {"scenario": "iid", "seed": 0, "method": "dpkd", "acc_before": 0.5, "acc_after": 0.65},
+        ... ]
+        >>> print(render_guidance_text(rows, tuned=[], control="student_only"))
+        scenario  recommended        gain over student_only (pp)
+        iid       none (best: dpkd)  +5.00 [no interval]
+    """
+    found = recommendations(rows, tuned=tuned, control=control, settings=settings, confidence=confidence)
+    table = [("scenario", "recommended", f"gain over {control} (pp)")]
+    for row in found:
+        method = row.method if row.method is not None else f"none (best: {row.best or '-'})"
+        table.append((row.scenario, method, "-" if row.gain is None else str(row.gain)))
+    widths = [max(len(line[column]) for line in table) for column in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in table)
 
 
 def render_guidance(

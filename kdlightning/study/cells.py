@@ -27,7 +27,9 @@ from kdlightning.errors import DivergedError
 from kdlightning.methods import DistillationModule, NotBatchable, StudentOnly
 from kdlightning.reporting import ResultRow, error_line
 from kdlightning.study.config import MethodFactory, StudyConfig
+from kdlightning.study.logged import StudyRuns
 from kdlightning.study.pretraining import Pretraining
+from kdlightning.study.progress import Step, epochs_text, training_samples
 from kdlightning.study.tuned import Start, TunedSearches
 from kdlightning.tuning import Search, TuneResult
 from kdlightning.tuning.grid import Point
@@ -66,6 +68,9 @@ class CellRunner:
         self._before: dict[tuple[str, int], float] = {}
         self._teacher: dict[tuple[str, int], float] = {}
         self._diverged: dict[tuple[str, int], str] = {}
+        self.logged = StudyRuns(config)
+        """Each run as a W&B run, with the study's ``logger``."""
+        self._histories: dict[str, list[dict[str, float]]] = {}
 
     # ------------------------------------------------------------------ a cell's start
     def start(self, scenario: Partitioner, seed: int) -> Start:
@@ -124,8 +129,60 @@ class CellRunner:
                 step_rows = [self.run_recorded(step[0], scenario, seed).to_csv()]
             if finished is not None:
                 finished(step_rows)
+            self.logged.log_rows(step_rows, self._histories)
+            self._histories.clear()
             rows += step_rows
         return rows
+
+    def plan(self, scenario: Partitioner, seed: int, names: Sequence[str]) -> list[Step]:
+        """The progress bar's steps of :meth:`run_missing`: the runs that train together, then each other run.
+
+        A step's work is epochs × the student's training samples × the networks it trains (DML's two; each point
+        of a tuned run's grid, which a search's validations share when batched).
+        """
+        config = self.config
+        samples = training_samples(config.datamodule(scenario, seed, config.student_party))
+        cell = f"{scenario} seed {seed}"
+
+        def networks(name: str) -> int:
+            return 2 if self.described.get(name, {}).get("class") == "DeepMutualLearning" else 1
+
+        together = self.batched_runs(names)
+        steps = []
+        if together:
+            plain = [name for name in together if name not in config.tuned_runs]
+            grids: dict[str | None, str] = {}  # a tuned method's grid: one set of points for all its validations
+            for name in together:
+                if name in config.tuned_runs:
+                    grids.setdefault(config.tuned_runs[name].method, name)
+            members = sum(networks(name) for name in plain) + sum(
+                config.fits(name) * networks(name) for name in grids.values()
+            )
+            what = ", ".join(plain + [f"{config.fits(name)} points of {name}" for name in grids.values()])
+            count = len(plain) + sum(config.fits(name) for name in grids.values())
+            label = f"{cell}: {what} ({count} batched members, {epochs_text(config.epochs)})"
+            steps.append(
+                Step(
+                    (str(scenario), seed, tuple(together)),
+                    label,
+                    "members",
+                    config.epochs * samples * members,
+                    runs=len(together),
+                )
+            )
+        for name in names:
+            if name in together:
+                continue
+            trials = config.fits(name)
+            what = f"{name} ({trials} trials, one fit each)" if name in config.tuned_runs else name
+            kind = f"{'tuned ' if name in config.tuned_runs else ''}{self.described.get(name, {}).get('class', name)}"
+            work = config.epochs * samples * networks(name) * trials
+            steps.append(
+                Step(
+                    (str(scenario), seed, (name,)), f"{cell}: {what}, {epochs_text(config.epochs)}", kind, work, runs=1
+                )
+            )
+        return steps
 
     def batched_runs(self, names: Sequence[str]) -> list[str]:
         """Which of a cell's runs ``names`` train together as batched members (none unless ``batched``)."""
@@ -287,6 +344,7 @@ class CellRunner:
             else:
                 fit = fits[name]
                 rows.append(self._row(name, scenario, seed, fit.model, fit.test["test/acc"], before, fit.seconds))
+        self._histories.update({name: fit.history for name, fit in fits.items()})  # each member's validation
         return rows
 
     def _members_trainer(self, callbacks: Sequence[L.Callback]) -> L.Trainer:

@@ -165,6 +165,8 @@ class StudyConfig:
     """The methods (keys of ``methods``) tuned besides tuned KD, each over the ``tuning`` space."""
     teacher_pretrain_epochs: int | None = None
     """The teacher party's pre-training epochs; None: ``pretrain_epochs``, as the student's."""
+    logger: bool | Mapping[str, Any] = False
+    """Log each run and the summary to W&B: True or ``WandbLogger`` arguments (:mod:`kdlightning.study.logged`)."""
 
     def pretrain_epochs_of(self, role: str) -> int:
         """The pre-training epochs of ``role``'s network (``student`` or ``teacher``)."""

@@ -30,6 +30,7 @@ from kdlightning.errors import ConfigurationError
 from kdlightning.study.cells import CellRunner
 from kdlightning.study.config import StudyConfig
 from kdlightning.study.pretraining import Pretraining
+from kdlightning.study.progress import StudyProgress
 from kdlightning.trainers import quiet
 
 __all__ = ["ENVIRONMENT", "CellRuns", "check_ray", "run_cells"]
@@ -79,20 +80,20 @@ def run_cells(
     runner: CellRunner,
     cells: Sequence[CellRuns],
     rows: Sequence[dict[str, Any]],
-    bar: Any,
+    bar: StudyProgress,
     save: Callable[[list[dict[str, Any]]], None],
 ) -> tuple[list[dict[str, Any]], float]:
     """Run ``cells`` as Ray tasks, on ``config.ray``; return ``rows`` followed by the cells' rows, in the cells' order.
 
     After each finished cell ``save`` rewrites ``results.csv`` and ``summary.md`` from the rows so far, and ``bar``
-    advances by the cell's fits.
+    advances by one (each cell is a step of it, keyed ``(scenario, seed)``).
 
     Args:
-        config: the study's configuration (its Ray settings, its fits per run).
+        config: the study's configuration (its Ray settings).
         runner: the study's cell runner (it travels to the workers, each task runs its cell's runs with it).
         cells: each cell's scenario, seed and the runs to do.
         rows: the rows already in ``results.csv``.
-        bar: the study's progress bar.
+        bar: the study's progress bar (:func:`~kdlightning.study.steps.plan`: a step per cell).
         save: writes the study's files from its rows.
 
     Returns:
@@ -123,7 +124,7 @@ def run_cells(
             task.remote(shipped, scenario, seed, names, threads, os.getcwd()): number
             for number, (scenario, seed, names) in enumerate(cells)
         }
-        bar.set_description(_description(0, len(cells), len(pending)))
+        bar.show(_description(0, len(cells), len(pending)))
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # returns now and then for signals
@@ -138,8 +139,8 @@ def run_cells(
                         raise
                     pretraining += seconds
                     save(merged())
-                    bar.set_description(_description(len(done), len(cells), len(pending), f"{scenario} seed {seed}"))
-                    bar.update(sum(config.fits(name) for name in names))
+                    bar.finish((str(scenario), seed))
+                    bar.show(_description(len(done), len(cells), len(pending), f"{scenario} seed {seed}"))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

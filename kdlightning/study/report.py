@@ -21,6 +21,7 @@ from kdlightning.reporting import (
     plot_gains,
     read_csv,
     render_guidance_page,
+    render_guidance_text,
     render_summary,
     slug,
     write_csv,
@@ -133,6 +134,36 @@ class StudyReport:
             tuned=config.tuned_names,
             control=config.control,
             settings=config.tuned_settings,
+        )
+
+    def ending(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """What ``kdl study`` ends with: per scenario the recommended method and its gain, then the files to read.
+
+        A short plain-text table (:func:`~kdlightning.reporting.render_guidance_text`), the guidance of
+        ``guidance.md`` in brief, and the paths of ``summary.md``, ``guidance.md`` and ``gains.png``.
+        """
+        config, out = self.config, self.config.out
+        table = render_guidance_text(
+            add_gains(rows, control=config.control),
+            tuned=config.tuned_names,
+            control=config.control,
+            settings=config.tuned_settings,
+        )
+        files = [
+            ("summary", out / "summary.md", "every method's gain with its interval, tuned against untuned"),
+            ("guidance", out / "guidance.md", "the recommendation per scenario, how sure, the tuned settings"),
+            ("plot", out / "gains.png", "the gains per method and scenario"),
+        ]
+        width = max(len(name) for name, _, _ in files)
+        return "\n".join(
+            [
+                "Which method per scenario: the highest mean gain over the control, paired by seed,",
+                "recommended where its 95% interval lies above 0 (else none, the best in brackets):",
+                "",
+                table,
+                "",
+                *(f"{name + ':':<{width + 1}} {path}  ({what})" for name, path, what in files),
+            ]
         )
 
     def plot(self, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -43,13 +43,17 @@ from kdlightning.study.config import (
     default_scenarios,
     tokenizers_by_network,
 )
+from kdlightning.study.logged import StudyRuns
 from kdlightning.study.parallel import CellRuns, check_ray, run_cells
 from kdlightning.study.pretraining import Pretraining
+from kdlightning.study.progress import StudyProgress
 from kdlightning.study.record import check_and_record
 from kdlightning.study.report import StudyReport
-from kdlightning.trainers import progress_bar, quiet
+from kdlightning.study.steps import plan
+from kdlightning.tracking import check_logger
 from kdlightning.tuning import TuneOptions
 from kdlightning.tuning.options import check_space
+from kdlightning.tuning.quiet import quiet
 
 __all__ = ["TUNED_KD", "MethodFactory", "NetworkFactory", "Study", "continue_alone", "default_scenarios"]
 
@@ -87,7 +91,7 @@ class Study:
         control: name of the control run (the student alone, same epochs and data).
         out: directory of ``results.csv``, ``summary.md``, the pre-trained checkpoints and the cache.
         trainer: ``lightning.Trainer`` settings for every fit (e.g. ``{"accelerator": "gpu", "precision":
-            "bf16-mixed"}``); the study sets the epochs, one device and no logger itself.
+            "bf16-mixed"}``); the study sets the epochs, one device and its logger (``logger``) itself.
         tokenizers: on a text data set, how its networks read it: one tokenizer for both, or a dict with the
             ``student``'s and the ``teacher``'s (DML's peer, a copy of the teacher, reads the teacher's). Every
             datamodule of the study tokenizes with them: each party's pre-training with its network's, every
@@ -124,6 +128,13 @@ class Study:
             a weaker teacher (with the same architecture), so a study run for several values sweeps the teacher's
             strength relative to the student; ``summary.md`` sets the teacher's lead over the student beside what
             tuning gains. Recorded in ``study.json``; the teacher's pre-trained files key by it.
+        logger: log the study to Weights & Biases: false (the default), true, or a dict of
+            ``lightning.pytorch.loggers.WandbLogger`` arguments (``project``, ``group``, ``mode``, ``save_dir``, ...).
+            Each run (each row of ``results.csv``, a batched member included) is a W&B run of its own, named
+            ``<scenario>/seed<seed>/<method>`` and grouped by the study (``out``'s name unless ``group`` is given),
+            with its validation per epoch, its best validation accuracy and its test accuracy and gain; a last run,
+            ``summary``, holds the study's tables and plots (:mod:`kdlightning.study.logged`). Runs go under
+            ``out`` unless ``save_dir`` is given. Not recorded in ``study.json``: it changes no result.
 
     The constructor checks the arguments' values; :meth:`check` (which :meth:`run` calls first) reads the data
     set, partitions it for every scenario and builds every method once, so that a bad scenario or hyperparameter
@@ -172,6 +183,7 @@ class Study:
         gpus_per_cell: float = 0.0,
         tuned: Sequence[str] = (),
         teacher_pretrain_epochs: int | None = None,
+        logger: bool | dict[str, Any] = False,
     ) -> None:
         if not methods and not tuned_kd:
             raise ConfigurationError("`methods` is empty and `tuned_kd` is off: name at least one method to compare.")
@@ -243,6 +255,7 @@ class Study:
             gpus_per_cell=gpus_per_cell,
             tuned=tuple(tuned),
             teacher_pretrain_epochs=teacher_pretrain_epochs,
+            logger=check_logger(logger),
         )
         self.config.datamodule(self.config.scenarios[0], self.config.seeds[0], student_party)  # its own checks
         self.pretraining = Pretraining(self.config)
@@ -399,7 +412,7 @@ class Study:
         self.pretraining.seconds = 0.0
         start = time.perf_counter()
         try:
-            with quiet():
+            with quiet():  # Lightning's notices and Optuna's per-search lines, which would break the progress bar
                 return self._run(progress)
         finally:
             self.seconds["pretraining"] += self.pretraining.seconds
@@ -419,27 +432,26 @@ class Study:
             (scenarios[scenario], seed, [method for s, sd, method in todo if (s, sd) == (scenario, seed)])
             for scenario, seed in dict.fromkeys((scenario, seed) for scenario, seed, _ in todo)
         ]
-        fits = {method: config.fits(method) for method in {run[2] for run in runs}}
-        total, left = sum(fits[run[2]] for run in runs), sum(fits[run[2]] for run in todo)
-        bar = progress_bar(total, "fit", enabled=progress, initial=total - left)
-        number = len(runs) - len(todo)
+        runner = self.cells()
+        steps = plan(config, self.pretraining, runner, cells)
+        bar = StudyProgress(steps, enabled=progress, runs=len(runs), finished=len(runs) - len(todo))
+        step: tuple[Any, ...] = ()
 
-        def starting(scenario: Partitioner, seed: int, step: list[str], together: bool) -> None:
-            nonlocal number
-            number += len(step)
-            what = f"{len(step)} methods as batched members" if together else step[0]
-            bar.set_description(f"run {number}/{len(runs)}: {scenario} seed {seed} {what}")
+        def starting(scenario: Partitioner, seed: int, names: list[str], together: bool) -> None:
+            nonlocal step
+            step = (str(scenario), seed, tuple(names))
+            bar.start(step)
 
         def finished(step_rows: list[dict[str, Any]]) -> None:
             rows.extend(step_rows)
             self.report.save(rows)
-            bar.update(sum(fits[row["method"]] for row in step_rows))
+            bar.finish(step)
             raise_if_stopped()  # a stop signal swallowed during the step ends the study here
 
-        self.pretraining.pretrain_cells([(scenario, seed) for scenario, seed, _ in cells])
-        runner = self.cells()
+        self.pretraining.pretrain_cells([(scenario, seed) for scenario, seed, _ in cells], bar)
         if config.ray is False:
             for scenario, seed, names in cells:
+                self.pretraining.pretrain_cell(scenario, seed, bar)
                 runner.run_missing(scenario, seed, names, starting, finished)
         else:
             rows, seconds = run_cells(config, runner, cells, rows, bar, self.report.save)
@@ -449,6 +461,8 @@ class Study:
             self.report.save(rows)
         if rows:
             self.report.plot(rows)
+            if todo:  # a study that trained something: its summary as one W&B run (with `logger`)
+                StudyRuns(config).log_summary()
         return add_gains(rows, control=config.control)
 
 

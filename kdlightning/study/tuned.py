@@ -23,6 +23,8 @@ from kdlightning.methods import DistillationModule, VanillaKD
 from kdlightning.pipeline import describe
 from kdlightning.reporting import ResultRow
 from kdlightning.study.config import TUNED_KD, StudyConfig
+from kdlightning.study.logged import StudyRuns
+from kdlightning.tracking import network_name
 from kdlightning.tuning import Search, TuneResult
 
 __all__ = ["Start", "TunedSearches"]
@@ -84,6 +86,8 @@ class TunedSearches:
         options = dataclasses.replace(
             config.tuning, test=True, batched=batched, max_members=config.max_members, validation=cast(Any, validation)
         )
+        if options.logger is True and isinstance(config.logger, Mapping):  # the study's W&B arguments
+            options = dataclasses.replace(options, logger=dict(config.logger))
         hint = f"Pass another `--out` to `kdl study`, or delete {out} to search this cell again."
         if options.storage is not None:  # one storage, one named search per scenario and seed
             cell = "-".join(out.relative_to(config.out / "tuning").parts)  # e.g. iid-seed0, dpkd-iid-seed0-public
@@ -103,7 +107,25 @@ class TunedSearches:
             verbose=False,
             conflict_hint=hint,
             heatmap=False,  # tuning.png shows every cell's grid
+            tracking=self.tracking(scenario, seed, name),
         )
+
+    def tracking(self, scenario: Partitioner, seed: int, name: str) -> dict[str, Any]:
+        """With ``tuning.logger``: the W&B settings of a search's trial runs, grouped with the study's runs.
+
+        Each trial is named ``<scenario>/seed<seed>/<tuned run>/trial<N>/<values>`` (job type ``trial``); the
+        study's ``logger`` arguments (a dict) are the defaults of ``tuning.logger: true``.
+        """
+        config = self.config
+        runs = StudyRuns(config)
+        config_keys = {
+            "partition": str(scenario),
+            "seed": seed,
+            "student": network_name(config.student),
+            "teacher": network_name(config.teacher),
+            "tuned": name,
+        }
+        return {**runs.settings(f"{scenario}/seed{seed}/{name}", "trial"), "config": config_keys}
 
     def row(
         self,

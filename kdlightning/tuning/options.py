@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from kdlightning.errors import ConfigurationError
 from kdlightning.losses import check_alpha, check_temperature
+from kdlightning.tracking import check_logger
 
 __all__ = ["BATCHED_METRICS", "DEFAULT_GRID", "PREFIX", "Param", "TuneOptions", "check_space"]
 
@@ -55,7 +56,11 @@ class TuneOptions:
         seed: seed of the sampler; None for the config's ``seed_everything``.
         heartbeat_interval: seconds between a running trial's heartbeats in the storage; a trial silent
             for twice as long is failed and retried by the other workers. None turns heartbeats off.
-        logger: keep the configured logger in every trial (False: trials log nothing).
+        logger: log each trial to Weights & Biases as a run of its own: true, or a dict of
+            ``lightning.pytorch.loggers.WandbLogger`` arguments (``project``, ``group``, ``mode``, ...). Runs are
+            grouped by the search (``--out``'s name unless ``group`` is given) and named ``trial<N>/<values>``;
+            a ``WandbLogger`` in the config's ``trainer.logger`` gives its arguments and is not used in the trials,
+            any other logger is kept in every trial. False (the default): trials log nothing.
         test: evaluate the chosen point on the test set after the search.
         batched: grid only: train the grid's points as batched members
             (:class:`~kdlightning.methods.BatchedMembers`), ``max_members`` per fit, instead of one fit per
@@ -84,7 +89,7 @@ class TuneOptions:
     study_name: str = "tune"
     seed: int | None = None
     heartbeat_interval: int | None = 60
-    logger: bool = False
+    logger: bool | dict[str, Any] = False
     test: bool = True
     batched: bool = False
     max_members: int | None = 32
@@ -124,6 +129,7 @@ class TuneOptions:
             )
         if self.reduction_factor < 2:
             raise ConfigurationError(f"`tune.reduction_factor` must be >= 2, got {self.reduction_factor!r}.")
+        self.logger = check_logger(self.logger, "tune.logger")
         if self.heartbeat_interval is not None and self.heartbeat_interval < 1:
             raise ConfigurationError(
                 f"`tune.heartbeat_interval` must be >= 1 second or None, got {self.heartbeat_interval!r}."

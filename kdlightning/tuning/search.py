@@ -24,6 +24,7 @@ from kdlightning.errors import ConfigurationError, RunError
 from kdlightning.interrupt import raise_if_stopped
 from kdlightning.methods import DistillationModule
 from kdlightning.reporting import error_line, write_csv
+from kdlightning.tracking import flat_config, log_run
 from kdlightning.tuning.grid import Point, member_name, trials_of
 from kdlightning.tuning.options import PREFIX, TuneOptions, check_space
 from kdlightning.tuning.quiet import quiet
@@ -72,6 +73,9 @@ class Search:
         conflict_hint: what the error for a storage of another description advises (default: ``kdl tune``'s
             options, another ``--out`` or ``--tune.study_name``); a caller with other options gives its own.
         heatmap: draw ``heatmap.png`` (a study draws one figure of all its searches instead).
+        tracking: with ``tune.logger``: the W&B settings of the trials' runs (``group``, ``save_dir``, a
+            ``name`` prefix) and ``config``, keys every trial's config holds (a study's ``partition``, ``seed``,
+            ...); by default each trial's run is grouped by ``out``'s name and saved under ``out``.
 
     Raises:
         ValueError: an empty grid, an argument the method does not have or that is not a float, a value
@@ -94,6 +98,7 @@ class Search:
         verbose: bool = True,
         conflict_hint: str = "Pass another `--out` or `--tune.study_name`.",
         heatmap: bool = True,
+        tracking: Mapping[str, Any] | None = None,
     ) -> None:
         self.build = build
         self.method = method
@@ -107,6 +112,7 @@ class Search:
         self.verbose = verbose
         self.conflict_hint = conflict_hint
         self.heatmap = heatmap
+        self.tracking = dict(tracking or {})
         self.space = check_space(self.options, self.method)
         self.keys = list(self.space)
         self.names = list(short_names(self.keys).values())
@@ -242,7 +248,9 @@ class Search:
                 with atomic_path(self.out / "best_model.pt") as path:
                     torch.save(state_dict, path)
         study.add_trials(chunk.trials)
-        rows = trial_rows(study.get_trials(deepcopy=False), self.keys, self.options.metric, self.val_before)
+        trials = study.get_trials(deepcopy=False)
+        self._log_trials(trials[len(trials) - len(chunk.trials) :])
+        rows = trial_rows(trials, self.keys, self.options.metric, self.val_before)
         write_csv(self.out / "trials.csv", rows)
         if self.verbose:
             for row in rows[-len(chunk.trials) :]:
@@ -377,6 +385,7 @@ class Search:
         return {key: float(value) for key, value in params.items()}
 
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._log_trials([trial])
         trials = study.get_trials(deepcopy=False)
         rows = trial_rows(trials, self.keys, self.options.metric, self.val_before)
         write_csv(self.out / "trials.csv", rows)
@@ -384,6 +393,35 @@ class Search:
         if self.verbose:
             row = next(r for r in rows if r["number"] == trial.number)
             print(f"trial {trial.number:>3}  {describe_row(row, self.names, self.options.metric)}", flush=True)
+
+    def _log_trials(self, trials: Sequence[FrozenTrial]) -> None:
+        """With ``tune.logger``: each finished trial as a W&B run of its own, grouped by the search.
+
+        Named ``trial<number>/<values>`` (``temperature=4,alpha=0.5``); its config holds the method, the searched
+        values and the trial's state flat, its history the validation metric per epoch, its summary the best.
+        """
+        if self.options.logger is False:
+            return
+        settings = dict(self.tracking)
+        extra = dict(settings.pop("config", {}) or {})
+        prefix = settings.pop("name", "")
+        settings.setdefault("group", self.out.resolve().name)
+        settings.setdefault("save_dir", str(self.out))
+        settings.setdefault("job_type", "tune")
+        metric = self.options.metric
+        for trial in trials:
+            if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+                continue
+            point = self._point(trial.params)
+            values = dict(zip(self.names, point, strict=True))
+            config = flat_config(method=self.method.__name__, hyperparameters=values, seed=self.seed)
+            config = {**config, **extra, "trial": trial.number, "state": trial.state.name.lower()}
+            curve = trial.user_attrs.get("val_curve") or []
+            history = [{metric: float(value)} for value in curve]
+            summary = {"val_loss": trial.user_attrs.get("val_loss"), "error": trial.user_attrs.get("error")}
+            name = f"{prefix}/" if prefix else ""
+            name += f"trial{trial.number}/{member_name(self.names, point)}"
+            log_run(self.options.logger, config, history, summary, **{**settings, "name": name})
 
     # ------------------------------------------------------------------ trials
     def _build(self, params: Mapping[str, float], callbacks: Sequence[L.Callback]) -> Built:

@@ -131,16 +131,13 @@ def cache_supported(built: Built) -> bool:
         return False
     datamodule = built.datamodule
     reason = None
-    if not (hasattr(datamodule, "pool_size") and hasattr(datamodule, "data")):
-        reason = f"{type(datamodule).__name__} gives no sample indices (use a kdlightning PartitionedDataModule)"
-    else:
-        try:
-            check_deterministic_transfer(datamodule)
-            model: Any = built.model  # a DistillationModule: it has frozen references
-            for name in model.frozen_names:  # what the cache keys on disk must be readable
-                module_fingerprint(getattr(model, name), strict=True)
-        except ValueError as error:
-            reason = str(error)
+    try:  # batches without sample indices are refused at the first one, by the cache itself
+        check_deterministic_transfer(datamodule)
+        model: Any = built.model  # a DistillationModule: it has frozen references
+        for name in model.frozen_names:  # what the cache keys on disk must be readable
+            module_fingerprint(getattr(model, name), strict=True)
+    except ValueError as error:
+        reason = str(error)
     if reason is not None:
         warnings.warn(f"The teacher-output cache is off, so the teacher runs in every trial: {reason}", stacklevel=3)
     return reason is None
@@ -215,6 +212,13 @@ def parse_search(args: Sequence[str]) -> ParsedSearch:
         cli = _SearchCLI([str(arg) for arg in args])
     parser, config = cli.parser, cli.config
     options = TuneOptions(**config.tune.as_dict())
+    if options.logger is not False and is_wandb(config.get("trainer.logger")):  # the trials' runs take its arguments
+        given = config.trainer.logger.get("init_args")
+        settings = {
+            **(given.as_dict() if given is not None else {}),
+            **(options.logger if options.logger is not True else {}),
+        }
+        options.logger = {key: value for key, value in settings.items() if value is not None}
     out = Path(config.out).expanduser()
     seed = config.get("seed_everything")
     text = parser.dump(config, skip_none=False, skip_check=True)
@@ -233,7 +237,7 @@ def parse_search(args: Sequence[str]) -> ParsedSearch:
             values={PREFIX + name: value for name, value in values.items()},
             seed=trial_seed,
             callbacks=trial_callbacks,
-            keep_logger=options.logger,
+            keep_logger=options.logger is not False,
             root=str(out / "trials"),
         )
 
@@ -321,13 +325,21 @@ class _SearchCLI(KDLightningCLI):
         config["trainer.num_sanity_val_steps"] = 0
         if self._root is not None:
             config["trainer.default_root_dir"] = self._root
-        if not self._keep_logger:
+        if not self._keep_logger or is_wandb(config.get("trainer.logger")):  # W&B: a run per trial, by the search
             config["trainer.logger"] = False
 
     def instantiate_classes(self) -> None:
         """Instantiate the method, datamodule and trainer only when building a trial."""
         if self._parsed is not None:
             super().instantiate_classes()
+
+
+def is_wandb(logger: Any) -> bool:
+    """Whether a config's ``trainer.logger`` is a ``WandbLogger`` (by ``class_path``, or built)."""
+    class_path = logger.get("class_path") if hasattr(logger, "get") else None
+    if isinstance(class_path, str):
+        return class_path.rsplit(".", 1)[-1] == "WandbLogger"
+    return type(logger).__name__ == "WandbLogger"
 
 
 def _import(class_path: str) -> type:

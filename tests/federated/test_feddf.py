@@ -337,4 +337,6 @@ def test_a_rounds_teacher_outputs_serve_every_prototype_and_leave_the_result_unc
     assert [path.name for path in (tmp_path / "cache" / "rounds").iterdir()] == ["2"]  # round 1's removed
     monkeypatch.setattr("kdlightning.federated.federation.CacheReferenceOutputs", lambda cache_dir: Callback())
     uncached = distilled(1)
-    assert all(torch.equal(cached[k][key], uncached[k][key]) for k in cached for key in cached[k])
+    for k in cached:  # the same logits, up to the last bits a batch's size can change in a matrix product
+        for key in cached[k]:
+            torch.testing.assert_close(cached[k][key], uncached[k][key], rtol=1e-5, atol=1e-6)

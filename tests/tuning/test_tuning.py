@@ -294,6 +294,8 @@ def test_a_teacher_the_cache_cannot_key_turns_the_cache_off_with_a_warning() -> 
     built = SimpleNamespace(model=VanillaKD(MLP(in_features=64, num_classes=10), teacher, 10), datamodule=None)
     built.datamodule = PartitionedDataModule(num_parties=2)
     assert cache_supported(built)
+    built.datamodule = L.LightningDataModule()  # a datamodule of the user's own: the cache checks its batches
+    assert cache_supported(built)
     teacher.guard = threading.Lock()  # a public attribute whose state cannot be read
     with pytest.warns(UserWarning, match="cache is off.*guard"):
         assert not cache_supported(built)
