@@ -86,8 +86,13 @@ def test_the_federated_summaries_in_the_docs_are_what_their_rounds_give(tmp_path
     assert (folder / "summary.md").read_text() == experiment.records.summary(rows)
 
 
-def test_the_feddf_comparison_in_the_docs_is_what_the_two_experiments_rounds_give() -> None:
-    """The committed FedDF-against-FedAvg ``summary.md`` is generated from the two experiments' ``rounds.csv``."""
+@pytest.mark.parametrize(
+    ("fedavg", "feddf", "cells"), [("scenarios", "feddf", 25), ("heterogeneous", "feddf_heterogeneous", 3)]
+)
+def test_the_feddf_comparison_in_the_docs_is_what_the_two_experiments_rounds_give(
+    fedavg: str, feddf: str, cells: int
+) -> None:
+    """A committed FedDF-against-FedAvg ``summary.md`` is generated from the two experiments' ``rounds.csv``."""
     from kdlightning.federated.comparison import StrategyComparison
     from kdlightning.reporting import read_csv
 
@@ -95,10 +100,10 @@ def test_the_feddf_comparison_in_the_docs_is_what_the_two_experiments_rounds_giv
     arms = ["FedAvg fresh", "FedAvg consolidated", "FedDF fresh", "FedDF consolidated"]
     runs = {
         name: [row for row in read_csv(folder / path / "rounds.csv") if f"{name} {row['start']}" in arms]
-        for name, path in (("FedAvg", "scenarios"), ("FedDF", "feddf"))
+        for name, path in (("FedAvg", fedavg), ("FedDF", feddf))
     }
     pairs = [("FedDF fresh", "FedAvg fresh"), ("FedDF consolidated", "FedAvg consolidated")]
     pairs.append(("FedDF consolidated", "FedAvg fresh"))
     comparison = StrategyComparison(runs, 30, pairs=pairs)
-    assert len(comparison.cells) == 25
-    assert (folder / "feddf" / "summary.md").read_text() == comparison.summary()
+    assert len(comparison.cells) == cells
+    assert (folder / feddf / "summary.md").read_text() == comparison.summary()
