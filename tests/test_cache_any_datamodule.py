@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import NUM_CLASSES, NUM_FEATURES, TinyNet, tiny_trainer
+from test_cache import Counting
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -16,19 +17,6 @@ from kdlightning import VanillaKD
 from kdlightning.cache import CacheReferenceOutputs, NamedData, input_digests
 
 SAMPLES = 96
-
-
-class Counting(nn.Module):
-    """Wraps a network and counts the samples it sees."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-        self.samples = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += x.shape[0]
-        return self.network(x)
 
 
 class Blobs(L.LightningDataModule):

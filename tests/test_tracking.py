@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from wandb_records import offline_wandb
 
 from kdlightning.errors import ConfigurationError
 from kdlightning.tracking import check_logger, flat_config, markdown_tables, network_name, without_instantiator
@@ -58,16 +59,7 @@ trainer:
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """W&B offline, every file of it under ``tmp_path``, no account."""
     pytest.importorskip("wandb")
-    for name in ("wandb_dir", "wandb_cache", "wandb_config", "wandb_data"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    return tmp_path
+    return offline_wandb(tmp_path, monkeypatch)
 
 
 def test_a_kdl_fit_run_has_flat_keys_no_instantiator_and_its_best_validation(offline: Path) -> None:

@@ -117,3 +117,17 @@ def read_run(directory: Path) -> OfflineRun:
 def read_runs(save_dir: Path) -> list[OfflineRun]:
     """Every offline run under ``save_dir`` (a ``WandbLogger``'s ``save_dir``: runs lie in its ``wandb/``)."""
     return [read_run(path) for path in sorted((Path(save_dir) / "wandb").glob("offline-run-*"))]
+
+
+def offline_wandb(tmp_path: Path, monkeypatch: Any) -> Path:
+    """W&B offline, every file of it under ``tmp_path``, no account (``monkeypatch``: pytest's, restores it all)."""
+    for name in ("wandb_dir", "wandb_cache", "wandb_config", "wandb_data"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    return tmp_path

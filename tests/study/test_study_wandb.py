@@ -17,7 +17,7 @@ from kdlightning.study import Study
 
 pytest.importorskip("wandb")
 
-from wandb_records import read_runs
+from wandb_records import offline_wandb, read_runs
 
 EPOCHS = 3
 
@@ -25,16 +25,7 @@ EPOCHS = 3
 @pytest.fixture
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """W&B offline, every file of it under ``tmp_path``, no account."""
-    for name in ("wandb_dir", "wandb_cache", "wandb_config", "wandb_data"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    return tmp_path
+    return offline_wandb(tmp_path, monkeypatch)
 
 
 def test_a_study_logs_one_grouped_run_per_member_and_its_summary(offline: Path) -> None:
